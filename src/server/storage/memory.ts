@@ -1,0 +1,99 @@
+import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
+import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+
+const headKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
+
+/** Keeps everything in process memory: for tests, demos and a single short-lived server. */
+export class MemorySyncStorage implements SyncStorage {
+  private events: StoredEvent[] = [];
+  private readonly sequenceById = new Map<string, number>();
+  private readonly heads = new Map<string, DocumentHead>();
+  private lastSeq = 0;
+
+  async init(): Promise<void> {}
+
+  async saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]> {
+    return events.map((event) => this.saveOne(event));
+  }
+
+  private saveOne(event: IncomingEvent): SaveResult {
+    const previous = this.sequenceById.get(event.id);
+    if (previous !== undefined) return { id: event.id, status: 'duplicate', seq: previous };
+    const key = headKey(event.collection, event.documentId);
+    const head = this.heads.get(key);
+    if ((head?.eventId ?? null) !== event.baseEventId) {
+      return { id: event.id, status: 'conflict', head: head ? structuredClone(head) : null };
+    }
+    const seq = ++this.lastSeq;
+    const stored: StoredEvent = { ...structuredClone(event), seq, serverTime: Date.now() };
+    this.events.push(stored);
+    this.sequenceById.set(event.id, seq);
+    this.heads.set(key, {
+      collection: event.collection,
+      documentId: event.documentId,
+      seq,
+      eventId: event.id,
+      data: stored.data,
+      deleted: event.op === 'delete',
+      hlc: event.hlc,
+      clientId: event.clientId,
+    });
+    return { id: event.id, status: 'accepted', seq };
+  }
+
+  async getEventsAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+    const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    const collections = options.collections ? new Set(options.collections) : undefined;
+    const result: StoredEvent[] = [];
+    for (let i = this.firstIndexAfter(checkpoint); i < this.events.length && result.length < limit; i++) {
+      const event = this.events[i]!;
+      if (!collections || collections.has(event.collection)) result.push(structuredClone(event));
+    }
+    return result;
+  }
+
+  async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
+    const events = await this.getEventsAfter(checkpoint, { collections });
+    return events.filter((event) => event.clientId !== clientId);
+  }
+
+  async clearEventsBefore(checkpoint: number): Promise<number> {
+    const index = this.firstIndexAfter(checkpoint - 1);
+    const removed = this.events.slice(0, index);
+    this.events = this.events.slice(index);
+    for (const event of removed) this.sequenceById.delete(event.id);
+    return removed.length;
+  }
+
+  async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {
+    const heads: DocumentHead[] = [];
+    for (const id of documentIds) {
+      const head = this.heads.get(headKey(collection, id));
+      if (head) heads.push(structuredClone(head));
+    }
+    return heads;
+  }
+
+  async getLatestSequence(): Promise<number> {
+    return this.lastSeq;
+  }
+
+  async countEvents(): Promise<number> {
+    return this.events.length;
+  }
+
+  async close(): Promise<void> {}
+
+  /** Index of the first event whose sequence is above `checkpoint` (binary search). */
+  private firstIndexAfter(checkpoint: number): number {
+    let low = 0;
+    let high = this.events.length;
+    while (low < high) {
+      const mid = (low + high) >>> 1;
+      if (this.events[mid]!.seq <= checkpoint) low = mid + 1;
+      else high = mid;
+    }
+    return low;
+  }
+}
+

@@ -1,0 +1,56 @@
+import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol.js';
+
+/** An event on its way into storage: what the client pushed, stamped with its author. */
+export type IncomingEvent = SyncEvent & { clientId: string };
+
+/**
+ * What storage answers for each event, in order:
+ * - accepted: appended under a new sequence number;
+ * - duplicate: this event id was stored before (a retry); the first sequence is returned;
+ * - conflict: the document's head is not the version the event was based on;
+ *   nothing was stored and the current head is returned (null when the
+ *   server holds no version of the document the event claims as its base).
+ */
+export type SaveResult =
+  | { id: string; status: 'accepted'; seq: number }
+  | { id: string; status: 'duplicate'; seq: number }
+  | { id: string; status: 'conflict'; head: DocumentHead | null };
+
+export interface EventQuery {
+  collections?: readonly string[];
+  limit?: number;
+}
+
+/**
+ * The contract every server storage implements; `test/storage.conformance.ts`
+ * proves it for each implementation.
+ *
+ * Sequences are assigned by storage, strictly increase, and are the only
+ * checkpoints: `getEventsAfter(c)` never returns an event at or below `c`, and
+ * an event that becomes visible later never has a sequence at or below one
+ * already returned (storages whose sequences are not commit-ordered must hold
+ * readers back to a safe watermark).
+ */
+export interface SyncStorage {
+  /** Creates tables or files; called by the server's start(). Idempotent. */
+  init(): Promise<void>;
+  /**
+   * Appends each event if the document's head is the version it was based on
+   * (`baseEventId`, null for "no such document"). Atomic per event and
+   * idempotent on the event id.
+   */
+  saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]>;
+  /** Events with a sequence above `checkpoint`, ascending. */
+  getEventsAfter(checkpoint: number, options?: EventQuery): Promise<StoredEvent[]>;
+  /** Events after `checkpoint` in the given collections that `clientId` did not write. */
+  getEventsForClient(clientId: string, collections: readonly string[], checkpoint?: number): Promise<StoredEvent[]>;
+  /** Removes events with a sequence below `checkpoint`; document heads stay. Returns how many were removed. */
+  clearEventsBefore(checkpoint: number): Promise<number>;
+  /** The current heads of the given documents (absent ones are left out). */
+  getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]>;
+  /** The highest sequence a reader may rely on (0 when empty). */
+  getLatestSequence(): Promise<number>;
+  /** How many events are stored. */
+  countEvents(): Promise<number>;
+  close(): Promise<void>;
+}

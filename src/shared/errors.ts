@@ -1,0 +1,58 @@
+/** Stable error codes: clients and servers branch on these, never on messages. */
+export const ERROR_CODES = [
+  'INVALID_OPTION',
+  'INVALID_MESSAGE',
+  'UNSUPPORTED_PROTOCOL',
+  'UNAUTHENTICATED',
+  'UNAUTHORIZED',
+  'UNKNOWN_COLLECTION',
+  'PAYLOAD_TOO_LARGE',
+  'TOO_MANY_EVENTS',
+  'RATE_LIMITED',
+  'TOO_MANY_CONNECTIONS',
+  'TOKEN_EXPIRED',
+  'STORAGE_ERROR',
+  'NOT_CONNECTED',
+  'TIMEOUT',
+  'DISABLED',
+  'CLOSED',
+  'INTERNAL',
+] as const;
+
+export type SyncErrorCode = (typeof ERROR_CODES)[number];
+
+/** Plain shape of an error as it travels over the wire. */
+export interface WireError {
+  code: SyncErrorCode;
+  message: string;
+  details?: unknown;
+}
+
+export class SyncError extends Error {
+  readonly code: SyncErrorCode;
+  readonly details?: unknown;
+
+  constructor(code: SyncErrorCode, message: string, details?: unknown) {
+    super(message);
+    this.name = 'SyncError';
+    this.code = code;
+    this.details = details;
+  }
+
+  toWire(): WireError {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+
+  static fromWire(wire: WireError): SyncError {
+    return new SyncError(wire.code, wire.message, wire.details);
+  }
+
+  /** Wraps anything thrown into a SyncError, keeping SyncErrors as they are. */
+  static from(error: unknown, code: SyncErrorCode = 'INTERNAL'): SyncError {
+    if (error instanceof SyncError) return error;
+    const message = error instanceof Error ? error.message : String(error);
+    return new SyncError(code, message);
+  }
+}

@@ -1,0 +1,84 @@
+/**
+ * Hybrid logical clock. A timestamp is a string that sorts lexically in
+ * causal order: 15-digit wall milliseconds, 6-digit base-36 counter, node id.
+ * The node id (client id) breaks ties, so every replica orders the same pair
+ * of writes the same way, whatever its own wall clock says.
+ */
+export interface HlcParts {
+  millis: number;
+  counter: number;
+  node: string;
+}
+
+const MILLIS_WIDTH = 15;
+const COUNTER_WIDTH = 6;
+const MAX_COUNTER = 36 ** COUNTER_WIDTH - 1;
+/** A remote clock this far ahead of ours is not trusted to drag us forward. */
+const MAX_DRIFT_MS = 24 * 60 * 60 * 1000;
+
+export function formatHlc({ millis, counter, node }: HlcParts): string {
+  return `${String(millis).padStart(MILLIS_WIDTH, '0')}-${counter.toString(36).padStart(COUNTER_WIDTH, '0')}-${node}`;
+}
+
+export function parseHlc(value: string): HlcParts {
+  const first = value.indexOf('-');
+  const second = value.indexOf('-', first + 1);
+  if (first !== MILLIS_WIDTH || second !== MILLIS_WIDTH + COUNTER_WIDTH + 1) {
+    throw new Error(`not a hybrid logical clock value: ${value}`);
+  }
+  return {
+    millis: Number(value.slice(0, first)),
+    counter: parseInt(value.slice(first + 1, second), 36),
+    node: value.slice(second + 1),
+  };
+}
+
+export const HLC_PATTERN = /^\d{15}-[0-9a-z]{6}-.+$/;
+
+export function compareHlc(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+export class HybridLogicalClock {
+  private millis = 0;
+  private counter = 0;
+
+  constructor(
+    readonly node: string,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** A timestamp for a local event, later than every timestamp seen so far. */
+  tick(): string {
+    const wall = this.now();
+    if (wall > this.millis) {
+      this.millis = wall;
+      this.counter = 0;
+    } else {
+      this.bumpCounter();
+    }
+    return formatHlc({ millis: this.millis, counter: this.counter, node: this.node });
+  }
+
+  /** Merges a timestamp seen on a remote event, so later ticks sort after it. */
+  receive(remote: string): void {
+    const parsed = parseHlc(remote);
+    const wall = this.now();
+    if (parsed.millis > wall + MAX_DRIFT_MS) return;
+    if (parsed.millis > this.millis) {
+      this.millis = parsed.millis;
+      this.counter = parsed.counter;
+    } else if (parsed.millis === this.millis && parsed.counter > this.counter) {
+      this.counter = parsed.counter;
+    }
+  }
+
+  private bumpCounter(): void {
+    if (this.counter >= MAX_COUNTER) {
+      this.millis += 1;
+      this.counter = 0;
+    } else {
+      this.counter += 1;
+    }
+  }
+}

@@ -1,0 +1,4 @@
+export * from './errors.js';
+export * from './hlc.js';
+export * from './protocol.js';
+export * from './json.js';

@@ -1,0 +1,64 @@
+import fastJsonPatch from 'fast-json-patch';
+import type { z } from 'zod';
+import { SyncError } from './errors.js';
+
+export type JsonObject = Record<string, unknown>;
+export type PatchOperation = fastJsonPatch.Operation;
+
+/** Structural equality of JSON values (key order does not matter). */
+export function jsonEqual(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== 'object' || typeof b !== 'object' || a === null || b === null) return false;
+  if (Array.isArray(a)) {
+    if (!Array.isArray(b) || a.length !== b.length) return false;
+    for (let i = 0; i < a.length; i++) if (!jsonEqual(a[i], b[i])) return false;
+    return true;
+  }
+  if (Array.isArray(b)) return false;
+  const aKeys = Object.keys(a).filter((k) => (a as JsonObject)[k] !== undefined);
+  const bKeys = Object.keys(b).filter((k) => (b as JsonObject)[k] !== undefined);
+  if (aKeys.length !== bKeys.length) return false;
+  for (const key of aKeys) if (!jsonEqual((a as JsonObject)[key], (b as JsonObject)[key])) return false;
+  return true;
+}
+
+/** The JSON patch that turns `from` into `to`. */
+export function diff(from: JsonObject, to: JsonObject): PatchOperation[] {
+  return fastJsonPatch.compare(from, to);
+}
+
+/** Applies a patch to a copy of `doc`; operations whose path no longer exists are skipped. */
+export function applyPatchLenient(doc: JsonObject, patch: readonly PatchOperation[]): JsonObject {
+  let result = fastJsonPatch.deepClone(doc) as JsonObject;
+  for (const operation of patch) {
+    try {
+      result = fastJsonPatch.applyOperation(result, operation, false, true).newDocument as JsonObject;
+    } catch {
+      // The other side removed what this operation touched; its removal stands.
+    }
+  }
+  return result;
+}
+
+export function deepClone<T>(value: T): T {
+  return fastJsonPatch.deepClone(value) as T;
+}
+
+/**
+ * Validates an options object with a zod schema. The error names the option
+ * and the value it got, e.g. `invalid option retry.maxRetries: -1 (...)`.
+ */
+export function parseOptions<T extends z.ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const path = issue.path.join('.');
+  let got: unknown = value;
+  for (const key of issue.path) got = got && typeof got === 'object' ? (got as JsonObject)[key as string] : undefined;
+  const shown = typeof got === 'function' ? 'a function' : JSON.stringify(got) ?? String(got);
+  throw new SyncError(
+    'INVALID_OPTION',
+    `invalid ${what} option ${path || '(options)'}: ${issue.message} (got ${shown})`,
+    { option: path, value: got },
+  );
+}

@@ -1,0 +1,162 @@
+/**
+ * The wire protocol. Every message either side receives is checked against
+ * these schemas at runtime; the TypeScript types are inferred from the same
+ * schemas, so the types and the checks cannot drift apart.
+ */
+import { z } from 'zod';
+import { ERROR_CODES, SyncError, type WireError } from './errors.js';
+import { HLC_PATTERN } from './hlc.js';
+
+/** Carried in the handshake; a server refuses versions it does not speak. */
+export const PROTOCOL_VERSION = 1;
+
+export const MESSAGE = {
+  subscribe: 'sync:subscribe',
+  push: 'sync:push',
+  pull: 'sync:pull',
+  live: 'sync:events',
+  error: 'sync:error',
+} as const;
+
+export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull]);
+
+export const collectionNameSchema = z
+  .string()
+  .regex(/^[a-zA-Z][a-zA-Z0-9_$-]{0,127}$/, 'a collection name starts with a letter and holds letters, digits, _ $ -');
+export const documentIdSchema = z.string().min(1).max(1024);
+export const eventIdSchema = z.string().min(8).max(128);
+export const clientIdSchema = z.string().min(1).max(128);
+export const hlcSchema = z.string().max(256).regex(HLC_PATTERN, 'a hybrid logical clock value');
+export const sequenceSchema = z.number().int().nonnegative();
+const jsonObjectSchema = z.record(z.string(), z.unknown());
+
+export const patchOperationSchema = z.object({
+  op: z.enum(['add', 'remove', 'replace', 'move', 'copy', 'test']),
+  path: z.string(),
+  value: z.unknown().optional(),
+  from: z.string().optional(),
+});
+
+export const OPERATIONS = ['insert', 'update', 'delete'] as const;
+export type Operation = (typeof OPERATIONS)[number];
+
+/**
+ * One local change as the client pushes it. `data` is the whole document after
+ * the change (for a delete, the last state), `patch` the JSON patch from the
+ * base version, `baseEventId` the id of the server event the change was made
+ * on (null when the client believes the document is new to the server).
+ */
+export const syncEventSchema = z.strictObject({
+  id: eventIdSchema,
+  collection: collectionNameSchema,
+  documentId: documentIdSchema,
+  op: z.enum(OPERATIONS),
+  data: jsonObjectSchema,
+  patch: z.array(patchOperationSchema).optional(),
+  baseEventId: eventIdSchema.nullable(),
+  hlc: hlcSchema,
+});
+export type SyncEvent = z.infer<typeof syncEventSchema>;
+
+/** An event as the server stored it: stamped with its sequence and author. */
+export const storedEventSchema = syncEventSchema.extend({
+  seq: sequenceSchema,
+  clientId: clientIdSchema,
+  serverTime: z.number(),
+});
+export type StoredEvent = z.infer<typeof storedEventSchema>;
+
+/** The server's current version of one document. */
+export const documentHeadSchema = z.strictObject({
+  collection: collectionNameSchema,
+  documentId: documentIdSchema,
+  seq: sequenceSchema,
+  eventId: eventIdSchema,
+  data: jsonObjectSchema,
+  deleted: z.boolean(),
+  hlc: hlcSchema,
+  clientId: clientIdSchema,
+});
+export type DocumentHead = z.infer<typeof documentHeadSchema>;
+
+const wireErrorSchema = z.object({
+  code: z.enum(ERROR_CODES),
+  message: z.string(),
+  details: z.unknown().optional(),
+});
+
+export const pushResultSchema = z.discriminatedUnion('status', [
+  z.object({ id: eventIdSchema, status: z.literal('accepted'), seq: sequenceSchema }),
+  z.object({ id: eventIdSchema, status: z.literal('duplicate'), seq: sequenceSchema }),
+  z.object({ id: eventIdSchema, status: z.literal('conflict'), head: documentHeadSchema.nullable() }),
+  z.object({ id: eventIdSchema, status: z.literal('rejected'), error: wireErrorSchema }),
+]);
+export type PushResult = z.infer<typeof pushResultSchema>;
+
+export const handshakeSchema = z.object({
+  protocolVersion: z.literal(PROTOCOL_VERSION),
+  clientId: clientIdSchema,
+  token: z.string().max(16_384).optional(),
+});
+export type Handshake = z.infer<typeof handshakeSchema>;
+
+export const subscribeMessageSchema = z.strictObject({
+  collections: z.array(collectionNameSchema).max(256),
+});
+export type SubscribeMessage = z.infer<typeof subscribeMessageSchema>;
+
+export const pushMessageSchema = z.strictObject({
+  events: z.array(syncEventSchema).min(1),
+});
+export type PushMessage = z.infer<typeof pushMessageSchema>;
+
+export const pullMessageSchema = z.strictObject({
+  checkpoint: sequenceSchema,
+  collections: z.array(collectionNameSchema).min(1).max(256),
+  limit: z.number().int().positive().optional(),
+});
+export type PullMessage = z.infer<typeof pullMessageSchema>;
+
+export const subscribeReplySchema = z.object({ collections: z.array(collectionNameSchema) });
+export type SubscribeReply = z.infer<typeof subscribeReplySchema>;
+export const pushReplySchema = z.object({ results: z.array(pushResultSchema) });
+export type PushReply = z.infer<typeof pushReplySchema>;
+export const pullReplySchema = z.object({
+  events: z.array(storedEventSchema),
+  checkpoint: sequenceSchema,
+  hasMore: z.boolean(),
+});
+export type PullReply = z.infer<typeof pullReplySchema>;
+export const liveMessageSchema = z.object({ events: z.array(storedEventSchema).min(1) });
+export type LiveMessage = z.infer<typeof liveMessageSchema>;
+
+/** Every acknowledgement is either `{ ok: true, ...reply }` or `{ ok: false, error }`. */
+export type Ack<T> = ({ ok: true } & T) | { ok: false; error: WireError };
+export function ackSchema<T extends z.ZodObject>(reply: T) {
+  return z.union([reply.extend({ ok: z.literal(true) }), z.object({ ok: z.literal(false), error: wireErrorSchema })]);
+}
+
+export interface ClientToServerEvents {
+  'sync:subscribe': (message: SubscribeMessage, ack: (reply: Ack<SubscribeReply>) => void) => void;
+  'sync:push': (message: PushMessage, ack: (reply: Ack<PushReply>) => void) => void;
+  'sync:pull': (message: PullMessage, ack: (reply: Ack<PullReply>) => void) => void;
+}
+
+export interface ServerToClientEvents {
+  'sync:events': (message: LiveMessage) => void;
+  'sync:error': (error: WireError) => void;
+}
+
+/**
+ * Checks a message against its schema; a failure becomes an INVALID_MESSAGE
+ * error that names the first offending field.
+ */
+export function parseMessage<T extends z.ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  const path = issue.path.length > 0 ? issue.path.join('.') : '(message)';
+  throw new SyncError('INVALID_MESSAGE', `invalid ${what}: ${path}: ${issue.message}`, {
+    issues: result.error.issues.slice(0, 5).map((i) => ({ path: i.path.join('.'), message: i.message })),
+  });
+}
