@@ -3,7 +3,13 @@ import type { z } from 'zod';
 import { SyncError } from './errors.js';
 
 export type JsonObject = Record<string, unknown>;
-export type PatchOperation = fastJsonPatch.Operation;
+/** One RFC 6902 JSON patch operation, as it travels on the wire. */
+export interface PatchOperation {
+  op: 'add' | 'remove' | 'replace' | 'move' | 'copy' | 'test';
+  path: string;
+  value?: unknown;
+  from?: string;
+}
 
 /** Structural equality of JSON values (key order does not matter). */
 export function jsonEqual(a: unknown, b: unknown): boolean {
@@ -24,7 +30,7 @@ export function jsonEqual(a: unknown, b: unknown): boolean {
 
 /** The JSON patch that turns `from` into `to`. */
 export function diff(from: JsonObject, to: JsonObject): PatchOperation[] {
-  return fastJsonPatch.compare(from, to);
+  return fastJsonPatch.compare(from, to) as PatchOperation[];
 }
 
 /** Applies a patch to a copy of `doc`; operations whose path no longer exists are skipped. */
@@ -32,7 +38,7 @@ export function applyPatchLenient(doc: JsonObject, patch: readonly PatchOperatio
   let result = fastJsonPatch.deepClone(doc) as JsonObject;
   for (const operation of patch) {
     try {
-      result = fastJsonPatch.applyOperation(result, operation, false, true).newDocument as JsonObject;
+      result = fastJsonPatch.applyOperation(result, operation as fastJsonPatch.Operation, false, true).newDocument as JsonObject;
     } catch {
       // The other side removed what this operation touched; its removal stands.
     }

@@ -1,0 +1,440 @@
+/**
+ * The sync engine of one database: owns the connection, the timers, the
+ * status, and the order in which replication steps run. Deciding what to do
+ * with documents is the Replicator's job.
+ */
+import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
+import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
+import { SyncError } from '../shared/errors.js';
+import { HybridLogicalClock } from '../shared/hlc.js';
+import { createLogger, type Logger } from '../shared/logger.js';
+import type { LiveMessage } from '../shared/protocol.js';
+import type { PendingEntry } from './documents.js';
+import { MetaStore } from './meta-store.js';
+import type { ResolvedClientOptions } from './options.js';
+import { PendingLog } from './pending-log.js';
+import {
+  REMOTE_CONTEXT,
+  Replicator,
+  STATE_ID,
+  type ConflictResolutionChoice,
+  type PersistedState,
+  type RejectedEvent,
+  type StoredConflict,
+} from './replicator.js';
+import { SerialQueue } from './serial-queue.js';
+import { strategyFor } from './strategies/index.js';
+import type { Strategy } from './strategies/types.js';
+import { Transport } from './transport.js';
+
+export interface SyncStatus {
+  enabled: boolean;
+  connected: boolean;
+  /** False in a tab that is not the elected leader: another tab of the same database syncs. */
+  leader: boolean;
+  syncing: boolean;
+  lastSyncTime: number | null;
+  pendingEvents: number;
+  conflicts: number;
+  rejectedEvents: number;
+  error: SyncError | null;
+}
+
+export interface SyncResult {
+  success: boolean;
+  error: SyncError | null;
+  /** Events pushed plus remote events applied in this run. */
+  syncedEvents: number;
+}
+
+/** After live events arrive, a pull follows this soon to move the checkpoint past them. */
+const LIVE_PULL_DELAY = 100;
+
+export class SyncEngine {
+  readonly status$: BehaviorSubject<SyncStatus>;
+  private readonly logger: Logger;
+  private readonly queue = new SerialQueue();
+  private readonly collections: Set<string>;
+  private readonly subscriptions = new Map<string, Subscription>();
+  private readonly strategies = new Map<string, Strategy>();
+  private meta?: MetaStore;
+  private replicator?: Replicator;
+  private transport?: Transport;
+  private running?: Promise<SyncResult>;
+  private want = { push: false, pull: false };
+  private subscribed = false;
+  private retryAttempt = 0;
+  private retryTimer?: ReturnType<typeof setTimeout>;
+  private intervalTimer?: ReturnType<typeof setInterval>;
+  private livePullTimer?: ReturnType<typeof setTimeout>;
+  private closed = false;
+  private ready?: Promise<void>;
+
+  constructor(
+    private readonly db: RxDatabase,
+    private readonly options: ResolvedClientOptions,
+  ) {
+    this.logger = createLogger(options.logging, 'rxdb-offline-sync:client');
+    this.collections = new Set(options.collections);
+    this.status$ = new BehaviorSubject<SyncStatus>({
+      enabled: true,
+      connected: false,
+      leader: !db.multiInstance,
+      syncing: false,
+      lastSyncTime: null,
+      pendingEvents: 0,
+      conflicts: 0,
+      rejectedEvents: 0,
+      error: null,
+    });
+    for (const name of this.collections) this.assertCollection(name);
+  }
+
+  get status(): SyncStatus {
+    return this.status$.value;
+  }
+
+  get conflicts$(): Observable<StoredConflict[]> {
+    return this.requireReplicator().conflicts$;
+  }
+
+  get rejected$(): Observable<RejectedEvent[]> {
+    return this.requireReplicator().rejected$;
+  }
+
+  /** Opens the plugin's storage and, once this tab leads, starts logging and syncing. */
+  async start(): Promise<void> {
+    this.meta = await MetaStore.open(this.db);
+    const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
+    const state: PersistedState = stored ?? { clientId: crypto.randomUUID(), checkpoints: {}, logged: {} };
+    const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values());
+    const clock = new HybridLogicalClock(state.clientId);
+    for (const entry of pending.all()) clock.receive(entry.event.hlc);
+    this.replicator = new Replicator(this.db, this.meta, pending, clock, state, (name) => this.strategyFor(name), this.logger);
+    await this.replicator.loadKept();
+    if (!stored) await this.meta.write([this.replicator.stateWrite()]);
+    this.replicator.conflicts$.subscribe(() => this.refreshCounts());
+    this.replicator.rejected$.subscribe((rejected) => {
+      const last = rejected[rejected.length - 1];
+      this.refreshCounts(last ? SyncError.fromWire(last.error) : undefined);
+    });
+    this.refreshCounts();
+    this.ready = this.db.multiInstance ? this.db.waitForLeadership().then(() => this.lead()) : this.lead();
+    // A single-tab database leads at once; wait so that the caller sees recovered writes counted.
+    if (!this.db.multiInstance) await this.ready;
+  }
+
+  private async lead(): Promise<void> {
+    if (this.closed) return;
+    this.updateStatus({ leader: true });
+    for (const name of this.collections) await this.watch(name);
+    this.transport = new Transport(this.options, this.replicator!.clientId, {
+      onConnect: () => this.onConnect(),
+      onDisconnect: (reason) => {
+        this.subscribed = false;
+        this.updateStatus({ connected: false });
+        this.logger.info({ reason }, 'disconnected from sync server');
+      },
+      onConnectError: (error) => this.updateStatus({ connected: false, error }),
+      onLive: (message) => this.onLive(message),
+      onServerError: (error) => {
+        this.logger.warn({ code: error.code, reason: error.message }, 'sync server reported an error');
+        this.updateStatus({ error });
+      },
+    }, this.logger);
+    if (this.status.enabled && this.options.autoSync) this.goOnline();
+  }
+
+  // ---- public API ----------------------------------------------------------------
+
+  async syncNow(): Promise<SyncResult> {
+    if (this.closed) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
+    if (!this.status.enabled) return { success: false, error: new SyncError('DISABLED', 'sync is disabled: call enable() first'), syncedEvents: 0 };
+    await this.ready;
+    if (!this.transport) return { success: false, error: new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it'), syncedEvents: 0 };
+    this.transport.connect();
+    try {
+      await this.transport.waitForConnection(this.options.requestTimeout);
+    } catch (error) {
+      const syncError = SyncError.from(error);
+      this.updateStatus({ error: syncError });
+      return { success: false, error: syncError, syncedEvents: 0 };
+    }
+    return this.requestSync({ push: true, pull: true });
+  }
+
+  enable(): void {
+    if (this.status.enabled || this.closed) return;
+    this.updateStatus({ enabled: true, error: null });
+    if (this.options.autoSync && this.transport) this.goOnline();
+  }
+
+  /** Stops all traffic: disconnects, stops timers. Local writes are still logged. */
+  disable(): void {
+    if (!this.status.enabled) return;
+    this.updateStatus({ enabled: false });
+    this.goOffline();
+  }
+
+  async clearPendingEvents(): Promise<number> {
+    const dropped = await this.queue.run(() => this.requireReplicator().clearPending());
+    this.refreshCounts();
+    return dropped;
+  }
+
+  getConflicts(): StoredConflict[] {
+    return [...this.requireReplicator().conflicts.values()];
+  }
+
+  async resolveConflict(id: string, choice: ConflictResolutionChoice): Promise<void> {
+    await this.queue.run(() => this.requireReplicator().resolveConflict(id, choice));
+    this.refreshCounts();
+    this.afterLocalChange();
+  }
+
+  getRejectedEvents(): RejectedEvent[] {
+    return [...this.requireReplicator().rejected];
+  }
+
+  addCollection(name: string): void {
+    this.assertCollection(name);
+    if (this.collections.has(name)) return;
+    this.collections.add(name);
+    if (this.status.leader && this.replicator) {
+      void this.watch(name).catch((error: unknown) => this.fail(error));
+      this.subscribed = false;
+      if (this.status.connected) void this.requestSync({ push: true, pull: true });
+    }
+  }
+
+  removeCollection(name: string): void {
+    if (!this.collections.delete(name)) return;
+    this.subscriptions.get(name)?.unsubscribe();
+    this.subscriptions.delete(name);
+    this.subscribed = false;
+    if (this.status.connected) void this.requestSync({ push: false, pull: true });
+  }
+
+  getCollections(): string[] {
+    return [...this.collections];
+  }
+
+  /** Stops everything and closes the plugin's storage; called when the database closes. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.goOffline();
+    for (const subscription of this.subscriptions.values()) subscription.unsubscribe();
+    this.subscriptions.clear();
+    await this.running?.catch(() => undefined);
+    await this.queue.idle();
+    await this.meta?.close();
+    this.status$.complete();
+  }
+
+  // ---- local changes -------------------------------------------------------------
+
+  private async watch(name: string): Promise<void> {
+    const replicator = this.requireReplicator();
+    const collection = replicator.collection(name);
+    // Subscribe before recovering, so that no write falls between the two.
+    const subscription = collection.eventBulks$.subscribe((bulk: RxChangeEventBulk<unknown>) => {
+      if (bulk.context === REMOTE_CONTEXT || bulk.isLocal) return;
+      const ids = bulk.events.map((event) => event.documentId);
+      void this.queue
+        .run(() => replicator.recordLocalChanges(name, ids, bulk.checkpoint))
+        .then(() => this.afterLocalChange(), (error: unknown) => this.fail(error));
+    });
+    this.subscriptions.set(name, subscription);
+    await this.queue.run(() => replicator.recover(name));
+    this.refreshCounts();
+  }
+
+  private afterLocalChange(): void {
+    this.refreshCounts();
+    if (this.status.enabled && this.options.autoSync && this.status.connected && this.options.useWebSockets) {
+      void this.requestSync({ push: true, pull: false });
+    }
+  }
+
+  // ---- connection ----------------------------------------------------------------
+
+  private goOnline(): void {
+    this.transport?.connect();
+    clearInterval(this.intervalTimer);
+    this.intervalTimer = setInterval(() => {
+      if (this.status.connected) void this.requestSync({ push: true, pull: true });
+    }, this.options.syncInterval);
+  }
+
+  private goOffline(): void {
+    clearInterval(this.intervalTimer);
+    clearTimeout(this.retryTimer);
+    clearTimeout(this.livePullTimer);
+    this.transport?.disconnect();
+    this.updateStatus({ connected: false });
+  }
+
+  private onConnect(): void {
+    this.logger.info({ serverUrl: this.options.serverUrl }, 'connected to sync server');
+    this.retryAttempt = 0;
+    this.updateStatus({ connected: true, error: null });
+    if (this.options.autoSync) void this.requestSync({ push: true, pull: true });
+  }
+
+  private onLive(message: LiveMessage): void {
+    const replicator = this.requireReplicator();
+    const unexpected = message.events.find((event) => !this.collections.has(event.collection));
+    if (unexpected) {
+      this.updateStatus({ error: new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which this client does not sync`) });
+      return;
+    }
+    void this.queue
+      .run(() => replicator.applyRemote(message.events, 'live'))
+      .then(() => {
+        clearTimeout(this.livePullTimer);
+        this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
+      }, (error: unknown) => this.fail(error));
+  }
+
+  // ---- sync runs -----------------------------------------------------------------
+
+  /** Runs (or joins) a sync run; requests made while one runs are folded into the next. */
+  private requestSync(want: { push: boolean; pull: boolean }): Promise<SyncResult> {
+    this.want.push ||= want.push;
+    this.want.pull ||= want.pull;
+    this.running ??= this.drain().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  private async drain(): Promise<SyncResult> {
+    let syncedEvents = 0;
+    this.updateStatus({ syncing: true });
+    try {
+      while (this.want.push || this.want.pull) {
+        const want = this.want;
+        this.want = { push: false, pull: false };
+        syncedEvents += await this.runOnce(want);
+      }
+      this.retryAttempt = 0;
+      this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: null });
+      return { success: true, error: null, syncedEvents };
+    } catch (error) {
+      const syncError = SyncError.from(error);
+      this.want = { push: false, pull: false };
+      this.updateStatus({ syncing: false, error: syncError });
+      this.logger.warn({ code: syncError.code, reason: syncError.message }, 'sync failed');
+      this.scheduleRetry();
+      return { success: false, error: syncError, syncedEvents };
+    } finally {
+      this.refreshCounts();
+    }
+  }
+
+  private async runOnce(want: { push: boolean; pull: boolean }): Promise<number> {
+    const transport = this.transport;
+    const replicator = this.requireReplicator();
+    if (!transport || !this.status.enabled) throw new SyncError('DISABLED', 'sync is disabled');
+    let synced = 0;
+    if (want.pull && this.options.useWebSockets && !this.subscribed) {
+      await transport.subscribe({ collections: [...this.collections] });
+      this.subscribed = true;
+    }
+    // Push everything before pulling: a pull then never meets an event whose fate is unknown.
+    for (;;) {
+      const pushed = await this.queue.run(async () => {
+        const batch = await replicator.takeBatch(this.options.batchSize);
+        if (batch.length === 0) return 0;
+        const reply = await transport.push({ events: batch.map((entry) => entry.event) });
+        await replicator.applyPushResults(batch, reply.results);
+        return batch.length;
+      });
+      if (pushed === 0) break;
+      synced += pushed;
+      this.refreshCounts();
+    }
+    if (!want.pull) return synced;
+    const groups = new Map<number, string[]>();
+    for (const name of this.collections) {
+      const checkpoint = replicator.state.checkpoints[name] ?? 0;
+      groups.set(checkpoint, [...(groups.get(checkpoint) ?? []), name]);
+    }
+    for (let [checkpoint, collections] of groups) {
+      for (;;) {
+        const reply = await transport.pull({ checkpoint, collections, limit: this.options.batchSize });
+        const unexpected = reply.events.find((event) => !collections.includes(event.collection));
+        if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
+        if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
+        synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
+        checkpoint = reply.checkpoint;
+        if (!reply.hasMore) break;
+      }
+    }
+    return synced;
+  }
+
+  private scheduleRetry(): void {
+    clearTimeout(this.retryTimer);
+    const { maxRetries, retryDelay, useExponentialBackoff } = this.options.retry;
+    if (this.retryAttempt >= maxRetries || !this.status.enabled || !this.status.connected || this.closed) return;
+    const exponent = useExponentialBackoff ? this.retryAttempt : 0;
+    const delay = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
+    this.retryAttempt++;
+    this.retryTimer = setTimeout(() => void this.requestSync({ push: true, pull: true }), delay);
+  }
+
+  // ---- helpers -------------------------------------------------------------------
+
+  private strategyFor(collection: string): Strategy {
+    let strategy = this.strategies.get(collection);
+    if (!strategy) {
+      const choice = this.options.conflictResolution;
+      const perCollection = typeof choice === 'object' ? (choice as Record<string, never>)[collection] : choice;
+      strategy = strategyFor(perCollection ?? 'last-write-wins');
+      this.strategies.set(collection, strategy);
+    }
+    return strategy;
+  }
+
+  private assertCollection(name: string): void {
+    if (!this.db.collections[name]) {
+      const known = Object.keys(this.db.collections);
+      throw new SyncError(
+        'UNKNOWN_COLLECTION',
+        `cannot sync collection "${name}": database "${this.db.name}" has ${known.length > 0 ? `only ${known.join(', ')}` : 'no collections'}; add it with addCollections() first`,
+        { collection: name },
+      );
+    }
+  }
+
+  private requireReplicator(): Replicator {
+    if (!this.replicator) throw new SyncError('INTERNAL', 'sync engine is not started');
+    return this.replicator;
+  }
+
+  private fail(error: unknown): void {
+    if (this.closed) return;
+    const syncError = SyncError.from(error);
+    this.logger.error({ err: error }, 'sync step failed');
+    this.updateStatus({ error: syncError });
+  }
+
+  private refreshCounts(error?: SyncError): void {
+    if (!this.replicator || this.status$.closed) return;
+    this.updateStatus({
+      pendingEvents: this.replicator.pending.size,
+      conflicts: this.replicator.conflicts.size,
+      rejectedEvents: this.replicator.rejected.length,
+      ...(error ? { error } : {}),
+    });
+  }
+
+  private updateStatus(patch: Partial<SyncStatus>): void {
+    if (this.status$.closed) return;
+    const next = { ...this.status$.value, ...patch };
+    const changed = (Object.keys(patch) as (keyof SyncStatus)[]).some((key) => next[key] !== this.status$.value[key]);
+    if (changed) this.status$.next(next);
+  }
+}

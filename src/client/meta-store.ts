@@ -1,0 +1,174 @@
+/**
+ * The plugin's own storage: one RxStorage instance beside the app's
+ * collections, in the same RxStorage (so IndexedDB in a browser). It holds the
+ * pending-event log, the last server version of each document, checkpoints
+ * and conflicts. Being a storage instance and not a collection, it does not
+ * count against RxDB's open-collection limit.
+ */
+import {
+  createRevision,
+  fillWithDefaultSettings,
+  normalizeMangoQuery,
+  now,
+  prepareQuery,
+  type RxDatabase,
+  type RxDocumentData,
+  type RxJsonSchema,
+  type RxStorageInstance,
+} from 'rxdb';
+import { SyncError } from '../shared/errors.js';
+
+export type MetaKind = 'state' | 'pending' | 'shadow' | 'conflict' | 'rejected';
+
+interface MetaDoc {
+  id: string;
+  kind: MetaKind;
+  value: unknown;
+}
+
+const META_COLLECTION = 'rxdb-offline-sync-meta';
+const WRITE_CONTEXT = 'rxdb-offline-sync-meta';
+
+const META_SCHEMA: RxJsonSchema<RxDocumentData<MetaDoc>> = fillWithDefaultSettings<MetaDoc>({
+  version: 0,
+  primaryKey: 'id',
+  type: 'object',
+  properties: {
+    id: { type: 'string', maxLength: 2048 },
+    kind: { type: 'string', maxLength: 16 },
+    value: { type: 'object' },
+  },
+  required: ['id', 'kind', 'value'],
+  indexes: ['kind'],
+});
+
+/** Kinds the engine reads in full with getAll() when it starts. */
+const LOADED_WHOLE: ReadonlySet<MetaKind> = new Set(['pending', 'conflict', 'rejected', 'state']);
+
+export interface MetaWrite {
+  id: string;
+  kind: MetaKind;
+  /** Omit to delete. */
+  value?: unknown;
+}
+
+/** The revision and deletion state of a stored document: all a write needs to name its predecessor. */
+type Revision = Pick<RxDocumentData<MetaDoc>, '_rev' | '_deleted'>;
+
+export class MetaStore {
+  /** Known revisions; null marks a document known not to exist. */
+  private readonly revisions = new Map<string, Revision | null>();
+
+  private constructor(
+    private readonly instance: RxStorageInstance<MetaDoc, unknown, unknown>,
+    private readonly token: string,
+  ) {}
+
+  static async open(db: RxDatabase): Promise<MetaStore> {
+    const instance = await db.storage.createStorageInstance<MetaDoc>({
+      databaseInstanceToken: db.token,
+      databaseName: db.name,
+      collectionName: META_COLLECTION,
+      schema: META_SCHEMA,
+      options: {},
+      multiInstance: db.multiInstance,
+      devMode: false,
+    });
+    return new MetaStore(instance as RxStorageInstance<MetaDoc, unknown, unknown>, db.token);
+  }
+
+  async get<T>(ids: readonly string[]): Promise<Map<string, T>> {
+    const result = new Map<string, T>();
+    if (ids.length === 0) return result;
+    const docs = await this.instance.findDocumentsById([...ids], true);
+    for (const id of ids) if (!this.revisions.has(id)) this.revisions.set(id, null);
+    for (const doc of docs) {
+      this.remember(doc);
+      if (doc._deleted) continue;
+      this.remember(doc);
+      result.set(doc.id, doc.value as T);
+    }
+    return result;
+  }
+
+  async getAll<T>(kind: MetaKind): Promise<Map<string, T>> {
+    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { kind }, sort: [{ id: 'asc' }] }));
+    const { documents } = await this.instance.query(query);
+    const result = new Map<string, T>();
+    for (const doc of documents) {
+      this.remember(doc);
+      result.set(doc.id, doc.value as T);
+    }
+    return result;
+  }
+
+  /** Writes and deletes in one storage call; a stale revision is refreshed and retried once. */
+  async write(writes: readonly MetaWrite[]): Promise<void> {
+    const unique = new Map<string, MetaWrite>();
+    for (const write of writes) unique.set(write.id, write);
+    let rows = [...unique.values()];
+    await this.loadUnknown(rows);
+    for (let attempt = 0; attempt < 2 && rows.length > 0; attempt++) {
+      const writeRows = rows.flatMap((write) => this.toRow(write));
+      if (writeRows.length === 0) return;
+      const response = await this.instance.bulkWrite(writeRows, WRITE_CONTEXT);
+      const failed = new Set<string>();
+      for (const error of response.error) {
+        if (error.status === 409 && error.documentInDb) {
+          this.remember(error.documentInDb);
+          failed.add(error.documentId);
+        } else {
+          throw new SyncError('STORAGE_ERROR', `could not write sync metadata ${error.documentId} (status ${error.status})`);
+        }
+      }
+      for (const row of writeRows) if (!failed.has(row.document.id)) this.remember(row.document);
+      rows = rows.filter((write) => failed.has(write.id));
+    }
+    if (rows.length > 0) throw new SyncError('STORAGE_ERROR', `sync metadata kept changing under us: ${rows.map((r) => r.id).join(', ')}`);
+  }
+
+  /** Drops deleted metadata documents for good. */
+  async compact(): Promise<void> {
+    await this.instance.cleanup(0);
+    for (const [id, revision] of this.revisions) if (revision?._deleted) this.revisions.set(id, null);
+  }
+
+  async close(): Promise<void> {
+    await this.instance.close();
+  }
+
+  private toRow(write: MetaWrite) {
+    const previous = this.revisions.get(write.id) ?? undefined;
+    const deleting = write.value === undefined;
+    if (deleting && (!previous || previous._deleted)) return [];
+    const previousDoc = previous ? ({ ...previous, _attachments: {} } as RxDocumentData<MetaDoc>) : undefined;
+    const document: RxDocumentData<MetaDoc> = {
+      id: write.id,
+      kind: write.kind,
+      value: deleting ? {} : write.value,
+      _deleted: deleting,
+      _attachments: {},
+      _meta: { lwt: now() },
+      _rev: createRevision(this.token, previousDoc),
+    };
+    return [{ previous: previousDoc, document }];
+  }
+
+  /**
+   * Writes need the current revision of documents written by an earlier
+   * process. Kinds that are loaded whole at start (getAll) are already known.
+   */
+  private async loadUnknown(writes: readonly MetaWrite[]): Promise<void> {
+    const unknown = writes
+      .filter((write) => !this.revisions.has(write.id) && !LOADED_WHOLE.has(write.kind))
+      .map((write) => write.id);
+    if (unknown.length === 0) return;
+    const docs = await this.instance.findDocumentsById(unknown, true);
+    for (const id of unknown) this.revisions.set(id, null);
+    for (const doc of docs) this.remember(doc);
+  }
+
+  private remember(doc: RxDocumentData<MetaDoc>): void {
+    this.revisions.set(doc.id, { _rev: doc._rev, _deleted: doc._deleted });
+  }
+}

@@ -1,0 +1,54 @@
+import { z } from 'zod';
+import { loggingOptionsSchema } from '../shared/logger.js';
+import { parseOptions } from '../shared/json.js';
+import { collectionNameSchema } from '../shared/protocol.js';
+import { STRATEGY_NAMES, type ConflictResolver, type StrategyName } from './strategies/types.js';
+
+export type AuthToken = string | (() => string | undefined | null | Promise<string | undefined | null>);
+export type ConflictResolution = StrategyName | ConflictResolver;
+
+const strategySchema = z.union([
+  z.enum(STRATEGY_NAMES),
+  z.custom<ConflictResolver>((value) => typeof value === 'function', 'a strategy name or a function'),
+]);
+
+export const clientOptionsSchema = z.strictObject({
+  serverUrl: z.string().url('serverUrl must be an absolute URL such as http://localhost:3000'),
+  authToken: z
+    .union([z.string(), z.custom<() => string>((value) => typeof value === 'function', 'a function')])
+    .optional(),
+  collections: z.array(collectionNameSchema).default([]),
+  syncInterval: z.number().int().min(100, 'syncInterval is in milliseconds and at least 100').default(30_000),
+  autoSync: z.boolean().default(true),
+  useWebSockets: z.boolean().default(true),
+  conflictResolution: z
+    .union([strategySchema, z.record(collectionNameSchema, strategySchema)])
+    .default('last-write-wins'),
+  retry: z
+    .strictObject({
+      maxRetries: z.number().int().nonnegative().default(5),
+      retryDelay: z.number().int().positive().default(1000),
+      useExponentialBackoff: z.boolean().default(true),
+    })
+    .default({ maxRetries: 5, retryDelay: 1000, useExponentialBackoff: true }),
+  logging: loggingOptionsSchema,
+  /** Events per push message and per pull page. */
+  batchSize: z.number().int().positive().max(5000).default(500),
+  /** How long to wait for the server to answer one message. */
+  requestTimeout: z.number().int().positive().default(20_000),
+  /** socket.io path on the server. */
+  path: z.string().default('/socket.io'),
+});
+
+export type SyncPluginOptions = Omit<z.input<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution'> & {
+  authToken?: AuthToken;
+  conflictResolution?: ConflictResolution | Record<string, ConflictResolution>;
+};
+export type ResolvedClientOptions = Omit<z.output<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution'> & {
+  authToken?: AuthToken;
+  conflictResolution: ConflictResolution | Record<string, ConflictResolution>;
+};
+
+export function resolveClientOptions(options: SyncPluginOptions): ResolvedClientOptions {
+  return parseOptions(clientOptionsSchema, options, 'sync plugin') as ResolvedClientOptions;
+}

@@ -1,0 +1,89 @@
+import { docKey, type PendingEntry } from './documents.js';
+import type { MetaWrite } from './meta-store.js';
+
+export const pendingId = (key: string) => `pending|${key}`;
+
+/**
+ * The pending-event log in memory, mirrored in the meta store. Entries are
+ * ordered by key (a hybrid logical clock, so later writes sort later); per
+ * document, sent entries come first and at most one unsent entry follows.
+ * Mutations return the meta writes that make them durable, so a caller can
+ * persist them together with related state in one storage call.
+ */
+export class PendingLog {
+  private readonly entries = new Map<string, PendingEntry>();
+  private readonly byDocument = new Map<string, PendingEntry[]>();
+
+  constructor(loaded: Iterable<PendingEntry> = []) {
+    for (const entry of [...loaded].sort((a, b) => (a.key < b.key ? -1 : 1))) this.insert(entry);
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  forDocument(collection: string, documentId: string): readonly PendingEntry[] {
+    return this.byDocument.get(docKey(collection, documentId)) ?? [];
+  }
+
+  /** The oldest entries, up to `limit`, skipping documents for which `skip` says so. */
+  head(limit: number, skip?: (entry: PendingEntry) => boolean): PendingEntry[] {
+    const result: PendingEntry[] = [];
+    for (const entry of this.entries.values()) {
+      if (result.length >= limit) break;
+      if (!skip?.(entry)) result.push(entry);
+    }
+    return result;
+  }
+
+  all(): PendingEntry[] {
+    return [...this.entries.values()];
+  }
+
+  add(entry: PendingEntry): MetaWrite {
+    this.insert(entry);
+    return this.toWrite(entry);
+  }
+
+  /** Replaces an unsent entry's event in place; it keeps its place in the log. */
+  update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite {
+    entry.event = event;
+    return this.toWrite(entry);
+  }
+
+  markSent(entries: readonly PendingEntry[]): MetaWrite[] {
+    return entries.filter((entry) => !entry.sent).map((entry) => {
+      entry.sent = true;
+      return this.toWrite(entry);
+    });
+  }
+
+  remove(entry: PendingEntry): MetaWrite {
+    this.entries.delete(entry.key);
+    const key = docKey(entry.event.collection, entry.event.documentId);
+    const list = (this.byDocument.get(key) ?? []).filter((other) => other !== entry);
+    if (list.length > 0) this.byDocument.set(key, list);
+    else this.byDocument.delete(key);
+    return { id: pendingId(entry.key), kind: 'pending' };
+  }
+
+  removeDocument(collection: string, documentId: string): MetaWrite[] {
+    return [...this.forDocument(collection, documentId)].map((entry) => this.remove(entry));
+  }
+
+  clear(filter: (entry: PendingEntry) => boolean = () => true): MetaWrite[] {
+    return this.all().filter(filter).map((entry) => this.remove(entry));
+  }
+
+  private insert(entry: PendingEntry): void {
+    this.entries.set(entry.key, entry);
+    const key = docKey(entry.event.collection, entry.event.documentId);
+    const list = this.byDocument.get(key);
+    if (list) list.push(entry);
+    else this.byDocument.set(key, [entry]);
+  }
+
+  private toWrite(entry: PendingEntry): MetaWrite {
+    return { id: pendingId(entry.key), kind: 'pending', value: { key: entry.key, event: entry.event, sent: entry.sent } };
+  }
+}

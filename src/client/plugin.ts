@@ -1,0 +1,115 @@
+import { addRxPlugin, type RxDatabase, type RxPlugin } from 'rxdb';
+import { RxDBLeaderElectionPlugin } from 'rxdb/plugins/leader-election';
+import type { Observable } from 'rxjs';
+import { SyncError } from '../shared/errors.js';
+import { SyncEngine, type SyncResult, type SyncStatus } from './engine.js';
+import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
+import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
+
+export const SYNC_PLUGIN_NAME = 'sync';
+
+/** What `db.addPlugin(createSyncPlugin(...))` returns, and `db.plugin('sync')` later. */
+export interface SyncApi {
+  getStatus(): SyncStatus;
+  readonly status$: Observable<SyncStatus>;
+  syncNow(): Promise<SyncResult>;
+  enable(): void;
+  disable(): void;
+  /** Drops unpushed changes; their documents return to the last server version. Returns how many were dropped. */
+  clearPendingEvents(): Promise<number>;
+  addCollection(name: string): void;
+  removeCollection(name: string): void;
+  getCollections(): string[];
+  /** Conflicts kept for the app (strategy 'manual', or a custom resolver that threw). */
+  getConflicts(): StoredConflict[];
+  readonly conflicts$: Observable<StoredConflict[]>;
+  resolveConflict(id: string, resolution: ConflictResolutionChoice): Promise<void>;
+  /** Local changes the server refused; they are not retried. */
+  getRejectedEvents(): RejectedEvent[];
+  readonly rejected$: Observable<RejectedEvent[]>;
+}
+
+/** A plugin instance for one database, made by createSyncPlugin(). */
+export interface SyncPluginDefinition {
+  readonly name: string;
+  readonly options: ResolvedClientOptions;
+  attach(db: RxDatabase): Promise<SyncApi>;
+}
+
+export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefinition {
+  const resolved = resolveClientOptions(options);
+  return {
+    name: SYNC_PLUGIN_NAME,
+    options: resolved,
+    async attach(db) {
+      const engine = new SyncEngine(db, resolved);
+      db.onClose.push(() => engine.close());
+      await engine.start();
+      return apiOf(engine);
+    },
+  };
+}
+
+function apiOf(engine: SyncEngine): SyncApi {
+  return {
+    getStatus: () => engine.status,
+    status$: engine.status$.asObservable(),
+    syncNow: () => engine.syncNow(),
+    enable: () => engine.enable(),
+    disable: () => engine.disable(),
+    clearPendingEvents: () => engine.clearPendingEvents(),
+    addCollection: (name) => engine.addCollection(name),
+    removeCollection: (name) => engine.removeCollection(name),
+    getCollections: () => engine.getCollections(),
+    getConflicts: () => engine.getConflicts(),
+    conflicts$: engine.conflicts$,
+    resolveConflict: (id, resolution) => engine.resolveConflict(id, resolution),
+    getRejectedEvents: () => engine.getRejectedEvents(),
+    rejected$: engine.rejected$,
+  };
+}
+
+const ATTACHED = new WeakMap<RxDatabase, Map<string, SyncApi>>();
+
+async function addPlugin(this: RxDatabase, definition: SyncPluginDefinition): Promise<SyncApi> {
+  if (!definition || typeof definition.attach !== 'function') {
+    throw new SyncError('INVALID_OPTION', 'addPlugin() takes what createSyncPlugin() returns');
+  }
+  if (this.closed) throw new SyncError('CLOSED', `database "${this.name}" is closed`);
+  const attached = ATTACHED.get(this) ?? new Map<string, SyncApi>();
+  ATTACHED.set(this, attached);
+  if (attached.has(definition.name)) {
+    throw new SyncError('INVALID_OPTION', `a plugin named "${definition.name}" is already added to database "${this.name}"`);
+  }
+  const api = await definition.attach(this);
+  attached.set(definition.name, api);
+  return api;
+}
+
+function plugin(this: RxDatabase, name: string): SyncApi | undefined {
+  return ATTACHED.get(this)?.get(name);
+}
+
+/** Add once with addRxPlugin(): gives every RxDatabase addPlugin() and plugin(). */
+export const RxDBOfflineSyncPlugin: RxPlugin = {
+  name: 'rxdb-offline-sync',
+  rxdb: true,
+  init() {
+    // Only one tab of a multi-instance database syncs; RxDB's leader election picks it.
+    addRxPlugin(RxDBLeaderElectionPlugin);
+  },
+  prototypes: {
+    RxDatabase(proto: RxDatabase) {
+      Object.assign(proto, { addPlugin, plugin });
+    },
+  },
+};
+
+declare module 'rxdb' {
+  interface RxDatabaseBase<Internals, InstanceCreationOptions, Collections, Reactivity> {
+    /** Attaches a plugin made by createSyncPlugin(); resolves to its API. */
+    addPlugin(definition: SyncPluginDefinition): Promise<SyncApi>;
+    /** The API of a plugin added earlier, by name ('sync'). */
+    plugin(name: string): SyncApi | undefined;
+  }
+}

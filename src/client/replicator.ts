@@ -1,0 +1,521 @@
+/**
+ * The replication core: turns local writes into pending events, applies the
+ * server's answers and other clients' events, and settles conflicts. It does
+ * no network I/O; the engine feeds it and serializes every call through one
+ * queue, so no two of these steps ever interleave.
+ */
+import { getChangedDocumentsSince, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
+import { Subject } from 'rxjs';
+import { SyncError, type WireError } from '../shared/errors.js';
+import type { HybridLogicalClock } from '../shared/hlc.js';
+import type { Logger } from '../shared/logger.js';
+import type { PushResult, StoredEvent, SyncEvent } from '../shared/protocol.js';
+import {
+  buildChange,
+  docKey,
+  localState,
+  shadowFromEvent,
+  shadowFromHead,
+  stateOfEvent,
+  statesEqual,
+  versionOf,
+  type DocState,
+  type PendingEntry,
+  type Shadow,
+} from './documents.js';
+import type { MetaStore, MetaWrite } from './meta-store.js';
+import type { PendingLog } from './pending-log.js';
+import type { DocumentVersion, Strategy } from './strategies/types.js';
+
+/** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
+export const REMOTE_CONTEXT = 'rxdb-offline-sync-remote';
+
+export interface PersistedState {
+  clientId: string;
+  /** Server sequence each collection has pulled through. */
+  checkpoints: Record<string, number>;
+  /** RxDB storage checkpoint each collection's local changes are logged through. */
+  logged: Record<string, unknown>;
+}
+
+/** A conflict kept for the app to settle (strategy `manual`, or a custom resolver that threw). */
+export interface StoredConflict {
+  id: string;
+  collection: string;
+  documentId: string;
+  local: DocumentVersion;
+  remote: DocumentVersion | null;
+  base: DocumentVersion | null;
+  reason?: string;
+  detectedAt: number;
+}
+
+/** A local change the server refused (for instance not authorized). It is not retried. */
+export interface RejectedEvent {
+  id: string;
+  collection: string;
+  documentId: string;
+  event: SyncEvent;
+  error: WireError;
+  rejectedAt: number;
+}
+
+export type ConflictResolutionChoice = 'keep-local' | 'keep-remote' | { data: Record<string, unknown> };
+
+const shadowId = (collection: string, documentId: string) => `shadow|${collection}|${documentId}`;
+const conflictId = (collection: string, documentId: string) => `conflict|${collection}|${documentId}`;
+export const STATE_ID = 'state|main';
+const MAX_RESOLVE_ATTEMPTS = 5;
+const RECOVERY_PAGE = 1000;
+
+export class Replicator {
+  readonly conflicts = new Map<string, StoredConflict>();
+  readonly rejected: RejectedEvent[] = [];
+  readonly conflicts$ = new Subject<StoredConflict[]>();
+  readonly rejected$ = new Subject<RejectedEvent[]>();
+
+  constructor(
+    private readonly db: RxDatabase,
+    private readonly meta: MetaStore,
+    readonly pending: PendingLog,
+    private readonly clock: HybridLogicalClock,
+    readonly state: PersistedState,
+    private readonly strategyFor: (collection: string) => Strategy,
+    private readonly logger: Logger,
+  ) {}
+
+  get clientId(): string {
+    return this.state.clientId;
+  }
+
+  collection(name: string): RxCollection {
+    const collection = this.db.collections[name];
+    if (!collection) throw new SyncError('UNKNOWN_COLLECTION', `the database has no collection "${name}"`);
+    return collection;
+  }
+
+  stateWrite(): MetaWrite {
+    return { id: STATE_ID, kind: 'state', value: this.state };
+  }
+
+  /** True while a manual conflict holds this document back from pushing. */
+  isHeld(entry: PendingEntry): boolean {
+    return this.conflicts.has(conflictId(entry.event.collection, entry.event.documentId));
+  }
+
+  // ---- local changes -> pending log ------------------------------------------------
+
+  /**
+   * Compares each document's current local state with what the log or the
+   * server already has and logs the difference. Idempotent: calling it twice,
+   * or for a document the plugin itself wrote, logs nothing new.
+   */
+  async recordLocalChanges(collectionName: string, documentIds: readonly string[], loggedThrough?: unknown): Promise<number> {
+    const collection = this.collection(collectionName);
+    const ids = [...new Set(documentIds)];
+    const [currents, shadows] = await Promise.all([this.findLocal(collection, ids), this.getShadows(collectionName, ids)]);
+    const writes: MetaWrite[] = [];
+    let changed = 0;
+    for (const documentId of ids) {
+      const current = localState(currents.get(documentId));
+      const shadow = shadows.get(documentId) ?? null;
+      const entries = this.pending.forDocument(collectionName, documentId);
+      const last = entries[entries.length - 1];
+      const expected = last ? stateOfEvent(last.event) : shadow;
+      if (statesEqual(current, expected)) continue;
+      const open = last && !last.sent ? last : undefined;
+      const lastSent = [...entries].reverse().find((entry) => entry.sent);
+      const base = lastSent ? stateOfEvent(lastSent.event) : shadow;
+      const change = buildChange(base, current);
+      changed++;
+      if (!change) {
+        if (open) writes.push(this.pending.remove(open));
+        continue;
+      }
+      const hlc = this.clock.tick();
+      const event: SyncEvent = {
+        id: open?.event.id ?? crypto.randomUUID(),
+        collection: collectionName,
+        documentId,
+        ...change,
+        baseEventId: lastSent ? lastSent.event.id : (shadow?.eventId ?? null),
+        hlc,
+      };
+      writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: hlc, event, sent: false }));
+    }
+    if (loggedThrough !== undefined) {
+      this.state.logged[collectionName] = loggedThrough;
+      writes.push(this.stateWrite());
+    }
+    if (writes.length > 0) await this.meta.write(writes);
+    return changed;
+  }
+
+  /**
+   * Logs every change the storage holds after the last logged checkpoint:
+   * writes made while the plugin was not running, or lost to a crash between
+   * the document write and the log append.
+   */
+  async recover(collectionName: string): Promise<number> {
+    const collection = this.collection(collectionName);
+    let recovered = 0;
+    for (;;) {
+      const { documents, checkpoint } = await getChangedDocumentsSince(
+        collection.storageInstance,
+        RECOVERY_PAGE,
+        this.state.logged[collectionName] as never,
+      );
+      if (documents.length === 0) break;
+      const primary = collection.schema.primaryPath as string;
+      recovered += await this.recordLocalChanges(
+        collectionName,
+        documents.map((doc) => String((doc as Record<string, unknown>)[primary])),
+        checkpoint,
+      );
+      if (documents.length < RECOVERY_PAGE) break;
+    }
+    if (recovered > 0) this.logger.info({ collection: collectionName, recovered }, 'logged local writes found in storage');
+    return recovered;
+  }
+
+  // ---- push ----------------------------------------------------------------------
+
+  /** The next batch to push, marked sent durably before it leaves (a sent event is never changed again). */
+  async takeBatch(limit: number): Promise<PendingEntry[]> {
+    const batch = this.pending.head(limit, (entry) => this.isHeld(entry));
+    const marks = this.pending.markSent(batch);
+    if (marks.length > 0) await this.meta.write(marks);
+    return batch;
+  }
+
+  async applyPushResults(batch: readonly PendingEntry[], results: readonly PushResult[]): Promise<void> {
+    if (results.length !== batch.length || results.some((result, i) => result.id !== batch[i]!.event.id)) {
+      throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
+    }
+    const writes: MetaWrite[] = [];
+    const conflicts = new Map<string, PushResult & { status: 'conflict' }>();
+    const rejected = new Map<string, { entry: PendingEntry; error: WireError }>();
+    batch.forEach((entry, i) => {
+      const result = results[i]!;
+      const key = docKey(entry.event.collection, entry.event.documentId);
+      if (conflicts.has(key) || rejected.has(key)) return;
+      if (result.status === 'accepted' || result.status === 'duplicate') {
+        writes.push(this.pending.remove(entry));
+        writes.push(this.shadowWrite(entry.event.collection, entry.event.documentId, {
+          ...stateOfEvent(entry.event),
+          seq: result.seq,
+          eventId: entry.event.id,
+          hlc: entry.event.hlc,
+          clientId: this.clientId,
+        }));
+      } else if (result.status === 'conflict') {
+        conflicts.set(key, result);
+      } else {
+        rejected.set(key, { entry, error: result.error });
+      }
+    });
+    if (writes.length > 0) await this.meta.write(writes);
+    for (const { entry, error } of rejected.values()) await this.reject(entry, error);
+    for (const [key, result] of conflicts) {
+      const entry = batch.find((candidate) => docKey(candidate.event.collection, candidate.event.documentId) === key)!;
+      await this.resolveDocument(entry.event.collection, entry.event.documentId, result.head ? shadowFromHead(result.head) : null);
+    }
+  }
+
+  /** The server refused the change: it is not retried, the document returns to the server's version. */
+  private async reject(entry: PendingEntry, error: WireError): Promise<void> {
+    const { collection: collectionName, documentId } = entry.event;
+    const record: RejectedEvent = { id: entry.event.id, collection: collectionName, documentId, event: entry.event, error, rejectedAt: Date.now() };
+    this.rejected.push(record);
+    this.logger.warn({ collection: collectionName, documentId, code: error.code, reason: error.message }, 'server rejected a local change');
+    const collection = this.collection(collectionName);
+    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
+    const shadow = shadows.get(documentId) ?? null;
+    const current = currents.get(documentId);
+    const target = shadow ?? { data: localState(current)?.data ?? entry.event.data, deleted: true };
+    await this.writeLocal(collection, [{ documentId, current, target }]);
+    await this.meta.write([
+      ...this.pending.removeDocument(collectionName, documentId),
+      { id: `rejected|${record.id}`, kind: 'rejected', value: record },
+    ]);
+    this.rejected$.next([...this.rejected]);
+  }
+
+  // ---- remote events -------------------------------------------------------------
+
+  /**
+   * Applies other clients' events. In `pull` mode every document is settled
+   * (conflicts resolved) and the checkpoint advances; in `live` mode only
+   * documents without local changes are applied and the rest wait for the
+   * next pull, which also moves the checkpoint.
+   */
+  async applyRemote(events: readonly StoredEvent[], mode: 'pull' | 'live', checkpoint?: { collections: readonly string[]; seq: number }): Promise<number> {
+    const byCollection = new Map<string, Map<string, StoredEvent[]>>();
+    for (const event of events) {
+      if (!this.db.collections[event.collection]) continue;
+      const docs = byCollection.get(event.collection) ?? new Map<string, StoredEvent[]>();
+      byCollection.set(event.collection, docs);
+      const list = docs.get(event.documentId);
+      if (list) list.push(event);
+      else docs.set(event.documentId, [event]);
+    }
+    let applied = 0;
+    for (const [collectionName, docs] of byCollection) {
+      applied += await this.applyCollection(collectionName, docs, mode);
+    }
+    if (checkpoint) {
+      for (const name of checkpoint.collections) {
+        this.state.checkpoints[name] = Math.max(this.state.checkpoints[name] ?? 0, checkpoint.seq);
+      }
+      await this.meta.write([this.stateWrite()]);
+    }
+    return applied;
+  }
+
+  private async applyCollection(collectionName: string, docs: Map<string, StoredEvent[]>, mode: 'pull' | 'live'): Promise<number> {
+    const collection = this.collection(collectionName);
+    const ids = [...docs.keys()];
+    const [currents, shadows] = await Promise.all([this.findLocal(collection, ids), this.getShadows(collectionName, ids)]);
+    const writes: MetaWrite[] = [];
+    const toWrite: { documentId: string; current?: RxDocumentData<unknown>; target: DocState; shadow: Shadow }[] = [];
+    const toResolve: { documentId: string; remote: Shadow }[] = [];
+    for (const [documentId, list] of docs) {
+      const latest = list.reduce((a, b) => (b.seq > a.seq ? b : a));
+      const shadow = shadows.get(documentId);
+      if (shadow && shadow.seq >= latest.seq) continue;
+      this.clock.receive(latest.hlc);
+      const remote = shadowFromEvent(latest);
+      // Our own events coming back acknowledge a push whose answer was lost.
+      let expected: DocState | null = shadow ?? null;
+      const entries = this.pending.forDocument(collectionName, documentId);
+      const seen = new Set(list.map((event) => event.id));
+      const ownIndex = entries.findLastIndex((entry) => seen.has(entry.event.id));
+      if (ownIndex >= 0 && mode === 'pull') {
+        for (const entry of entries.slice(0, ownIndex + 1)) writes.push(this.pending.remove(entry));
+        expected = stateOfEvent(entries[ownIndex]!.event);
+      }
+      const current = currents.get(documentId);
+      const hasLocalChange = this.pending.forDocument(collectionName, documentId).length > 0 || !statesEqual(localState(current), expected);
+      if (!hasLocalChange) toWrite.push({ documentId, current, target: remote, shadow: remote });
+      else if (mode === 'pull') toResolve.push({ documentId, remote });
+    }
+    const refused = await this.writeLocal(collection, toWrite);
+    for (const row of toWrite) {
+      if (refused.has(row.documentId)) {
+        if (mode === 'pull') toResolve.push({ documentId: row.documentId, remote: row.shadow });
+      } else {
+        writes.push(this.shadowWrite(collectionName, row.documentId, row.shadow));
+      }
+    }
+    if (writes.length > 0) await this.meta.write(writes);
+    for (const { documentId, remote } of toResolve) {
+      await this.recordLocalChanges(collectionName, [documentId]);
+      await this.resolveDocument(collectionName, documentId, remote);
+    }
+    return toWrite.length - refused.size + toResolve.length;
+  }
+
+  // ---- conflicts -----------------------------------------------------------------
+
+  /**
+   * Settles a document whose local change the server does not have on top of
+   * `remote` (the server's head; null when the server holds no version).
+   * The configured strategy decides; the result is written locally and, if it
+   * differs from the server's version, pushed as a new event based on it.
+   */
+  async resolveDocument(collectionName: string, documentId: string, remote: Shadow | null, attempt = 0): Promise<void> {
+    const collection = this.collection(collectionName);
+    const entries = this.pending.forDocument(collectionName, documentId);
+    const writes: MetaWrite[] = [];
+    if (remote) {
+      // The server's head is one of our own events (its history was compacted away): it was accepted.
+      const ownIndex = entries.findIndex((entry) => entry.event.id === remote.eventId);
+      if (ownIndex >= 0) {
+        for (const entry of entries.slice(0, ownIndex + 1)) writes.push(this.pending.remove(entry));
+        writes.push(this.shadowWrite(collectionName, documentId, remote));
+        await this.meta.write(writes);
+        await this.recordLocalChanges(collectionName, [documentId]);
+        return;
+      }
+    }
+    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
+    const current = currents.get(documentId);
+    const local = localState(current);
+    const base = shadows.get(documentId) ?? null;
+    const lastEntry = entries[entries.length - 1];
+    writes.push(...this.pending.removeDocument(collectionName, documentId));
+    writes.push(remote ? this.shadowWrite(collectionName, documentId, remote) : { id: shadowId(collectionName, documentId), kind: 'shadow' });
+    if (statesEqual(local, remote)) {
+      await this.meta.write(writes);
+      return;
+    }
+    const localVersion: DocumentVersion = {
+      data: local?.data ?? lastEntry?.event.data ?? {},
+      deleted: !local || local.deleted,
+      hlc: lastEntry?.event.hlc ?? this.clock.tick(),
+      clientId: this.clientId,
+    };
+    const conflict = { collection: collectionName, documentId, local: localVersion, remote: versionOf(remote), base: versionOf(base) };
+    const resolution = await this.strategyFor(collectionName)(conflict);
+
+    if (resolution.action === 'manual') {
+      const stored: StoredConflict = { id: conflictId(collectionName, documentId), ...conflict, detectedAt: Date.now(), ...(resolution.reason ? { reason: resolution.reason } : {}) };
+      this.conflicts.set(stored.id, stored);
+      writes.push({ id: stored.id, kind: 'conflict', value: { ...stored, remoteShadow: remote } });
+      await this.meta.write(writes);
+      this.logger.info({ collection: collectionName, documentId, reason: resolution.reason }, 'conflict kept for the app to resolve');
+      this.conflicts$.next([...this.conflicts.values()]);
+      return;
+    }
+    const target: DocState =
+      resolution.action === 'keep-remote'
+        ? (remote ?? { data: localVersion.data, deleted: true })
+        : resolution.action === 'keep-local'
+          ? { data: localVersion.data, deleted: localVersion.deleted }
+          : resolution.action === 'write'
+            ? { data: resolution.data, deleted: false }
+            : { data: localVersion.data, deleted: true };
+    if (!statesEqual(target, local)) {
+      const refused = await this.writeLocal(collection, [{ documentId, current, target }]);
+      if (refused.has(documentId)) {
+        // The app wrote the document meanwhile: log that write and settle again.
+        if (attempt >= MAX_RESOLVE_ATTEMPTS) throw new SyncError('INTERNAL', `document ${collectionName}/${documentId} keeps changing during conflict resolution`);
+        await this.recordLocalChanges(collectionName, [documentId]);
+        return this.resolveDocument(collectionName, documentId, remote, attempt + 1);
+      }
+    }
+    const change = buildChange(remote, target);
+    if (change) {
+      const hlc = this.clock.tick();
+      writes.push(this.pending.add({
+        key: hlc,
+        event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        sent: false,
+      }));
+    }
+    await this.meta.write(writes);
+  }
+
+  /** Settles a kept conflict the way the app chose. */
+  async resolveConflict(id: string, choice: ConflictResolutionChoice): Promise<void> {
+    const conflict = this.conflicts.get(id);
+    if (!conflict) throw new SyncError('INVALID_OPTION', `no open conflict with id "${id}"`);
+    const { collection: collectionName, documentId } = conflict;
+    const collection = this.collection(collectionName);
+    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
+    const current = currents.get(documentId);
+    const remote = shadows.get(documentId) ?? null;
+    const target: DocState =
+      choice === 'keep-remote'
+        ? (remote ?? { data: conflict.local.data, deleted: true })
+        : choice === 'keep-local'
+          ? (localState(current) ?? { data: conflict.local.data, deleted: true })
+          : { data: choice.data, deleted: false };
+    const refused = await this.writeLocal(collection, [{ documentId, current, target }]);
+    if (refused.has(documentId)) throw new SyncError('INTERNAL', `document ${collectionName}/${documentId} changed while resolving its conflict; try again`);
+    const writes: MetaWrite[] = [...this.pending.removeDocument(collectionName, documentId), { id, kind: 'conflict' }];
+    const change = buildChange(remote, target);
+    if (change) {
+      const hlc = this.clock.tick();
+      writes.push(this.pending.add({
+        key: hlc,
+        event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        sent: false,
+      }));
+    }
+    this.conflicts.delete(id);
+    await this.meta.write(writes);
+    this.conflicts$.next([...this.conflicts.values()]);
+  }
+
+  /** Drops every unpushed change and returns those documents to the server's version. */
+  async clearPending(): Promise<number> {
+    const entries = this.pending.all();
+    const docs = new Map<string, Set<string>>();
+    for (const entry of entries) {
+      const set = docs.get(entry.event.collection) ?? new Set<string>();
+      set.add(entry.event.documentId);
+      docs.set(entry.event.collection, set);
+    }
+    for (const [collectionName, ids] of docs) {
+      if (!this.db.collections[collectionName]) continue;
+      const collection = this.collection(collectionName);
+      const list = [...ids];
+      const [currents, shadows] = await Promise.all([this.findLocal(collection, list), this.getShadows(collectionName, list)]);
+      await this.writeLocal(
+        collection,
+        list.map((documentId) => ({
+          documentId,
+          current: currents.get(documentId),
+          target: shadows.get(documentId) ?? { data: localState(currents.get(documentId))?.data ?? {}, deleted: true },
+        })),
+      );
+    }
+    await this.meta.write(this.pending.clear());
+    return entries.length;
+  }
+
+  async loadKept(): Promise<void> {
+    for (const conflict of (await this.meta.getAll<StoredConflict>('conflict')).values()) this.conflicts.set(conflict.id, conflict);
+    const rejected = await this.meta.getAll<RejectedEvent>('rejected');
+    this.rejected.push(...[...rejected.values()].sort((a, b) => a.rejectedAt - b.rejectedAt));
+  }
+
+  // ---- storage helpers -----------------------------------------------------------
+
+  private shadowWrite(collection: string, documentId: string, shadow: Shadow): MetaWrite {
+    return { id: shadowId(collection, documentId), kind: 'shadow', value: shadow };
+  }
+
+  async getShadows(collection: string, ids: readonly string[]): Promise<Map<string, Shadow>> {
+    const stored = await this.meta.get<Shadow>(ids.map((id) => shadowId(collection, id)));
+    const result = new Map<string, Shadow>();
+    for (const id of ids) {
+      const shadow = stored.get(shadowId(collection, id));
+      if (shadow) result.set(id, shadow);
+    }
+    return result;
+  }
+
+  private async findLocal(collection: RxCollection, ids: readonly string[]): Promise<Map<string, RxDocumentData<unknown>>> {
+    const docs = await collection.storageInstance.findDocumentsById([...ids], true);
+    const primary = collection.schema.primaryPath as string;
+    return new Map(docs.map((doc) => [String((doc as Record<string, unknown>)[primary]), doc as RxDocumentData<unknown>]));
+  }
+
+  /**
+   * Writes remote or resolved states into the app's collection, each only if
+   * the document is still what we read; returns the ids the app changed meanwhile.
+   */
+  private async writeLocal(
+    collection: RxCollection,
+    rows: readonly { documentId: string; current?: RxDocumentData<unknown>; target: DocState }[],
+  ): Promise<Set<string>> {
+    const primary = collection.schema.primaryPath as string;
+    const writeRows = rows
+      .filter(({ current, target }) => !(target.deleted && (!current || current._deleted)))
+      .map(({ documentId, current, target }) => ({
+        previous: current,
+        document: {
+          ...target.data,
+          [primary]: documentId,
+          _deleted: target.deleted,
+          _attachments: current?._attachments ?? {},
+          _meta: current ? { ...current._meta } : { lwt: 0 },
+          _rev: current?._rev ?? '',
+        } as RxDocumentData<unknown>,
+      }));
+    const refused = new Set<string>();
+    if (writeRows.length === 0) return refused;
+    const response = await collection.storageInstance.bulkWrite(writeRows as never, REMOTE_CONTEXT);
+    for (const error of response.error) {
+      if (error.status === 409) refused.add(error.documentId);
+      else {
+        throw new SyncError('STORAGE_ERROR', `could not write ${collection.name}/${error.documentId} locally (status ${error.status})`, {
+          error: (error as { validationErrors?: unknown }).validationErrors,
+        });
+      }
+    }
+    return refused;
+  }
+}

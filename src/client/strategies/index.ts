@@ -1,0 +1,38 @@
+import { SyncError } from '../../shared/errors.js';
+import { clientWins } from './client-wins.js';
+import { lastWriteWins } from './last-write-wins.js';
+import { manual } from './manual.js';
+import { merge } from './merge.js';
+import { serverWins } from './server-wins.js';
+import type { Conflict, ConflictResolver, Resolution, Strategy, StrategyName } from './types.js';
+
+export * from './types.js';
+export { lastWriteWins, serverWins, clientWins, merge, manual };
+
+const BUILT_IN: Record<StrategyName, Strategy> = {
+  'last-write-wins': lastWriteWins,
+  'server-wins': serverWins,
+  'client-wins': clientWins,
+  merge,
+  manual,
+};
+
+/** Wraps an app's resolver: its answer becomes a write or a delete, a throw a manual conflict. */
+export function customStrategy(resolver: ConflictResolver): Strategy {
+  return async (conflict: Conflict): Promise<Resolution> => {
+    try {
+      const result = await resolver(conflict);
+      if (result === null) return { action: 'delete' };
+      if (typeof result !== 'object' || Array.isArray(result)) {
+        throw new SyncError('INVALID_OPTION', 'a conflict resolver must return a document object or null');
+      }
+      return { action: 'write', data: result };
+    } catch (error) {
+      return { action: 'manual', reason: `conflict resolver failed: ${SyncError.from(error).message}` };
+    }
+  };
+}
+
+export function strategyFor(choice: StrategyName | ConflictResolver): Strategy {
+  return typeof choice === 'function' ? customStrategy(choice) : BUILT_IN[choice];
+}

@@ -1,0 +1,74 @@
+import { compareHlc } from '../../shared/hlc.js';
+import { applyPatchLenient, diff, jsonEqual, type PatchOperation } from '../../shared/json.js';
+import { lastWriteWins } from './last-write-wins.js';
+import type { Conflict, Resolution } from './types.js';
+
+/** True when one JSON pointer is the other or lies inside it. */
+function overlaps(a: string, b: string): boolean {
+  return a === b || a.startsWith(`${b}/`) || b.startsWith(`${a}/`);
+}
+
+/**
+ * Field-level three-way merge. The local changes (the JSON patch from the
+ * base to the local version) are applied onto the server's version; where both
+ * sides changed the same field, the later clock's value stands. Arrays are
+ * values: two sides that both change an array do not interleave it, the later
+ * clock's array wins. A delete against an update falls back to last-write-wins.
+ */
+export function merge(conflict: Conflict): Resolution {
+  const { local, remote, base } = conflict;
+  if (!remote) return { action: 'keep-local' };
+  if (local.deleted || remote.deleted) return lastWriteWins(conflict);
+  const baseData = base && !base.deleted ? base.data : {};
+  const localPatch = arrayAware(diff(baseData, local.data), baseData, local.data);
+  const remotePatch = arrayAware(diff(baseData, remote.data), baseData, remote.data);
+  const localIsLater = compareHlc(local.hlc, remote.hlc) > 0;
+  const touchedByRemote = remotePatch.map((operation) => operation.path);
+  const kept = localPatch.filter(
+    (operation) => localIsLater || !touchedByRemote.some((path) => overlaps(path, operation.path)),
+  );
+  const merged = applyPatchLenient(remote.data, kept);
+  if (jsonEqual(merged, remote.data)) return { action: 'keep-remote' };
+  if (jsonEqual(merged, local.data)) return { action: 'keep-local' };
+  return { action: 'write', data: merged };
+}
+
+/** Replaces element-level operations inside an array by one replace of the whole array. */
+function arrayAware(patch: PatchOperation[], from: Record<string, unknown>, to: Record<string, unknown>): PatchOperation[] {
+  const result: PatchOperation[] = [];
+  const replacedArrays = new Set<string>();
+  for (const operation of patch) {
+    const arrayPath = enclosingArray(from, to, operation.path);
+    if (!arrayPath) {
+      result.push(operation);
+      continue;
+    }
+    if (replacedArrays.has(arrayPath)) continue;
+    replacedArrays.add(arrayPath);
+    result.push({ op: 'replace', path: arrayPath, value: valueAt(to, arrayPath) } as PatchOperation);
+  }
+  return result;
+}
+
+function enclosingArray(from: unknown, to: unknown, path: string): string | undefined {
+  const parts = path.split('/').slice(1);
+  let a: unknown = from;
+  let b: unknown = to;
+  for (let i = 0; i < parts.length - 1; i++) {
+    const key = unescape(parts[i]!);
+    a = a && typeof a === 'object' ? (a as Record<string, unknown>)[key] : undefined;
+    b = b && typeof b === 'object' ? (b as Record<string, unknown>)[key] : undefined;
+    if (Array.isArray(a) || Array.isArray(b)) return `/${parts.slice(0, i + 1).join('/')}`;
+  }
+  return undefined;
+}
+
+function valueAt(doc: unknown, path: string): unknown {
+  let value: unknown = doc;
+  for (const part of path.split('/').slice(1)) {
+    value = value && typeof value === 'object' ? (value as Record<string, unknown>)[unescape(part)] : undefined;
+  }
+  return value;
+}
+
+const unescape = (part: string) => part.replace(/~1/g, '/').replace(/~0/g, '~');

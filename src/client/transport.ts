@@ -1,0 +1,181 @@
+/** The socket.io connection to the sync server: typed requests with acknowledgements, validated replies. */
+import { io, type Socket } from 'socket.io-client';
+import type { z } from 'zod';
+import { SyncError } from '../shared/errors.js';
+import type { Logger } from '../shared/logger.js';
+import {
+  MESSAGE,
+  PROTOCOL_VERSION,
+  ackSchema,
+  liveMessageSchema,
+  parseMessage,
+  pullReplySchema,
+  pushReplySchema,
+  subscribeReplySchema,
+  type ClientToServerEvents,
+  type LiveMessage,
+  type PullMessage,
+  type PullReply,
+  type PushMessage,
+  type PushReply,
+  type ServerToClientEvents,
+  type SubscribeMessage,
+  type SubscribeReply,
+} from '../shared/protocol.js';
+import type { ResolvedClientOptions } from './options.js';
+
+export interface TransportEvents {
+  onConnect(): void;
+  onDisconnect(reason: string): void;
+  onConnectError(error: SyncError): void;
+  onLive(message: LiveMessage): void;
+  onServerError(error: SyncError): void;
+}
+
+const pushAck = ackSchema(pushReplySchema);
+const pullAck = ackSchema(pullReplySchema);
+const subscribeAck = ackSchema(subscribeReplySchema);
+
+export class Transport {
+  private readonly socket: Socket<ServerToClientEvents, ClientToServerEvents>;
+  private reconnectTimer?: ReturnType<typeof setTimeout>;
+  private refusedAttempts = 0;
+  private wanted = false;
+
+  constructor(
+    private readonly options: ResolvedClientOptions,
+    clientId: string,
+    private readonly events: TransportEvents,
+    private readonly logger: Logger,
+  ) {
+    const { retryDelay, useExponentialBackoff } = options.retry;
+    this.socket = io(options.serverUrl, {
+      path: options.path,
+      autoConnect: false,
+      transports: options.useWebSockets ? ['websocket'] : ['polling'],
+      // socket.io's own reconnection: exponential backoff with jitter, forever.
+      reconnection: true,
+      reconnectionDelay: retryDelay,
+      reconnectionDelayMax: useExponentialBackoff ? Math.max(retryDelay, 30_000) : retryDelay,
+      randomizationFactor: 0.5,
+      // Asked again on every connection attempt, so an expired token is replaced.
+      auth: (callback) => {
+        this.resolveToken().then(
+          (token) => callback({ protocolVersion: PROTOCOL_VERSION, clientId, ...(token ? { token } : {}) }),
+          (error: unknown) => {
+            this.logger.warn({ err: error }, 'authToken function failed');
+            callback({ protocolVersion: PROTOCOL_VERSION, clientId });
+          },
+        );
+      },
+    });
+    this.socket.on('connect', () => {
+      this.refusedAttempts = 0;
+      this.events.onConnect();
+    });
+    this.socket.on('disconnect', (reason) => {
+      this.events.onDisconnect(reason);
+      // A server-side disconnect (for instance an expired token) is not retried by socket.io itself.
+      if (reason === 'io server disconnect' && this.wanted) this.scheduleReconnect();
+    });
+    this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
+      const data = error.data as { code?: string; message?: string } | undefined;
+      const syncError =
+        data && typeof data.code === 'string'
+          ? SyncError.fromWire(data as never)
+          : new SyncError('NOT_CONNECTED', `cannot reach sync server ${options.serverUrl}: ${error.message}`);
+      this.events.onConnectError(syncError);
+      // A refusal by the server's middleware is final for socket.io; we retry with backoff and a fresh token.
+      if (!this.socket.active && this.wanted) this.scheduleReconnect();
+    });
+    this.socket.on(MESSAGE.live, (raw: unknown) => {
+      try {
+        this.events.onLive(parseMessage(liveMessageSchema, raw, 'live message from server'));
+      } catch (error) {
+        this.events.onServerError(SyncError.from(error));
+      }
+    });
+    this.socket.on(MESSAGE.error, (raw: unknown) => {
+      const wire = raw as { code?: unknown; message?: unknown };
+      this.events.onServerError(
+        typeof wire?.message === 'string' && typeof wire.code === 'string'
+          ? SyncError.fromWire(wire as never)
+          : new SyncError('INVALID_MESSAGE', 'malformed error message from server'),
+      );
+    });
+  }
+
+  get connected(): boolean {
+    return this.socket.connected;
+  }
+
+  connect(): void {
+    this.wanted = true;
+    if (!this.socket.connected && !this.socket.active) this.socket.connect();
+  }
+
+  disconnect(): void {
+    this.wanted = false;
+    clearTimeout(this.reconnectTimer);
+    this.socket.disconnect();
+  }
+
+  /** Resolves once connected, or rejects after `timeout` ms. */
+  waitForConnection(timeout: number): Promise<void> {
+    if (this.socket.connected) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.socket.off('connect', done);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.socket.off('connect', done);
+        reject(new SyncError('NOT_CONNECTED', `not connected to ${this.options.serverUrl} within ${timeout} ms`));
+      }, timeout);
+      this.socket.on('connect', done);
+    });
+  }
+
+  subscribe(message: SubscribeMessage): Promise<SubscribeReply> {
+    return this.request(MESSAGE.subscribe, message, subscribeAck);
+  }
+
+  push(message: PushMessage): Promise<PushReply> {
+    return this.request(MESSAGE.push, message, pushAck);
+  }
+
+  pull(message: PullMessage): Promise<PullReply> {
+    return this.request(MESSAGE.pull, message, pullAck);
+  }
+
+  private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType): Promise<R> {
+    if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
+    let raw: unknown;
+    try {
+      raw = await (this.socket.timeout(this.options.requestTimeout) as unknown as Socket).emitWithAck(type, message);
+    } catch (error) {
+      throw new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
+    }
+    const reply = parseMessage(schema, raw, `reply to ${type}`) as { ok: true } | { ok: false; error: never };
+    if (!reply.ok) throw SyncError.fromWire(reply.error);
+    return reply as R;
+  }
+
+  private scheduleReconnect(): void {
+    clearTimeout(this.reconnectTimer);
+    const { retryDelay, useExponentialBackoff } = this.options.retry;
+    const exponent = useExponentialBackoff ? Math.min(this.refusedAttempts, 10) : 0;
+    const delay = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
+    this.refusedAttempts++;
+    this.reconnectTimer = setTimeout(() => {
+      if (this.wanted && !this.socket.connected && !this.socket.active) this.socket.connect();
+    }, delay);
+  }
+
+  private async resolveToken(): Promise<string | undefined> {
+    const { authToken } = this.options;
+    if (typeof authToken === 'function') return (await authToken()) ?? undefined;
+    return authToken;
+  }
+}

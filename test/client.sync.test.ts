@@ -1,0 +1,61 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { contents, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+
+let server: TestServer;
+const clients: TestClient[] = [];
+
+async function client(options: Parameters<typeof startClient>[1] = {}) {
+  const c = await startClient(server.url, options);
+  clients.push(c);
+  return c;
+}
+
+async function converged(...list: TestClient[]) {
+  await waitFor(async () => {
+    const all = await Promise.all(list.map((c) => contents(c.todos)));
+    return all.every((docs) => JSON.stringify(docs) === JSON.stringify(all[0]));
+  }, 'clients to converge');
+}
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()));
+  await server?.stop();
+});
+
+describe('live sync between clients', () => {
+  it('inserts, updates and deletes reach the other client in both directions', async () => {
+    server = await startServer();
+    const a = await client();
+    const b = await client();
+    await waitFor(() => a.sync.getStatus().connected && b.sync.getStatus().connected, 'both connected');
+
+    await a.todos.insert({ id: 't1', title: 'from a', done: false });
+    await waitFor(async () => (await b.todos.findOne('t1').exec()) !== null, 'b to see t1');
+
+    await (await b.todos.findOne('t1').exec())!.patch({ done: true, title: 'edited by b' });
+    await waitFor(async () => (await a.todos.findOne('t1').exec())?.done === true, 'a to see the edit');
+
+    await b.todos.insert({ id: 't2', title: 'from b', done: false });
+    await (await a.todos.findOne('t1').exec())!.remove();
+    await waitFor(async () => (await b.todos.findOne('t1').exec()) === null, 'b to see the delete');
+    await converged(a, b);
+    expect((await contents(a.todos)).map((t) => t.id)).toEqual(['t2']);
+  });
+
+  it('stores exactly one event per write: applying remote changes never echoes', async () => {
+    server = await startServer();
+    const a = await client();
+    const b = await client();
+    await waitFor(() => a.sync.getStatus().connected && b.sync.getStatus().connected, 'both connected');
+    await a.todos.bulkInsert([1, 2, 3].map((i) => ({ id: `e${i}`, title: `t${i}`, done: false })));
+    await waitFor(async () => (await b.todos.count().exec()) === 3, 'b to have 3');
+    await (await b.todos.findOne('e1').exec())!.patch({ done: true });
+    await waitFor(async () => (await a.todos.findOne('e1').exec())?.done === true, 'a to see it');
+    await a.sync.syncNow();
+    await b.sync.syncNow();
+    await a.sync.syncNow();
+    expect(await server.server.getStorage().countEvents()).toBe(4);
+    expect(a.sync.getStatus().pendingEvents).toBe(0);
+    expect(b.sync.getStatus().pendingEvents).toBe(0);
+  });
+});

@@ -1,0 +1,145 @@
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
+import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
+import { io, type Socket } from 'socket.io-client';
+import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
+import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
+import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
+
+addRxPlugin(RxDBOfflineSyncPlugin);
+
+export interface Todo {
+  id: string;
+  title: string;
+  done: boolean;
+  priority?: number;
+  tags?: string[];
+  owner?: string;
+}
+
+export const todoSchema: RxJsonSchema<Todo> = {
+  version: 0,
+  primaryKey: 'id',
+  type: 'object',
+  properties: {
+    id: { type: 'string', maxLength: 100 },
+    title: { type: 'string' },
+    done: { type: 'boolean' },
+    priority: { type: 'number' },
+    tags: { type: 'array', items: { type: 'string' } },
+    owner: { type: 'string' },
+  },
+  required: ['id', 'title', 'done'],
+};
+
+export interface TestServer {
+  url: string;
+  port: number;
+  server: SyncServer<any>;
+  httpServer: HttpServer;
+  stop(): Promise<void>;
+}
+
+const quiet = { enabled: false } as const;
+
+/** A sync server on a random loopback port. */
+export async function startServer(options: Partial<SyncServerOptions<any>> = {}, port = 0): Promise<TestServer> {
+  const httpServer = createServer();
+  const server = createSyncServer({ httpServer, logging: quiet, ...options });
+  await server.start();
+  await new Promise<void>((resolve) => httpServer.listen(port, '127.0.0.1', resolve));
+  const actualPort = (httpServer.address() as AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${actualPort}`,
+    port: actualPort,
+    server,
+    httpServer,
+    async stop() {
+      await server.stop();
+      httpServer.closeAllConnections();
+      await new Promise<void>((resolve) => httpServer.close(() => resolve()));
+    },
+  };
+}
+
+let dbCounter = 0;
+export const uniqueName = (prefix = 'db') => `${prefix}${Date.now().toString(36)}${(dbCounter++).toString(36)}`;
+
+export interface TestClient {
+  db: RxDatabase<{ todos: RxCollection<Todo> }>;
+  todos: RxCollection<Todo>;
+  sync: SyncApi;
+  name: string;
+  close(): Promise<void>;
+}
+
+/** An RxDB database on memory storage with a todos collection and the sync plugin added. */
+export async function startClient(
+  url: string,
+  options: Partial<SyncPluginOptions> & { name?: string; multiInstance?: boolean } = {},
+): Promise<TestClient> {
+  const { name = uniqueName(), multiInstance = false, ...syncOptions } = options;
+  const db = await openDatabase(name, multiInstance);
+  const sync = await db.addPlugin(
+    createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, retry: { maxRetries: 5, retryDelay: 50, useExponentialBackoff: true }, ...syncOptions }),
+  );
+  return { db, todos: db.todos, sync, name, close: () => db.close().then(() => undefined) };
+}
+
+export async function openDatabase(name: string, multiInstance = false) {
+  const db = await createRxDatabase<{ todos: RxCollection<Todo> }>({
+    name,
+    storage: getRxStorageMemory(),
+    multiInstance,
+    ignoreDuplicate: multiInstance,
+  });
+  await db.addCollections({ todos: { schema: todoSchema } });
+  return db;
+}
+
+/** Waits until `condition` holds, polling; fails with `message` after `timeout` ms. */
+export async function waitFor(condition: () => boolean | Promise<boolean>, message = 'condition', timeout = 10_000): Promise<void> {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    if (await condition()) return;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${message}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** Documents of a collection as plain sorted objects, for comparing clients. */
+export async function contents(collection: RxCollection<Todo>): Promise<Todo[]> {
+  const docs = await collection.find().exec();
+  return docs.map((doc) => doc.toJSON() as Todo).sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/** A raw protocol connection, as a hostile or hand-written client would open it. */
+export async function rawSocket(url: string, auth: Record<string, unknown> = {}): Promise<Socket> {
+  const socket = io(url, {
+    transports: ['websocket'],
+    reconnection: false,
+    auth: { protocolVersion: PROTOCOL_VERSION, clientId: `raw-${uniqueName()}`, ...auth },
+  });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', () => resolve());
+    socket.once('connect_error', reject);
+  });
+  return socket;
+}
+
+export function connectError(url: string, auth: Record<string, unknown>): Promise<Error & { data?: { code: string; message: string } }> {
+  const socket = io(url, { transports: ['websocket'], reconnection: false, auth });
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => {
+      socket.close();
+      reject(new Error('connected, but a refusal was expected'));
+    });
+    socket.once('connect_error', (error) => {
+      socket.close();
+      resolve(error);
+    });
+  });
+}
+
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
