@@ -39,12 +39,20 @@ export interface ServerStats {
   invalidMessages: number;
 }
 
+/** What the server reports about its work, for metrics and logs. */
+export interface ServerEvents {
+  push: [{ durationMs: number; accepted: number; duplicates: number; conflicts: number; rejected: number }];
+  pull: [{ durationMs: number; events: number }];
+  'storage-error': [{ operation: 'save' | 'read'; error: unknown }];
+}
+
 export interface ServerContext<User = unknown> {
   options: ResolvedServerOptions<User>;
   storage: SyncStorage;
   logger: Logger;
   io: SyncIo<User>;
   stats: ServerStats;
+  emit: <K extends keyof ServerEvents>(event: K, ...args: ServerEvents[K]) => void;
 }
 
 export const roomOf = (collection: string) => `collection:${collection}`;
@@ -86,6 +94,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
       limit: ctx.options.maxPayloadBytes,
     });
   }
+  const started = performance.now();
   const { events } = parseMessage(pushMessageSchema, raw, 'push message');
   if (events.length > ctx.options.maxEventsPerPush) {
     throw new SyncError('TOO_MANY_EVENTS', `push of ${events.length} events exceeds maxEventsPerPush (${ctx.options.maxEventsPerPush})`, {
@@ -118,15 +127,20 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const saved = toSave.length > 0 ? await saveEvents(ctx, toSave) : [];
   const accepted: StoredEvent[] = [];
   const serverTime = Date.now();
+  const counts = { accepted: 0, duplicates: 0, conflicts: 0, rejected: events.length - toSave.length };
   saved.forEach((result, i) => {
     results[savedIndex[i]!] = result;
     if (result.status === 'accepted') {
-      ctx.stats.accepted++;
+      counts.accepted++;
       accepted.push({ ...toSave[i]!, seq: result.seq, serverTime });
-    } else if (result.status === 'duplicate') ctx.stats.duplicates++;
-    else ctx.stats.conflicts++;
+    } else if (result.status === 'duplicate') counts.duplicates++;
+    else counts.conflicts++;
   });
+  ctx.stats.accepted += counts.accepted;
+  ctx.stats.duplicates += counts.duplicates;
+  ctx.stats.conflicts += counts.conflicts;
   if (accepted.length > 0) await broadcast(ctx, socket, accepted);
+  ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return { results: results as PushResult[] };
 }
 
@@ -134,12 +148,14 @@ async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
   try {
     return await ctx.storage.saveEvents(events);
   } catch (error) {
+    ctx.emit('storage-error', { operation: 'save', error });
     ctx.logger.error({ err: error }, 'storage failed to save events');
     throw SyncError.from(error, 'STORAGE_ERROR');
   }
 }
 
 export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PullReply> {
+  const started = performance.now();
   const message = parseMessage(pullMessageSchema, raw, 'pull message');
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
   const limit = Math.min(message.limit ?? ctx.options.defaultPullLimit, ctx.options.maxPullLimit);
@@ -147,13 +163,16 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   try {
     events = await ctx.storage.getEventsAfter(message.checkpoint, { collections: message.collections, limit });
   } catch (error) {
+    ctx.emit('storage-error', { operation: 'read', error });
     ctx.logger.error({ err: error }, 'storage failed to read events');
     throw SyncError.from(error, 'STORAGE_ERROR');
   }
   const hasMore = events.length === limit;
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
-  return { events: await readable(ctx, socket.data.user, events), checkpoint, hasMore };
+  const visible = await readable(ctx, socket.data.user, events);
+  ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
+  return { events: visible, checkpoint, hasMore };
 }
 
 /** Leaves out the events the user may not read; the checkpoint still moves past them. */

@@ -45,6 +45,8 @@ export const serverOptionsSchema = z.strictObject({
   /** A socket.io adapter (for instance @socket.io/redis-adapter) for several server instances. */
   adapter: fn('adapter').optional(),
   logging: loggingOptionsSchema,
+  onClientConnect: fn('onClientConnect').optional(),
+  onClientDisconnect: fn('onClientDisconnect').optional(),
   maxEventsPerPush: z.number().int().positive().default(1000),
   maxPayloadBytes: z.number().int().positive().default(4 * 1024 * 1024),
   maxPullLimit: z.number().int().positive().default(5000),

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { Server } from 'socket.io';
 import { SyncError, type WireError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
@@ -7,6 +8,7 @@ import {
   handlePush,
   handleSubscribe,
   type ServerContext,
+  type ServerEvents,
   type ServerStats,
   type SocketData,
   type SyncIo,
@@ -29,7 +31,14 @@ export interface ClientInfo<User = unknown> {
 /** Headroom above maxPayloadBytes so an oversized push reaches our check and gets a reply, not a dropped socket. */
 const TRANSPORT_HEADROOM = 2;
 
+export interface SyncServerEvents<User = unknown> extends ServerEvents {
+  'client-connect': [ClientInfo<User>];
+  'client-disconnect': [ClientInfo<User> & { reason: string }];
+}
+
 export class SyncServer<User = unknown> {
+  /** Reports pushes, pulls, storage errors and client connections (for metrics and hooks). */
+  readonly events = new EventEmitter<SyncServerEvents<User>>();
   private readonly options: ResolvedServerOptions<User>;
   private readonly storage: SyncStorage;
   private readonly ownsStorage: boolean;
@@ -60,6 +69,9 @@ export class SyncServer<User = unknown> {
       );
     });
     this.io.on('connection', (socket) => this.onConnection(socket));
+    const { onClientConnect, onClientDisconnect } = this.options as { onClientConnect?: (client: ClientInfo<User>) => void; onClientDisconnect?: (client: ClientInfo<User> & { reason: string }) => void };
+    if (onClientConnect) this.events.on('client-connect', onClientConnect);
+    if (onClientDisconnect) this.events.on('client-disconnect', onClientDisconnect);
   }
 
   /** Attaches to the HTTP server and prepares storage. Connections wait until storage is ready. */
@@ -128,9 +140,18 @@ export class SyncServer<User = unknown> {
   }
 
   private onConnection(socket: SyncSocket<User>): void {
-    const ctx: ServerContext<User> = { options: this.options, storage: this.storage, logger: this.logger, io: this.io, stats: this.stats };
+    const ctx: ServerContext<User> = {
+      options: this.options,
+      storage: this.storage,
+      logger: this.logger,
+      io: this.io,
+      stats: this.stats,
+      emit: (event, ...args) => this.events.emit(event, ...(args as never)),
+    };
     const log = this.logger.child({ socket: socket.id, clientId: socket.data.clientId });
     log.debug('client connected');
+    const info = () => ({ socketId: socket.id, ...socket.data });
+    this.events.emit('client-connect', info());
     const handlers = {
       [MESSAGE.subscribe]: handleSubscribe,
       [MESSAGE.push]: handlePush,
@@ -165,7 +186,10 @@ export class SyncServer<User = unknown> {
         },
       );
     });
-    socket.on('disconnect', (reason) => log.debug({ reason }, 'client disconnected'));
+    socket.on('disconnect', (reason) => {
+      log.debug({ reason }, 'client disconnected');
+      this.events.emit('client-disconnect', { ...info(), reason });
+    });
   }
 }
 
