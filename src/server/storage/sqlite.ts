@@ -1,0 +1,338 @@
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import { z } from 'zod';
+import { SyncError } from '../../shared/errors.js';
+import { parseOptions } from '../../shared/json.js';
+import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
+import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+
+const optionsSchema = z.strictObject({
+  /** The database file; its directory is created when missing. `:memory:` for a throwaway database. */
+  path: z.string().min(1),
+});
+export type SqliteSyncStorageOptions = z.input<typeof optionsSchema>;
+
+const SCHEMA = `
+  CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, -- AUTOINCREMENT: never reuse a sequence, even after clearEventsBefore
+    id TEXT NOT NULL UNIQUE,
+    collection TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    op TEXT NOT NULL,
+    data TEXT NOT NULL,
+    patch TEXT,
+    base_event_id TEXT,
+    hlc TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    server_time INTEGER NOT NULL
+  );
+  CREATE INDEX IF NOT EXISTS events_collection_seq ON events (collection, seq);
+  CREATE TABLE IF NOT EXISTS heads (
+    collection TEXT NOT NULL,
+    document_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    data TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    hlc TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    PRIMARY KEY (collection, document_id)
+  ) WITHOUT ROWID;
+`;
+
+const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
+const HEAD_COLUMNS = 'collection, document_id, seq, event_id, data, deleted, hlc, client_id';
+
+interface EventRow {
+  seq: number;
+  id: string;
+  collection: string;
+  document_id: string;
+  op: Operation;
+  data: string;
+  patch: string | null;
+  base_event_id: string | null;
+  hlc: string;
+  client_id: string;
+  server_time: number;
+}
+interface HeadRow {
+  collection: string;
+  document_id: string;
+  seq: number;
+  event_id: string;
+  data: string;
+  deleted: number;
+  hlc: string;
+  client_id: string;
+}
+/** An incoming event with its JSON already encoded, so a bad event fails only its own call. */
+type EncodedEvent = Omit<EventRow, 'seq' | 'server_time'>;
+interface PendingSave {
+  events: EncodedEvent[];
+  resolve(results: SaveResult[]): void;
+  reject(error: unknown): void;
+}
+
+function prepareStatements(db: Database.Database) {
+  const eventsAfter = `SELECT ${EVENT_COLUMNS} FROM events WHERE seq > @after AND client_id IS NOT @exclude`;
+  return {
+    seqById: db.prepare<[string], { seq: number }>('SELECT seq FROM events WHERE id = ?'),
+    head: db.prepare<[string, string], HeadRow>(`SELECT ${HEAD_COLUMNS} FROM heads WHERE collection = ? AND document_id = ?`),
+    heads: db.prepare<[string, string], HeadRow>(
+      `SELECT ${HEAD_COLUMNS} FROM heads WHERE collection = ? AND document_id IN (SELECT value FROM json_each(?))`,
+    ),
+    insertEvent: db.prepare<Omit<EventRow, 'seq'>>(
+      `INSERT INTO events (id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time)
+       VALUES (@id, @collection, @document_id, @op, @data, @patch, @base_event_id, @hlc, @client_id, @server_time)`,
+    ),
+    upsertHead: db.prepare<HeadRow>(
+      `INSERT INTO heads (${HEAD_COLUMNS}) VALUES (@collection, @document_id, @seq, @event_id, @data, @deleted, @hlc, @client_id)
+       ON CONFLICT (collection, document_id) DO UPDATE SET seq = excluded.seq, event_id = excluded.event_id,
+         data = excluded.data, deleted = excluded.deleted, hlc = excluded.hlc, client_id = excluded.client_id`,
+    ),
+    eventsAfter: db.prepare<{ after: number; exclude: string | null; limit: number }, EventRow>(
+      `${eventsAfter} ORDER BY seq LIMIT @limit`,
+    ),
+    eventsAfterIn: db.prepare<{ after: number; exclude: string | null; limit: number; collections: string }, EventRow>(
+      `${eventsAfter} AND collection IN (SELECT value FROM json_each(@collections)) ORDER BY seq LIMIT @limit`,
+    ),
+    clearBefore: db.prepare<[number]>('DELETE FROM events WHERE seq < ?'),
+    // sqlite_sequence is AUTOINCREMENT's high-water mark and survives deleting every event.
+    latest: db.prepare<[], { seq: number }>("SELECT seq FROM sqlite_sequence WHERE name = 'events'"),
+    count: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM events'),
+  };
+}
+type Statements = ReturnType<typeof prepareStatements>;
+
+/**
+ * Durable storage in one SQLite file (WAL, synchronous=FULL). Pushes that
+ * arrive in the same tick are written in one transaction, so many clients
+ * pushing at once share one fsync instead of paying one each.
+ */
+export class SqliteSyncStorage implements SyncStorage {
+  private readonly path: string;
+  private db: Database.Database | undefined;
+  private statements: Statements | undefined;
+  private writeBatch: ((pending: PendingSave[]) => SaveResult[][]) | undefined;
+  private closed = false;
+  private queue: PendingSave[] = [];
+  private flushScheduled = false;
+
+  constructor(options: SqliteSyncStorageOptions) {
+    this.path = parseOptions(optionsSchema, options, 'SqliteSyncStorage').path;
+  }
+
+  async init(): Promise<void> {
+    this.open();
+  }
+
+  async saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]> {
+    this.open();
+    if (events.length === 0) return [];
+    let encoded: EncodedEvent[];
+    try {
+      encoded = events.map(encodeEvent);
+    } catch (error) {
+      throw storageError('cannot encode events', error);
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ events: encoded, resolve, reject });
+      if (!this.flushScheduled) {
+        this.flushScheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  async getEventsAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+    return this.readEvents(checkpoint, options.collections, options.limit, null);
+  }
+
+  async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
+    return this.readEvents(checkpoint, collections, undefined, clientId);
+  }
+
+  async clearEventsBefore(checkpoint: number): Promise<number> {
+    const statements = this.ready();
+    return this.run('clear events', () => statements.clearBefore.run(checkpoint).changes);
+  }
+
+  async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {
+    const statements = this.ready();
+    if (documentIds.length === 0) return [];
+    const rows = this.run('read heads', () => statements.heads.all(collection, JSON.stringify([...new Set(documentIds)])));
+    const byId = new Map(rows.map((row) => [row.document_id, decodeHead(row)]));
+    return documentIds.flatMap((id) => {
+      const head = byId.get(id);
+      byId.delete(id); // a repeated id is answered once
+      return head ? [head] : [];
+    });
+  }
+
+  async getLatestSequence(): Promise<number> {
+    const statements = this.ready();
+    return this.run('read latest sequence', () => statements.latest.get()?.seq ?? 0);
+  }
+
+  async countEvents(): Promise<number> {
+    const statements = this.ready();
+    return this.run('count events', () => statements.count.get()!.n);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (this.db) {
+      this.flush();
+      this.db.close();
+    }
+    this.closed = true;
+    this.db = undefined;
+    this.statements = undefined;
+    this.writeBatch = undefined;
+  }
+
+  /** Opens the file on first use; init() is the usual first use. */
+  private open(): Statements {
+    if (this.closed) throw new SyncError('STORAGE_ERROR', `SQLite storage ${this.path} is closed`);
+    if (this.statements) return this.statements;
+    try {
+      if (this.path !== ':memory:') mkdirSync(dirname(this.path), { recursive: true });
+      const db = new Database(this.path);
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = FULL'); // an acknowledged push survives a power cut, not just a crash
+      db.pragma('busy_timeout = 5000');
+      db.exec(SCHEMA);
+      const statements = prepareStatements(db);
+      this.writeBatch = db.transaction((pending: PendingSave[]) =>
+        pending.map((call) => call.events.map((event) => saveOne(statements, event))),
+      );
+      this.statements = statements;
+      this.db = db;
+      return statements;
+    } catch (error) {
+      throw storageError(`cannot open SQLite database ${this.path}`, error);
+    }
+  }
+
+  /** For reads: first writes any queued pushes, so a read sees every write issued before it. */
+  private ready(): Statements {
+    const statements = this.open();
+    this.flush();
+    return statements;
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const pending = this.queue;
+    if (pending.length === 0) return;
+    this.queue = [];
+    let results: SaveResult[][];
+    try {
+      results = this.writeBatch!(pending);
+    } catch (error) {
+      const failure = storageError('cannot save events', error);
+      for (const call of pending) call.reject(failure);
+      return;
+    }
+    pending.forEach((call, i) => call.resolve(results[i]!));
+  }
+
+  private readEvents(
+    checkpoint: number,
+    collections: readonly string[] | undefined,
+    limit: number | undefined,
+    exclude: string | null,
+  ): StoredEvent[] {
+    const statements = this.ready();
+    if (collections?.length === 0 || (limit !== undefined && limit <= 0)) return [];
+    const params = { after: checkpoint, exclude, limit: limit === undefined ? -1 : Math.ceil(limit) };
+    const rows = this.run('read events', () =>
+      collections
+        ? statements.eventsAfterIn.all({ ...params, collections: JSON.stringify(collections) })
+        : statements.eventsAfter.all(params),
+    );
+    return rows.map(decodeEvent);
+  }
+
+  private run<T>(what: string, action: () => T): T {
+    try {
+      return action();
+    } catch (error) {
+      throw storageError(`cannot ${what}`, error);
+    }
+  }
+}
+
+/** The conditional append of one event; runs inside the flush transaction. */
+function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
+  const previous = statements.seqById.get(event.id);
+  if (previous) return { id: event.id, status: 'duplicate', seq: previous.seq };
+  const head = statements.head.get(event.collection, event.document_id);
+  if ((head?.event_id ?? null) !== event.base_event_id) {
+    return { id: event.id, status: 'conflict', head: head ? decodeHead(head) : null };
+  }
+  const serverTime = Date.now();
+  const seq = Number(statements.insertEvent.run({ ...event, server_time: serverTime }).lastInsertRowid);
+  statements.upsertHead.run({
+    collection: event.collection,
+    document_id: event.document_id,
+    seq,
+    event_id: event.id,
+    data: event.data,
+    deleted: event.op === 'delete' ? 1 : 0,
+    hlc: event.hlc,
+    client_id: event.client_id,
+  });
+  return { id: event.id, status: 'accepted', seq };
+}
+
+function encodeEvent(event: IncomingEvent): EncodedEvent {
+  return {
+    id: event.id,
+    collection: event.collection,
+    document_id: event.documentId,
+    op: event.op,
+    data: JSON.stringify(event.data),
+    patch: event.patch === undefined ? null : JSON.stringify(event.patch),
+    base_event_id: event.baseEventId,
+    hlc: event.hlc,
+    client_id: event.clientId,
+  };
+}
+
+function decodeEvent(row: EventRow): StoredEvent {
+  const event: StoredEvent = {
+    id: row.id,
+    collection: row.collection,
+    documentId: row.document_id,
+    op: row.op,
+    data: JSON.parse(row.data) as StoredEvent['data'],
+    baseEventId: row.base_event_id,
+    hlc: row.hlc,
+    seq: row.seq,
+    clientId: row.client_id,
+    serverTime: row.server_time,
+  };
+  if (row.patch !== null) event.patch = JSON.parse(row.patch) as StoredEvent['patch'];
+  return event;
+}
+
+function decodeHead(row: HeadRow): DocumentHead {
+  return {
+    collection: row.collection,
+    documentId: row.document_id,
+    seq: row.seq,
+    eventId: row.event_id,
+    data: JSON.parse(row.data) as DocumentHead['data'],
+    deleted: row.deleted !== 0,
+    hlc: row.hlc,
+    clientId: row.client_id,
+  };
+}
+
+function storageError(what: string, error: unknown): SyncError {
+  if (error instanceof SyncError) return error;
+  return new SyncError('STORAGE_ERROR', `${what}: ${error instanceof Error ? error.message : String(error)}`);
+}

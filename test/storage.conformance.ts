@@ -1,0 +1,445 @@
+/**
+ * The one suite every SyncStorage passes (memory, SQLite, PostgreSQL). It
+ * states the storage contract of src/server/storage/types.ts as tests.
+ */
+import fc from 'fast-check';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { formatHlc } from '../src/shared/hlc.js';
+import type { DocumentHead, StoredEvent } from '../src/shared/protocol.js';
+import { MemorySyncStorage } from '../src/server/storage/memory.js';
+import type { IncomingEvent, SaveResult, SyncStorage } from '../src/server/storage/types.js';
+
+export interface StorageUnderTest {
+  storage: SyncStorage;
+  /** Closes whatever instances are open and removes their data. */
+  cleanup(): Promise<void>;
+  /** For durable storages: after the suite closed the last instance, opens a new one over the same data. */
+  reopen?(): Promise<SyncStorage>;
+}
+
+const FC_SEED = Number(process.env.FC_SEED ?? 20_240_611);
+
+interface EventFields {
+  documentId: string;
+  base?: string | null;
+  collection?: string;
+  op?: IncomingEvent['op'];
+  data?: Record<string, unknown>;
+  patch?: IncomingEvent['patch'];
+  clientId?: string;
+  id?: string;
+}
+
+let madeEvents = 0;
+/** A valid incoming event; ids are unique across the whole run so no two tests can collide. */
+function makeEvent(fields: EventFields): IncomingEvent {
+  const n = ++madeEvents;
+  const clientId = fields.clientId ?? 'client-a';
+  const event: IncomingEvent = {
+    id: fields.id ?? `evt-${String(n).padStart(6, '0')}-${Math.random().toString(36).slice(2, 8)}`,
+    collection: fields.collection ?? 'todos',
+    documentId: fields.documentId,
+    op: fields.op ?? (fields.base ? 'update' : 'insert'),
+    data: fields.data ?? { id: fields.documentId, title: `version ${n}`, done: n % 2 === 0 },
+    baseEventId: fields.base ?? null,
+    hlc: formatHlc({ millis: 1_700_000_000_000 + n, counter: 0, node: clientId }),
+    clientId,
+  };
+  if (fields.patch) event.patch = fields.patch;
+  return event;
+}
+
+/** What storage must give back for an accepted event, apart from its server time. */
+const stored = (event: IncomingEvent, seq: number) => ({ ...event, seq });
+const withoutTime = (events: StoredEvent[]) => events.map(({ serverTime, ...rest }) => rest);
+const ids = (events: { id: string }[]) => events.map((event) => event.id);
+
+function acceptedSeq(result: SaveResult | undefined): number {
+  expect(result?.status).toBe('accepted');
+  return (result as { seq: number }).seq;
+}
+
+export function runStorageConformance(name: string, makeStorage: () => Promise<StorageUnderTest>): void {
+  describe(`${name}: SyncStorage conformance`, () => {
+    let current: StorageUnderTest;
+    let storage: SyncStorage;
+
+    beforeEach(async () => {
+      current = await makeStorage();
+      storage = current.storage;
+      await storage.init();
+    });
+    afterEach(async () => {
+      await current.cleanup();
+    });
+
+    /** Saves events that must all be accepted and returns their sequences. */
+    async function saveAccepted(...events: IncomingEvent[]): Promise<number[]> {
+      const results = await storage.saveEvents(events);
+      return results.map(acceptedSeq);
+    }
+
+    it('starts empty', async () => {
+      expect(await storage.getLatestSequence()).toBe(0);
+      expect(await storage.countEvents()).toBe(0);
+      expect(await storage.getEventsAfter(0)).toEqual([]);
+    });
+
+    it('assigns strictly increasing sequences and gives events back as they were pushed', async () => {
+      const first = [
+        makeEvent({ documentId: 'a', data: { nested: { list: [1, 2.5, 'x', null, true] }, text: 'héllo ✓ 日本', n: -3 } }),
+        makeEvent({ documentId: 'b', collection: 'notes', clientId: 'client-b' }),
+        makeEvent({ documentId: 'c' }),
+      ];
+      const firstSeqs = await saveAccepted(...first);
+      const second = [
+        makeEvent({ documentId: 'a', base: first[0]!.id, patch: [{ op: 'replace', path: '/text', value: 'bye' }] }),
+        makeEvent({ documentId: 'd', data: {} }),
+      ];
+      const secondSeqs = await saveAccepted(...second);
+      const seqs = [...firstSeqs, ...secondSeqs];
+      for (let i = 1; i < seqs.length; i++) expect(seqs[i]).toBeGreaterThan(seqs[i - 1]!);
+
+      const all = await storage.getEventsAfter(0);
+      expect(withoutTime(all)).toEqual([...first, ...second].map((event, i) => stored(event, seqs[i]!)));
+      expect(all.every((event) => typeof event.serverTime === 'number' && event.serverTime > 0)).toBe(true);
+      expect('patch' in all[0]!).toBe(false);
+      expect(await storage.getLatestSequence()).toBe(seqs.at(-1));
+      expect(await storage.countEvents()).toBe(5);
+    });
+
+    it('answers a retried event as a duplicate with its first sequence and stores it once', async () => {
+      const event = makeEvent({ documentId: 'a' });
+      const [seq] = await saveAccepted(event);
+      expect(await storage.saveEvents([event])).toEqual([{ id: event.id, status: 'duplicate', seq }]);
+
+      const next = makeEvent({ documentId: 'a', base: event.id });
+      const results = await storage.saveEvents([event, next, next]);
+      expect(results[0]).toEqual({ id: event.id, status: 'duplicate', seq });
+      const nextSeq = acceptedSeq(results[1]);
+      expect(results[2]).toEqual({ id: next.id, status: 'duplicate', seq: nextSeq });
+
+      // The id alone decides: a retry carrying different content is still the same event.
+      expect(await storage.saveEvents([{ ...event, data: { changed: true } }])).toEqual([
+        { id: event.id, status: 'duplicate', seq },
+      ]);
+      expect(await storage.countEvents()).toBe(2);
+      expect(ids(await storage.getEventsAfter(0))).toEqual([event.id, next.id]);
+      expect(await storage.getLatestSequence()).toBe(nextSeq);
+    });
+
+    it('refuses stale bases, inserts over existing documents and bases on unknown documents', async () => {
+      const v1 = makeEvent({ documentId: 'a' });
+      const v2 = makeEvent({ documentId: 'a', base: v1.id });
+      const [, seq2] = await saveAccepted(v1, v2);
+      const head: DocumentHead = {
+        collection: 'todos',
+        documentId: 'a',
+        seq: seq2!,
+        eventId: v2.id,
+        data: v2.data,
+        deleted: false,
+        hlc: v2.hlc,
+        clientId: v2.clientId,
+      };
+
+      const stale = makeEvent({ documentId: 'a', base: v1.id });
+      const insertOver = makeEvent({ documentId: 'a', base: null });
+      const unknownBase = makeEvent({ documentId: 'ghost', base: 'evt-never-stored' });
+      const wrongCollection = makeEvent({ documentId: 'a', collection: 'notes', base: v2.id });
+      expect(await storage.saveEvents([stale, insertOver, unknownBase, wrongCollection])).toEqual([
+        { id: stale.id, status: 'conflict', head },
+        { id: insertOver.id, status: 'conflict', head },
+        { id: unknownBase.id, status: 'conflict', head: null },
+        { id: wrongCollection.id, status: 'conflict', head: null },
+      ]);
+      expect(await storage.countEvents()).toBe(2);
+      expect(await storage.getHeads('todos', ['a'])).toEqual([head]);
+      // A refused event was not stored, so sending it again is judged afresh.
+      expect((await storage.saveEvents([stale]))[0]!.status).toBe('conflict');
+    });
+
+    it('accepts a chain of events on one document inside one batch', async () => {
+      const e1 = makeEvent({ documentId: 'a' });
+      const e2 = makeEvent({ documentId: 'a', base: e1.id });
+      const e3 = makeEvent({ documentId: 'a', base: e2.id });
+      const staleInBatch = makeEvent({ documentId: 'a', base: e1.id });
+      const e4 = makeEvent({ documentId: 'a', base: e3.id });
+      const results = await storage.saveEvents([e1, e2, e3, staleInBatch, e4]);
+      const seq3 = acceptedSeq(results[2]);
+      expect(results.map((r) => r.status)).toEqual(['accepted', 'accepted', 'accepted', 'conflict', 'accepted']);
+      expect(results[3]).toMatchObject({ status: 'conflict', head: { eventId: e3.id, seq: seq3, data: e3.data } });
+      const [head] = await storage.getHeads('todos', ['a']);
+      expect(head).toMatchObject({ eventId: e4.id, seq: acceptedSeq(results[4]), data: e4.data, deleted: false });
+    });
+
+    it('marks a deleted document in its head, keeps its data, and lets a later event build on the delete', async () => {
+      const insert = makeEvent({ documentId: 'a' });
+      const remove = makeEvent({ documentId: 'a', base: insert.id, op: 'delete', data: insert.data });
+      const [, deleteSeq] = await saveAccepted(insert, remove);
+      expect(await storage.getHeads('todos', ['a'])).toEqual([
+        expect.objectContaining({ eventId: remove.id, seq: deleteSeq, deleted: true, data: insert.data }),
+      ]);
+      expect((await storage.getEventsAfter(0)).map((e) => e.op)).toEqual(['insert', 'delete']);
+
+      const revive = makeEvent({ documentId: 'a', base: remove.id, op: 'insert' });
+      await saveAccepted(revive);
+      expect(await storage.getHeads('todos', ['a'])).toEqual([
+        expect.objectContaining({ eventId: revive.id, deleted: false, data: revive.data }),
+      ]);
+    });
+
+    it('pages through every event after any checkpoint exactly once and in order (randomized)', async () => {
+      const step = fc.record({
+        collection: fc.constantFrom('todos', 'notes'),
+        documentId: fc.constantFrom('d1', 'd2', 'd3'),
+        kind: fc.constantFrom('next', 'next', 'next', 'delete', 'stale', 'retry'),
+        clientId: fc.constantFrom('client-a', 'client-b'),
+      });
+      const scenario = fc.record({
+        calls: fc.array(fc.array(step, { minLength: 1, maxLength: 8 }), { minLength: 1, maxLength: 6 }),
+        reads: fc.array(
+          fc.record({
+            checkpointPick: fc.nat({ max: 100 }),
+            limit: fc.integer({ min: 1, max: 7 }),
+            collections: fc.option(fc.subarray(['todos', 'notes']), { nil: undefined }),
+          }),
+          { minLength: 1, maxLength: 4 },
+        ),
+      });
+      await fc.assert(
+        fc.asyncProperty(scenario, async ({ calls, reads }) => {
+          const under = await makeStorage();
+          const oracle = new MemorySyncStorage(); // the reference implementation decides what must happen
+          try {
+            await under.storage.init();
+            const accepted: { event: IncomingEvent; seq: number }[] = [];
+            const sent: IncomingEvent[] = [];
+            for (const call of calls) {
+              const believedHeads = new Map<string, string>();
+              for (const { event } of accepted) believedHeads.set(`${event.collection}/${event.documentId}`, event.id);
+              const batch = call.map(({ kind, ...fields }) => {
+                const key = `${fields.collection}/${fields.documentId}`;
+                if (kind === 'retry' && sent.length > 0) return sent[fields.documentId.charCodeAt(1) % sent.length]!;
+                const base = kind === 'stale' ? 'evt-stale-base' : believedHeads.get(key) ?? null;
+                const event = makeEvent({ ...fields, base, op: kind === 'delete' ? 'delete' : undefined });
+                if (kind !== 'stale') believedHeads.set(key, event.id);
+                return event;
+              });
+              sent.push(...batch);
+              const results = await under.storage.saveEvents(batch);
+              const expected = await oracle.saveEvents(batch);
+              expect(results.map((r) => r.status)).toEqual(expected.map((r) => r.status));
+              expect(results.map((r) => (r.status === 'conflict' ? r.head?.eventId : null))).toEqual(
+                expected.map((r) => (r.status === 'conflict' ? r.head?.eventId : null)),
+              );
+              results.forEach((result, i) => {
+                if (result.status === 'accepted') accepted.push({ event: batch[i]!, seq: result.seq });
+              });
+            }
+            const seqs = accepted.map((a) => a.seq);
+            for (let i = 1; i < seqs.length; i++) expect(seqs[i]).toBeGreaterThan(seqs[i - 1]!);
+            expect(await under.storage.getLatestSequence()).toBe(seqs.at(-1) ?? 0);
+            expect(await under.storage.countEvents()).toBe(accepted.length);
+
+            for (const { checkpointPick, limit, collections } of reads) {
+              // Checkpoints on, between, below and above the stored sequences.
+              const candidates = [0, ...seqs, ...seqs.map((s) => s - 1), (seqs.at(-1) ?? 0) + 3];
+              const checkpoint = candidates[checkpointPick % candidates.length]!;
+              const want = accepted
+                .filter((a) => a.seq > checkpoint && (!collections || collections.includes(a.event.collection)))
+                .map((a) => stored(a.event, a.seq));
+              const got: StoredEvent[] = [];
+              for (let cursor = checkpoint; ; ) {
+                const page = await under.storage.getEventsAfter(cursor, { limit, collections });
+                expect(page.length).toBeLessThanOrEqual(limit);
+                if (page.length === 0) break;
+                got.push(...page);
+                cursor = page.at(-1)!.seq;
+              }
+              expect(withoutTime(got)).toEqual(want);
+            }
+          } finally {
+            await under.cleanup();
+          }
+        }),
+        { seed: FC_SEED, numRuns: 25, endOnFailure: true },
+      );
+    });
+
+    it('filters by collection, keeping sequence order, checkpoint and limit', async () => {
+      const events = ['todos', 'notes', 'tags', 'todos', 'notes', 'todos', 'tags'].map((collection, i) =>
+        makeEvent({ collection, documentId: `doc-${i}` }),
+      );
+      const seqs = await saveAccepted(...events);
+      const pick = (...indexes: number[]) => indexes.map((i) => stored(events[i]!, seqs[i]!));
+
+      expect(withoutTime(await storage.getEventsAfter(0, { collections: ['todos', 'tags'] }))).toEqual(pick(0, 2, 3, 5, 6));
+      expect(withoutTime(await storage.getEventsAfter(seqs[1]!, { collections: ['todos'], limit: 1 }))).toEqual(pick(3));
+      expect(withoutTime(await storage.getEventsAfter(seqs[3]!, { collections: ['todos'] }))).toEqual(pick(5));
+      expect(await storage.getEventsAfter(0, { collections: ['unknown'] })).toEqual([]);
+      expect(await storage.getEventsAfter(0, { collections: [] })).toEqual([]);
+      expect(withoutTime(await storage.getEventsAfter(0, { limit: 2 }))).toEqual(pick(0, 1));
+    });
+
+    it("gives a client everyone's events but its own", async () => {
+      const events = [
+        makeEvent({ documentId: 'a', clientId: 'client-a' }),
+        makeEvent({ documentId: 'b', clientId: 'client-b' }),
+        makeEvent({ documentId: 'c', clientId: 'client-b', collection: 'notes' }),
+        makeEvent({ documentId: 'd', clientId: 'client-c' }),
+        makeEvent({ documentId: 'e', clientId: 'client-a', collection: 'notes' }),
+      ];
+      const seqs = await saveAccepted(...events);
+      expect(ids(await storage.getEventsForClient('client-a', ['todos', 'notes']))).toEqual(ids(events.slice(1, 4)));
+      expect(ids(await storage.getEventsForClient('client-a', ['todos']))).toEqual([events[1]!.id, events[3]!.id]);
+      expect(ids(await storage.getEventsForClient('client-b', ['todos', 'notes'], seqs[0]))).toEqual([
+        events[3]!.id,
+        events[4]!.id,
+      ]);
+      expect(await storage.getEventsForClient('client-a', [])).toEqual([]);
+    });
+
+    it('clears only events below the checkpoint, keeps heads, and never reuses a sequence', async () => {
+      const a1 = makeEvent({ documentId: 'a' });
+      const a2 = makeEvent({ documentId: 'a', base: a1.id });
+      const b1 = makeEvent({ documentId: 'b' });
+      const c1 = makeEvent({ documentId: 'c' });
+      const c2 = makeEvent({ documentId: 'c', base: c1.id, op: 'delete', data: c1.data });
+      const seqs = await saveAccepted(a1, a2, b1, c1, c2);
+      const headsBefore = await storage.getHeads('todos', ['a', 'b', 'c']);
+
+      expect(await storage.clearEventsBefore(seqs[2]!)).toBe(2);
+      expect(ids(await storage.getEventsAfter(0))).toEqual([b1.id, c1.id, c2.id]);
+      expect(await storage.countEvents()).toBe(3);
+      expect(await storage.getHeads('todos', ['a', 'b', 'c'])).toEqual(headsBefore);
+      expect(await storage.clearEventsBefore(seqs[2]!)).toBe(0);
+      expect(await storage.clearEventsBefore(0)).toBe(0);
+
+      // A retry of a cleared event that is still the head: the client can tell it was stored.
+      const [retriedHead, retriedOld] = await storage.saveEvents([a2, a1]);
+      expect(retriedHead).toMatchObject({ id: a2.id, status: 'conflict', head: { eventId: a2.id, seq: seqs[1] } });
+      expect(retriedOld).toMatchObject({ id: a1.id, status: 'conflict', head: { eventId: a2.id } });
+
+      expect(await storage.clearEventsBefore(seqs[4]! + 1)).toBe(3);
+      expect(await storage.countEvents()).toBe(0);
+      expect(await storage.getLatestSequence()).toBe(seqs[4]);
+      const [after] = await saveAccepted(makeEvent({ documentId: 'a', base: a2.id }));
+      expect(after).toBeGreaterThan(seqs[4]!);
+    });
+
+    it('returns the heads of the documents asked for and leaves absent ones out', async () => {
+      const a1 = makeEvent({ documentId: 'a' });
+      const a2 = makeEvent({ documentId: 'a', base: a1.id, clientId: 'client-b' });
+      const b1 = makeEvent({ documentId: 'b' });
+      const bGone = makeEvent({ documentId: 'b', base: b1.id, op: 'delete', data: b1.data });
+      const noteA = makeEvent({ documentId: 'a', collection: 'notes' });
+      const seqs = await saveAccepted(a1, a2, b1, bGone, noteA);
+      const headOf = (event: IncomingEvent, seq: number, deleted = false): DocumentHead => ({
+        collection: event.collection,
+        documentId: event.documentId,
+        seq,
+        eventId: event.id,
+        data: event.data,
+        deleted,
+        hlc: event.hlc,
+        clientId: event.clientId,
+      });
+      const heads = await storage.getHeads('todos', ['b', 'missing', 'a']);
+      expect([...heads].sort((x, y) => x.documentId.localeCompare(y.documentId))).toEqual([
+        headOf(a2, seqs[1]!),
+        headOf(bGone, seqs[3]!, true),
+      ]);
+      expect(await storage.getHeads('notes', ['a', 'b'])).toEqual([headOf(noteA, seqs[4]!)]);
+      expect(await storage.getHeads('todos', [])).toEqual([]);
+      expect(await storage.getHeads('unknown', ['a'])).toEqual([]);
+    });
+
+    it('can be initialized again without losing anything', async () => {
+      const event = makeEvent({ documentId: 'a' });
+      const [seq] = await saveAccepted(event);
+      await storage.init();
+      await Promise.all([storage.init(), storage.init()]);
+      expect(withoutTime(await storage.getEventsAfter(0))).toEqual([stored(event, seq!)]);
+      await saveAccepted(makeEvent({ documentId: 'a', base: event.id }));
+      expect(await storage.countEvents()).toBe(2);
+    });
+
+    it('keeps events, heads and sequences across close and reopen', async (context) => {
+      if (!current.reopen) return context.skip('this storage is not durable');
+      const a1 = makeEvent({ documentId: 'a', data: { deep: { list: [1, { x: 'y' }] } } });
+      const a2 = makeEvent({ documentId: 'a', base: a1.id, patch: [{ op: 'add', path: '/z', value: 1 }] });
+      const b1 = makeEvent({ documentId: 'b', collection: 'notes' });
+      const b2 = makeEvent({ documentId: 'b', collection: 'notes', base: b1.id, op: 'delete', data: b1.data });
+      const seqs = await saveAccepted(a1, a2, b1, b2);
+      const eventsBefore = await storage.getEventsAfter(0);
+      const headsBefore = [...(await storage.getHeads('todos', ['a'])), ...(await storage.getHeads('notes', ['b']))];
+
+      await storage.close();
+      storage = await current.reopen();
+      await storage.init();
+      expect(await storage.getEventsAfter(0)).toEqual(eventsBefore);
+      expect([...(await storage.getHeads('todos', ['a'])), ...(await storage.getHeads('notes', ['b']))]).toEqual(headsBefore);
+      expect(await storage.getLatestSequence()).toBe(seqs[3]);
+      expect(await storage.saveEvents([a2])).toEqual([{ id: a2.id, status: 'duplicate', seq: seqs[1] }]);
+      const [a3] = await saveAccepted(makeEvent({ documentId: 'a', base: a2.id }));
+      expect(a3).toBeGreaterThan(seqs[3]!);
+
+      // Even with every event cleared, a restarted storage never hands out an old sequence again.
+      await storage.clearEventsBefore(a3! + 1);
+      await storage.close();
+      storage = await current.reopen();
+      await storage.init();
+      expect(await storage.getLatestSequence()).toBe(a3);
+      const [c1] = await saveAccepted(makeEvent({ documentId: 'c' }));
+      expect(c1).toBeGreaterThan(a3!);
+    });
+
+    it('lets exactly one of many concurrent pushes on the same base win', async () => {
+      let base: string | null = null;
+      for (let round = 0; round < 3; round++) {
+        const contenders = Array.from({ length: 16 }, (_, i) =>
+          makeEvent({ documentId: 'contested', base, clientId: `client-${i}` }),
+        );
+        const results = (await Promise.all(contenders.map((event) => storage.saveEvents([event])))).flat();
+        const winners = results.filter((r) => r.status === 'accepted');
+        expect(winners).toHaveLength(1);
+        const winner = winners[0]!.id;
+        for (const result of results) {
+          if (result.status !== 'accepted') expect(result).toMatchObject({ status: 'conflict', head: { eventId: winner } });
+        }
+        base = winner;
+      }
+      expect(await storage.countEvents()).toBe(3);
+    });
+
+    it('stores an event once when the same id is pushed concurrently', async () => {
+      const event = makeEvent({ documentId: 'a' });
+      const results = (await Promise.all(Array.from({ length: 16 }, () => storage.saveEvents([event])))).flat();
+      const first = results.find((r) => r.status === 'accepted');
+      expect(results.filter((r) => r.status === 'accepted')).toHaveLength(1);
+      expect(results.filter((r) => r.status === 'duplicate')).toEqual(
+        Array.from({ length: 15 }, () => ({ id: event.id, status: 'duplicate', seq: (first as { seq: number }).seq })),
+      );
+      expect(await storage.countEvents()).toBe(1);
+    });
+
+    it('gives concurrent batches distinct, increasing sequences', async () => {
+      const batches = Array.from({ length: 12 }, (_, i) => {
+        const e1 = makeEvent({ documentId: `doc-${i}` });
+        const e2 = makeEvent({ documentId: `doc-${i}`, base: e1.id });
+        return [e1, e2, makeEvent({ documentId: `other-${i}` })];
+      });
+      const results = await Promise.all(batches.map((batch) => storage.saveEvents(batch)));
+      const seqs = results.flatMap((batch) => {
+        const batchSeqs = batch.map(acceptedSeq);
+        expect(batchSeqs).toEqual([...batchSeqs].sort((x, y) => x - y)); // in order within a call
+        return batchSeqs;
+      });
+      expect(new Set(seqs).size).toBe(36);
+      const all = await storage.getEventsAfter(0);
+      expect(all.map((e) => e.seq)).toEqual([...seqs].sort((x, y) => x - y));
+      expect(await storage.getLatestSequence()).toBe(Math.max(...seqs));
+    });
+  });
+}

@@ -1,0 +1,180 @@
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { formatHlc } from '../src/shared/hlc.js';
+import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type IncomingEvent, type SyncStorage } from '../src/server/storage/index.js';
+import { runStorageConformance } from './storage.conformance.js';
+import { createTestDatabase, serviceReady, type TestDatabase } from './services.js';
+
+/** Every instance opened over the same data, so cleanup closes the reopened ones too. */
+function durable(open: () => SyncStorage, removeData: () => Promise<void>) {
+  const instances = [open()];
+  return {
+    storage: instances[0]!,
+    reopen: async () => {
+      const storage = open();
+      instances.push(storage);
+      return storage;
+    },
+    cleanup: async () => {
+      await Promise.all(instances.map((storage) => storage.close()));
+      await removeData();
+    },
+  };
+}
+
+let nextId = 0;
+const newEvent = (documentId: string, clientId = 'writer'): IncomingEvent => ({
+  id: `evt-test-${++nextId}-${Math.random().toString(36).slice(2, 10)}`,
+  collection: 'todos',
+  documentId,
+  op: 'insert',
+  data: { id: documentId, n: nextId },
+  baseEventId: null,
+  hlc: formatHlc({ millis: Date.now(), counter: 0, node: clientId }),
+  clientId,
+});
+
+runStorageConformance('memory', async () => ({ storage: new MemorySyncStorage(), cleanup: async () => {} }));
+
+function tempSqlitePath(): { dir: string; path: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'rxos-sqlite-'));
+  return { dir, path: join(dir, 'not-yet-created', 'sync.db') }; // the storage creates missing directories
+}
+
+runStorageConformance('sqlite', async () => {
+  const { dir, path } = tempSqlitePath();
+  return durable(
+    () => new SqliteSyncStorage({ path }),
+    async () => rmSync(dir, { recursive: true, force: true }),
+  );
+});
+
+describe('sqlite: group commit', () => {
+  it('writes pushes that arrive together in one transaction, and fails only the call that cannot be stored', async () => {
+    const { dir, path } = tempSqlitePath();
+    const storage = new SqliteSyncStorage({ path });
+    try {
+      await storage.init();
+      await storage.saveEvents([newEvent('warm-up')]);
+      const walBytes = () => statSync(`${path}-wal`).size;
+      const before = walBytes();
+
+      const bad = { ...newEvent('bad'), data: { n: 1n } as unknown as IncomingEvent['data'] };
+      const calls = Array.from({ length: 100 }, (_, i) => storage.saveEvents([newEvent(`doc-${i}`)]));
+      const badCall = expect(storage.saveEvents([bad])).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+      const results = (await Promise.all(calls)).flat();
+      await badCall;
+      expect(results.every((r) => r.status === 'accepted')).toBe(true);
+
+      // One commit writes each touched page once; a commit per call would append hundreds of WAL frames.
+      const pageSize = 4096 + 24;
+      expect((walBytes() - before) / pageSize).toBeLessThan(30);
+      expect(await storage.countEvents()).toBe(101);
+    } finally {
+      await storage.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+const postgresReady = await serviceReady('postgres');
+
+describe.skipIf(!postgresReady)('postgres', () => {
+  let database: TestDatabase;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database?.drop();
+  });
+
+  let schemas = 0;
+  runStorageConformance('postgres', async () => {
+    const schema = `conformance_${++schemas}`; // a fresh schema per test: same server, no shared state
+    return durable(
+      () => new PostgresSyncStorage({ connectionString: database.connectionString, schema, poolSize: 4 }),
+      async () => {},
+    );
+  });
+
+  it('never lets a reader skip an event, with two servers writing concurrently', async () => {
+    const schema = 'readers';
+    const { connectionString } = database;
+    const servers = [
+      new PostgresSyncStorage({ connectionString, schema, poolSize: 6 }),
+      new PostgresSyncStorage({ connectionString, schema, poolSize: 6 }),
+    ];
+    const readerPool = new pg.Pool({ connectionString, max: 2 });
+    const reader = new PostgresSyncStorage({ pool: readerPool, schema });
+    try {
+      // Three instances creating the same tables at once: the init lock must keep them from racing.
+      await Promise.all([...servers, reader].map((storage) => storage.init()));
+
+      const accepted = new Set<string>();
+      const writer = async (storage: PostgresSyncStorage, name: string) => {
+        for (let batch = 0; batch < 40; batch++) {
+          const events = Array.from({ length: 1 + (batch % 3) }, (_, i) => newEvent(`${name}-${batch}-${i}`, name));
+          for (const result of await storage.saveEvents(events)) {
+            expect(result.status).toBe('accepted');
+            accepted.add(result.id);
+          }
+        }
+      };
+
+      let writing = true;
+      const seen: string[] = [];
+      const readLoop = async () => {
+        let checkpoint = 0;
+        for (;;) {
+          const finalPass = !writing; // a read that starts after every write returned
+          const page = await reader.getEventsAfter(checkpoint, { limit: 50 });
+          for (const event of page) {
+            expect(event.seq).toBeGreaterThan(checkpoint);
+            checkpoint = event.seq;
+            seen.push(event.id);
+          }
+          if (finalPass && page.length === 0) return;
+        }
+      };
+      const reading = readLoop();
+      await Promise.all(servers.flatMap((storage, s) => [0, 1, 2, 3].map((w) => writer(storage, `server${s}-w${w}`))));
+      writing = false;
+      await reading;
+
+      expect(seen).toHaveLength(accepted.size);
+      expect(new Set(seen)).toEqual(accepted);
+      expect(await reader.countEvents()).toBe(accepted.size);
+    } finally {
+      await Promise.all([...servers, reader].map((storage) => storage.close()));
+      await readerPool.end(); // the reader was given this pool, so closing the reader left it open
+    }
+  });
+
+  it('accepts a 500-event push in one call', async () => {
+    const storage = new PostgresSyncStorage({ connectionString: database.connectionString, schema: 'bulk' });
+    try {
+      await storage.init();
+      const events = Array.from({ length: 500 }, (_, i) => newEvent(`bulk-${i}`));
+      const started = performance.now();
+      const results = await storage.saveEvents(events);
+      expect(results.every((r) => r.status === 'accepted')).toBe(true);
+      expect(performance.now() - started).toBeLessThan(2_000);
+      expect(await storage.countEvents()).toBe(500);
+    } finally {
+      await storage.close();
+    }
+  });
+
+  it('refuses unsafe schema and prefix names', () => {
+    expect(() => new PostgresSyncStorage({ connectionString: database.connectionString, schema: 'x"; DROP' })).toThrow(
+      /schema/,
+    );
+    expect(() => new PostgresSyncStorage({ connectionString: database.connectionString, tablePrefix: 'a-b' })).toThrow(
+      /tablePrefix/,
+    );
+    expect(() => new PostgresSyncStorage({} as never)).toThrow(/connectionString and pool/);
+  });
+});
