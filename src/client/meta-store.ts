@@ -52,8 +52,11 @@ export interface MetaWrite {
   value?: unknown;
 }
 
-/** The revision and deletion state of a stored document: all a write needs to name its predecessor. */
-type Revision = Pick<RxDocumentData<MetaDoc>, '_rev' | '_deleted'>;
+/**
+ * What a write must know of the stored document it replaces: its revision,
+ * and every indexed field (storages find the old index entries through it).
+ */
+type Revision = Pick<RxDocumentData<MetaDoc>, '_rev' | '_deleted' | '_meta' | 'kind'>;
 
 export class MetaStore {
   /** Known revisions; null marks a document known not to exist. */
@@ -92,7 +95,7 @@ export class MetaStore {
   }
 
   async getAll<T>(kind: MetaKind): Promise<Map<string, T>> {
-    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { kind }, sort: [{ id: 'asc' }] }));
+    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { kind, _deleted: false } as never, sort: [{ id: 'asc' }] }));
     const { documents } = await this.instance.query(query);
     const result = new Map<string, T>();
     for (const doc of documents) {
@@ -141,7 +144,9 @@ export class MetaStore {
     const previous = this.revisions.get(write.id) ?? undefined;
     const deleting = write.value === undefined;
     if (deleting && (!previous || previous._deleted)) return [];
-    const previousDoc = previous ? ({ ...previous, _attachments: {} } as RxDocumentData<MetaDoc>) : undefined;
+    const previousDoc: RxDocumentData<MetaDoc> | undefined = previous
+      ? { id: write.id, value: {}, _attachments: {}, ...previous }
+      : undefined;
     const document: RxDocumentData<MetaDoc> = {
       id: write.id,
       kind: write.kind,
@@ -169,6 +174,6 @@ export class MetaStore {
   }
 
   private remember(doc: RxDocumentData<MetaDoc>): void {
-    this.revisions.set(doc.id, { _rev: doc._rev, _deleted: doc._deleted });
+    this.revisions.set(doc.id, { _rev: doc._rev, _deleted: doc._deleted, _meta: doc._meta, kind: doc.kind });
   }
 }

@@ -120,20 +120,30 @@ export class Transport {
     this.socket.disconnect();
   }
 
-  /** Resolves once connected, or rejects after `timeout` ms. */
+  /** Resolves once connected; rejects on the next failed attempt or after `timeout` ms. */
   waitForConnection(timeout: number): Promise<void> {
     if (this.socket.connected) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const done = () => {
+      const cleanup = () => {
         clearTimeout(timer);
-        this.socket.off('connect', done);
+        this.socket.off('connect', onConnect);
+        this.socket.off('connect_error', onError);
+      };
+      const onConnect = () => {
+        cleanup();
         resolve();
       };
+      const onError = (error: Error & { data?: unknown }) => {
+        cleanup();
+        const data = error.data as { code?: string } | undefined;
+        reject(data && typeof data.code === 'string' ? SyncError.fromWire(data as never) : new SyncError('NOT_CONNECTED', `cannot reach sync server ${this.options.serverUrl}: ${error.message}`));
+      };
       const timer = setTimeout(() => {
-        this.socket.off('connect', done);
+        cleanup();
         reject(new SyncError('NOT_CONNECTED', `not connected to ${this.options.serverUrl} within ${timeout} ms`));
       }, timeout);
-      this.socket.on('connect', done);
+      this.socket.on('connect', onConnect);
+      this.socket.on('connect_error', onError);
     });
   }
 
