@@ -113,11 +113,8 @@ export class SyncEngine {
     this.replicator = new Replicator(this.db, this.meta, pending, clock, state, (name) => this.strategyFor(name), this.logger);
     await this.replicator.loadKept();
     if (!stored) await this.meta.write([this.replicator.stateWrite()]);
-    this.replicator.conflicts$.subscribe(() => this.refreshCounts());
-    this.replicator.rejected$.subscribe((rejected) => {
-      const last = rejected[rejected.length - 1];
-      this.refreshCounts(last ? SyncError.fromWire(last.error) : undefined);
-    });
+    this.replicator.conflicts$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
+    this.replicator.rejected$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.refreshCounts();
     this.ready = this.db.multiInstance ? this.db.waitForLeadership().then(() => this.lead()) : this.lead();
     // A single-tab database leads at once; wait so that the caller sees recovered writes counted.
@@ -165,7 +162,7 @@ export class SyncEngine {
 
   enable(): void {
     if (this.status.enabled || this.closed) return;
-    this.updateStatus({ enabled: true, error: null });
+    this.updateStatus({ enabled: true, error: this.standingError() });
     if (this.options.autoSync && this.transport) this.goOnline();
   }
 
@@ -278,7 +275,7 @@ export class SyncEngine {
   private onConnect(): void {
     this.logger.info({ serverUrl: this.options.serverUrl }, 'connected to sync server');
     this.retryAttempt = 0;
-    this.updateStatus({ connected: true, error: null });
+    this.updateStatus({ connected: true, error: this.standingError() });
     if (this.options.autoSync) void this.requestSync({ push: true, pull: true });
   }
 
@@ -319,7 +316,7 @@ export class SyncEngine {
         syncedEvents += await this.runOnce(want);
       }
       this.retryAttempt = 0;
-      this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: null });
+      this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: this.standingError() });
       return { success: true, error: null, syncedEvents };
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -407,6 +404,28 @@ export class SyncEngine {
         { collection: name },
       );
     }
+  }
+
+  /**
+   * An error that outlives a successful sync: a conflict a custom resolver
+   * could not settle, or a change the server refused, until the app clears it.
+   */
+  private standingError(): SyncError | null {
+    const replicator = this.replicator;
+    if (!replicator) return null;
+    const failed = [...replicator.conflicts.values()].find((conflict) => conflict.reason);
+    if (failed) return new SyncError('CONFLICT_RESOLVER_FAILED', `${failed.collection}/${failed.documentId}: ${failed.reason}`);
+    const rejected = replicator.rejected[replicator.rejected.length - 1];
+    if (rejected) return new SyncError(rejected.error.code, `${rejected.collection}/${rejected.documentId} was refused by the server: ${rejected.error.message}`, rejected.error.details);
+    return null;
+  }
+
+  /** Forgets the refused changes (after the app has shown them); returns how many there were. */
+  async clearRejectedEvents(): Promise<number> {
+    const count = await this.queue.run(() => this.requireReplicator().clearRejected());
+    this.updateStatus({ error: this.standingError() });
+    this.refreshCounts();
+    return count;
   }
 
   private requireReplicator(): Replicator {

@@ -26,6 +26,8 @@ export interface SyncApi {
   resolveConflict(id: string, resolution: ConflictResolutionChoice): Promise<void>;
   /** Local changes the server refused; they are not retried. */
   getRejectedEvents(): RejectedEvent[];
+  /** Forgets the refused changes once the app has dealt with them; clears their status error. */
+  clearRejectedEvents(): Promise<number>;
   readonly rejected$: Observable<RejectedEvent[]>;
 }
 
@@ -65,6 +67,7 @@ function apiOf(engine: SyncEngine): SyncApi {
     conflicts$: engine.conflicts$,
     resolveConflict: (id, resolution) => engine.resolveConflict(id, resolution),
     getRejectedEvents: () => engine.getRejectedEvents(),
+    clearRejectedEvents: () => engine.clearRejectedEvents(),
     rejected$: engine.rejected$,
   };
 }

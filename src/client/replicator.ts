@@ -455,6 +455,13 @@ export class Replicator {
     return entries.length;
   }
 
+  async clearRejected(): Promise<number> {
+    const records = this.rejected.splice(0);
+    await this.meta.write(records.map((record) => ({ id: `rejected|${record.id}`, kind: 'rejected' as const })));
+    this.rejected$.next([]);
+    return records.length;
+  }
+
   async loadKept(): Promise<void> {
     for (const conflict of (await this.meta.getAll<StoredConflict>('conflict')).values()) this.conflicts.set(conflict.id, conflict);
     const rejected = await this.meta.getAll<RejectedEvent>('rejected');

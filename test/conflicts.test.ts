@@ -1,0 +1,187 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { ConflictResolution } from '../src/client/index.js';
+import { contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+
+let server: TestServer | undefined;
+const clients: TestClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
+  await server?.stop();
+  server = undefined;
+});
+
+const base: Todo = { id: 'd', title: 'base', done: false, priority: 1 };
+type Edit = (client: TestClient) => Promise<unknown>;
+const patch = (fields: Partial<Todo>): Edit => async (c) => (await c.todos.findOne('d').exec())!.patch(fields);
+const remove: Edit = async (c) => (await c.todos.findOne('d').exec())!.remove();
+const settled = (c: TestClient) => waitFor(() => c.sync.getStatus().pendingEvents === 0 && c.sync.getStatus().connected, `${c.name} to settle`);
+
+async function pair(conflictResolution: ConflictResolution, seed: Todo | null = base) {
+  server = await startServer();
+  const a = await startClient(server.url, { conflictResolution });
+  const b = await startClient(server.url, { conflictResolution });
+  clients.push(a, b);
+  if (seed) {
+    await a.todos.insert(seed);
+    await waitFor(async () => (await b.todos.findOne(seed.id).exec()) !== null, 'b to get the seed');
+    await settled(a);
+  }
+  return { a, b };
+}
+
+/**
+ * Both clients edit offline, `first` edits earlier; `first` comes back first,
+ * so `second`'s push is the one that conflicts.
+ */
+async function concurrently(a: TestClient, b: TestClient, editA: Edit, editB: Edit, order: 'a-first' | 'b-first' = 'a-first') {
+  a.sync.disable();
+  b.sync.disable();
+  const [first, second, editFirst, editSecond] = order === 'a-first' ? [a, b, editA, editB] : [b, a, editB, editA];
+  await editFirst(first);
+  await sleep(5);
+  await editSecond(second);
+  await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both edits logged');
+  first.sync.enable();
+  await settled(first);
+  second.sync.enable();
+  await settled(second);
+  await first.sync.syncNow();
+  await second.sync.syncNow();
+  await waitFor(async () => JSON.stringify(await contents(a.todos)) === JSON.stringify(await contents(b.todos)), 'convergence');
+  const serverHead = (await server!.server.getStorage().getHeads('todos', ['d']))[0];
+  return { docs: await contents(a.todos), serverHead };
+}
+
+describe('last-write-wins', () => {
+  it('the later write wins on both clients, whichever reaches the server first', async () => {
+    const { a, b } = await pair('last-write-wins');
+    const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));
+    expect(docs).toEqual([{ ...base, title: 'b' }]);
+    expect(server!.server.getStats().conflicts).toBeGreaterThan(0);
+  });
+  it('an earlier local write loses to a later remote one', async () => {
+    const { a, b } = await pair('last-write-wins');
+    // b writes first but reaches the server last: its push conflicts and it keeps a's later write.
+    const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }), 'b-first');
+    expect(docs).toEqual([{ ...base, title: 'a' }]);
+  });
+  it('delete against a later update: the update wins and the document lives', async () => {
+    const { a, b } = await pair('last-write-wins');
+    const { docs } = await concurrently(a, b, remove, patch({ title: 'updated later' }));
+    expect(docs).toEqual([{ ...base, title: 'updated later' }]);
+  });
+  it('update against a later delete: the document is deleted everywhere', async () => {
+    const { a, b } = await pair('last-write-wins');
+    const { docs, serverHead } = await concurrently(a, b, patch({ title: 'updated' }), remove);
+    expect(docs).toEqual([]);
+    expect(serverHead!.deleted).toBe(true);
+  });
+  it('two inserts of the same primary key: the later insert wins', async () => {
+    const { a, b } = await pair('last-write-wins', null);
+    const { docs } = await concurrently(
+      a, b,
+      (c) => c.todos.insert({ id: 'd', title: 'inserted by a', done: false }),
+      (c) => c.todos.insert({ id: 'd', title: 'inserted by b', done: true }),
+    );
+    expect(docs).toEqual([{ id: 'd', title: 'inserted by b', done: true }]);
+  });
+});
+
+describe('server-wins, client-wins, merge', () => {
+  it('server-wins keeps what reached the server first', async () => {
+    const { a, b } = await pair('server-wins');
+    const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));
+    expect(docs).toEqual([{ ...base, title: 'a' }]);
+  });
+  it('client-wins keeps the conflicting client\'s write', async () => {
+    const { a, b } = await pair('client-wins');
+    const { docs } = await concurrently(a, b, patch({ title: 'b-first' }), patch({ title: 'a-later' }), 'b-first');
+    expect(docs).toEqual([{ ...base, title: 'b-first' }]);
+  });
+  it('merge keeps both sides\' fields, and the later clock where both changed one', async () => {
+    const { a, b } = await pair('merge');
+    const { docs } = await concurrently(a, b, patch({ title: 'title from a', priority: 5 }), patch({ done: true, priority: 9 }));
+    expect(docs).toEqual([{ ...base, title: 'title from a', done: true, priority: 9 }]);
+  });
+  it('a per-collection choice is honoured', async () => {
+    const { a, b } = await pair({ todos: 'server-wins' } as never);
+    const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));
+    expect(docs).toEqual([{ ...base, title: 'a' }]);
+  });
+});
+
+describe('manual and custom', () => {
+  it('manual keeps the conflict, the local document as the user left it, across a restart, until resolved', async () => {
+    const { a, b } = await pair('manual');
+    a.sync.disable();
+    b.sync.disable();
+    await patch({ title: 'from a' })(a);
+    await patch({ title: 'from b' })(b);
+    await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both logged');
+    a.sync.enable();
+    await settled(a);
+    b.sync.enable();
+    await waitFor(() => b.sync.getConflicts().length === 1, 'b to keep a conflict');
+    expect((await b.todos.findOne('d').exec())!.title).toBe('from b');
+    const [conflict] = b.sync.getConflicts();
+    expect(conflict).toMatchObject({ collection: 'todos', documentId: 'd', local: { data: { title: 'from b' } }, remote: { data: { title: 'from a' } }, base: { data: { title: 'base' } } });
+    expect(b.sync.getStatus().conflicts).toBe(1);
+
+    // The conflict survives a restart.
+    const name = b.name;
+    await b.close();
+    clients.splice(clients.indexOf(b), 1);
+    const b2 = await startClient(server!.url, { name, conflictResolution: 'manual' });
+    clients.push(b2);
+    expect(b2.sync.getConflicts()).toHaveLength(1);
+
+    await b2.sync.resolveConflict(conflict!.id, { data: { ...base, title: 'merged by hand' } });
+    await b2.sync.syncNow();
+    await a.sync.syncNow();
+    expect(await contents(a.todos)).toEqual([{ ...base, title: 'merged by hand' }]);
+    expect(await contents(b2.todos)).toEqual([{ ...base, title: 'merged by hand' }]);
+    expect(b2.sync.getConflicts()).toEqual([]);
+  });
+
+  it('keep-remote and keep-local settle a manual conflict', async () => {
+    const { a, b } = await pair('manual');
+    a.sync.disable();
+    b.sync.disable();
+    await patch({ title: 'from a' })(a);
+    await patch({ title: 'from b' })(b);
+    await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both logged');
+    a.sync.enable();
+    await settled(a);
+    b.sync.enable();
+    await waitFor(() => b.sync.getConflicts().length === 1, 'conflict');
+    await b.sync.resolveConflict(b.sync.getConflicts()[0]!.id, 'keep-local');
+    await b.sync.syncNow();
+    await a.sync.syncNow();
+    expect((await contents(a.todos))[0]!.title).toBe('from b');
+  });
+
+  it('a custom function decides, sees both sides and the base; a throw becomes a manual conflict and an error', async () => {
+    const seen: unknown[] = [];
+    const { a, b } = await pair((conflict) => {
+      seen.push(conflict);
+      return { ...conflict.remote!.data, title: `${conflict.remote!.data.title} + ${conflict.local.data.title}` };
+    });
+    const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));
+    expect(docs).toEqual([{ ...base, title: 'a + b' }]);
+    expect(seen[0]).toMatchObject({ collection: 'todos', documentId: 'd', base: { data: { title: 'base' } } });
+
+    const failing = await pair(() => { throw new Error('cannot decide'); });
+    failing.a.sync.disable();
+    failing.b.sync.disable();
+    await patch({ title: 'x' })(failing.a);
+    await patch({ title: 'y' })(failing.b);
+    await waitFor(() => failing.a.sync.getStatus().pendingEvents > 0 && failing.b.sync.getStatus().pendingEvents > 0, 'logged');
+    failing.a.sync.enable();
+    await settled(failing.a);
+    failing.b.sync.enable();
+    await waitFor(() => failing.b.sync.getConflicts().length === 1, 'manual conflict');
+    expect(failing.b.sync.getConflicts()[0]!.reason).toContain('cannot decide');
+    expect(failing.b.sync.getStatus().error).toMatchObject({ code: 'CONFLICT_RESOLVER_FAILED' });
+  });
+});
