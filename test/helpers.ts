@@ -6,6 +6,8 @@ import { io, type Socket } from 'socket.io-client';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
 import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
+import { formatHlc } from '../src/shared/hlc.js';
+import { MESSAGE, type StoredEvent, type SyncEvent } from '../src/shared/protocol.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
 
@@ -143,3 +145,59 @@ export function connectError(url: string, auth: Record<string, unknown>): Promis
 }
 
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- raw protocol helpers (server and security tests) ------------------------------
+
+let rawEventCounter = 0;
+
+/** A valid event as a hand-written client would push it; override any field. */
+export function rawEvent(overrides: Partial<SyncEvent> & { documentId: string }): SyncEvent {
+  const n = rawEventCounter++;
+  return {
+    id: `evt-${uniqueName()}-${n}`,
+    collection: 'todos',
+    op: 'insert',
+    data: { id: overrides.documentId, title: `doc ${overrides.documentId}`, done: false },
+    baseEventId: null,
+    hlc: formatHlc({ millis: Date.now(), counter: n % 1000, node: 'raw' }),
+    ...overrides,
+  };
+}
+
+/** Sends one message and resolves with the server's acknowledgement (rejects after `timeout` ms). */
+export function request<T = any>(socket: Socket, type: string, message: unknown, timeout = 5000): Promise<T> {
+  return socket.timeout(timeout).emitWithAck(type, message) as Promise<T>;
+}
+
+/** Resolves with the next `sync:error` the server sends on this socket. */
+export function nextServerError(socket: Socket, timeout = 5000): Promise<{ code: string; message: string; details?: any }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no sync:error within ${timeout} ms`)), timeout);
+    socket.once(MESSAGE.error, (error) => {
+      clearTimeout(timer);
+      resolve(error);
+    });
+  });
+}
+
+/** Collects the live events a raw socket receives. */
+export function collectLive(socket: Socket): StoredEvent[] {
+  const received: StoredEvent[] = [];
+  socket.on(MESSAGE.live, (message: { events: StoredEvent[] }) => received.push(...message.events));
+  return received;
+}
+
+/**
+ * A client that connects over HTTP long-polling and then goes silent: it never
+ * polls again, so it never answers the server's pings (a dead phone, a pulled cable).
+ */
+export async function silentPollingClient(url: string, auth: Record<string, unknown> = {}): Promise<{ sid: string }> {
+  const base = `${url}/socket.io/?EIO=4&transport=polling`;
+  const open = await (await fetch(base)).text();
+  const { sid } = JSON.parse(open.slice(open.indexOf('{'))) as { sid: string };
+  const handshake = { protocolVersion: PROTOCOL_VERSION, clientId: `silent-${uniqueName()}`, ...auth };
+  await fetch(`${base}&sid=${sid}`, { method: 'POST', body: `40${JSON.stringify(handshake)}` });
+  const answer = await (await fetch(`${base}&sid=${sid}`)).text();
+  if (!answer.includes('40{"sid"')) throw new Error(`namespace connection refused: ${answer}`);
+  return { sid };
+}

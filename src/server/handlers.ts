@@ -11,12 +11,16 @@ import {
   type ClientToServerEvents,
   type PullReply,
   type PushReply,
+  type DocumentHead,
   type PushResult,
   type ServerToClientEvents,
   type StoredEvent,
   type SubscribeReply,
+  type SyncEvent,
 } from '../shared/protocol.js';
+import { assertMayWrite, readable, readableHead, unauthorized } from './access.js';
 import type { ResolvedServerOptions } from './options.js';
+import type { Redactor } from './redact.js';
 import type { IncomingEvent, SyncStorage } from './storage/types.js';
 
 export interface SocketData<User = unknown> {
@@ -26,6 +30,10 @@ export interface SocketData<User = unknown> {
   checkpoint: number;
   connectedAt: number;
   lastSeen: number;
+  /** When the session ends (ms since the epoch), if `authenticate` returned an expiry. */
+  expiresAt?: number;
+  /** The user's name for per-user limits (see the `userKey` option). */
+  userKey?: string;
 }
 
 export type SyncIo<User = unknown> = Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData<User>>;
@@ -48,14 +56,18 @@ export interface ServerEvents {
 
 export interface ServerContext<User = unknown> {
   options: ResolvedServerOptions<User>;
+  /** The same as options.authorize; here so the context serves as an AccessContext. */
+  authorize?: ResolvedServerOptions<User>['authorize'];
   storage: SyncStorage;
   logger: Logger;
   io: SyncIo<User>;
   stats: ServerStats;
+  redactor: Redactor;
   emit: <K extends keyof ServerEvents>(event: K, ...args: ServerEvents[K]) => void;
 }
 
 export const roomOf = (collection: string) => `collection:${collection}`;
+const docKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
 
 function assertKnownCollection(ctx: ServerContext<any>, collection: string): void {
   if (ctx.options.collections && !ctx.options.collections.includes(collection)) {
@@ -65,12 +77,19 @@ function assertKnownCollection(ctx: ServerContext<any>, collection: string): voi
   }
 }
 
-/** Byte size of a message as it came off the wire, measured before any other work. */
-function payloadBytes(raw: unknown): number {
-  try {
-    return Buffer.byteLength(JSON.stringify(raw) ?? '');
-  } catch {
-    return Number.POSITIVE_INFINITY;
+/** Deeply nested documents are refused: they would overflow recursive encoders on the way out. */
+function assertDepth(ctx: ServerContext<any>, event: SyncEvent): void {
+  const max = ctx.options.maxDocumentDepth;
+  const stack: [unknown, number][] = [[event.data, 1], ...(event.patch ?? []).map((op): [unknown, number] => [op.value, 1])];
+  while (stack.length > 0) {
+    const [value, depth] = stack.pop()!;
+    if (!value || typeof value !== 'object') continue;
+    if (depth > max) {
+      throw new SyncError('INVALID_MESSAGE', `document ${event.collection}/${event.documentId} is nested deeper than maxDocumentDepth (${max})`, {
+        limit: max,
+      });
+    }
+    for (const child of Object.values(value)) if (child && typeof child === 'object') stack.push([child, depth + 1]);
   }
 }
 
@@ -87,21 +106,18 @@ export async function handleSubscribe<User>(ctx: ServerContext<User>, socket: Sy
 }
 
 export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply> {
-  const bytes = payloadBytes(raw);
-  if (bytes > ctx.options.maxPayloadBytes) {
-    throw new SyncError('PAYLOAD_TOO_LARGE', `push of ${bytes} bytes exceeds maxPayloadBytes (${ctx.options.maxPayloadBytes})`, {
-      bytes,
-      limit: ctx.options.maxPayloadBytes,
-    });
-  }
   const started = performance.now();
-  const { events } = parseMessage(pushMessageSchema, raw, 'push message');
-  if (events.length > ctx.options.maxEventsPerPush) {
-    throw new SyncError('TOO_MANY_EVENTS', `push of ${events.length} events exceeds maxEventsPerPush (${ctx.options.maxEventsPerPush})`, {
-      count: events.length,
+  // Counted before validation, so that a huge batch is refused without checking each event.
+  const count = Array.isArray((raw as { events?: unknown } | null)?.events) ? (raw as { events: unknown[] }).events.length : 0;
+  if (count > ctx.options.maxEventsPerPush) {
+    throw new SyncError('TOO_MANY_EVENTS', `push of ${count} events exceeds maxEventsPerPush (${ctx.options.maxEventsPerPush})`, {
+      count,
       limit: ctx.options.maxEventsPerPush,
     });
   }
+  const { events } = parseMessage(pushMessageSchema, raw, 'push message');
+  const user = socket.data.user;
+  const heads = await headsOf(ctx, events);
 
   const results: (PushResult | undefined)[] = new Array(events.length);
   const toSave: IncomingEvent[] = [];
@@ -109,17 +125,12 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   for (const [index, event] of events.entries()) {
     try {
       assertKnownCollection(ctx, event.collection);
-      if (ctx.options.authorize && !(await ctx.options.authorize(socket.data.user, event.collection, event.op, event.data))) {
-        throw new SyncError('UNAUTHORIZED', `not allowed to ${event.op} ${event.collection}/${event.documentId}`, {
-          collection: event.collection,
-          documentId: event.documentId,
-          operation: event.op,
-        });
-      }
-      toSave.push({ ...event, clientId: socket.data.clientId });
+      assertDepth(ctx, event);
+      const head = heads.get(docKey(event.collection, event.documentId));
+      await assertMayWrite(ctx, user, event, head);
+      toSave.push({ ...ctx.redactor.keepHidden(event, head), clientId: socket.data.clientId });
       savedIndex.push(index);
     } catch (error) {
-      ctx.stats.rejected++;
       results[index] = { id: event.id, status: 'rejected', error: SyncError.from(error).toWire() };
     }
   }
@@ -127,21 +138,53 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const saved = toSave.length > 0 ? await saveEvents(ctx, toSave) : [];
   const accepted: StoredEvent[] = [];
   const serverTime = Date.now();
-  const counts = { accepted: 0, duplicates: 0, conflicts: 0, rejected: events.length - toSave.length };
-  saved.forEach((result, i) => {
-    results[savedIndex[i]!] = result;
-    if (result.status === 'accepted') {
-      counts.accepted++;
-      accepted.push({ ...toSave[i]!, seq: result.seq, serverTime });
-    } else if (result.status === 'duplicate') counts.duplicates++;
-    else counts.conflicts++;
-  });
+  for (const [i, result] of saved.entries()) {
+    let answer: PushResult = result;
+    if (result.status === 'accepted') accepted.push({ ...toSave[i]!, seq: result.seq, serverTime });
+    else if (result.status === 'conflict' && result.head) {
+      // A conflict answer carries the server's document: only what this user may read of it.
+      const head = await readableHead(ctx, user, result.head);
+      answer = head ? { ...result, head } : { id: result.id, status: 'rejected', error: unauthorized(toSave[i]!).toWire() };
+    }
+    results[savedIndex[i]!] = answer;
+  }
+  const counts = { accepted: 0, duplicates: 0, conflicts: 0, rejected: 0 };
+  for (const result of results as PushResult[]) {
+    if (result.status === 'accepted') counts.accepted++;
+    else if (result.status === 'duplicate') counts.duplicates++;
+    else if (result.status === 'conflict') counts.conflicts++;
+    else counts.rejected++;
+  }
   ctx.stats.accepted += counts.accepted;
   ctx.stats.duplicates += counts.duplicates;
   ctx.stats.conflicts += counts.conflicts;
+  ctx.stats.rejected += counts.rejected;
   if (accepted.length > 0) await broadcast(ctx, socket, accepted);
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return { results: results as PushResult[] };
+}
+
+/** Current heads of the pushed documents, needed to authorize a write on them and to keep their hidden fields. */
+async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): Promise<Map<string, DocumentHead>> {
+  const heads = new Map<string, DocumentHead>();
+  const byCollection = new Map<string, Set<string>>();
+  for (const event of events) {
+    if (!ctx.authorize && ctx.redactor.fieldsOf(event.collection).length === 0) continue;
+    if (ctx.options.collections && !ctx.options.collections.includes(event.collection)) continue;
+    const ids = byCollection.get(event.collection) ?? new Set<string>();
+    ids.add(event.documentId);
+    byCollection.set(event.collection, ids);
+  }
+  try {
+    for (const [collection, ids] of byCollection) {
+      for (const head of await ctx.storage.getHeads(collection, [...ids])) heads.set(docKey(head.collection, head.documentId), head);
+    }
+  } catch (error) {
+    ctx.emit('storage-error', { operation: 'read', error });
+    ctx.logger.error({ err: error }, 'storage failed to read document heads');
+    throw SyncError.from(error, 'STORAGE_ERROR');
+  }
+  return heads;
 }
 
 async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
@@ -170,20 +213,10 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   const hasMore = events.length === limit;
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
+  // Events the user may not read are left out; the checkpoint still moves past them.
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
   return { events: visible, checkpoint, hasMore };
-}
-
-/** Leaves out the events the user may not read; the checkpoint still moves past them. */
-async function readable<User>(ctx: ServerContext<User>, user: User, events: StoredEvent[]): Promise<StoredEvent[]> {
-  const authorize = ctx.options.authorize;
-  if (!authorize) return events;
-  const allowed: StoredEvent[] = [];
-  for (const event of events) {
-    if (await authorize(user, event.collection, 'read', event.data)) allowed.push(event);
-  }
-  return allowed;
 }
 
 /** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
@@ -195,15 +228,15 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
     else byCollection.set(event.collection, [event]);
   }
   for (const [collection, list] of byCollection) {
-    if (!ctx.options.authorize) {
-      sender.to(roomOf(collection)).emit(MESSAGE.live, { events: list });
+    if (!ctx.authorize) {
+      sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list) });
       continue;
     }
     const sockets = await ctx.io.in(roomOf(collection)).fetchSockets();
     for (const target of sockets) {
       if (target.id === sender.id) continue;
-      const allowed = await readable(ctx, target.data.user, list);
-      if (allowed.length > 0) target.emit(MESSAGE.live, { events: allowed });
+      const visible = await readable(ctx, target.data.user, list);
+      if (visible.length > 0) target.emit(MESSAGE.live, { events: visible });
     }
   }
 }

@@ -1,5 +1,5 @@
 export { createSyncServer, SyncServer, type ClientInfo } from './server.js';
-export type { SyncServerOptions, Authenticate, Authorize, AccessOperation, WriteOperation } from './options.js';
+export type { SyncServerOptions, Authenticate, AuthSession, Authorize, AccessOperation, WriteOperation, UserKey, RateLimitOptions, SensitiveFields } from './options.js';
 export type { ServerStats, SocketData } from './handlers.js';
 export { MemorySyncStorage } from './storage/memory.js';
 export type { SyncStorage, SaveResult, IncomingEvent, EventQuery } from './storage/types.js';

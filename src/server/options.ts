@@ -9,9 +9,37 @@ import type { SyncStorage } from './storage/types.js';
 export type WriteOperation = 'insert' | 'update' | 'delete';
 export type AccessOperation = 'read' | WriteOperation;
 
-/** Returns the user for a token; a falsy answer or a throw refuses the connection. */
-export type Authenticate<User> = (socket: Socket, token: string | undefined) => User | null | undefined | false | Promise<User | null | undefined | false>;
-/** Decides, per document, whether `user` may do `operation` on it. */
+/**
+ * What `authenticate` returns to end a session at a given time: the server
+ * sends `sync:error` TOKEN_EXPIRED and disconnects the socket at `expiresAt`
+ * (milliseconds since the epoch), and the client reconnects with a fresh token.
+ *
+ * The server recognises this shape only on a plain object whose own keys are
+ * exactly `user` and `expiresAt`; any other value (including a user object
+ * that has more keys) is taken as the user itself. A user object that happens
+ * to have exactly these two keys must therefore be wrapped: `{ user, expiresAt }`.
+ */
+export interface AuthSession<User> {
+  user: User;
+  expiresAt: number;
+}
+
+/**
+ * Returns the user for a token, or an {@link AuthSession} to make the session
+ * expire; a falsy answer or a throw refuses the connection (UNAUTHENTICATED).
+ */
+export type Authenticate<User> = (
+  socket: Socket,
+  token: string | undefined,
+) => User | AuthSession<User> | null | undefined | false | Promise<User | AuthSession<User> | null | undefined | false>;
+
+/**
+ * Decides, per document, whether `user` may do `operation` on it. It runs for
+ * every document sent out ('read': pulls, live events, conflict answers) and
+ * for every pushed event: with the new document and, when the server already
+ * holds a version of that document, with that version too. Both must pass, so
+ * a user cannot take over someone else's document by rewriting its owner field.
+ */
 export type Authorize<User> = (
   user: User,
   collection: string,
@@ -19,8 +47,24 @@ export type Authorize<User> = (
   document: Record<string, unknown>,
 ) => boolean | Promise<boolean>;
 
+/** Names a user for per-user limits; undefined leaves that user out of them. */
+export type UserKey<User> = (user: User) => string | undefined;
+
 const fn = (name: string) =>
   z.custom<(...args: never[]) => unknown>((value) => typeof value === 'function', `${name} must be a function`);
+
+const fieldNameSchema = z.string().min(1).max(256);
+
+export const rateLimitSchema = z.strictObject({
+  /** Length of one counting window, in milliseconds. */
+  windowMs: z.number().int().positive(),
+  /** Messages one connection may send per window. */
+  max: z.number().int().positive(),
+  /** Messages all connections of one user together may send per window (default: `max`). */
+  maxPerUser: z.number().int().positive().optional(),
+  /** Text of the RATE_LIMITED error the client gets. */
+  message: z.string().min(1).default('too many messages, slow down'),
+});
 
 export const serverOptionsSchema = z.strictObject({
   httpServer: z.custom<HttpServer>(
@@ -51,28 +95,43 @@ export const serverOptionsSchema = z.strictObject({
   maxPayloadBytes: z.number().int().positive().default(4 * 1024 * 1024),
   maxPullLimit: z.number().int().positive().default(5000),
   defaultPullLimit: z.number().int().positive().default(1000),
+  /** Deepest nesting of objects and arrays a pushed document may have (deeper events are rejected). */
+  maxDocumentDepth: z.number().int().positive().max(1000).default(64),
+  /** Messages per window, per connection and per user; over it a message is answered RATE_LIMITED. Per server instance. */
+  rateLimit: rateLimitSchema.optional(),
+  /** Connections one user may hold at once on this server instance; more are refused with TOO_MANY_CONNECTIONS. */
+  maxConnectionsPerUser: z.number().int().positive().optional(),
+  /** Names a user for per-user limits (default: a string or number user itself, or an object user's `id`). */
+  userKey: fn('userKey').optional(),
+  /** Top-level fields stripped from every document before it leaves the server: for all collections, or per collection. */
+  sensitiveFields: z.union([z.array(fieldNameSchema), z.record(collectionNameSchema, z.array(fieldNameSchema))]).optional(),
+  /** How often the server pings each client, in ms (socket.io's pingInterval). */
+  heartbeatInterval: z.number().int().positive().optional(),
+  /** How long the server waits for the answer to a ping before it drops the client, in ms (socket.io's pingTimeout). */
+  clientTimeout: z.number().int().positive().optional(),
 });
 
-export type SyncServerOptions<User = unknown> = Omit<
-  z.input<typeof serverOptionsSchema>,
-  'authenticate' | 'authorize' | 'socketOptions' | 'storage' | 'adapter'
-> & {
+type FunctionOptions = 'authenticate' | 'authorize' | 'userKey' | 'socketOptions' | 'adapter';
+
+export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOptionsSchema>, FunctionOptions | 'storage'> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
+  userKey?: UserKey<User>;
   socketOptions?: Partial<ServerOptions>;
   storage?: SyncStorage;
   adapter?: ServerOptions['adapter'];
 };
 
-export type ResolvedServerOptions<User = unknown> = Omit<
-  z.output<typeof serverOptionsSchema>,
-  'authenticate' | 'authorize' | 'socketOptions' | 'adapter'
-> & {
+export type ResolvedServerOptions<User = unknown> = Omit<z.output<typeof serverOptionsSchema>, FunctionOptions> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
+  userKey?: UserKey<User>;
   socketOptions: Partial<ServerOptions>;
   adapter?: ServerOptions['adapter'];
 };
+
+export type RateLimitOptions = z.output<typeof rateLimitSchema>;
+export type SensitiveFields = z.output<typeof serverOptionsSchema>['sensitiveFields'];
 
 export function resolveServerOptions<User>(options: SyncServerOptions<User>): ResolvedServerOptions<User> {
   const parsed = parseOptions(serverOptionsSchema, options, 'sync server');

@@ -1,8 +1,9 @@
 import { EventEmitter } from 'node:events';
 import { Server } from 'socket.io';
-import { SyncError, type WireError } from '../shared/errors.js';
+import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { CLIENT_MESSAGES, MESSAGE, handshakeSchema, parseMessage, type Ack } from '../shared/protocol.js';
+import { CLIENT_MESSAGES, MESSAGE, type Ack } from '../shared/protocol.js';
+import { admit, runAt } from './auth.js';
 import {
   handlePull,
   handlePush,
@@ -14,7 +15,9 @@ import {
   type SyncIo,
   type SyncSocket,
 } from './handlers.js';
+import { RateLimiter, UserConnections, defaultUserKey } from './limits.js';
 import { resolveServerOptions, type ResolvedServerOptions, type SyncServerOptions } from './options.js';
+import { Redactor } from './redact.js';
 import { MemorySyncStorage } from './storage/memory.js';
 import type { SyncStorage } from './storage/types.js';
 
@@ -45,6 +48,9 @@ export class SyncServer<User = unknown> {
   private readonly logger: Logger;
   private readonly io: SyncIo<User>;
   private readonly stats: ServerStats = { accepted: 0, duplicates: 0, conflicts: 0, rejected: 0, invalidMessages: 0 };
+  private readonly redactor: Redactor;
+  private readonly limiter?: RateLimiter;
+  private readonly connections = new UserConnections();
   private ready?: Promise<void>;
   private stopped = false;
 
@@ -53,17 +59,23 @@ export class SyncServer<User = unknown> {
     this.ownsStorage = !this.options.storage;
     this.storage = this.options.storage ?? new MemorySyncStorage();
     this.logger = createLogger(this.options.logging, 'rxdb-offline-sync:server');
+    this.redactor = new Redactor(this.options.sensitiveFields);
+    if (this.options.rateLimit) this.limiter = new RateLimiter(this.options.rateLimit);
+    const { heartbeatInterval, clientTimeout } = this.options;
     this.io = new Server({
       maxHttpBufferSize: this.options.maxPayloadBytes * TRANSPORT_HEADROOM,
       ...this.options.socketOptions,
+      ...(heartbeatInterval !== undefined ? { pingInterval: heartbeatInterval } : {}),
+      ...(clientTimeout !== undefined ? { pingTimeout: clientTimeout } : {}),
       ...(this.options.adapter ? { adapter: this.options.adapter } : {}),
     });
     this.io.use((socket, next) => {
-      this.authenticate(socket as SyncSocket<User>).then(
+      this.admit(socket as SyncSocket<User>).then(
         () => next(),
         (error: unknown) => {
           const syncError = SyncError.from(error, 'UNAUTHENTICATED');
-          this.logger.info({ code: syncError.code, reason: syncError.message }, 'connection refused');
+          if (syncError.code === 'INTERNAL') this.logger.error({ err: error }, 'connection refused');
+          else this.logger.info({ code: syncError.code, reason: syncError.message }, 'connection refused');
           next(Object.assign(new Error(syncError.message), { data: syncError.toWire() }));
         },
       );
@@ -117,26 +129,53 @@ export class SyncServer<User = unknown> {
     return { ...this.stats };
   }
 
-  private async authenticate(socket: SyncSocket<User>): Promise<void> {
+  /** The handshake middleware: protocol, authentication, the per-user connection limit. */
+  private async admit(socket: SyncSocket<User>): Promise<void> {
     if (!this.ready) throw new SyncError('INTERNAL', 'sync server is not started: call start()');
     await this.ready;
-    const auth = socket.handshake.auth as Record<string, unknown> | undefined;
-    if (auth && typeof auth.protocolVersion === 'number' && auth.protocolVersion !== handshakeSchema.shape.protocolVersion.value) {
-      throw new SyncError('UNSUPPORTED_PROTOCOL', `protocol version ${auth.protocolVersion} is not supported; this server speaks ${handshakeSchema.shape.protocolVersion.value}`);
-    }
-    const handshake = parseMessage(handshakeSchema, auth, 'handshake');
-    let user: unknown = {};
-    if (this.options.authenticate) {
-      try {
-        user = await this.options.authenticate(socket, handshake.token);
-      } catch (error) {
-        throw new SyncError('UNAUTHENTICATED', `authentication failed: ${SyncError.from(error).message}`);
+    const { handshake, user, expiresAt } = await admit(socket, this.options.authenticate);
+    const userKey = this.userKeyOf(user);
+    const max = this.options.maxConnectionsPerUser;
+    // Counted and reserved in one synchronous step, so that parallel handshakes cannot both slip under the limit.
+    if (max !== undefined && userKey !== undefined) {
+      if (this.connections.count(userKey) >= max) {
+        throw new SyncError('TOO_MANY_CONNECTIONS', `user already holds ${max} connection${max === 1 ? '' : 's'}, the most maxConnectionsPerUser allows`, {
+          limit: max,
+        });
       }
-      if (!user) throw new SyncError('UNAUTHENTICATED', 'authentication failed: the token was not accepted');
+      this.connections.add(userKey, socket.id);
+      const release = () => {
+        this.connections.remove(userKey, socket.id);
+        socket.conn.off('close', release);
+      };
+      // 'close' also covers a client that leaves between this check and its connection.
+      socket.conn.once('close', release);
+      socket.once('disconnect', release);
     }
     const now = Date.now();
-    const data: SocketData<User> = { user: user as User, clientId: handshake.clientId, collections: [], checkpoint: 0, connectedAt: now, lastSeen: now };
-    socket.data = data;
+    socket.data = {
+      user,
+      clientId: handshake.clientId,
+      collections: [],
+      checkpoint: 0,
+      connectedAt: now,
+      lastSeen: now,
+      ...(expiresAt !== undefined ? { expiresAt } : {}),
+      ...(userKey !== undefined ? { userKey } : {}),
+    };
+  }
+
+  private userKeyOf(user: User): string | undefined {
+    const perUser = this.options.maxConnectionsPerUser !== undefined || this.options.rateLimit !== undefined;
+    if (!perUser) return undefined;
+    let key: string | undefined;
+    try {
+      key = (this.options.userKey ?? defaultUserKey)(user);
+    } catch (error) {
+      throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
+    }
+    if (key === undefined) this.logger.warn('per-user limits do not apply to a user without a key: give the userKey option');
+    return key;
   }
 
   private onConnection(socket: SyncSocket<User>): void {
@@ -146,6 +185,8 @@ export class SyncServer<User = unknown> {
       logger: this.logger,
       io: this.io,
       stats: this.stats,
+      redactor: this.redactor,
+      ...(this.options.authorize ? { authorize: this.options.authorize } : {}),
       emit: (event, ...args) => this.events.emit(event, ...(args as never)),
     };
     const log = this.logger.child({ socket: socket.id, clientId: socket.data.clientId });
@@ -158,18 +199,47 @@ export class SyncServer<User = unknown> {
       [MESSAGE.pull]: handlePull,
     } as Record<string, (ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown) => Promise<object>>;
 
-    // One listener for every message, so that unknown types and missing acks are answered too.
+    if (socket.data.expiresAt !== undefined) {
+      const expiresAt = socket.data.expiresAt;
+      const cancel = runAt(expiresAt, () => {
+        log.info('session expired, disconnecting');
+        socket.emit(MESSAGE.error, new SyncError('TOKEN_EXPIRED', 'the session has expired: reconnect with a fresh token', { expiresAt }).toWire());
+        socket.disconnect(true);
+      });
+      socket.once('disconnect', cancel);
+    }
+
+    // One listener for every message, so that unknown types, missing acks and limits are answered too.
     socket.onAny((event: string, ...args: unknown[]) => {
       socket.data.lastSeen = Date.now();
       const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (reply: Ack<object>) => void) : undefined;
+      // A reply that cannot be encoded must not become an unhandled rejection that takes the process down.
+      const send = (message: Ack<object>) => {
+        try {
+          if (ack) ack(message);
+          else if (!message.ok) socket.emit(MESSAGE.error, message.error);
+        } catch (error) {
+          log.error({ err: error, type: event }, 'could not send a reply');
+        }
+      };
       const reply = (error: SyncError) => {
         this.stats.invalidMessages += error.code === 'INVALID_MESSAGE' ? 1 : 0;
-        const wire: WireError = error.toWire();
-        if (ack) ack({ ok: false, error: wire });
-        else socket.emit(MESSAGE.error, wire);
+        send({ ok: false, error: error.toWire() });
       };
+      const type = String(event).slice(0, 128);
+      const limited = this.limiter?.check(socket.id, socket.data.userKey);
+      if (limited) {
+        reply(limited);
+        return;
+      }
+      const bytes = payloadBytes(args);
+      if (bytes > this.options.maxPayloadBytes) {
+        const limit = this.options.maxPayloadBytes;
+        reply(new SyncError('PAYLOAD_TOO_LARGE', `message "${type}" of ${bytes} bytes exceeds maxPayloadBytes (${limit})`, { type, bytes, limit }));
+        return;
+      }
       if (!CLIENT_MESSAGES.has(event)) {
-        reply(new SyncError('INVALID_MESSAGE', `unknown message type "${event}"`, { type: event }));
+        reply(new SyncError('INVALID_MESSAGE', `unknown message type "${type}"`, { type }));
         return;
       }
       if (!ack) {
@@ -177,7 +247,7 @@ export class SyncServer<User = unknown> {
         return;
       }
       handlers[event]!(ctx, socket, args[0]).then(
-        (result) => ack({ ok: true, ...result }),
+        (result) => send({ ok: true, ...result }),
         (error: unknown) => {
           const syncError = SyncError.from(error);
           if (syncError.code === 'INTERNAL') log.error({ err: error, type: event }, 'message failed');
@@ -187,9 +257,19 @@ export class SyncServer<User = unknown> {
       );
     });
     socket.on('disconnect', (reason) => {
+      this.limiter?.forgetConnection(socket.id);
       log.debug({ reason }, 'client disconnected');
       this.events.emit('client-disconnect', { ...info(), reason });
     });
+  }
+}
+
+/** Byte size of a message's arguments as JSON; a value that cannot be measured counts as too large. */
+function payloadBytes(args: unknown[]): number {
+  try {
+    return Buffer.byteLength(JSON.stringify(args) ?? '');
+  } catch {
+    return Number.POSITIVE_INFINITY;
   }
 }
 

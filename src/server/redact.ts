@@ -1,0 +1,92 @@
+/**
+ * Sensitive fields: stripped from every document before it leaves the server,
+ * and kept on the server when a client that never saw them writes the document.
+ */
+import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol.js';
+import type { SensitiveFields } from './options.js';
+
+type Data = Record<string, unknown>;
+type PatchOperation = NonNullable<SyncEvent['patch']>[number];
+
+const NONE: readonly string[] = [];
+const pointerOf = (field: string) => `/${field.replace(/~/g, '~0').replace(/\//g, '~1')}`;
+
+export class Redactor {
+  private readonly all: readonly string[];
+  private readonly perCollection: ReadonlyMap<string, readonly string[]>;
+
+  constructor(option: SensitiveFields) {
+    this.all = Array.isArray(option) ? [...new Set(option)] : NONE;
+    this.perCollection = new Map(Array.isArray(option) || !option ? [] : Object.entries(option));
+  }
+
+  fieldsOf(collection: string): readonly string[] {
+    const own = this.perCollection.get(collection);
+    return own ? [...this.all, ...own] : this.all;
+  }
+
+  /** The document without its sensitive fields (the same object when there is nothing to strip). */
+  document(collection: string, data: Data): Data {
+    const fields = this.fieldsOf(collection).filter((field) => Object.hasOwn(data, field));
+    if (fields.length === 0) return data;
+    const copy = { ...data };
+    for (const field of fields) delete copy[field];
+    return copy;
+  }
+
+  /** An event as a client may see it: no sensitive field in its data, no patch operation touching one. */
+  event<E extends StoredEvent>(event: E): E {
+    const fields = this.fieldsOf(event.collection);
+    if (fields.length === 0) return event;
+    const data = this.document(event.collection, event.data);
+    const patch = event.patch ? stripPatch(event.patch, fields, (value) => this.document(event.collection, value)) : undefined;
+    if (data === event.data && patch === event.patch) return event;
+    return { ...event, data, ...(patch ? { patch } : {}) };
+  }
+
+  events<E extends StoredEvent>(events: E[]): E[] {
+    return events.map((event) => this.event(event));
+  }
+
+  head(head: DocumentHead): DocumentHead {
+    const data = this.document(head.collection, head.data);
+    return data === head.data ? head : { ...head, data };
+  }
+
+  /**
+   * A client never sees sensitive fields, so its update leaves them out; the
+   * server's values are carried over from the version the event is based on,
+   * so that such a write does not erase them.
+   */
+  keepHidden<E extends SyncEvent>(event: E, head: DocumentHead | undefined): E {
+    const fields = this.fieldsOf(event.collection);
+    if (fields.length === 0 || !head || head.deleted || head.eventId !== event.baseEventId) return event;
+    const missing = fields.filter((field) => Object.hasOwn(head.data, field) && !Object.hasOwn(event.data, field));
+    if (missing.length === 0) return event;
+    const data = { ...event.data };
+    for (const field of missing) data[field] = head.data[field];
+    return { ...event, data };
+  }
+}
+
+/** Drops operations on a sensitive field; one that replaces the whole document gets a stripped value. */
+function stripPatch(patch: PatchOperation[], fields: readonly string[], strip: (data: Data) => Data): PatchOperation[] {
+  const pointers = fields.map(pointerOf);
+  const touches = (path: string | undefined) =>
+    path !== undefined && pointers.some((pointer) => path === pointer || path.startsWith(`${pointer}/`));
+  let changed = false;
+  const kept: PatchOperation[] = [];
+  for (const operation of patch) {
+    if (touches(operation.path) || touches(operation.from)) {
+      changed = true;
+    } else if (operation.path === '' && isData(operation.value) && strip(operation.value) !== operation.value) {
+      changed = true;
+      kept.push({ ...operation, value: strip(operation.value) });
+    } else {
+      kept.push(operation);
+    }
+  }
+  return changed ? kept : patch;
+}
+
+const isData = (value: unknown): value is Data => !!value && typeof value === 'object' && !Array.isArray(value);

@@ -1,0 +1,341 @@
+/**
+ * The sync server over real sockets on loopback, spoken to by hand-written
+ * (raw) clients: authentication, push and pull, paging, live broadcast, and
+ * bad input that is answered, not obeyed (DESIGN.md invariant 9).
+ */
+import type { Socket } from 'socket.io-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MESSAGE, PROTOCOL_VERSION, type StoredEvent } from '../src/shared/protocol.js';
+import {
+  collectLive,
+  connectError,
+  nextServerError,
+  rawEvent,
+  rawSocket,
+  request,
+  sleep,
+  startServer,
+  uniqueName,
+  waitFor,
+  type TestServer,
+} from './helpers.js';
+
+let server: TestServer | undefined;
+const sockets: Socket[] = [];
+
+async function open(auth: Record<string, unknown> = {}) {
+  const socket = await rawSocket(server!.url, auth);
+  sockets.push(socket);
+  return socket;
+}
+
+const stored = () => server!.server.getStorage().countEvents();
+
+afterEach(async () => {
+  sockets.splice(0).forEach((socket) => socket.close());
+  await server?.stop();
+  server = undefined;
+});
+
+describe('authentication', () => {
+  const authenticate = (_socket: unknown, token: string | undefined) => (token === 'good' ? { id: 'alice' } : null);
+
+  it('accepts a good token and refuses a bad or missing one with UNAUTHENTICATED', async () => {
+    server = await startServer({ authenticate });
+    const socket = await open({ token: 'good' });
+    expect(socket.connected).toBe(true);
+
+    const bad = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'c1', token: 'forged' });
+    expect(bad.data).toMatchObject({ code: 'UNAUTHENTICATED' });
+    expect(bad.data!.message).toMatch(/token was not accepted/);
+
+    const missing = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'c1' });
+    expect(missing.data?.code).toBe('UNAUTHENTICATED');
+    expect(server.server.getClientsCount()).toBe(1);
+  });
+
+  it('refuses with the reason when authenticate throws', async () => {
+    server = await startServer({
+      authenticate: () => {
+        throw new Error('signature invalid');
+      },
+    });
+    const error = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'c1', token: 'x' });
+    expect(error.data?.code).toBe('UNAUTHENTICATED');
+    expect(error.data?.message).toMatch(/signature invalid/);
+  });
+
+  it('refuses another protocol version with UNSUPPORTED_PROTOCOL, and a malformed handshake with INVALID_MESSAGE', async () => {
+    server = await startServer({ authenticate });
+    const future = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION + 1, clientId: 'c1', token: 'good' });
+    expect(future.data).toMatchObject({ code: 'UNSUPPORTED_PROTOCOL' });
+    expect(future.data!.message).toContain(`speaks ${PROTOCOL_VERSION}`);
+
+    const noClientId = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, token: 'good' });
+    expect(noClientId.data?.code).toBe('INVALID_MESSAGE');
+    expect(noClientId.data?.message).toContain('clientId');
+    expect(server.server.getClientsCount()).toBe(0);
+  });
+});
+
+describe('push and pull', () => {
+  it('events pushed on one connection are pulled on another, in order, with server sequences', async () => {
+    server = await startServer();
+    const writer = await open();
+    const reader = await open();
+    const events = ['a', 'b', 'c'].map((documentId) => rawEvent({ documentId }));
+    const pushed = await request(writer, MESSAGE.push, { events });
+    expect(pushed.ok).toBe(true);
+    expect(pushed.results.map((r: { status: string }) => r.status)).toEqual(['accepted', 'accepted', 'accepted']);
+
+    const pulled = await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(pulled).toMatchObject({ ok: true, hasMore: false });
+    expect(pulled.events.map((e: StoredEvent) => e.id)).toEqual(events.map((e) => e.id));
+    const seqs = pulled.events.map((e: StoredEvent) => e.seq);
+    expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+    expect(pulled.checkpoint).toBe(seqs[2]);
+    expect(pulled.events[0].data).toEqual(events[0]!.data);
+
+    const retry = await request(writer, MESSAGE.push, { events: [events[0]] });
+    expect(retry.results[0]).toMatchObject({ status: 'duplicate', seq: seqs[0] });
+    expect(await stored()).toBe(3);
+  });
+
+  it('replays in pages: limit and hasMore give every event exactly once', async () => {
+    server = await startServer({ maxPullLimit: 20 });
+    const writer = await open();
+    const events = Array.from({ length: 25 }, (_, i) => rawEvent({ documentId: `p${i}` }));
+    await request(writer, MESSAGE.push, { events });
+
+    const reader = await open();
+    const seen: string[] = [];
+    const pages: { size: number; hasMore: boolean }[] = [];
+    let checkpoint = 0;
+    for (;;) {
+      const page = await request(reader, MESSAGE.pull, { checkpoint, collections: ['todos'], limit: 10 });
+      seen.push(...page.events.map((e: StoredEvent) => e.id));
+      pages.push({ size: page.events.length, hasMore: page.hasMore });
+      checkpoint = page.checkpoint;
+      if (!page.hasMore) break;
+    }
+    expect(seen).toEqual(events.map((e) => e.id));
+    expect(pages).toEqual([
+      { size: 10, hasMore: true },
+      { size: 10, hasMore: true },
+      { size: 5, hasMore: false },
+    ]);
+    const after = await request(reader, MESSAGE.pull, { checkpoint, collections: ['todos'], limit: 10 });
+    expect(after).toMatchObject({ ok: true, events: [], hasMore: false, checkpoint });
+
+    // A limit above maxPullLimit is capped, not obeyed.
+    const capped = await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'], limit: 1_000_000 });
+    expect(capped.events).toHaveLength(20);
+    expect(capped.hasMore).toBe(true);
+  });
+
+  it('live events reach connections subscribed to the collection and no one else', async () => {
+    server = await startServer();
+    const writer = await open();
+    const todosReader = await open();
+    const notesReader = await open();
+    const bystander = await open();
+    const todosLive = collectLive(todosReader);
+    const notesLive = collectLive(notesReader);
+    const bystanderLive = collectLive(bystander);
+    const writerLive = collectLive(writer);
+    expect(await request(todosReader, MESSAGE.subscribe, { collections: ['todos'] })).toEqual({ ok: true, collections: ['todos'] });
+    expect(await request(notesReader, MESSAGE.subscribe, { collections: ['notes'] })).toMatchObject({ ok: true });
+    await request(writer, MESSAGE.subscribe, { collections: ['todos', 'notes'] });
+
+    const todo = rawEvent({ documentId: 't1' });
+    await request(writer, MESSAGE.push, { events: [todo] });
+    await waitFor(() => todosLive.length === 1, 'the todos subscriber to get the event');
+    expect(todosLive[0]).toMatchObject({ id: todo.id, collection: 'todos', documentId: 't1' });
+    expect(todosLive[0]!.seq).toBeGreaterThan(0);
+
+    // Broadcasts on one socket arrive in order: once the later notes event is in, the todos one would have been too.
+    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'n1', collection: 'notes' })] });
+    await waitFor(() => notesLive.length === 1, 'the notes subscriber to get the notes event');
+    expect(notesLive.map((e) => e.collection)).toEqual(['notes']);
+    expect(todosLive).toHaveLength(1);
+    expect(bystanderLive).toHaveLength(0);
+    expect(writerLive).toHaveLength(0);
+
+    // Subscribing replaces the previous subscription.
+    await request(todosReader, MESSAGE.subscribe, { collections: ['notes'] });
+    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 't2' })] });
+    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'n2', collection: 'notes' })] });
+    await waitFor(() => todosLive.length === 2, 'the re-subscribed reader to get the notes event');
+    expect(todosLive.map((e) => e.documentId)).toEqual(['t1', 'n2']);
+  });
+});
+
+describe('bad input is answered, not obeyed', () => {
+  const maxPayloadBytes = 32 * 1024;
+  let writer: Socket;
+  let reader: Socket;
+  let readerLive: StoredEvent[];
+  let good = 0;
+
+  async function start() {
+    server = await startServer({ collections: ['todos'], maxPayloadBytes, maxEventsPerPush: 10 });
+    writer = await open();
+    reader = await open();
+    readerLive = collectLive(reader);
+    await request(reader, MESSAGE.subscribe, { collections: ['todos'] });
+    good = 0;
+  }
+
+  /** A well-behaved pair keeps syncing, and the server stored only the good events. */
+  async function stillSyncing() {
+    const event = rawEvent({ documentId: `good-${uniqueName()}` });
+    const reply = await request(writer, MESSAGE.push, { events: [event] });
+    expect(reply.results[0].status).toBe('accepted');
+    good++;
+    await waitFor(() => readerLive.some((e) => e.id === event.id), 'the good event to reach the reader');
+    expect(await stored()).toBe(good);
+  }
+
+  it('a malformed message, wrong field types and unknown fields get INVALID_MESSAGE naming the field', async () => {
+    await start();
+    const hostile = await open();
+    await stillSyncing();
+
+    for (const message of ['not an object', null, 42, [], { events: 'all of them' }, { events: [] }]) {
+      const reply = await request(hostile, MESSAGE.push, message);
+      expect(reply).toMatchObject({ ok: false, error: { code: 'INVALID_MESSAGE' } });
+    }
+    const wrongOp = await request(hostile, MESSAGE.push, { events: [{ ...rawEvent({ documentId: 'x' }), op: 5 }] });
+    expect(wrongOp.error.code).toBe('INVALID_MESSAGE');
+    expect(wrongOp.error.message).toContain('events.0.op');
+
+    const wrongData = await request(hostile, MESSAGE.push, { events: [{ ...rawEvent({ documentId: 'x' }), data: 'text' }] });
+    expect(wrongData.error.message).toContain('events.0.data');
+
+    const extraField = await request(hostile, MESSAGE.push, { events: [{ ...rawEvent({ documentId: 'x' }), seq: 1 }] });
+    expect(extraField.error.code).toBe('INVALID_MESSAGE');
+
+    const wrongCheckpoint = await request(hostile, MESSAGE.pull, { checkpoint: '0', collections: ['todos'] });
+    expect(wrongCheckpoint.error).toMatchObject({ code: 'INVALID_MESSAGE' });
+    expect(wrongCheckpoint.error.message).toContain('checkpoint');
+
+    const negative = await request(hostile, MESSAGE.pull, { checkpoint: -1, collections: ['todos'], limit: 0 });
+    expect(negative.error.code).toBe('INVALID_MESSAGE');
+
+    const badSubscribe = await request(hostile, MESSAGE.subscribe, { collections: ['../etc'] });
+    expect(badSubscribe.error.code).toBe('INVALID_MESSAGE');
+
+    expect(hostile.connected).toBe(true);
+    await stillSyncing();
+    expect(server!.server.getStats().invalidMessages).toBeGreaterThanOrEqual(12);
+  });
+
+  it('an unknown message type, and a message without an acknowledgement, get a clear error', async () => {
+    await start();
+    const hostile = await open();
+
+    const unknown = await request(hostile, 'sync:drop-everything', { please: true });
+    expect(unknown).toMatchObject({ ok: false, error: { code: 'INVALID_MESSAGE' } });
+    expect(unknown.error.message).toContain('unknown message type "sync:drop-everything"');
+
+    const unanswered = nextServerError(hostile);
+    hostile.emit(MESSAGE.push, { events: [rawEvent({ documentId: 'no-ack' })] });
+    expect(await unanswered).toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('acknowledgement') });
+
+    const unknownNoAck = nextServerError(hostile);
+    hostile.emit('whatever', 1, 2, 3);
+    expect((await unknownNoAck).code).toBe('INVALID_MESSAGE');
+
+    expect(await stored()).toBe(0);
+    await stillSyncing();
+  });
+
+  it('an oversized payload gets PAYLOAD_TOO_LARGE and the connection stays usable', async () => {
+    await start();
+    const hostile = await open();
+    const big = rawEvent({ documentId: 'big', data: { id: 'big', title: 'x'.repeat(maxPayloadBytes * 1.5), done: false } });
+    const reply = await request(hostile, MESSAGE.push, { events: [big] });
+    expect(reply).toMatchObject({ ok: false, error: { code: 'PAYLOAD_TOO_LARGE', details: { limit: maxPayloadBytes } } });
+    expect(reply.error.message).toContain('maxPayloadBytes');
+
+    // Any message type is measured, not only pushes.
+    const bigPull = await request(hostile, MESSAGE.pull, { checkpoint: 0, collections: ['todos'], pad: 'y'.repeat(maxPayloadBytes) });
+    expect(bigPull.error.code).toBe('PAYLOAD_TOO_LARGE');
+
+    expect(hostile.connected).toBe(true);
+    const after = await request(hostile, MESSAGE.push, { events: [rawEvent({ documentId: 'small' })] });
+    expect(after.results[0].status).toBe('accepted');
+    good++;
+    await stillSyncing();
+  });
+
+  it('a payload far above the limit drops only that connection; everyone else keeps syncing', async () => {
+    await start();
+    const hostile = await open();
+    const dropped = new Promise<string>((resolve) => hostile.once('disconnect', resolve));
+    hostile.emit(MESSAGE.push, { events: [rawEvent({ documentId: 'huge', data: { blob: 'z'.repeat(maxPayloadBytes * 3) } })] }, () => {});
+    expect(await dropped).toMatch(/transport (close|error)/);
+    await stillSyncing();
+    await waitFor(() => server!.server.getClientsCount() === 2, 'the dropped connection to be cleaned up');
+  });
+
+  it('too many events in one push get TOO_MANY_EVENTS and nothing is stored', async () => {
+    await start();
+    const hostile = await open();
+    const events = Array.from({ length: 11 }, (_, i) => rawEvent({ documentId: `m${i}` }));
+    const reply = await request(hostile, MESSAGE.push, { events });
+    expect(reply).toMatchObject({ ok: false, error: { code: 'TOO_MANY_EVENTS', details: { count: 11, limit: 10 } } });
+    expect(await stored()).toBe(0);
+    const ten = await request(hostile, MESSAGE.push, { events: events.slice(0, 10) });
+    expect(ten.results.every((r: { status: string }) => r.status === 'accepted')).toBe(true);
+    good += 10;
+    await stillSyncing();
+  });
+
+  it('events for an unknown collection are rejected one by one; pulls and subscriptions for it are refused', async () => {
+    await start();
+    const hostile = await open();
+    const secret = rawEvent({ documentId: 's1', collection: 'secrets' });
+    const fine = rawEvent({ documentId: 'ok1' });
+    const reply = await request(hostile, MESSAGE.push, { events: [secret, fine] });
+    expect(reply.ok).toBe(true);
+    expect(reply.results[0]).toMatchObject({ id: secret.id, status: 'rejected', error: { code: 'UNKNOWN_COLLECTION' } });
+    expect(reply.results[0].error.message).toContain('"secrets"');
+    expect(reply.results[1]).toMatchObject({ id: fine.id, status: 'accepted' });
+    good++;
+
+    const pull = await request(hostile, MESSAGE.pull, { checkpoint: 0, collections: ['todos', 'secrets'] });
+    expect(pull.error).toMatchObject({ code: 'UNKNOWN_COLLECTION', details: { collection: 'secrets' } });
+    const subscribe = await request(hostile, MESSAGE.subscribe, { collections: ['secrets'] });
+    expect(subscribe.error.code).toBe('UNKNOWN_COLLECTION');
+    await stillSyncing();
+    const all = await server!.server.getStorage().getEventsAfter(0);
+    expect(all.some((e) => e.collection === 'secrets')).toBe(false);
+  });
+
+  it('a document nested too deeply is rejected, so that it can never poison replies', async () => {
+    await start();
+    const hostile = await open();
+    let nested: unknown = 'bottom';
+    for (let i = 0; i < 200; i++) nested = { n: nested };
+    const deep = rawEvent({ documentId: 'deep', data: { id: 'deep', nested } });
+    const reply = await request(hostile, MESSAGE.push, { events: [deep] });
+    expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'INVALID_MESSAGE' } });
+    expect(reply.results[0].error.message).toContain('maxDocumentDepth');
+    expect(await stored()).toBe(0);
+    await stillSyncing();
+  });
+
+  it('a flood of bad messages from many connections leaves the server serving', async () => {
+    await start();
+    const hostiles = await Promise.all([1, 2, 3].map(() => open()));
+    const replies = await Promise.all(
+      hostiles.flatMap((socket) =>
+        Array.from({ length: 30 }, (_, i) => request(socket, i % 2 ? MESSAGE.push : `junk-${i}`, { events: [{ id: i }] })),
+      ),
+    );
+    expect(replies.every((reply) => reply.ok === false)).toBe(true);
+    await sleep(20);
+    await stillSyncing();
+  });
+});
