@@ -5,3 +5,4 @@ export { MemorySyncStorage } from './storage/memory.js';
 export type { SyncStorage, SaveResult, IncomingEvent, EventQuery } from './storage/types.js';
 export { SyncError, type SyncErrorCode } from '../shared/errors.js';
 export * from '../shared/protocol.js';
+export * from './http.js';

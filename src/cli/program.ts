@@ -1,0 +1,144 @@
+/** The `rxdb-offline-sync` command line. Exit codes: 0 done, 1 failed while running, 2 bad arguments. */
+import { existsSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { Command, CommanderError, Option } from 'commander';
+import { describeStorage, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, type StorageSpec } from './args.js';
+import type { CliLogLevel, RunningServer } from './serve.js';
+
+export const EXIT_USAGE = 2;
+const LOG_LEVELS: CliLogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+interface ServeFlags {
+  port: number;
+  host: string;
+  storage: StorageSpec;
+  redis?: string;
+  logLevel: CliLogLevel;
+  static?: string;
+  corsOrigin?: string | string[];
+  authToken?: string;
+}
+
+class UsageError extends Error {}
+
+export interface CliIo {
+  stdout: (text: string) => void;
+  stderr: (text: string) => void;
+  /** Called with the running server, e.g. to install signal handlers; the default waits for SIGINT/SIGTERM. */
+  onStarted?: (server: RunningServer) => void;
+}
+
+const defaultIo: CliIo = {
+  stdout: (text) => process.stdout.write(text),
+  stderr: (text) => process.stderr.write(text),
+};
+
+export function createProgram(io: CliIo = defaultIo): Command {
+  const program = new Command('rxdb-offline-sync')
+    .description('Offline-first sync server for RxDB apps (socket.io, with SQLite, PostgreSQL or memory storage).')
+    .configureOutput({ writeOut: io.stdout, writeErr: io.stderr })
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+
+  program
+    .command('serve')
+    .description('Start the sync server. Health at /health, Prometheus metrics at /metrics.')
+    .addOption(new Option('-p, --port <port>', 'port to listen on (0: any free port)').default(3000).env('PORT').argParser(parsePort))
+    .addOption(new Option('--host <host>', 'interface to listen on').default('0.0.0.0').env('HOST'))
+    .addOption(
+      new Option('-s, --storage <storage>', 'where events are stored: memory | sqlite:PATH | postgres://user:pass@host:5432/db')
+        .default(parseStorage('sqlite:./data/sync.db'), 'sqlite:./data/sync.db')
+        .env('SYNC_STORAGE')
+        .argParser(parseStorage),
+    )
+    .addOption(new Option('--redis <url>', 'Redis URL for the socket.io adapter, to run several instances behind a load balancer').env('REDIS_URL').argParser(parseRedisUrl))
+    .addOption(new Option('-l, --log-level <level>', 'log level').choices(LOG_LEVELS).default('info').env('LOG_LEVEL'))
+    .addOption(new Option('--static <dir>', 'also serve a built web app (a folder with index.html) on the same port'))
+    .addOption(new Option('--cors-origin <origins>', 'allow socket.io connections from these origins ("*" or a comma-separated list)').argParser(parseCorsOrigin))
+    .addOption(new Option('--auth-token <token>', 'accept only clients that present this token (authToken on the client)').env('SYNC_AUTH_TOKEN'))
+    .action(async (flags: ServeFlags) => {
+      if (flags.static && !existsSync(join(flags.static, 'index.html'))) {
+        throw new UsageError(`--static ${flags.static}: no index.html in ${resolve(flags.static)} (build the app first)`);
+      }
+      // Loaded only now, so that --help and bad arguments answer without loading database drivers.
+      const { serve } = await import('./serve.js');
+      let server: RunningServer;
+      try {
+        server = await serve({
+          port: flags.port,
+          host: flags.host,
+          storage: flags.storage,
+          ...(flags.redis ? { redis: flags.redis } : {}),
+          logLevel: flags.logLevel,
+          ...(flags.static ? { staticDir: flags.static } : {}),
+          ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
+          ...(flags.authToken ? { authToken: flags.authToken } : {}),
+        });
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
+          throw new Error(`port ${flags.port} is already in use; choose another with --port`);
+        }
+        throw error;
+      }
+      io.stdout(
+        [
+          `rxdb-offline-sync is listening on ${server.url}`,
+          `  storage: ${describeStorage(flags.storage)}${flags.redis ? `, Redis adapter ${new URL(flags.redis).host}` : ''}`,
+          flags.static ? `  web app: ${server.url}/  (from ${flags.static})` : undefined,
+          `  health:  ${server.url}/health   metrics: ${server.url}/metrics`,
+          '',
+        ]
+          .filter((line) => line !== undefined)
+          .join('\n'),
+      );
+      (io.onStarted ?? stopOnSignals)(server);
+    });
+
+  return program;
+}
+
+/** Graceful shutdown on SIGINT/SIGTERM; a second signal exits at once. */
+export function stopOnSignals(server: RunningServer): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopping) {
+      server.logger.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
+    stopping = true;
+    server.logger.info({ signal }, 'shutting down');
+    server.close().then(
+      () => process.exit(0),
+      (error: unknown) => {
+        server.logger.error({ err: error }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+}
+
+/** Runs the command line; resolves to an exit code when the command is done or failed (a running server keeps the process alive). */
+export async function main(argv: string[], io: CliIo = defaultIo): Promise<number | undefined> {
+  const program = createProgram(io);
+  if (argv.length <= 2) {
+    io.stderr(program.helpInformation());
+    return EXIT_USAGE;
+  }
+  try {
+    await program.parseAsync(argv);
+    return undefined;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Help and version end with exit code 0; every parse error is a usage error.
+      return error.exitCode === 0 ? 0 : EXIT_USAGE;
+    }
+    if (error instanceof UsageError) {
+      io.stderr(`error: ${error.message}\n`);
+      return EXIT_USAGE;
+    }
+    io.stderr(`error: ${error instanceof Error ? error.message : String(error)}\n`);
+    return 1;
+  }
+}
