@@ -1,0 +1,294 @@
+/**
+ * Authorization on every read and write, and sensitive fields: two tenants
+ * share one server and neither ever sees or changes the other's documents.
+ */
+import type { Socket } from 'socket.io-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MESSAGE, type StoredEvent } from '../src/shared/protocol.js';
+import type { Authorize } from '../src/server/index.js';
+import {
+  collectLive,
+  contents,
+  rawEvent,
+  rawSocket,
+  request,
+  startClient,
+  startServer,
+  waitFor,
+  type TestClient,
+  type TestServer,
+} from './helpers.js';
+
+interface User {
+  id: string;
+  tenant: string;
+}
+const USERS: Record<string, User> = {
+  alice: { id: 'alice', tenant: 'acme' },
+  bob: { id: 'bob', tenant: 'acme' },
+  eve: { id: 'eve', tenant: 'globex' },
+  gina: { id: 'gina', tenant: 'globex' },
+};
+const authenticate = (_socket: unknown, token: string | undefined) => (token ? USERS[token] : undefined);
+const sameTenant: Authorize<User> = (user, _collection, _operation, document) => document.owner === user.tenant;
+
+let server: TestServer | undefined;
+const sockets: Socket[] = [];
+const clients: TestClient[] = [];
+
+async function as(token: string) {
+  const socket = await rawSocket(server!.url, { token });
+  sockets.push(socket);
+  return socket;
+}
+
+const doc = (documentId: string, owner: string, extra: Record<string, unknown> = {}) =>
+  rawEvent({ documentId, data: { id: documentId, title: `${owner} ${documentId}`, done: false, owner, ...extra } });
+const allStored = () => server!.server.getStorage().getEventsAfter(0);
+
+afterEach(async () => {
+  sockets.splice(0).forEach((socket) => socket.close());
+  await Promise.all(clients.splice(0).map((client) => client.close()));
+  await server?.stop();
+  server = undefined;
+});
+
+describe('tenants', () => {
+  it("another tenant's documents cannot be written, and nothing of the attempt is stored", async () => {
+    server = await startServer({ authenticate, authorize: sameTenant });
+    const eve = await as('eve');
+    const forged = doc('a1', 'acme');
+    const own = doc('g1', 'globex');
+    const reply = await request(eve, MESSAGE.push, { events: [forged, own] });
+    expect(reply.results[0]).toMatchObject({ id: forged.id, status: 'rejected', error: { code: 'UNAUTHORIZED', details: { documentId: 'a1' } } });
+    expect(reply.results[1]).toMatchObject({ id: own.id, status: 'accepted' });
+    expect((await allStored()).map((e) => e.documentId)).toEqual(['g1']);
+  });
+
+  it("pulls carry only the reader's tenant, while the checkpoint moves past the rest", async () => {
+    server = await startServer({ authenticate, authorize: sameTenant });
+    const alice = await as('alice');
+    const eve = await as('eve');
+    await request(alice, MESSAGE.push, { events: [doc('a1', 'acme'), doc('a2', 'acme')] });
+    await request(eve, MESSAGE.push, { events: [doc('g1', 'globex')] });
+    await request(alice, MESSAGE.push, { events: [doc('a3', 'acme')] });
+
+    const evePull = await request(eve, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(evePull.events.map((e: StoredEvent) => e.documentId)).toEqual(['g1']);
+    expect(evePull.checkpoint).toBe(4);
+
+    // Paging one event at a time: pages of the other tenant come back empty, never with its documents.
+    const seen: string[] = [];
+    let checkpoint = 0;
+    for (let hasMore = true; hasMore; ) {
+      const page = await request(eve, MESSAGE.pull, { checkpoint, collections: ['todos'], limit: 1 });
+      seen.push(...page.events.map((e: StoredEvent) => e.documentId));
+      ({ checkpoint, hasMore } = page);
+    }
+    expect(seen).toEqual(['g1']);
+
+    const alicePull = await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(alicePull.events.map((e: StoredEvent) => e.documentId)).toEqual(['a1', 'a2', 'a3']);
+  });
+
+  it("live broadcasts reach the writer's tenant only", async () => {
+    server = await startServer({ authenticate, authorize: sameTenant });
+    const [alice, bob, eve, gina] = await Promise.all(['alice', 'bob', 'eve', 'gina'].map(as));
+    const bobLive = collectLive(bob!);
+    const eveLive = collectLive(eve!);
+    for (const socket of [alice, bob, eve, gina]) await request(socket!, MESSAGE.subscribe, { collections: ['todos'] });
+
+    await request(alice!, MESSAGE.push, { events: [doc('a1', 'acme')] });
+    await waitFor(() => bobLive.length === 1, 'bob to get the acme document');
+    // Eve gets gina's later event; had the acme one been sent to her, it would have come first.
+    await request(gina!, MESSAGE.push, { events: [doc('g1', 'globex')] });
+    await waitFor(() => eveLive.length === 1, 'eve to get the globex document');
+    expect(eveLive.map((e) => e.documentId)).toEqual(['g1']);
+    expect(bobLive.map((e) => e.documentId)).toEqual(['a1']);
+  });
+
+  it("a document cannot be taken over by rewriting its owner, and a conflict answer never shows another tenant's version", async () => {
+    server = await startServer({ authenticate, authorize: sameTenant });
+    const alice = await as('alice');
+    const eve = await as('eve');
+    const original = doc('shared', 'acme', { title: 'acme secret plan' });
+    await request(alice, MESSAGE.push, { events: [original] });
+
+    // Claiming the id as new: without the check this is a conflict carrying acme's document.
+    const claim = await request(eve, MESSAGE.push, { events: [doc('shared', 'globex')] });
+    expect(claim.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
+    expect(JSON.stringify(claim)).not.toContain('secret plan');
+
+    // Knowing the head's event id: without the check this update would be accepted and move the document to globex.
+    const takeover = rawEvent({
+      documentId: 'shared',
+      op: 'update',
+      baseEventId: original.id,
+      data: { id: 'shared', title: 'mine now', done: false, owner: 'globex' },
+    });
+    const reply = await request(eve, MESSAGE.push, { events: [takeover] });
+    expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
+    const deletion = rawEvent({ documentId: 'shared', op: 'delete', baseEventId: original.id, data: { id: 'shared', owner: 'globex' } });
+    expect((await request(eve, MESSAGE.push, { events: [deletion] })).results[0].status).toBe('rejected');
+
+    const events = await allStored();
+    expect(events.map((e) => e.id)).toEqual([original.id]);
+    const [head] = await server.server.getStorage().getHeads('todos', ['shared']);
+    expect(head).toMatchObject({ eventId: original.id, deleted: false, data: { owner: 'acme' } });
+
+    // The owner's own update still goes through.
+    const edit = rawEvent({ documentId: 'shared', op: 'update', baseEventId: original.id, data: { ...original.data, done: true } });
+    expect((await request(alice, MESSAGE.push, { events: [edit] })).results[0].status).toBe('accepted');
+  });
+
+  it('a conflict on a document the writer may not read is answered UNAUTHORIZED, without the document', async () => {
+    // A drop box: anyone may write into it, only the owner of an entry may read it.
+    const dropBox: Authorize<User> = (user, _collection, operation, document) =>
+      operation === 'read' ? document.owner === user.id : true;
+    server = await startServer({ authenticate, authorize: dropBox });
+    const alice = await as('alice');
+    const eve = await as('eve');
+    await request(alice, MESSAGE.push, { events: [doc('box', 'alice', { title: 'private note' })] });
+    const reply = await request(eve, MESSAGE.push, { events: [doc('box', 'eve')] });
+    expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
+    expect(JSON.stringify(reply)).not.toContain('private note');
+    // Alice, who may read it, gets a normal conflict with the head.
+    const own = await request(alice, MESSAGE.push, { events: [doc('box', 'alice')] });
+    expect(own.results[0]).toMatchObject({ status: 'conflict', head: { data: { title: 'private note' } } });
+  });
+
+  it('an authorize function that throws denies, and the server keeps serving', async () => {
+    const flaky: Authorize<User> = (user, _collection, _operation, document) => {
+      if (document.title === 'boom') throw new Error('policy service down');
+      return document.owner === user.tenant;
+    };
+    server = await startServer({ authenticate, authorize: flaky });
+    const alice = await as('alice');
+    const reply = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' }), doc('y', 'acme')] });
+    expect(reply.results.map((r: { status: string }) => r.status)).toEqual(['rejected', 'accepted']);
+    const pull = await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(pull.events.map((e: StoredEvent) => e.documentId)).toEqual(['y']);
+  });
+});
+
+describe('the real client against a tenant policy', () => {
+  it('shows a refused write as rejected, does not retry it, and keeps syncing everything else', async () => {
+    server = await startServer({ authenticate, authorize: sameTenant });
+    const start = async (token: string) => {
+      const client = await startClient(server!.url, { authToken: token });
+      clients.push(client);
+      return client;
+    };
+    const [eve, gina, alice] = [await start('eve'), await start('gina'), await start('alice')];
+    await waitFor(() => [eve, gina, alice].every((c) => c.sync.getStatus().connected), 'all connected');
+    const errors: string[] = [];
+    eve.sync.status$.subscribe((status) => status.error && errors.push(status.error.code));
+
+    await eve.todos.insert({ id: 'forged', title: 'into acme', done: false, owner: 'acme' });
+    await waitFor(() => eve.sync.getRejectedEvents().length === 1, 'the write to be rejected');
+    const [rejected] = eve.sync.getRejectedEvents();
+    expect(rejected).toMatchObject({ collection: 'todos', documentId: 'forged', error: { code: 'UNAUTHORIZED' } });
+    expect(errors).toContain('UNAUTHORIZED');
+    expect(eve.sync.getStatus()).toMatchObject({ rejectedEvents: 1, pendingEvents: 0 });
+    // The refused document goes back to the server's version: it never existed there.
+    await waitFor(async () => (await eve.todos.findOne('forged').exec()) === null, 'the refused insert to be undone');
+
+    // Not retried: more sync runs push nothing more and the server stored nothing.
+    const pushesBefore = server.server.getStats().rejected;
+    await eve.sync.syncNow();
+    await eve.sync.syncNow();
+    expect(server.server.getStats().rejected).toBe(pushesBefore);
+    expect(await server.server.getStorage().countEvents()).toBe(0);
+
+    // Everything else keeps syncing, each tenant to its own.
+    await eve.todos.insert({ id: 'g1', title: 'globex work', done: false, owner: 'globex' });
+    await alice.todos.insert({ id: 'a1', title: 'acme work', done: false, owner: 'acme' });
+    await waitFor(async () => (await gina.todos.findOne('g1').exec()) !== null, 'gina to get g1');
+    for (const client of [eve, gina, alice]) expect((await client.sync.syncNow()).success).toBe(true);
+    expect((await contents(eve.todos)).map((t) => t.id)).toEqual(['g1']);
+    expect((await contents(gina.todos)).map((t) => t.id)).toEqual(['g1']);
+    expect((await contents(alice.todos)).map((t) => t.id)).toEqual(['a1']);
+    expect(eve.sync.getRejectedEvents()).toHaveLength(1);
+  });
+});
+
+describe('sensitive fields', () => {
+  it('are stripped from pulls, live events, patches and conflict answers, and kept on the server', async () => {
+    server = await startServer({ sensitiveFields: { todos: ['ssn', 'salary'] } });
+    const writer = await rawSocket(server.url);
+    const reader = await rawSocket(server.url);
+    sockets.push(writer, reader);
+    const live = collectLive(reader);
+    await request(reader, MESSAGE.subscribe, { collections: ['todos', 'notes'] });
+
+    const created = rawEvent({ documentId: 'p1', data: { id: 'p1', title: 'Ann', ssn: '123-45-6789', salary: 100 } });
+    await request(writer, MESSAGE.push, { events: [created] });
+    const updated = rawEvent({
+      documentId: 'p1',
+      op: 'update',
+      baseEventId: created.id,
+      data: { id: 'p1', title: 'Ann B', ssn: '987-65-4321', salary: 120 },
+      patch: [
+        { op: 'replace', path: '/title', value: 'Ann B' },
+        { op: 'replace', path: '/ssn', value: '987-65-4321' },
+        { op: 'replace', path: '/salary', value: 120 },
+        { op: 'copy', from: '/ssn', path: '/title' },
+      ],
+    });
+    await request(writer, MESSAGE.push, { events: [updated] });
+    // Other collections are not affected by the per-collection list.
+    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'n1', collection: 'notes', data: { ssn: 'not secret here' } })] });
+
+    await waitFor(() => live.length === 3, 'the live events');
+    const pulled = (await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] })).events as StoredEvent[];
+    for (const event of [...live.filter((e) => e.collection === 'todos'), ...pulled]) {
+      expect(event.data).not.toHaveProperty('ssn');
+      expect(event.data).not.toHaveProperty('salary');
+      expect(JSON.stringify(event)).not.toMatch(/\d{3}-\d{2}-\d{4}/);
+    }
+    expect(pulled[1]!.patch).toEqual([{ op: 'replace', path: '/title', value: 'Ann B' }]);
+    expect(live.find((e) => e.collection === 'notes')!.data).toEqual({ ssn: 'not secret here' });
+
+    // A client that never saw the fields writes the document: the server keeps them.
+    const edit = rawEvent({ documentId: 'p1', op: 'update', baseEventId: updated.id, data: { ...pulled[1]!.data, title: 'Ann C' } });
+    expect((await request(reader, MESSAGE.push, { events: [edit] })).results[0].status).toBe('accepted');
+    const [head] = await server.server.getStorage().getHeads('todos', ['p1']);
+    expect(head!.data).toEqual({ id: 'p1', title: 'Ann C', ssn: '987-65-4321', salary: 120 });
+
+    // A conflict answer carries the head without them.
+    const stale = await request(reader, MESSAGE.push, { events: [rawEvent({ documentId: 'p1', data: { id: 'p1', title: 'x' } })] });
+    expect(stale.results[0]).toMatchObject({ status: 'conflict', head: { eventId: edit.id, data: { id: 'p1', title: 'Ann C' } } });
+    expect(stale.results[0].head.data).not.toHaveProperty('ssn');
+  });
+
+  it('a list for all collections applies to every collection, and to live events without an authorize function', async () => {
+    server = await startServer({ sensitiveFields: ['passwordHash'] });
+    const writer = await rawSocket(server.url);
+    const reader = await rawSocket(server.url);
+    sockets.push(writer, reader);
+    const live = collectLive(reader);
+    await request(reader, MESSAGE.subscribe, { collections: ['users'] });
+    await request(writer, MESSAGE.push, {
+      events: [rawEvent({ documentId: 'u1', collection: 'users', data: { id: 'u1', name: 'Ann', passwordHash: '$2b$hash' } })],
+    });
+    await waitFor(() => live.length === 1, 'the live event');
+    expect(live[0]!.data).toEqual({ id: 'u1', name: 'Ann' });
+    const pulled = await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['users'] });
+    expect(pulled.events[0].data).toEqual({ id: 'u1', name: 'Ann' });
+    expect((await allStored())[0]!.data.passwordHash).toBe('$2b$hash');
+  });
+
+  it('reach no real client, and survive that client editing the document', async () => {
+    server = await startServer({ sensitiveFields: ['tags'] });
+    const a = await startClient(server.url);
+    const b = await startClient(server.url);
+    clients.push(a, b);
+    await a.todos.insert({ id: 't1', title: 'with tags', done: false, tags: ['internal'] });
+    await waitFor(async () => (await b.todos.findOne('t1').exec()) !== null, 'b to get t1');
+    expect((await b.todos.findOne('t1').exec())!.toJSON()).not.toHaveProperty('tags');
+    await (await b.todos.findOne('t1').exec())!.patch({ done: true });
+    await waitFor(async () => (await a.todos.findOne('t1').exec())?.done === true, 'a to get the edit');
+    const [head] = await server.server.getStorage().getHeads('todos', ['t1']);
+    expect(head!.data).toMatchObject({ done: true, tags: ['internal'] });
+  });
+});
