@@ -49,16 +49,25 @@ export function statesEqual(a: DocState | null, b: DocState | null): boolean {
   return !aLive || jsonEqual(a!.data, b!.data);
 }
 
-/** The change that turns `base` (what the server holds) into `current`; null when there is nothing to push. */
+/**
+ * The change that turns `base` (what the server holds, as far as this client
+ * knows; null when it knows of no version) into `current`; null when there is
+ * nothing to push.
+ */
 export function buildChange(
   base: DocState | null,
   current: DocState | null,
 ): Pick<SyncEvent, 'op' | 'data' | 'patch'> | null {
   const baseLive = !!base && !base.deleted;
   const currentLive = !!current && !current.deleted;
-  if (statesEqual(base, current)) return null;
-  if (!currentLive) return { op: 'delete', data: current?.data ?? base!.data };
+  if (!currentLive) {
+    if (baseLive) return { op: 'delete', data: current?.data ?? base!.data };
+    // Created and deleted here before the server answered: another client may have
+    // created the same document meanwhile, so the delete is still said.
+    return base === null && current ? { op: 'delete', data: current.data } : null;
+  }
   if (!baseLive) return { op: 'insert', data: current!.data };
+  if (jsonEqual(base!.data, current!.data)) return null;
   return { op: 'update', data: current!.data, patch: diff(base!.data, current!.data) };
 }
 

@@ -13,9 +13,28 @@ export const pendingId = (key: string) => `pending|${key}`;
 export class PendingLog {
   private readonly entries = new Map<string, PendingEntry>();
   private readonly byDocument = new Map<string, PendingEntry[]>();
+  private lastMillis = 0;
+  private counter = 0;
 
   constructor(loaded: Iterable<PendingEntry> = []) {
     for (const entry of [...loaded].sort((a, b) => (a.key < b.key ? -1 : 1))) this.insert(entry);
+    const last = [...this.entries.keys()].pop();
+    if (last) this.lastMillis = Number(last.slice(0, 15));
+  }
+
+  /**
+   * A key later than every key in the log, also across restarts. Kept apart
+   * from the hybrid logical clock: logging order must not move event clocks.
+   */
+  nextKey(): string {
+    const now = Date.now();
+    if (now > this.lastMillis) {
+      this.lastMillis = now;
+      this.counter = 0;
+    } else {
+      this.counter++;
+    }
+    return `${String(this.lastMillis).padStart(15, '0')}-${String(this.counter).padStart(9, '0')}`;
   }
 
   get size(): number {

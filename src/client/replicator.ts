@@ -7,7 +7,7 @@
 import { getChangedDocumentsSince, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
 import { Subject } from 'rxjs';
 import { SyncError, type WireError } from '../shared/errors.js';
-import type { HybridLogicalClock } from '../shared/hlc.js';
+import { compareHlc, type HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import type { PushResult, StoredEvent, SyncEvent } from '../shared/protocol.js';
 import {
@@ -122,7 +122,7 @@ export class Replicator {
       const entries = this.pending.forDocument(collectionName, documentId);
       const last = entries[entries.length - 1];
       const expected = last ? stateOfEvent(last.event) : shadow;
-      if (statesEqual(current, expected)) continue;
+      if (!buildChange(expected, current)) continue;
       const open = last && !last.sent ? last : undefined;
       const lastSent = [...entries].reverse().find((entry) => entry.sent);
       const base = lastSent ? stateOfEvent(lastSent.event) : shadow;
@@ -132,16 +132,17 @@ export class Replicator {
         if (open) writes.push(this.pending.remove(open));
         continue;
       }
-      const hlc = this.clock.tick();
+      // The clock says when the app wrote (RxDB's write time), not when the write was logged.
+      const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
       const event: SyncEvent = {
         id: open?.event.id ?? crypto.randomUUID(),
         collection: collectionName,
         documentId,
         ...change,
         baseEventId: lastSent ? lastSent.event.id : (shadow?.eventId ?? null),
-        hlc,
+        hlc: this.clock.tickAt(writtenAt),
       };
-      writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: hlc, event, sent: false }));
+      writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
     }
     if (loggedThrough !== undefined) {
       this.state.logged[collectionName] = loggedThrough;
@@ -386,9 +387,14 @@ export class Replicator {
     }
     const change = buildChange(remote, target);
     if (change) {
-      const hlc = this.clock.tick();
+      // A rebased local write keeps its own time, so it cannot beat a later write made elsewhere;
+      // a merged result is as recent as the later of its two sides.
+      const hlc =
+        resolution.action === 'keep-local' || !remote
+          ? localVersion.hlc
+          : compareHlc(localVersion.hlc, remote.hlc) > 0 ? localVersion.hlc : remote.hlc;
       writes.push(this.pending.add({
-        key: hlc,
+        key: this.pending.nextKey(),
         event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
         sent: false,
       }));
@@ -416,9 +422,10 @@ export class Replicator {
     const writes: MetaWrite[] = [...this.pending.removeDocument(collectionName, documentId), { id, kind: 'conflict' }];
     const change = buildChange(remote, target);
     if (change) {
+      // The app's decision is a new write, made now.
       const hlc = this.clock.tick();
       writes.push(this.pending.add({
-        key: hlc,
+        key: this.pending.nextKey(),
         event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
         sent: false,
       }));

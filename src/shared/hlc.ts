@@ -50,7 +50,16 @@ export class HybridLogicalClock {
 
   /** A timestamp for a local event, later than every timestamp seen so far. */
   tick(): string {
-    const wall = this.now();
+    return this.tickAt(this.now());
+  }
+
+  /**
+   * A timestamp for a local event that happened at `wallMillis` (for instance
+   * a document's write time, when the event is logged a little later). Still
+   * later than every timestamp this clock has issued or seen.
+   */
+  tickAt(wallMillis: number): string {
+    const wall = Math.floor(wallMillis);
     if (wall > this.millis) {
       this.millis = wall;
       this.counter = 0;
