@@ -1,6 +1,6 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { io, type Socket } from 'socket.io-client';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
@@ -79,20 +79,20 @@ export interface TestClient {
 /** An RxDB database on memory storage with a todos collection and the sync plugin added. */
 export async function startClient(
   url: string,
-  options: Partial<SyncPluginOptions> & { name?: string; multiInstance?: boolean } = {},
+  options: Partial<SyncPluginOptions> & { name?: string; multiInstance?: boolean; storage?: RxStorage<any, any> } = {},
 ): Promise<TestClient> {
-  const { name = uniqueName(), multiInstance = false, ...syncOptions } = options;
-  const db = await openDatabase(name, multiInstance);
+  const { name = uniqueName(), multiInstance = false, storage, ...syncOptions } = options;
+  const db = await openDatabase(name, multiInstance, storage);
   const sync = await db.addPlugin(
     createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, retry: { maxRetries: 5, retryDelay: 50, useExponentialBackoff: true }, ...syncOptions }),
   );
   return { db, todos: db.todos, sync, name, close: () => db.close().then(() => undefined) };
 }
 
-export async function openDatabase(name: string, multiInstance = false) {
+export async function openDatabase(name: string, multiInstance = false, storage: RxStorage<any, any> = getRxStorageMemory()) {
   const db = await createRxDatabase<{ todos: RxCollection<Todo> }>({
     name,
-    storage: getRxStorageMemory(),
+    storage,
     multiInstance,
     ignoreDuplicate: multiInstance,
   });

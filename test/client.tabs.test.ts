@@ -1,0 +1,46 @@
+import { addRxPlugin } from 'rxdb';
+import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
+import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
+import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
+import { afterEach, describe, expect, it } from 'vitest';
+import { sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+
+// Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
+disableWarnings();
+addRxPlugin(RxDBDevModePlugin);
+
+let server: TestServer | undefined;
+const clients: TestClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
+  await server?.stop();
+  server = undefined;
+});
+
+describe('several tabs of one database', () => {
+  it('only the elected leader replicates; a write in another tab still reaches the server once', async () => {
+    server = await startServer();
+    const name = uniqueName('tabs');
+    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
+    const tab1 = await startClient(server.url, { name, multiInstance: true, storage });
+    const tab2 = await startClient(server.url, { name, multiInstance: true, storage });
+    clients.push(tab1, tab2);
+    await waitFor(() => tab1.sync.getStatus().leader || tab2.sync.getStatus().leader, 'a leader');
+    await sleep(200);
+    const [leader, follower] = tab1.sync.getStatus().leader ? [tab1, tab2] : [tab2, tab1];
+    expect(follower.sync.getStatus().leader).toBe(false);
+    expect(server.server.getClientsCount()).toBe(1);
+
+    await follower.todos.insert({ id: 'from-follower', title: 'written in the other tab', done: false });
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the follower write to reach the server');
+    await sleep(200);
+    expect(await server.server.getStorage().countEvents()).toBe(1);
+    expect(leader.sync.getStatus().pendingEvents).toBe(0);
+
+    const other = await startClient(server.url, { storage });
+    clients.push(other);
+    await other.todos.insert({ id: 'from-elsewhere', title: 'remote', done: false });
+    await waitFor(async () => (await follower.todos.findOne('from-elsewhere').exec()) !== null, 'the follower to see a remote write through the shared storage');
+  });
+});
