@@ -339,11 +339,15 @@ export class Replicator {
         return;
       }
     }
+    // The app may have written again since the pushed event was logged: log that first,
+    // so the local side of the conflict carries its real data and its own clock.
+    await this.recordLocalChanges(collectionName, [documentId]);
+    const latestEntries = this.pending.forDocument(collectionName, documentId);
     const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
     const current = currents.get(documentId);
     const local = localState(current);
     const base = shadows.get(documentId) ?? null;
-    const lastEntry = entries[entries.length - 1];
+    const lastEntry = latestEntries[latestEntries.length - 1];
     writes.push(...this.pending.removeDocument(collectionName, documentId));
     writes.push(remote ? this.shadowWrite(collectionName, documentId, remote) : { id: shadowId(collectionName, documentId), kind: 'shadow' });
     if (statesEqual(local, remote)) {
