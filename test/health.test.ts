@@ -11,7 +11,9 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock } from '../src/shared/hlc.js';
 import { MESSAGE, type PushReply, type SyncEvent } from '../src/shared/protocol.js';
 import { MemorySyncStorage, attachHealthAndMetrics, createSyncServer, type HealthReport } from '../src/server/index.js';
-import { rawSocket, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { serve } from '../src/cli/serve.js';
+import { contents, rawSocket, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { REDIS, createTestDatabase, serviceReady } from './services.js';
 
 const cleanups: (() => Promise<unknown>)[] = [];
 afterEach(async () => {
@@ -258,5 +260,34 @@ describe('command line', () => {
     expect(JSON.parse(health.body)).toMatchObject({ status: 'ok', storage: { reachable: true } });
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+  });
+});
+
+const scaleOutReady = (await serviceReady('postgres')) && (await serviceReady('redis'));
+
+describe.skipIf(!scaleOutReady)('serve with PostgreSQL and Redis', () => {
+  it('two instances share one database and fan live events out through Redis', async () => {
+    const database = await createTestDatabase();
+    cleanups.push(() => database.drop());
+    const options = { port: 0, host: '127.0.0.1', storage: { kind: 'postgres', connectionString: database.connectionString }, redis: REDIS.url, logLevel: 'silent' } as const;
+    const one = await serve(options);
+    cleanups.push(() => one.close());
+    const two = await serve(options);
+    cleanups.push(() => two.close());
+
+    // A long sync interval: only a live event through Redis can bring the write over in time.
+    const alice = await startClient(one.url, { syncInterval: 600_000 });
+    const bob = await startClient(two.url, { syncInterval: 600_000 });
+    cleanups.push(() => alice.close(), () => bob.close());
+    await waitFor(() => alice.sync.getStatus().connected && bob.sync.getStatus().connected, 'both clients to connect');
+    await alice.sync.syncNow();
+    await bob.sync.syncNow();
+
+    await alice.todos.insert({ id: 'shared', title: 'through Redis', done: false });
+    await waitFor(async () => (await bob.todos.count().exec()) === 1, 'bob, on the other instance, to receive the write live', 5000);
+    expect(await contents(bob.todos)).toEqual(await contents(alice.todos));
+
+    const health = JSON.parse((await get(`${two.url}/health`)).body) as HealthReport;
+    expect(health).toMatchObject({ status: 'ok', storage: { reachable: true, eventsStored: 1 }, clients: { connected: 1 } });
   });
 });
