@@ -67,7 +67,7 @@ describe.skipIf(!available)('todo app in Chromium', () => {
 
   async function waitForTitles(page: Page, expected: string[]): Promise<void> {
     await page.waitForFunction(
-      (wanted) => JSON.stringify([...document.querySelectorAll<HTMLInputElement>('[data-testid="title"]')].map((input) => input.value)) === JSON.stringify(wanted),
+      (wanted) => JSON.stringify(Array.from(document.querySelectorAll<HTMLInputElement>('[data-testid="title"]'), (input) => input.value)) === JSON.stringify(wanted),
       expected,
       { timeout: 15_000 },
     );
