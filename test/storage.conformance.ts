@@ -54,6 +54,18 @@ const stored = (event: IncomingEvent, seq: number) => ({ ...event, seq });
 const withoutTime = (events: StoredEvent[]) => events.map(({ serverTime, ...rest }) => rest);
 const ids = (events: { id: string }[]) => events.map((event) => event.id);
 
+/** A small deterministic generator (mulberry32), so randomized cases repeat exactly. */
+function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 function acceptedSeq(result: SaveResult | undefined): number {
   expect(result?.status).toBe('accepted');
   return (result as { seq: number }).seq;
@@ -300,7 +312,7 @@ export function runStorageConformance(name: string, makeStorage: () => Promise<S
       expect(await storage.getEventsForClient('client-a', [])).toEqual([]);
     });
 
-    it('clears only events below the checkpoint, keeps heads, and never reuses a sequence', async () => {
+    it('compacts: clears superseded events below the checkpoint, keeps every head (tombstones too), never reuses a sequence', async () => {
       const a1 = makeEvent({ documentId: 'a' });
       const a2 = makeEvent({ documentId: 'a', base: a1.id });
       const b1 = makeEvent({ documentId: 'b' });
@@ -309,23 +321,57 @@ export function runStorageConformance(name: string, makeStorage: () => Promise<S
       const seqs = await saveAccepted(a1, a2, b1, c1, c2);
       const headsBefore = await storage.getHeads('todos', ['a', 'b', 'c']);
 
-      expect(await storage.clearEventsBefore(seqs[2]!)).toBe(2);
-      expect(ids(await storage.getEventsAfter(0))).toEqual([b1.id, c1.id, c2.id]);
-      expect(await storage.countEvents()).toBe(3);
-      expect(await storage.getHeads('todos', ['a', 'b', 'c'])).toEqual(headsBefore);
+      expect(await storage.clearEventsBefore(seqs[2]!)).toBe(1);
+      expect(ids(await storage.getEventsAfter(0))).toEqual([a2.id, b1.id, c1.id, c2.id]);
       expect(await storage.clearEventsBefore(seqs[2]!)).toBe(0);
       expect(await storage.clearEventsBefore(0)).toBe(0);
+      expect(await storage.clearEventsBefore(seqs[4]! + 1)).toBe(1);
+      expect(ids(await storage.getEventsAfter(0))).toEqual([a2.id, b1.id, c2.id]);
+      expect(await storage.countEvents()).toBe(3);
+      expect(await storage.getHeads('todos', ['a', 'b', 'c'])).toEqual(headsBefore);
 
-      // A retry of a cleared event that is still the head: the client can tell it was stored.
-      const [retriedHead, retriedOld] = await storage.saveEvents([a2, a1]);
-      expect(retriedHead).toMatchObject({ id: a2.id, status: 'conflict', head: { eventId: a2.id, seq: seqs[1] } });
+      // Catch-up from any checkpoint is still exact, deletes included.
+      expect(ids(await storage.getChangesAfter(0))).toEqual([a2.id, b1.id, c2.id]);
+      expect(ids(await storage.getChangesAfter(seqs[0]!))).toEqual([a2.id, b1.id, c2.id]);
+      expect(ids(await storage.getChangesAfter(seqs[2]!))).toEqual([c2.id]);
+
+      // A retry of a cleared event: answered as a conflict whose head is the newer version.
+      const [retriedOld, retriedHead] = await storage.saveEvents([a1, a2]);
       expect(retriedOld).toMatchObject({ id: a1.id, status: 'conflict', head: { eventId: a2.id } });
+      expect(retriedHead).toEqual({ id: a2.id, status: 'duplicate', seq: seqs[1] });
 
-      expect(await storage.clearEventsBefore(seqs[4]! + 1)).toBe(3);
-      expect(await storage.countEvents()).toBe(0);
       expect(await storage.getLatestSequence()).toBe(seqs[4]);
-      const [after] = await saveAccepted(makeEvent({ documentId: 'a', base: a2.id }));
+      const a3 = makeEvent({ documentId: 'a', base: a2.id });
+      const [after] = await saveAccepted(a3);
       expect(after).toBeGreaterThan(seqs[4]!);
+      expect(ids(await storage.getChangesAfter(0))).toEqual([b1.id, c2.id, a3.id]);
+    });
+
+    it('gives every changed document once, as its head, in sequence order, in pages and per collection', async () => {
+      const random = seededRandom(7);
+      const heads = new Map<string, IncomingEvent>();
+      for (let round = 0; round < 60; round++) {
+        const collection = random() < 0.3 ? 'notes' : 'todos';
+        const documentId = `d${Math.floor(random() * 12)}`;
+        const key = `${collection}/${documentId}`;
+        const previous = heads.get(key);
+        const event = makeEvent({ collection, documentId, base: previous?.id ?? null, op: previous ? (random() < 0.2 ? 'delete' : 'update') : 'insert' });
+        await saveAccepted(event);
+        heads.set(key, event);
+      }
+      for (const limit of [1, 5, 1000]) {
+        const seen: StoredEvent[] = [];
+        let checkpoint = 0;
+        for (;;) {
+          const page = await storage.getChangesAfter(checkpoint, { collections: ['todos'], limit });
+          seen.push(...page);
+          if (page.length < limit) break;
+          checkpoint = page[page.length - 1]!.seq;
+        }
+        const expected = [...heads.entries()].filter(([key]) => key.startsWith('todos/')).map(([, event]) => event.id);
+        expect(ids(seen).sort()).toEqual(expected.sort());
+        expect(seen.map((e) => e.seq)).toEqual([...seen.map((e) => e.seq)].sort((x, y) => x - y));
+      }
     });
 
     it('returns the heads of the documents asked for and leaves absent ones out', async () => {

@@ -204,7 +204,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   const limit = Math.min(message.limit ?? ctx.options.defaultPullLimit, ctx.options.maxPullLimit);
   let events: StoredEvent[];
   try {
-    events = await ctx.storage.getEventsAfter(message.checkpoint, { collections: message.collections, limit });
+    events = await ctx.storage.getChangesAfter(message.checkpoint, { collections: message.collections, limit });
   } catch (error) {
     ctx.emit('storage-error', { operation: 'read', error });
     ctx.logger.error({ err: error }, 'storage failed to read events');

@@ -52,6 +52,19 @@ export class MemorySyncStorage implements SyncStorage {
     return result;
   }
 
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+    const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    const collections = options.collections ? new Set(options.collections) : undefined;
+    const result: StoredEvent[] = [];
+    for (let i = this.firstIndexAfter(checkpoint); i < this.events.length && result.length < limit; i++) {
+      const event = this.events[i]!;
+      if (collections && !collections.has(event.collection)) continue;
+      if (this.heads.get(headKey(event.collection, event.documentId))?.eventId !== event.id) continue;
+      result.push(structuredClone(event));
+    }
+    return result;
+  }
+
   async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
     const events = await this.getEventsAfter(checkpoint, { collections });
     return events.filter((event) => event.clientId !== clientId);
@@ -59,10 +72,17 @@ export class MemorySyncStorage implements SyncStorage {
 
   async clearEventsBefore(checkpoint: number): Promise<number> {
     const index = this.firstIndexAfter(checkpoint - 1);
-    const removed = this.events.slice(0, index);
-    this.events = this.events.slice(index);
-    for (const event of removed) this.sequenceById.delete(event.id);
-    return removed.length;
+    const kept: StoredEvent[] = [];
+    let removed = 0;
+    for (const event of this.events.slice(0, index)) {
+      if (this.heads.get(headKey(event.collection, event.documentId))?.eventId === event.id) kept.push(event);
+      else {
+        this.sequenceById.delete(event.id);
+        removed++;
+      }
+    }
+    this.events = [...kept, ...this.events.slice(index)];
+    return removed;
   }
 
   async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {

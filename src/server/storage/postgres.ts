@@ -107,7 +107,12 @@ function buildSql(schema: string, prefix: string) {
     eventsAfter: `${selectEvents} ORDER BY seq LIMIT $3`,
     eventsAfterIn: `${selectEvents} AND collection = ANY($4::text[]) ORDER BY seq LIMIT $3`,
     heads: `SELECT ${HEAD_COLUMNS} FROM ${heads} WHERE collection = $1 AND document_id = ANY($2::text[])`,
-    clearBefore: `DELETE FROM ${events} WHERE seq < $1`,
+    changesAfter: `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
+      WHERE h.seq > $1 ORDER BY h.seq LIMIT $2`,
+    changesAfterIn: `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
+      WHERE h.seq > $1 AND h.collection = ANY($3::text[]) ORDER BY h.seq LIMIT $2`,
+    // Superseded events only: a head event is the document's current version (or its tombstone).
+    clearBefore: `DELETE FROM ${events} e WHERE e.seq < $1 AND NOT EXISTS (SELECT 1 FROM ${heads} h WHERE h.seq = e.seq)`,
     latest: `SELECT coalesce(max(seq), 0) AS seq FROM ${heads}`,
     count: `SELECT count(*) AS n FROM ${events}`,
   };
@@ -182,6 +187,19 @@ export class PostgresSyncStorage implements SyncStorage {
 
   async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
     return this.readEvents(checkpoint, collections, undefined, clientId);
+  }
+
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+    const { collections, limit } = options;
+    if (collections?.length === 0 || (limit !== undefined && limit <= 0)) {
+      await this.ready();
+      return [];
+    }
+    const pgLimit = limit === undefined ? null : Math.ceil(limit);
+    const result = collections
+      ? await this.query<EventRow>('read changes', this.sql.changesAfterIn, [checkpoint, pgLimit, [...collections]])
+      : await this.query<EventRow>('read changes', this.sql.changesAfter, [checkpoint, pgLimit]);
+    return result.rows.map(decodeEvent);
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {

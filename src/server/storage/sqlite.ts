@@ -39,6 +39,7 @@ const SCHEMA = `
     client_id TEXT NOT NULL,
     PRIMARY KEY (collection, document_id)
   ) WITHOUT ROWID;
+  CREATE INDEX IF NOT EXISTS heads_seq ON heads (seq);
 `;
 
 const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
@@ -98,7 +99,16 @@ function prepareStatements(db: Database.Database) {
     eventsAfterIn: db.prepare<{ after: number; exclude: string | null; limit: number; collections: string }, EventRow>(
       `${eventsAfter} AND collection IN (SELECT value FROM json_each(@collections)) ORDER BY seq LIMIT @limit`,
     ),
-    clearBefore: db.prepare<[number]>('DELETE FROM events WHERE seq < ?'),
+    changesAfter: db.prepare<{ after: number; limit: number }, EventRow>(
+      `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM heads h JOIN events e ON e.seq = h.seq
+       WHERE h.seq > @after ORDER BY h.seq LIMIT @limit`,
+    ),
+    changesAfterIn: db.prepare<{ after: number; limit: number; collections: string }, EventRow>(
+      `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM heads h JOIN events e ON e.seq = h.seq
+       WHERE h.seq > @after AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
+    ),
+    // Superseded events only: a head event is the document's current version (or its tombstone).
+    clearBefore: db.prepare<[number]>('DELETE FROM events WHERE seq < ? AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = events.seq)'),
     // sqlite_sequence is AUTOINCREMENT's high-water mark and survives deleting every event.
     latest: db.prepare<[], { seq: number }>("SELECT seq FROM sqlite_sequence WHERE name = 'events'"),
     count: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM events'),
@@ -152,6 +162,19 @@ export class SqliteSyncStorage implements SyncStorage {
 
   async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
     return this.readEvents(checkpoint, collections, undefined, clientId);
+  }
+
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+    const statements = this.ready();
+    const { collections, limit } = options;
+    if (collections?.length === 0 || (limit !== undefined && limit <= 0)) return [];
+    const params = { after: checkpoint, limit: limit === undefined ? -1 : Math.ceil(limit) };
+    const rows = this.run('read changes', () =>
+      collections
+        ? statements.changesAfterIn.all({ ...params, collections: JSON.stringify(collections) })
+        : statements.changesAfter.all(params),
+    );
+    return rows.map(decodeEvent);
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {

@@ -40,11 +40,23 @@ export interface SyncStorage {
    * idempotent on the event id.
    */
   saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]>;
-  /** Events with a sequence above `checkpoint`, ascending. */
+  /** Events with a sequence above `checkpoint`, ascending: the history that is still kept. */
   getEventsAfter(checkpoint: number, options?: EventQuery): Promise<StoredEvent[]>;
+  /**
+   * What a reader at `checkpoint` needs to catch up: for every document changed
+   * after it, the event that is its current head (deletes included), ascending
+   * by sequence. Costs in proportion to the documents changed, not to the
+   * history, and is exact after any compaction.
+   */
+  getChangesAfter(checkpoint: number, options?: EventQuery): Promise<StoredEvent[]>;
   /** Events after `checkpoint` in the given collections that `clientId` did not write. */
   getEventsForClient(clientId: string, collections: readonly string[], checkpoint?: number): Promise<StoredEvent[]>;
-  /** Removes events with a sequence below `checkpoint`; document heads stay. Returns how many were removed. */
+  /**
+   * Compaction: removes events with a sequence below `checkpoint` that a later
+   * event of the same document has superseded. Each document's head event
+   * stays (a delete stays as its tombstone), so getChangesAfter() is exact from
+   * any checkpoint. Returns how many were removed.
+   */
   clearEventsBefore(checkpoint: number): Promise<number>;
   /** The current heads of the given documents (absent ones are left out). */
   getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]>;
