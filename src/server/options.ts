@@ -5,6 +5,7 @@ import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
 import { collectionNameSchema } from '../shared/protocol.js';
 import type { SyncStorage } from './storage/types.js';
+import { retentionOptionsSchema } from './retention.js';
 
 export type WriteOperation = 'insert' | 'update' | 'delete';
 export type AccessOperation = 'read' | WriteOperation;
@@ -94,6 +95,8 @@ export const serverOptionsSchema = z.strictObject({
   maxEventsPerPush: z.number().int().positive().default(1000),
   maxPayloadBytes: z.number().int().positive().default(4 * 1024 * 1024),
   maxPullLimit: z.number().int().positive().default(5000),
+  /** Scheduled compaction of superseded events (see retention.ts); off when absent. */
+  retention: retentionOptionsSchema.optional(),
   defaultPullLimit: z.number().int().positive().default(1000),
   /** Deepest nesting of objects and arrays a pushed document may have (deeper events are rejected). */
   maxDocumentDepth: z.number().int().positive().max(1000).default(64),

@@ -19,6 +19,7 @@ import { RateLimiter, UserConnections, defaultUserKey } from './limits.js';
 import { resolveServerOptions, type ResolvedServerOptions, type SyncServerOptions } from './options.js';
 import { Redactor } from './redact.js';
 import { MemorySyncStorage } from './storage/memory.js';
+import { Retention, retentionOptionsSchema } from './retention.js';
 import type { SyncStorage } from './storage/types.js';
 
 export interface ClientInfo<User = unknown> {
@@ -53,6 +54,7 @@ export class SyncServer<User = unknown> {
   private readonly connections = new UserConnections();
   private ready?: Promise<void>;
   private stopped = false;
+  private retention?: Retention;
 
   constructor(options: SyncServerOptions<User>) {
     this.options = resolveServerOptions(options);
@@ -90,7 +92,13 @@ export class SyncServer<User = unknown> {
   start(): Promise<void> {
     if (this.ready) return this.ready;
     this.io.attach(this.options.httpServer);
-    this.ready = this.storage.init().then(() => this.logger.info('sync server started'));
+    this.ready = this.storage.init().then(() => {
+      if (this.options.retention) {
+        this.retention = new Retention(this.storage, retentionOptionsSchema.parse(this.options.retention), this.logger);
+        this.retention.start();
+      }
+      this.logger.info('sync server started');
+    });
     this.ready.catch((error: unknown) => this.logger.error({ err: error }, 'storage failed to start'));
     return this.ready;
   }
@@ -102,11 +110,22 @@ export class SyncServer<User = unknown> {
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    this.retention?.stop();
     this.io.disconnectSockets(true);
     this.io.engine?.close();
     await Promise.allSettled([...this.io._nsps.values()].map((nsp) => nsp.adapter.close()));
     if (this.ownsStorage) await this.storage.close();
     this.logger.info('sync server stopped');
+  }
+
+  /**
+   * Removes superseded events below `before` (default: all of them); each
+   * document's current version and every delete stay, so no client is left a
+   * gap. Returns how many events were removed.
+   */
+  async compact(before?: number): Promise<number> {
+    await this.ready;
+    return this.storage.clearEventsBefore(before ?? (await this.storage.getLatestSequence()) + 1);
   }
 
   getClientsCount(): number {
