@@ -179,9 +179,12 @@ describe('metrics', () => {
     const server = await serverWithEndpoints({ storage });
     const socket = await raw(server);
     storage.saveEvents = () => Promise.reject(new Error('disk full'));
-    storage.getEventsAfter = () => Promise.reject(new Error('disk gone'));
     const pushReply = await socket.timeout(5000).emitWithAck(MESSAGE.push, { events: [event('e1')] });
     expect(pushReply).toMatchObject({ ok: false, error: { code: 'STORAGE_ERROR' } });
+    // Every way of reading fails from here on, whichever one a pull uses.
+    for (const method of ['getEventsAfter', 'getChangesAfter', 'getEventsForClient', 'getHeads'] as const) {
+      if (method in storage) Object.assign(storage, { [method]: () => Promise.reject(new Error('disk gone')) });
+    }
     const pullReply = await socket.timeout(5000).emitWithAck(MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
     expect(pullReply).toMatchObject({ ok: false, error: { code: 'STORAGE_ERROR' } });
 
