@@ -1,0 +1,65 @@
+/** The client must not obey a server that sends malformed messages: it reports an error and applies nothing. */
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Server } from 'socket.io';
+import { afterEach, describe, expect, it } from 'vitest';
+import { startClient, waitFor, type TestClient } from './helpers.js';
+
+let httpServer: HttpServer | undefined;
+let io: Server | undefined;
+const clients: TestClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
+  await io?.close();
+  httpServer = undefined;
+});
+
+const goodEvent = {
+  id: 'evt-00000001', collection: 'todos', documentId: 'x', op: 'insert', data: { id: 'x', title: 't', done: false },
+  baseEventId: null, hlc: '001700000000000-000000-s', seq: 1, clientId: 'other', serverTime: 1,
+};
+
+/** A fake sync server whose pull answer and live messages are given by the test. */
+async function hostileServer(pullReply: unknown, live?: unknown): Promise<string> {
+  httpServer = createServer();
+  io = new Server(httpServer);
+  io.on('connection', (socket) => {
+    socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
+    socket.on('sync:push', (message, ack) => ack({ ok: true, results: [] }));
+    socket.on('sync:pull', (_message, ack) => {
+      ack(pullReply);
+      if (live !== undefined) socket.emit('sync:events', live);
+    });
+  });
+  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+}
+
+const cases: [string, unknown, unknown?][] = [
+  ['a pull reply with wrong types', { ok: true, events: 'nope', checkpoint: 'x', hasMore: 1 }],
+  ['an event with an unknown operation', { ok: true, events: [{ ...goodEvent, op: 'explode' }], checkpoint: 1, hasMore: false }],
+  ['an event for a collection it did not ask for', { ok: true, events: [{ ...goodEvent, collection: 'secrets' }], checkpoint: 1, hasMore: false }],
+  ['a checkpoint that moves backwards', { ok: true, events: [], checkpoint: -5, hasMore: false }],
+  ['a live message that is not a list of events', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ garbage: true }] }],
+  ['a live event for a collection it did not ask for', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ ...goodEvent, collection: 'secrets' }] }],
+];
+
+describe('a client facing a malformed server', () => {
+  for (const [what, pullReply, live] of cases) {
+    it(`rejects ${what}: error status, nothing applied`, async () => {
+      const url = await hostileServer(pullReply, live);
+      const client = await startClient(url, { autoSync: false });
+      clients.push(client);
+      const errors: string[] = [];
+      client.sync.status$.subscribe((status) => status.error && errors.push(status.error.code));
+      const result = await client.sync.syncNow();
+      if (live === undefined) {
+        expect(result.success).toBe(false);
+        expect(result.error?.code).toBe('INVALID_MESSAGE');
+      }
+      await waitFor(() => errors.includes('INVALID_MESSAGE'), 'an INVALID_MESSAGE status');
+      expect(await client.todos.count().exec()).toBe(0);
+    });
+  }
+});
