@@ -3,6 +3,9 @@
  * traffic, and the command line's answers to bad arguments.
  */
 import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { register as globalRegistry } from 'prom-client';
@@ -263,6 +266,35 @@ describe('command line', () => {
     expect(JSON.parse(health.body)).toMatchObject({ status: 'ok', storage: { reachable: true } });
     child.kill('SIGTERM');
     expect(await exited).toBe(0);
+  });
+});
+
+describe('serve --static', () => {
+  it('serves the app, falls back to index.html for app routes, and never leaves its folder', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'static-'));
+    cleanups.push(async () => rmSync(root, { recursive: true, force: true }));
+    mkdirSync(join(root, 'app', 'assets'), { recursive: true });
+    writeFileSync(join(root, 'app', 'index.html'), '<!doctype html><title>app</title>');
+    writeFileSync(join(root, 'app', 'assets', 'main-abc123.js'), 'console.log(1)');
+    writeFileSync(join(root, 'secret.txt'), 'outside');
+    const running = await serve({ port: 0, host: '127.0.0.1', storage: { kind: 'memory' }, logLevel: 'silent', staticDir: join(root, 'app') });
+    cleanups.push(() => running.close());
+
+    const index = await get(`${running.url}/`);
+    expect(index).toMatchObject({ status: 200, body: '<!doctype html><title>app</title>' });
+    expect(index.type).toContain('text/html');
+    expect((await get(`${running.url}/lists/42`)).body).toContain('<title>app</title>');
+    const asset = await fetch(`${running.url}/assets/main-abc123.js`);
+    expect(asset.headers.get('content-type')).toContain('text/javascript');
+    expect(asset.headers.get('cache-control')).toContain('immutable');
+    expect((await get(`${running.url}/assets/missing.js`)).status).toBe(404);
+    for (const path of ['/../secret.txt', '/%2e%2e/secret.txt', '/assets/..%2f..%2fsecret.txt']) {
+      const response = await get(`${running.url}${path}`);
+      expect(response.body).not.toContain('outside');
+    }
+    // Health and sync still answer on the same port.
+    expect((await get(`${running.url}/health/ready`)).status).toBe(200);
+    expect((await get(`${running.url}/socket.io/?EIO=4&transport=polling`)).status).toBe(200);
   });
 });
 
