@@ -14,6 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock } from '../src/shared/hlc.js';
 import { MESSAGE, type PushReply, type SyncEvent } from '../src/shared/protocol.js';
 import { MemorySyncStorage, attachHealthAndMetrics, createSyncServer, type HealthReport } from '../src/server/index.js';
+import { main } from '../src/cli/program.js';
 import { serve } from '../src/cli/serve.js';
 import { contents, rawSocket, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 import { REDIS, createTestDatabase, serviceReady } from './services.js';
@@ -226,27 +227,49 @@ function runCli(args: string[], timeoutMs = 20_000): Promise<{ code: number | nu
   });
 }
 
+/** The CLI in this process, its output captured: quick, and the same code path as the binary. */
+async function runCliInProcess(args: string[]): Promise<{ code: number | undefined; stdout: string; stderr: string }> {
+  let stdout = '';
+  let stderr = '';
+  const code = await main(['node', 'rxdb-offline-sync', ...args], {
+    stdout: (text) => (stdout += text),
+    stderr: (text) => (stderr += text),
+    onStarted: () => {
+      throw new Error('the server should not have started');
+    },
+  });
+  return { code, stdout, stderr };
+}
+
 describe('command line', () => {
-  it.concurrent.each([
-    [['serve', '--port', 'abc'], /port.*"abc"/],
+  it('refuses a bad port with a clear message and exit code 2 (a real process)', async () => {
+    const { code, stderr, stdout } = await runCli(['serve', '--port', 'abc']);
+    expect(stderr).toContain(`error: option '-p, --port <port>' argument 'abc' is invalid. expected a port number from 0 to 65535, got "abc".`);
+    expect(stdout).toBe('');
+    expect(code).toBe(2);
+  });
+
+  it.each([
     [['serve', '--port', '70000'], /from 0 to 65535/],
+    [['serve', '--port', '-1'], /got "-1"/],
     [['serve', '--storage', 'mysql://db'], /expected memory, sqlite:PATH or postgres:\/\/\.\.\., got "mysql:\/\/db"/],
     [['serve', '--storage', 'sqlite:'], /expected a file after "sqlite:"/],
     [['serve', '--redis', 'http://localhost:6379'], /redis:\/\/ or rediss:\/\//],
+    [['serve', '--cors-origin', 'localhost:5173'], /expected "\*" or origins such as http:\/\/localhost:5173/],
     [['serve', '--log-level', 'loud'], /Allowed choices are fatal, error, warn, info, debug, trace, silent/],
     [['serve', '--static', 'no/such/dir'], /--static no\/such\/dir: no index\.html/],
     [['serve', '--bogus'], /unknown option '--bogus'/],
     [['launch'], /unknown command 'launch'/],
     [[], /Usage: rxdb-offline-sync/],
   ])('refuses %j with a clear message and exit code 2', async (args, message) => {
-    const { code, stderr, stdout } = await runCli(args);
+    const { code, stderr, stdout } = await runCliInProcess(args);
     expect(stderr).toMatch(message);
     expect(stdout).toBe('');
     expect(code).toBe(2);
   });
 
   it('prints its help and exits 0', async () => {
-    const { code, stdout } = await runCli(['serve', '--help']);
+    const { code, stdout } = await runCliInProcess(['serve', '--help']);
     expect(code).toBe(0);
     for (const flag of ['--port', '--storage', '--redis', '--log-level', '--static']) expect(stdout).toContain(flag);
   });
