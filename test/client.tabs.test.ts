@@ -31,6 +31,7 @@ describe('several tabs of one database', () => {
     const [leader, follower] = tab1.sync.getStatus().leader ? [tab1, tab2] : [tab2, tab1];
     expect(follower.sync.getStatus().leader).toBe(false);
     expect(server.server.getClientsCount()).toBe(1);
+    expect(await follower.sync.syncNow()).toMatchObject({ success: false, error: { code: 'DISABLED' } });
 
     await follower.todos.insert({ id: 'from-follower', title: 'written in the other tab', done: false });
     await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the follower write to reach the server');

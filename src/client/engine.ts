@@ -147,8 +147,9 @@ export class SyncEngine {
   async syncNow(): Promise<SyncResult> {
     if (this.closed) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
     if (!this.status.enabled) return { success: false, error: new SyncError('DISABLED', 'sync is disabled: call enable() first'), syncedEvents: 0 };
-    await this.ready;
-    if (!this.transport) return { success: false, error: new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it'), syncedEvents: 0 };
+    if (!this.status.leader || !this.transport) {
+      return { success: false, error: new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it'), syncedEvents: 0 };
+    }
     this.transport.connect();
     try {
       await this.transport.waitForConnection(this.options.requestTimeout);
