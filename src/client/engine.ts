@@ -3,6 +3,7 @@
  * status, and the order in which replication steps run. Deciding what to do
  * with documents is the Replicator's job.
  */
+import { randomId } from '../shared/ids.js';
 import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
@@ -106,7 +107,7 @@ export class SyncEngine {
   async start(): Promise<void> {
     this.meta = await MetaStore.open(this.db);
     const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
-    const state: PersistedState = stored ?? { clientId: crypto.randomUUID(), checkpoints: {}, logged: {} };
+    const state: PersistedState = stored ?? { clientId: randomId(), checkpoints: {}, logged: {} };
     const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values());
     const clock = new HybridLogicalClock(state.clientId);
     for (const entry of pending.all()) clock.receive(entry.event.hlc);

@@ -4,6 +4,7 @@
  * no network I/O; the engine feeds it and serializes every call through one
  * queue, so no two of these steps ever interleave.
  */
+import { randomId } from '../shared/ids.js';
 import { getChangedDocumentsSince, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
 import { Subject } from 'rxjs';
 import { SyncError, type WireError } from '../shared/errors.js';
@@ -135,7 +136,7 @@ export class Replicator {
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
       const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
       const event: SyncEvent = {
-        id: open?.event.id ?? crypto.randomUUID(),
+        id: open?.event.id ?? randomId(),
         collection: collectionName,
         documentId,
         ...change,
@@ -399,7 +400,7 @@ export class Replicator {
           : compareHlc(localVersion.hlc, remote.hlc) > 0 ? localVersion.hlc : remote.hlc;
       writes.push(this.pending.add({
         key: this.pending.nextKey(),
-        event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        event: { id: randomId(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
         sent: false,
       }));
     }
@@ -430,7 +431,7 @@ export class Replicator {
       const hlc = this.clock.tick();
       writes.push(this.pending.add({
         key: this.pending.nextKey(),
-        event: { id: crypto.randomUUID(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        event: { id: randomId(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
         sent: false,
       }));
     }

@@ -1,0 +1,62 @@
+import fc from 'fast-check';
+import { afterEach, describe, expect, it } from 'vitest';
+import { HybridLogicalClock, compareHlc, formatHlc, parseHlc } from '../src/shared/hlc.js';
+import { randomId } from '../src/shared/ids.js';
+
+describe('hybrid logical clock', () => {
+  it('formats and parses back, and sorts as strings in clock order', () => {
+    fc.assert(
+      fc.property(
+        fc.record({ millis: fc.integer({ min: 0, max: 2 ** 45 }), counter: fc.integer({ min: 0, max: 36 ** 6 - 1 }), node: fc.string({ minLength: 1, maxLength: 20 }).filter((s) => !s.includes('-')) }),
+        fc.record({ millis: fc.integer({ min: 0, max: 2 ** 45 }), counter: fc.integer({ min: 0, max: 36 ** 6 - 1 }), node: fc.string({ minLength: 1, maxLength: 20 }).filter((s) => !s.includes('-')) }),
+        (a, b) => {
+          expect(parseHlc(formatHlc(a))).toEqual(a);
+          const byParts = a.millis - b.millis || a.counter - b.counter || (a.node < b.node ? -1 : a.node > b.node ? 1 : 0);
+          expect(Math.sign(compareHlc(formatHlc(a), formatHlc(b)))).toBe(Math.sign(byParts));
+        },
+      ),
+      { seed: 42 },
+    );
+  });
+
+  it('never goes backwards, even when the wall clock does', () => {
+    let wall = 1000;
+    const clock = new HybridLogicalClock('a', () => wall);
+    const seen = [clock.tick()];
+    wall = 900;
+    seen.push(clock.tick(), clock.tick());
+    wall = 1000;
+    seen.push(clock.tick());
+    expect([...seen].sort()).toEqual(seen);
+    expect(new Set(seen).size).toBe(seen.length);
+  });
+
+  it('moves past a received remote clock, but not past one implausibly far ahead', () => {
+    const clock = new HybridLogicalClock('a', () => 1000);
+    clock.receive(formatHlc({ millis: 5000, counter: 3, node: 'b' }));
+    expect(compareHlc(clock.tick(), formatHlc({ millis: 5000, counter: 3, node: 'b' }))).toBeGreaterThan(0);
+    clock.receive(formatHlc({ millis: 1000 + 48 * 3600 * 1000, counter: 0, node: 'liar' }));
+    expect(parseHlc(clock.tick()).millis).toBe(5000);
+  });
+
+  it('stamps an event with the time it happened, still after everything seen', () => {
+    const clock = new HybridLogicalClock('a', () => 2000);
+    expect(parseHlc(clock.tickAt(1500.7))).toMatchObject({ millis: 1500, counter: 0 });
+    expect(parseHlc(clock.tickAt(1400))).toMatchObject({ millis: 1500, counter: 1 });
+  });
+});
+
+describe('randomId', () => {
+  const original = Object.getOwnPropertyDescriptor(globalThis.crypto, 'randomUUID') ?? Object.getOwnPropertyDescriptor(Object.getPrototypeOf(globalThis.crypto), 'randomUUID');
+  afterEach(() => {
+    if (original) Object.defineProperty(globalThis.crypto, 'randomUUID', original);
+  });
+  it('makes version 4 ids, also where crypto.randomUUID is missing (plain http pages)', () => {
+    const pattern = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+    expect(randomId()).toMatch(pattern);
+    Object.defineProperty(globalThis.crypto, 'randomUUID', { value: undefined, configurable: true });
+    const ids = Array.from({ length: 1000 }, randomId);
+    for (const id of ids) expect(id).toMatch(pattern);
+    expect(new Set(ids).size).toBe(1000);
+  });
+});
