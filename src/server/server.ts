@@ -30,6 +30,10 @@ export interface ClientInfo<User = unknown> {
   checkpoint: number;
   connectedAt: number;
   lastSeen: number;
+  /** When the session ends (ms since the epoch), if `authenticate` returned an expiry. */
+  expiresAt?: number;
+  /** The user's name for per-user limits. */
+  userKey?: string;
 }
 
 /** Headroom above maxPayloadBytes so an oversized push reaches our check and gets a reply, not a dropped socket. */
