@@ -246,11 +246,14 @@ describe('sensitive fields', () => {
       expect(event.data).not.toHaveProperty('salary');
       expect(JSON.stringify(event)).not.toMatch(/\d{3}-\d{2}-\d{4}/);
     }
-    expect(pulled[1]!.patch).toEqual([{ op: 'replace', path: '/title', value: 'Ann B' }]);
+    // A pull carries each document's latest change: the update, its patch cleaned of the sensitive operations.
+    const latest = pulled.find((e) => e.id === updated.id)!;
+    expect(latest.patch).toEqual([{ op: 'replace', path: '/title', value: 'Ann B' }]);
+    expect(live.find((e) => e.id === updated.id)!.patch).toEqual(latest.patch);
     expect(live.find((e) => e.collection === 'notes')!.data).toEqual({ ssn: 'not secret here' });
 
     // A client that never saw the fields writes the document: the server keeps them.
-    const edit = rawEvent({ documentId: 'p1', op: 'update', baseEventId: updated.id, data: { ...pulled[1]!.data, title: 'Ann C' } });
+    const edit = rawEvent({ documentId: 'p1', op: 'update', baseEventId: updated.id, data: { ...latest.data, title: 'Ann C' } });
     expect((await request(reader, MESSAGE.push, { events: [edit] })).results[0].status).toBe('accepted');
     const [head] = await server.server.getStorage().getHeads('todos', ['p1']);
     expect(head!.data).toEqual({ id: 'p1', title: 'Ann C', ssn: '987-65-4321', salary: 120 });
