@@ -180,6 +180,7 @@ describe('control and status', () => {
 
     a.sync.enable();
     await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'push after enable');
+    await waitFor(() => a.sync.getStatus().pendingEvents === 0 && a.sync.getStatus().lastSyncTime !== null, 'the client to see its push acknowledged');
     expect(seen).toContainEqual({ enabled: false, connected: false });
     expect(seen).toContainEqual({ enabled: true, connected: true });
     expect(a.sync.getStatus()).toMatchObject({ enabled: true, connected: true, pendingEvents: 0, error: null });

@@ -50,6 +50,10 @@ export interface SyncResult {
 
 /** After live events arrive, a pull follows this soon to move the checkpoint past them. */
 const LIVE_PULL_DELAY = 100;
+/** How long syncNow() waits for this tab to win leadership before saying another tab syncs. */
+const LEADERSHIP_WAIT = 3000;
+/** Said by a push step whose batch was refused for its size: the batch size is now smaller, push again. */
+const RETRY_SMALLER = -1;
 
 export class SyncEngine {
   readonly status$: BehaviorSubject<SyncStatus>;
@@ -66,6 +70,8 @@ export class SyncEngine {
   private subscribed = false;
   private retryAttempt = 0;
   private retryTimer?: ReturnType<typeof setTimeout>;
+  /** Events per push; lowered when the server says a batch is too large. */
+  private pushBatchSize: number;
   private intervalTimer?: ReturnType<typeof setInterval>;
   private livePullTimer?: ReturnType<typeof setTimeout>;
   private closed = false;
@@ -77,6 +83,7 @@ export class SyncEngine {
   ) {
     this.logger = createLogger(options.logging, 'rxdb-offline-sync:client');
     this.collections = new Set(options.collections);
+    this.pushBatchSize = options.batchSize;
     this.status$ = new BehaviorSubject<SyncStatus>({
       enabled: true,
       connected: false,
@@ -148,6 +155,10 @@ export class SyncEngine {
   async syncNow(): Promise<SyncResult> {
     if (this.closed) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
     if (!this.status.enabled) return { success: false, error: new SyncError('DISABLED', 'sync is disabled: call enable() first'), syncedEvents: 0 };
+    if (!this.status.leader) {
+      // Right after start a single process may still be winning its election; a follower tab waits no longer than this.
+      await Promise.race([this.ready, new Promise((resolve) => setTimeout(resolve, LEADERSHIP_WAIT))]);
+    }
     if (!this.status.leader || !this.transport) {
       return { success: false, error: new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it'), syncedEvents: 0 };
     }
@@ -269,6 +280,7 @@ export class SyncEngine {
   private goOffline(): void {
     clearInterval(this.intervalTimer);
     clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     clearTimeout(this.livePullTimer);
     this.transport?.disconnect();
     this.updateStatus({ connected: false });
@@ -325,7 +337,8 @@ export class SyncEngine {
       this.want = { push: false, pull: false };
       this.updateStatus({ syncing: false, error: syncError });
       this.logger.warn({ code: syncError.code, reason: syncError.message }, 'sync failed');
-      this.scheduleRetry();
+      const retryAfterMs = (syncError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+      this.scheduleRetry(typeof retryAfterMs === 'number' ? retryAfterMs : undefined);
       return { success: false, error: syncError, syncedEvents };
     } finally {
       this.refreshCounts();
@@ -344,12 +357,17 @@ export class SyncEngine {
     // Push everything before pulling: a pull then never meets an event whose fate is unknown.
     for (;;) {
       const pushed = await this.queue.run(async () => {
-        const batch = await replicator.takeBatch(this.options.batchSize);
+        const batch = await replicator.takeBatch(this.pushBatchSize, this.options.maxBatchBytes);
         if (batch.length === 0) return 0;
-        const reply = await transport.push({ events: batch.map((entry) => entry.event) });
-        await replicator.applyPushResults(batch, reply.results);
-        return batch.length;
+        try {
+          const reply = await transport.push({ events: batch.map((entry) => entry.event) });
+          await replicator.applyPushResults(batch, reply.results);
+          return batch.length;
+        } catch (error) {
+          return this.shrinkAfterRefusal(SyncError.from(error), batch);
+        }
       });
+      if (pushed === RETRY_SMALLER) continue;
       if (pushed === 0) break;
       synced += pushed;
       this.refreshCounts();
@@ -374,14 +392,42 @@ export class SyncEngine {
     return synced;
   }
 
-  private scheduleRetry(): void {
-    clearTimeout(this.retryTimer);
+  /**
+   * The server refused a push for its size: push smaller batches from now on,
+   * and set aside an event too large to be pushed at all. Returns how many
+   * events were dealt with, or RETRY_SMALLER; other errors are thrown on.
+   */
+  private async shrinkAfterRefusal(error: SyncError, batch: readonly PendingEntry[]): Promise<number> {
+    const limit = (error.details as { limit?: unknown } | undefined)?.limit;
+    if (error.code === 'TOO_MANY_EVENTS' && typeof limit === 'number' && limit >= 1 && limit < batch.length) {
+      this.pushBatchSize = limit;
+      this.logger.info({ batchSize: limit }, 'server takes fewer events per push; pushing smaller batches');
+      return RETRY_SMALLER;
+    }
+    if (error.code === 'PAYLOAD_TOO_LARGE') {
+      if (batch.length > 1) {
+        this.pushBatchSize = Math.max(1, Math.floor(batch.length / 2));
+        return RETRY_SMALLER;
+      }
+      // One document larger than the server accepts: it can never be pushed.
+      await this.requireReplicator().rejectUnpushable(batch[0]!, error.toWire());
+      return 1;
+    }
+    throw error;
+  }
+
+  private scheduleRetry(retryAfterMs?: number): void {
     const { maxRetries, retryDelay, useExponentialBackoff } = this.options.retry;
+    // A retry already scheduled stands: a burst of failing runs must not use up the budget at once.
+    if (this.retryTimer !== undefined) return;
     if (this.retryAttempt >= maxRetries || !this.status.enabled || !this.status.connected || this.closed) return;
     const exponent = useExponentialBackoff ? this.retryAttempt : 0;
-    const delay = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
+    const backoff = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
     this.retryAttempt++;
-    this.retryTimer = setTimeout(() => void this.requestSync({ push: true, pull: true }), delay);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      void this.requestSync({ push: true, pull: true });
+    }, Math.max(backoff, retryAfterMs ?? 0));
   }
 
   // ---- helpers -------------------------------------------------------------------

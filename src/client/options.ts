@@ -34,6 +34,8 @@ export const clientOptionsSchema = z.strictObject({
   logging: loggingOptionsSchema,
   /** Events per push message and per pull page. */
   batchSize: z.number().int().positive().max(5000).default(500),
+  /** Upper bound on one push message's size in bytes (JSON); keep it under the server's maxPayloadBytes. */
+  maxBatchBytes: z.number().int().positive().default(1024 * 1024),
   /** How long to wait for the server to answer one message. */
   requestTimeout: z.number().int().positive().default(20_000),
   /** socket.io path on the server. */

@@ -45,12 +45,21 @@ export class PendingLog {
     return this.byDocument.get(docKey(collection, documentId)) ?? [];
   }
 
-  /** The oldest entries, up to `limit`, skipping documents for which `skip` says so. */
-  head(limit: number, skip?: (entry: PendingEntry) => boolean): PendingEntry[] {
+  /**
+   * The oldest entries, up to `limit` of them and `maxBytes` of JSON (at least
+   * one entry), skipping those for which `skip` says so.
+   */
+  head(limit: number, skip?: (entry: PendingEntry) => boolean, maxBytes = Number.POSITIVE_INFINITY): PendingEntry[] {
     const result: PendingEntry[] = [];
+    let bytes = 0;
     for (const entry of this.entries.values()) {
       if (result.length >= limit) break;
-      if (!skip?.(entry)) result.push(entry);
+      if (skip?.(entry)) continue;
+      if (maxBytes !== Number.POSITIVE_INFINITY) {
+        bytes += JSON.stringify(entry.event).length;
+        if (bytes > maxBytes && result.length > 0) break;
+      }
+      result.push(entry);
     }
     return result;
   }

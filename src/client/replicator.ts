@@ -183,8 +183,8 @@ export class Replicator {
   // ---- push ----------------------------------------------------------------------
 
   /** The next batch to push, marked sent durably before it leaves (a sent event is never changed again). */
-  async takeBatch(limit: number): Promise<PendingEntry[]> {
-    const batch = this.pending.head(limit, (entry) => this.isHeld(entry));
+  async takeBatch(limit: number, maxBytes?: number): Promise<PendingEntry[]> {
+    const batch = this.pending.head(limit, (entry) => this.isHeld(entry), maxBytes);
     const marks = this.pending.markSent(batch);
     if (marks.length > 0) await this.meta.write(marks);
     return batch;
@@ -222,6 +222,11 @@ export class Replicator {
       const entry = batch.find((candidate) => docKey(candidate.event.collection, candidate.event.documentId) === key)!;
       await this.resolveDocument(entry.event.collection, entry.event.documentId, result.head ? shadowFromHead(result.head) : null);
     }
+  }
+
+  /** A change the server can never take (too large): set aside like a refused one. */
+  rejectUnpushable(entry: PendingEntry, error: WireError): Promise<void> {
+    return this.reject(entry, error);
   }
 
   /** The server refused the change: it is not retried, the document returns to the server's version. */
