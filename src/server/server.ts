@@ -22,19 +22,8 @@ import { MemorySyncStorage } from './storage/memory.js';
 import { Retention, retentionOptionsSchema } from './retention.js';
 import type { SyncStorage } from './storage/types.js';
 
-export interface ClientInfo<User = unknown> {
-  socketId: string;
-  clientId: string;
-  user: User;
-  collections: string[];
-  checkpoint: number;
-  connectedAt: number;
-  lastSeen: number;
-  /** When the session ends (ms since the epoch), if `authenticate` returned an expiry. */
-  expiresAt?: number;
-  /** The user's name for per-user limits. */
-  userKey?: string;
-}
+/** One connected client, as getClients() and the connect/disconnect hooks see it. */
+export type ClientInfo<User = unknown> = SocketData<User> & { socketId: string };
 
 /** Headroom above maxPayloadBytes so an oversized push reaches our check and gets a reply, not a dropped socket. */
 const TRANSPORT_HEADROOM = 2;
