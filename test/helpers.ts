@@ -197,7 +197,11 @@ export async function silentPollingClient(url: string, auth: Record<string, unkn
   const { sid } = JSON.parse(open.slice(open.indexOf('{'))) as { sid: string };
   const handshake = { protocolVersion: PROTOCOL_VERSION, clientId: `silent-${uniqueName()}`, ...auth };
   await fetch(`${base}&sid=${sid}`, { method: 'POST', body: `40${JSON.stringify(handshake)}` });
-  const answer = await (await fetch(`${base}&sid=${sid}`)).text();
-  if (!answer.includes('40{"sid"')) throw new Error(`namespace connection refused: ${answer}`);
-  return { sid };
+  // A poll may bring the server's ping ("2") before the namespace answer; skip those without answering them.
+  for (let polls = 0; polls < 5; polls++) {
+    const answer = await (await fetch(`${base}&sid=${sid}`)).text();
+    if (answer.includes('40{"sid"')) return { sid };
+    if (answer.split('\x1e').some((packet) => packet !== '2')) throw new Error(`namespace connection refused: ${answer}`);
+  }
+  throw new Error('namespace connection not answered');
 }
