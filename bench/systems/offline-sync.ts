@@ -1,0 +1,104 @@
+/** This project: the socket.io sync server and the RxDB client plugin. */
+import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import { addRxPlugin } from 'rxdb';
+import { RxDBOfflineSyncPlugin, createSyncPlugin } from '../../src/client/index.js';
+import { io } from 'socket.io-client';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type SyncEvent } from '../../src/server/index.js';
+import { formatHlc } from '../../src/shared/hlc.js';
+import { Counter } from '../lib/counter.js';
+import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
+import { listenOnLoopback } from '../lib/listen.js';
+import type { BenchClient, BenchPusher, BenchServer, BenchSystem } from './types.js';
+
+addRxPlugin(RxDBOfflineSyncPlugin);
+
+const quiet = { enabled: false } as const;
+
+/** Client options the runner may set (`--batch-size`); undefined keeps the plugin's default. */
+export const offlineSyncOptions: { batchSize?: number } = {};
+const SEED_CHUNK = 5000;
+
+export const offlineSync: BenchSystem = {
+  id: 'offline-sync',
+  label: 'rxdb-offline-sync',
+  async startServer(options = {}) {
+    const httpServer = createServer();
+    const server = createSyncServer({ httpServer, logging: quiet, ...(options.storage ? { storage: options.storage } : {}) });
+    await server.start();
+    const port = await listenOnLoopback(httpServer);
+    const url = `http://127.0.0.1:${port}`;
+    const written = new Counter();
+    server.events.on('push', ({ accepted }) => written.add(accepted));
+
+    const bench: BenchServer = {
+      async seed(todos) {
+        const millis = Date.now();
+        for (let start = 0; start < todos.length; start += SEED_CHUNK) {
+          const events: IncomingEvent[] = todos.slice(start, start + SEED_CHUNK).map((todo, i) => ({
+            id: randomUUID(),
+            collection: 'todos',
+            documentId: todo.id,
+            op: 'insert',
+            data: { ...todo },
+            baseEventId: null,
+            hlc: formatHlc({ millis, counter: start + i, node: 'seed' }),
+            clientId: 'seed',
+          }));
+          await server.getStorage().saveEvents(events);
+        }
+      },
+      get written() {
+        return written.value;
+      },
+      waitForWritten: (count) => written.reach(count),
+      async openClient(): Promise<BenchClient> {
+        const db = await openTodoDatabase('os');
+        return {
+          todos: db.todos,
+          async startSync() {
+            const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, ...offlineSyncOptions }));
+            const result = await sync.syncNow();
+            if (!result.success) throw result.error;
+          },
+          close: () => dropTodoDatabase(db),
+        };
+      },
+      async openPusher(): Promise<BenchPusher> {
+        const clientId = `pusher-${randomUUID()}`;
+        // forceNew: a bare connection of its own, outside socket.io-client's per-URL Manager cache.
+        const socket = io(url, { forceNew: true, transports: ['websocket'], reconnection: false, auth: { protocolVersion: PROTOCOL_VERSION, clientId } });
+        await new Promise<void>((resolve, reject) => {
+          socket.once('connect', resolve);
+          socket.once('connect_error', reject);
+        });
+        let counter = 0;
+        return {
+          async push(todos) {
+            const millis = Date.now();
+            const events: SyncEvent[] = todos.map((todo) => ({
+              id: randomUUID(),
+              collection: 'todos',
+              documentId: todo.id,
+              op: 'insert',
+              data: { ...todo },
+              baseEventId: null,
+              hlc: formatHlc({ millis, counter: counter++, node: clientId }),
+            }));
+            const reply = (await socket.emitWithAck(MESSAGE.push, { events })) as { ok: true } & PushReply | { ok: false; error: { message: string } };
+            if (!reply.ok) throw new Error(`push refused: ${reply.error.message}`);
+            const refused = reply.results.filter((result) => result.status !== 'accepted');
+            if (refused.length > 0) throw new Error(`${refused.length} pushed events were not accepted (first: ${refused[0]!.status})`);
+          },
+          close: () => void socket.close(),
+        };
+      },
+      async stop() {
+        await server.stop();
+        httpServer.closeAllConnections();
+        await new Promise<void>((resolve) => httpServer.close(() => resolve()));
+      },
+    };
+    return bench;
+  },
+};

@@ -1,0 +1,44 @@
+/**
+ * What a scenario needs from a sync system, so that every scenario runs this
+ * project and RxDB's replication-websocket through the same steps.
+ */
+import type { RxCollection } from 'rxdb';
+import type { SyncStorage } from '../../src/server/index.js';
+import type { Todo } from '../lib/documents.js';
+
+export type SystemId = 'offline-sync' | 'rxdb-ws';
+
+export interface BenchSystem {
+  readonly id: SystemId;
+  /** Shown in tables and the chart. */
+  readonly label: string;
+  /** A server on a random loopback port; `storage` only for systems with pluggable server storage. */
+  startServer(options?: { storage?: SyncStorage }): Promise<BenchServer>;
+}
+
+export interface BenchServer {
+  /** Puts documents on the server directly, untimed, as if clients had pushed them long ago. */
+  seed(todos: readonly Todo[]): Promise<void>;
+  /** Documents written to the server by clients since it started. */
+  readonly written: number;
+  /** Resolves once clients have written at least `count` documents to the server. */
+  waitForWritten(count: number): Promise<void>;
+  /** A fresh client database on memory storage, not yet syncing. */
+  openClient(): Promise<BenchClient>;
+  /** A bare protocol connection that pushes prepared documents, with no local database: loads the server alone. */
+  openPusher(): Promise<BenchPusher>;
+  stop(): Promise<void>;
+}
+
+export interface BenchClient {
+  readonly todos: RxCollection<Todo>;
+  /** Starts live sync; resolves when the first full sync with the server has finished. */
+  startSync(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface BenchPusher {
+  /** Sends one push request with these documents as inserts; resolves when the server has acknowledged all of them. */
+  push(todos: readonly Todo[]): Promise<void>;
+  close(): void;
+}
