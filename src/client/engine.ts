@@ -54,6 +54,8 @@ const LIVE_PULL_DELAY = 100;
 const LEADERSHIP_WAIT = 3000;
 /** Said by a push step whose batch was refused for its size: the batch size is now smaller, push again. */
 const RETRY_SMALLER = -1;
+/** Deleted metadata documents (acknowledged events) that may pile up before they are purged from storage. */
+const META_COMPACTION_THRESHOLD = 2000;
 
 export class SyncEngine {
   readonly status$: BehaviorSubject<SyncStatus>;
@@ -234,6 +236,7 @@ export class SyncEngine {
     if (this.closed) return;
     this.closed = true;
     this.goOffline();
+    this.transport?.close();
     for (const subscription of this.subscriptions.values()) subscription.unsubscribe();
     this.subscriptions.clear();
     await this.running?.catch(() => undefined);
@@ -330,6 +333,10 @@ export class SyncEngine {
         syncedEvents += await this.runOnce(want);
       }
       this.retryAttempt = 0;
+      if (this.meta && this.meta.deletedSinceCompaction >= META_COMPACTION_THRESHOLD) {
+        const meta = this.meta;
+        await this.queue.run(() => meta.compact());
+      }
       this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: this.standingError() });
       return { success: true, error: null, syncedEvents };
     } catch (error) {
@@ -380,7 +387,7 @@ export class SyncEngine {
     }
     for (let [checkpoint, collections] of groups) {
       for (;;) {
-        const reply = await transport.pull({ checkpoint, collections, limit: this.options.batchSize });
+        const reply = await transport.pull({ checkpoint, collections, limit: this.options.pullBatchSize });
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);

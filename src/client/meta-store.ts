@@ -61,6 +61,8 @@ type Revision = Pick<RxDocumentData<MetaDoc>, '_rev' | '_deleted' | '_meta' | 'k
 export class MetaStore {
   /** Known revisions; null marks a document known not to exist. */
   private readonly revisions = new Map<string, Revision | null>();
+  /** Deletions written since the last compact(): they stay in storage as tombstones until then. */
+  deletedSinceCompaction = 0;
 
   private constructor(
     private readonly instance: RxStorageInstance<MetaDoc, unknown, unknown>,
@@ -124,7 +126,11 @@ export class MetaStore {
           throw new SyncError('STORAGE_ERROR', `could not write sync metadata ${error.documentId} (status ${error.status})`);
         }
       }
-      for (const row of writeRows) if (!failed.has(row.document.id)) this.remember(row.document);
+      for (const row of writeRows) {
+        if (failed.has(row.document.id)) continue;
+        this.remember(row.document);
+        if (row.document._deleted) this.deletedSinceCompaction++;
+      }
       rows = rows.filter((write) => failed.has(write.id));
     }
     if (rows.length > 0) throw new SyncError('STORAGE_ERROR', `sync metadata kept changing under us: ${rows.map((r) => r.id).join(', ')}`);
@@ -132,6 +138,7 @@ export class MetaStore {
 
   /** Drops deleted metadata documents for good. */
   async compact(): Promise<void> {
+    this.deletedSinceCompaction = 0;
     await this.instance.cleanup(0);
     for (const [id, revision] of this.revisions) if (revision?._deleted) this.revisions.set(id, null);
   }

@@ -32,8 +32,10 @@ export const clientOptionsSchema = z.strictObject({
     })
     .default({ maxRetries: 5, retryDelay: 1000, useExponentialBackoff: true }),
   logging: loggingOptionsSchema,
-  /** Events per push message and per pull page. */
+  /** Events per push message. */
   batchSize: z.number().int().positive().max(5000).default(500),
+  /** Events per pull page (the server caps it at its maxPullLimit, 5000 by default). */
+  pullBatchSize: z.number().int().positive().max(5000).default(2000),
   /** Upper bound on one push message's size in bytes (JSON); keep it under the server's maxPayloadBytes. */
   maxBatchBytes: z.number().int().positive().default(1024 * 1024),
   /** How long to wait for the server to answer one message. */

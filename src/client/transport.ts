@@ -52,6 +52,9 @@ export class Transport {
     this.socket = io(options.serverUrl, {
       path: options.path,
       autoConnect: false,
+      // A Manager of its own: socket.io-client otherwise caches one per URL, and its auth callback
+      // would keep this transport, the engine and the closed database alive.
+      forceNew: true,
       transports: options.useWebSockets ? ['websocket'] : ['polling'],
       // socket.io's own reconnection: exponential backoff with jitter, forever.
       reconnection: true,
@@ -118,6 +121,13 @@ export class Transport {
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
     this.socket.disconnect();
+  }
+
+  /** Disconnects for good and lets go of every listener. */
+  close(): void {
+    this.disconnect();
+    this.socket.removeAllListeners();
+    this.socket.io.removeAllListeners();
   }
 
   /** Resolves once connected; rejects on the next failed attempt or after `timeout` ms. */

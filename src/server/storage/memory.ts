@@ -3,7 +3,10 @@ import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types
 
 const headKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
 
-/** Keeps everything in process memory: for tests, demos and a single short-lived server. */
+/**
+ * Keeps everything in process memory: for tests, demos and a single
+ * short-lived server. Events and heads it returns are shared and frozen.
+ */
 export class MemorySyncStorage implements SyncStorage {
   private events: StoredEvent[] = [];
   private readonly sequenceById = new Map<string, number>();
@@ -22,13 +25,15 @@ export class MemorySyncStorage implements SyncStorage {
     const key = headKey(event.collection, event.documentId);
     const head = this.heads.get(key);
     if ((head?.eventId ?? null) !== event.baseEventId) {
-      return { id: event.id, status: 'conflict', head: head ? structuredClone(head) : null };
+      return { id: event.id, status: 'conflict', head: head ?? null };
     }
     const seq = ++this.lastSeq;
-    const stored: StoredEvent = { ...structuredClone(event), seq, serverTime: Date.now() };
+    // Copied once on the way in and frozen: reads hand out these objects without copying again.
+    const stored: StoredEvent = Object.freeze({ ...structuredClone(event), seq, serverTime: Date.now() });
+    Object.freeze(stored.data);
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
-    this.heads.set(key, {
+    this.heads.set(key, Object.freeze({
       collection: event.collection,
       documentId: event.documentId,
       seq,
@@ -37,7 +42,7 @@ export class MemorySyncStorage implements SyncStorage {
       deleted: event.op === 'delete',
       hlc: event.hlc,
       clientId: event.clientId,
-    });
+    }));
     return { id: event.id, status: 'accepted', seq };
   }
 
@@ -47,7 +52,7 @@ export class MemorySyncStorage implements SyncStorage {
     const result: StoredEvent[] = [];
     for (let i = this.firstIndexAfter(checkpoint); i < this.events.length && result.length < limit; i++) {
       const event = this.events[i]!;
-      if (!collections || collections.has(event.collection)) result.push(structuredClone(event));
+      if (!collections || collections.has(event.collection)) result.push(event);
     }
     return result;
   }
@@ -60,7 +65,7 @@ export class MemorySyncStorage implements SyncStorage {
       const event = this.events[i]!;
       if (collections && !collections.has(event.collection)) continue;
       if (this.heads.get(headKey(event.collection, event.documentId))?.eventId !== event.id) continue;
-      result.push(structuredClone(event));
+      result.push(event);
     }
     return result;
   }
@@ -89,7 +94,7 @@ export class MemorySyncStorage implements SyncStorage {
     const heads: DocumentHead[] = [];
     for (const id of documentIds) {
       const head = this.heads.get(headKey(collection, id));
-      if (head) heads.push(structuredClone(head));
+      if (head) heads.push(head);
     }
     return heads;
   }
