@@ -140,6 +140,41 @@ describe('restart and crash', () => {
     await sameContents(second, other);
   });
 
+  it('an event that may have reached the server is never rewritten, also after a restart', async () => {
+    // The server stores the push and goes away before answering. After a restart of the
+    // client, a new edit must become a new event: folded into the first one (same id)
+    // the server would call it a duplicate and the edit would be lost.
+    const storage = new MemorySyncStorage();
+    let stored = 0;
+    const save = storage.saveEvents.bind(storage);
+    storage.saveEvents = async (events) => {
+      const results = await save(events);
+      stored += events.length;
+      server!.server.getIo().disconnectSockets(true);
+      return new Promise<never>(() => undefined); // the answer never leaves
+    };
+    server = await startServer({ storage });
+    const port = server.port;
+    const name = uniqueName('sent');
+    const first = await startClient(server.url, { name });
+    await first.todos.insert({ id: 'doc', title: 'v1', done: false });
+    await waitFor(() => stored === 1, 'the server to store v1');
+    await server.stop();
+    await first.close();
+
+    const second = await client(`http://127.0.0.1:${port}`, { name });
+    await (await second.todos.findOne('doc').exec())!.patch({ title: 'v2' });
+    await waitFor(() => second.sync.getStatus().pendingEvents === 2, 'v2 to be logged as an event of its own');
+
+    storage.saveEvents = save;
+    server = await startServer({ storage }, port);
+    await waitFor(() => second.sync.getStatus().pendingEvents === 0, 'both events to be acknowledged', 15_000);
+    const [head] = await storage.getHeads('todos', ['doc']);
+    expect(head!.data.title).toBe('v2');
+    expect(await storage.countEvents()).toBe(2);
+    expect((await contents(second.todos))[0]!.title).toBe('v2');
+  });
+
   it('a write that reached storage but not the log (a crash in between) is still pushed after restart', async () => {
     server = await startServer();
     const name = uniqueName('crash');

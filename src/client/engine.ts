@@ -117,7 +117,7 @@ export class SyncEngine {
     this.meta = await MetaStore.open(this.db);
     const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
     const state: PersistedState = stored ?? { clientId: randomId(), checkpoints: {}, logged: {} };
-    const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values());
+    const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values(), state.sentThrough);
     const clock = new HybridLogicalClock(state.clientId);
     for (const entry of pending.all()) clock.receive(entry.event.hlc);
     this.replicator = new Replicator(this.db, this.meta, pending, clock, state, (name) => this.strategyFor(name), this.logger);

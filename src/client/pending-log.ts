@@ -16,10 +16,25 @@ export class PendingLog {
   private lastMillis = 0;
   private counter = 0;
 
-  constructor(loaded: Iterable<PendingEntry> = []) {
-    for (const entry of [...loaded].sort((a, b) => (a.key < b.key ? -1 : 1))) this.insert(entry);
-    const last = [...this.entries.keys()].pop();
-    if (last) this.lastMillis = Number(last.slice(0, 15));
+  /**
+   * Every entry with a key up to this one counts as sent. Marking a batch
+   * sent is one write of this watermark (in the state document), not a
+   * rewrite of each entry.
+   */
+  private sentKey = '';
+
+  constructor(loaded: Iterable<PendingEntry> = [], sentThrough = '') {
+    this.sentKey = sentThrough;
+    for (const entry of [...loaded].sort((a, b) => (a.key < b.key ? -1 : 1))) {
+      this.insert(entry.key <= sentThrough ? { ...entry, sent: true } : entry);
+    }
+    const last = [...this.entries.keys()].pop() ?? '';
+    const latest = last > sentThrough ? last : sentThrough;
+    if (latest) this.lastMillis = Number(latest.slice(0, 15));
+  }
+
+  get sentThrough(): string {
+    return this.sentKey;
   }
 
   /**
@@ -79,11 +94,28 @@ export class PendingLog {
     return this.toWrite(entry);
   }
 
-  markSent(entries: readonly PendingEntry[]): MetaWrite[] {
-    return entries.filter((entry) => !entry.sent).map((entry) => {
+  /**
+   * Marks the entries sent and moves the watermark past them. Returns true
+   * when the watermark moved and must be persisted before the entries leave.
+   * Entries the batch skipped (held back by a conflict) below the watermark
+   * count as sent too: they are frozen, never rewritten, which only costs
+   * them the collapsing of later writes.
+   */
+  markSent(entries: readonly PendingEntry[]): boolean {
+    let moved = false;
+    for (const entry of entries) {
+      if (entry.sent) continue;
       entry.sent = true;
-      return this.toWrite(entry);
-    });
+      if (entry.key > this.sentKey) {
+        this.sentKey = entry.key;
+        moved = true;
+      }
+    }
+    if (moved) for (const entry of this.entries.values()) {
+      if (entry.key > this.sentKey) break;
+      entry.sent = true;
+    }
+    return moved;
   }
 
   remove(entry: PendingEntry): MetaWrite {

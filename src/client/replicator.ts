@@ -37,6 +37,8 @@ export interface PersistedState {
   checkpoints: Record<string, number>;
   /** RxDB storage checkpoint each collection's local changes are logged through. */
   logged: Record<string, unknown>;
+  /** Pending entries with keys up to this one have been sent (see PendingLog.markSent). */
+  sentThrough?: string;
 }
 
 /** A conflict kept for the app to settle (strategy `manual`, or a custom resolver that threw). */
@@ -185,8 +187,10 @@ export class Replicator {
   /** The next batch to push, marked sent durably before it leaves (a sent event is never changed again). */
   async takeBatch(limit: number, maxBytes?: number): Promise<PendingEntry[]> {
     const batch = this.pending.head(limit, (entry) => this.isHeld(entry), maxBytes);
-    const marks = this.pending.markSent(batch);
-    if (marks.length > 0) await this.meta.write(marks);
+    if (this.pending.markSent(batch)) {
+      this.state.sentThrough = this.pending.sentThrough;
+      await this.meta.write([this.stateWrite()]);
+    }
     return batch;
   }
 
