@@ -175,6 +175,39 @@ describe('restart and crash', () => {
     expect((await contents(second.todos))[0]!.title).toBe('v2');
   });
 
+  it('an edit of a pulled document is a patch on the server version, also when its logging was cut off by a crash', async () => {
+    server = await startServer();
+    const storage = server.server.getStorage();
+    const writer = await client(server.url);
+    await writer.todos.bulkInsert([
+      { id: 'p1', title: 'one', done: false },
+      { id: 'p2', title: 'two', done: false },
+    ]);
+    await writer.sync.syncNow();
+    const heads = new Map((await storage.getHeads('todos', ['p1', 'p2'])).map((head) => [head.documentId, head]));
+
+    const name = uniqueName('pulled');
+    const first = await startClient(server.url, { name });
+    await first.sync.syncNow();
+    await (await first.todos.findOne('p1').exec())!.patch({ title: 'one, edited' });
+    await first.sync.syncNow();
+    const [edit] = await storage.getEventsAfter(heads.get('p2')!.seq, { collections: ['todos'] });
+    expect(edit).toMatchObject({ documentId: 'p1', op: 'update', baseEventId: heads.get('p1')!.eventId, patch: [{ op: 'replace', path: '/title', value: 'one, edited' }] });
+    await first.close();
+
+    // A write the plugin never saw: it is still based on the version the client last pulled.
+    const bare = await openDatabase(name);
+    await (await bare.todos.findOne('p2').exec())!.patch({ done: true });
+    await bare.close();
+    const second = await client(server.url, { name });
+    await second.sync.syncNow();
+    const [head] = await storage.getHeads('todos', ['p2']);
+    expect(head).toMatchObject({ data: { id: 'p2', title: 'two', done: true }, deleted: false });
+    const events = await storage.getEventsAfter(edit!.seq, { collections: ['todos'] });
+    expect(events).toMatchObject([{ documentId: 'p2', op: 'update', baseEventId: heads.get('p2')!.eventId }]);
+    expect(second.sync.getConflicts()).toEqual([]);
+  });
+
   it('a write that reached storage but not the log (a crash in between) is still pushed after restart', async () => {
     server = await startServer();
     const name = uniqueName('crash');

@@ -44,4 +44,28 @@ describe('several tabs of one database', () => {
     await other.todos.insert({ id: 'from-elsewhere', title: 'remote', done: false });
     await waitFor(async () => (await follower.todos.findOne('from-elsewhere').exec()) !== null, 'the follower to see a remote write through the shared storage');
   });
+
+  it('a tab that takes over the lead goes on from what the last leader logged and sent', async () => {
+    server = await startServer();
+    const name = uniqueName('handover');
+    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
+    const tab1 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
+    await waitFor(() => tab1.sync.getStatus().leader, 'tab1 to lead');
+    await tab1.todos.insert({ id: 'y', title: 'v1', done: false });
+    await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, 'v1 to be logged');
+    // tab2 starts while v1 is pending, and reads the log as it is then.
+    const tab2 = await startClient(server.url, { name, multiInstance: true, storage });
+    clients.push(tab2);
+    await sleep(100);
+    expect(tab2.sync.getStatus().leader).toBe(false);
+    expect((await tab1.sync.syncNow()).success).toBe(true);
+    await (await tab1.todos.findOne('y').exec())!.patch({ title: 'v2' });
+    await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, 'v2 to be logged');
+    await tab1.close();
+
+    await waitFor(() => tab2.sync.getStatus().leader, 'tab2 to take over', 15_000);
+    await waitFor(async () => (await server!.server.getStorage().getHeads('todos', ['y']))[0]?.data.title === 'v2', 'v2 to reach the server');
+    await waitFor(() => tab2.sync.getStatus().pendingEvents === 0, 'tab2 to have nothing pending');
+    expect(await server.server.getStorage().countEvents()).toBe(2);
+  });
 });

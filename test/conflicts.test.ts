@@ -54,6 +54,35 @@ async function concurrently(a: TestClient, b: TestClient, editA: Edit, editB: Ed
 }
 
 describe('last-write-wins', () => {
+  it('a write undone offline is still a write: an insert deleted again beats an older concurrent insert', async () => {
+    const { a, b } = await pair('last-write-wins');
+    await remove(a);
+    await waitFor(async () => (await b.todos.findOne('d').exec()) === null, 'b to see the delete');
+    await settled(a);
+    // b brings the document back; a, offline and unaware, creates it again and deletes it later.
+    const { docs, serverHead } = await concurrently(
+      a,
+      b,
+      async (c) => { await c.todos.insert({ ...base, title: 'a, undone' }); await sleep(5); await remove(c); },
+      async (c) => c.todos.insert({ ...base, title: 'b' }),
+      'b-first',
+    );
+    expect(serverHead).toMatchObject({ deleted: true });
+    expect(docs).toEqual([]);
+  });
+
+  it('an edit undone offline is still a write: it beats an older concurrent edit', async () => {
+    const { a, b } = await pair('last-write-wins');
+    const { docs } = await concurrently(
+      a,
+      b,
+      async (c) => { await patch({ title: 'a' })(c); await sleep(5); await patch({ title: 'base' })(c); },
+      patch({ title: 'b' }),
+      'b-first',
+    );
+    expect(docs).toEqual([base]);
+  });
+
   it('the later write wins on both clients, whichever reaches the server first', async () => {
     const { a, b } = await pair('last-write-wins');
     const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));

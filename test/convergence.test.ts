@@ -11,7 +11,7 @@ import fc from 'fast-check';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { ConflictResolution } from '../src/client/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { contents, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { contents, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 const CLIENTS = 3;
 const DOC_IDS = ['d0', 'd1', 'd2', 'd3'];
@@ -24,6 +24,7 @@ type Command =
   | { kind: 'offline'; client: number }
   | { kind: 'online'; client: number }
   | { kind: 'restart'; client: number }
+  | { kind: 'write-unlogged'; client: number; doc: string; done: boolean }
   | { kind: 'drop-ack' }
   | { kind: 'pause'; ms: number };
 
@@ -35,6 +36,7 @@ const command: fc.Arbitrary<Command> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('offline' as const), client }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('online' as const), client }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('restart' as const), client }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('write-unlogged' as const), client, doc, done: fc.boolean() }) },
   { weight: 1, arbitrary: fc.constant({ kind: 'drop-ack' as const }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('pause' as const), ms: fc.integer({ min: 1, max: 30 }) }) },
 );
@@ -104,6 +106,19 @@ async function run(commands: Command[], conflictResolution: ConflictResolution) 
           if (offline.has(cmd.client)) clients[cmd.client]!.sync.disable();
           break;
         }
+        case 'write-unlogged': {
+          // A write that reached storage while the plugin was not running (a crash between write and log).
+          await clients[cmd.client]!.close();
+          const bare = await openDatabase(names[cmd.client]!);
+          const data: Todo = { id: cmd.doc, title: `w${writeCount++}-c${cmd.client}-unlogged`, done: cmd.done };
+          await bare.todos.upsert(data);
+          lastWrite.set(cmd.doc, data);
+          await sleep(2);
+          await bare.close();
+          clients[cmd.client] = await startClient(server.url, { name: names[cmd.client]!, ...options });
+          if (offline.has(cmd.client)) clients[cmd.client]!.sync.disable();
+          break;
+        }
         case 'drop-ack':
           dropAck = true;
           break;
@@ -154,10 +169,10 @@ describe('randomized convergence', () => {
   it('merge: every client equals the server, and every surviving value was written by someone', async () => {
     await fc.assert(
       fc.asyncProperty(fc.array(command, { minLength: 5, maxLength: 40 }), async (commands) => {
-        const written = new Set(commands.filter((c) => c.kind === 'put').map((_, i) => i));
+        const written = new Set(commands.filter((c) => c.kind === 'put' || c.kind === 'write-unlogged').map((_, i) => i));
         const { final } = await run(commands, 'merge');
         for (const docState of final) {
-          expect(docState.title).toMatch(/^w\d+-c\d$/);
+          expect(docState.title).toMatch(/^w\d+-c\d(-unlogged)?$/);
           expect(written.has(Number(docState.title.slice(1).split('-')[0]))).toBe(true);
         }
       }),

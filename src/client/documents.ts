@@ -18,6 +18,67 @@ export interface Shadow extends DocState {
   clientId: string;
 }
 
+/** A server version without its content: what a stamp on a local document records. */
+export type VersionInfo = Omit<Shadow, 'data'>;
+
+/** A server version this client knows of a document, with its content when known. */
+export type KnownVersion = Shadow | VersionInfo;
+
+export const hasData = (version: KnownVersion): version is Shadow => 'data' in version;
+
+/**
+ * The revision token of documents the plugin wrote with a server version
+ * (RxDB revisions are `height-token`; the app's own writes carry the
+ * database's token). While a document's revision ends in it, the document
+ * holds exactly the server version its stamp names.
+ */
+export const SYNC_REVISION_TOKEN = 'rxofflinesync';
+/** The `_meta` field holding a document's stamp: `[seq, eventId, hlc, clientId, deleted ? 1 : 0]`. */
+export const STAMP_FIELD = 'rxofflinesync';
+
+export function isSyncRevision(revision: string): boolean {
+  return revision.endsWith(`-${SYNC_REVISION_TOKEN}`);
+}
+
+export function stampValue(version: VersionInfo): [number, string, string, string, 0 | 1] {
+  return [version.seq, version.eventId, version.hlc, version.clientId, version.deleted ? 1 : 0];
+}
+
+/** The server version a document was last written with by the plugin, if its `_meta` says. */
+export function stampOf(doc: RxDocumentData<unknown>): VersionInfo | undefined {
+  const raw = (doc._meta as Record<string, unknown>)[STAMP_FIELD];
+  if (!Array.isArray(raw) || raw.length !== 5) return undefined;
+  const [seq, eventId, hlc, clientId, deleted] = raw as unknown[];
+  if (typeof seq !== 'number' || typeof eventId !== 'string' || typeof hlc !== 'string' || typeof clientId !== 'string') return undefined;
+  return { seq, eventId, hlc, clientId, deleted: deleted === 1 };
+}
+
+/**
+ * The newest server version known for a document: its shadow (kept in the
+ * meta store for documents with local changes), or the stamp on the local
+ * document, whose content is the document itself while the plugin's write is
+ * the last one, else the content captured from the change event of the app's
+ * first write after it, else unknown.
+ */
+export function newestVersion(shadow: Shadow | undefined, current: RxDocumentData<unknown> | undefined, captured: Shadow | undefined): KnownVersion | null {
+  const stamp = current ? stampOf(current) : undefined;
+  if (!stamp || (shadow && shadow.seq >= stamp.seq)) return shadow ?? null;
+  if (isSyncRevision(current!._rev)) return { ...stamp, data: stripMeta(current!) };
+  if (captured && captured.seq === stamp.seq) return captured;
+  return stamp;
+}
+
+/**
+ * The change from a server version whose content is unknown to `current`:
+ * the whole document, without a patch. Only after a crash between an app
+ * write and its logging; the server still checks it against the right base.
+ */
+export function blindChange(base: VersionInfo, current: DocState | null): Pick<SyncEvent, 'op' | 'data'> | null {
+  const currentLive = !!current && !current.deleted;
+  if (!currentLive) return base.deleted ? null : { op: 'delete', data: current?.data ?? {} };
+  return { op: base.deleted ? 'insert' : 'update', data: current!.data };
+}
+
 /** One entry of the pending-event log. `sent` is set (durably) before the event first leaves. */
 export interface PendingEntry {
   key: string;

@@ -65,6 +65,8 @@ export class SyncEngine {
   private readonly subscriptions = new Map<string, Subscription>();
   private readonly strategies = new Map<string, Strategy>();
   private meta?: MetaStore;
+  /** Whether the plugin's state document existed when this engine started. */
+  private stateStored = false;
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -116,13 +118,13 @@ export class SyncEngine {
   async start(): Promise<void> {
     this.meta = await MetaStore.open(this.db);
     const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
+    this.stateStored = !!stored;
     const state: PersistedState = stored ?? { clientId: randomId(), checkpoints: {}, logged: {} };
     const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values(), state.sentThrough);
     const clock = new HybridLogicalClock(state.clientId);
     for (const entry of pending.all()) clock.receive(entry.event.hlc);
     this.replicator = new Replicator(this.db, this.meta, pending, clock, state, (name) => this.strategyFor(name), this.logger);
     await this.replicator.loadKept();
-    if (!stored) await this.meta.write([this.replicator.stateWrite()]);
     this.replicator.conflicts$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.replicator.rejected$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.refreshCounts();
@@ -132,6 +134,11 @@ export class SyncEngine {
   }
 
   private async lead(): Promise<void> {
+    if (this.closed) return;
+    const replicator = this.requireReplicator();
+    // Only the leader writes the plugin's state; another tab may have led (and written) since start.
+    const stored = this.db.multiInstance ? await replicator.reload() : this.stateStored;
+    if (!stored) await this.meta!.write([replicator.stateWrite()]);
     if (this.closed) return;
     this.updateStatus({ leader: true });
     for (const name of this.collections) await this.watch(name);
@@ -253,6 +260,7 @@ export class SyncEngine {
     // Subscribe before recovering, so that no write falls between the two.
     const subscription = collection.eventBulks$.subscribe((bulk: RxChangeEventBulk<unknown>) => {
       if (bulk.context === REMOTE_CONTEXT || bulk.isLocal) return;
+      replicator.noteLocalWrites(name, bulk.events as never);
       const ids = bulk.events.map((event) => event.documentId);
       void this.queue
         .run(() => replicator.recordLocalChanges(name, ids, bulk.checkpoint))

@@ -30,7 +30,11 @@ export class PendingLog {
     }
     const last = [...this.entries.keys()].pop() ?? '';
     const latest = last > sentThrough ? last : sentThrough;
-    if (latest) this.lastMillis = Number(latest.slice(0, 15));
+    if (latest) {
+      // Both parts: a clock that reads the same or an earlier millisecond after a restart must not reuse a key.
+      this.lastMillis = Number(latest.slice(0, 15));
+      this.counter = Number(latest.slice(16));
+    }
   }
 
   get sentThrough(): string {

@@ -5,27 +5,38 @@
  * queue, so no two of these steps ever interleave.
  */
 import { randomId } from '../shared/ids.js';
-import { getChangedDocumentsSince, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
+import { getChangedDocumentsSince, getHeightOfRevision, now, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
 import { Subject } from 'rxjs';
 import { SyncError, type WireError } from '../shared/errors.js';
-import { compareHlc, type HybridLogicalClock } from '../shared/hlc.js';
+import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import type { PushResult, StoredEvent, SyncEvent } from '../shared/protocol.js';
 import {
+  blindChange,
   buildChange,
   docKey,
+  hasData,
+  isSyncRevision,
   localState,
+  newestVersion,
   shadowFromEvent,
   shadowFromHead,
+  STAMP_FIELD,
+  stampOf,
+  stampValue,
   stateOfEvent,
   statesEqual,
+  stripMeta,
+  SYNC_REVISION_TOKEN,
   versionOf,
   type DocState,
+  type KnownVersion,
   type PendingEntry,
   type Shadow,
+  type VersionInfo,
 } from './documents.js';
 import type { MetaStore, MetaWrite } from './meta-store.js';
-import type { PendingLog } from './pending-log.js';
+import { PendingLog } from './pending-log.js';
 import type { DocumentVersion, Strategy } from './strategies/types.js';
 
 /** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
@@ -76,12 +87,18 @@ export class Replicator {
   readonly rejected: RejectedEvent[] = [];
   readonly conflicts$ = new Subject<StoredConflict[]>();
   readonly rejected$ = new Subject<RejectedEvent[]>();
+  /**
+   * Server versions taken from the change events of the app's first write
+   * over a document the plugin wrote: the base of the change, until
+   * recordLocalChanges keeps it as a shadow.
+   */
+  private readonly captured = new Map<string, Shadow>();
 
   constructor(
     private readonly db: RxDatabase,
     private readonly meta: MetaStore,
-    readonly pending: PendingLog,
-    private readonly clock: HybridLogicalClock,
+    public pending: PendingLog,
+    private clock: HybridLogicalClock,
     readonly state: PersistedState,
     private readonly strategyFor: (collection: string) => Strategy,
     private readonly logger: Logger,
@@ -116,33 +133,45 @@ export class Replicator {
   async recordLocalChanges(collectionName: string, documentIds: readonly string[], loggedThrough?: unknown): Promise<number> {
     const collection = this.collection(collectionName);
     const ids = [...new Set(documentIds)];
-    const [currents, shadows] = await Promise.all([this.findLocal(collection, ids), this.getShadows(collectionName, ids)]);
+    const currents = await this.findLocal(collection, ids);
+    const versions = await this.serverVersions(collectionName, ids, currents);
     const writes: MetaWrite[] = [];
     let changed = 0;
     for (const documentId of ids) {
+      const key = docKey(collectionName, documentId);
+      const captured = this.captured.get(key);
+      this.captured.delete(key);
       const current = localState(currents.get(documentId));
-      const shadow = shadows.get(documentId) ?? null;
+      const server = versions.get(documentId) ?? null;
+      // The document no longer holds the server version the capture came from: keep that version.
+      if (captured && server === captured) writes.push(this.shadowWrite(collectionName, documentId, captured));
       const entries = this.pending.forDocument(collectionName, documentId);
       const last = entries[entries.length - 1];
-      const expected = last ? stateOfEvent(last.event) : shadow;
-      if (!buildChange(expected, current)) continue;
+      const changeFrom = (base: DocState | KnownVersion | null) =>
+        base && 'seq' in base && !hasData(base) ? blindChange(base, current) : buildChange(base as DocState | null, current);
+      if (!changeFrom(last ? stateOfEvent(last.event) : server)) continue;
       const open = last && !last.sent ? last : undefined;
       const lastSent = [...entries].reverse().find((entry) => entry.sent);
-      const base = lastSent ? stateOfEvent(lastSent.event) : shadow;
-      const change = buildChange(base, current);
+      const doc = currents.get(documentId);
+      // The app wrote since the last logged state and ended on the version the change is based on
+      // (an insert deleted again, an edit undone): still a write, and later than any the server may
+      // have taken meanwhile, so it is said, or last-write-wins would lose it to an older write.
+      const change =
+        changeFrom(lastSent ? stateOfEvent(lastSent.event) : server) ??
+        (doc ? (doc._deleted ? { op: 'delete' as const, data: current!.data } : { op: 'update' as const, data: current!.data, patch: [] }) : null);
       changed++;
       if (!change) {
         if (open) writes.push(this.pending.remove(open));
         continue;
       }
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
-      const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
+      const writtenAt = doc?._meta.lwt ?? Date.now();
       const event: SyncEvent = {
         id: open?.event.id ?? randomId(),
         collection: collectionName,
         documentId,
         ...change,
-        baseEventId: lastSent ? lastSent.event.id : (shadow?.eventId ?? null),
+        baseEventId: lastSent ? lastSent.event.id : (server?.eventId ?? null),
         hlc: this.clock.tickAt(writtenAt),
       };
       writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
@@ -153,6 +182,20 @@ export class Replicator {
     }
     if (writes.length > 0) await this.meta.write(writes);
     return changed;
+  }
+
+  /**
+   * Called with every app write, as its change event arrives: when the write
+   * replaced a server version the plugin had written, that version (the
+   * change's base) is in the event and nowhere else.
+   */
+  noteLocalWrites(collectionName: string, events: readonly { documentId: string; previousDocumentData?: RxDocumentData<unknown> }[]): void {
+    for (const { documentId, previousDocumentData: previous } of events) {
+      if (!previous || !isSyncRevision(previous._rev)) continue;
+      const stamp = stampOf(previous);
+      const key = docKey(collectionName, documentId);
+      if (stamp && !this.captured.has(key)) this.captured.set(key, { ...stamp, data: stripMeta(previous) });
+    }
   }
 
   /**
@@ -240,11 +283,10 @@ export class Replicator {
     this.rejected.push(record);
     this.logger.warn({ collection: collectionName, documentId, code: error.code, reason: error.message }, 'server rejected a local change');
     const collection = this.collection(collectionName);
-    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
-    const shadow = shadows.get(documentId) ?? null;
+    const currents = await this.findLocal(collection, [documentId]);
     const current = currents.get(documentId);
-    const target = shadow ?? { data: localState(current)?.data ?? entry.event.data, deleted: true };
-    await this.writeLocal(collection, [{ documentId, current, target }]);
+    const server = (await this.serverVersions(collectionName, [documentId], currents)).get(documentId) ?? null;
+    await this.writeLocal(collection, [this.revertRow(collectionName, documentId, current, server, entry.event.data)]);
     await this.meta.write([
       ...this.pending.removeDocument(collectionName, documentId),
       { id: `rejected|${record.id}`, kind: 'rejected', value: record },
@@ -286,18 +328,21 @@ export class Replicator {
   private async applyCollection(collectionName: string, docs: Map<string, StoredEvent[]>, mode: 'pull' | 'live'): Promise<number> {
     const collection = this.collection(collectionName);
     const ids = [...docs.keys()];
-    const [currents, shadows] = await Promise.all([this.findLocal(collection, ids), this.getShadows(collectionName, ids)]);
+    const currents = await this.findLocal(collection, ids);
+    const shadows = await this.getShadows(collectionName, ids);
     const writes: MetaWrite[] = [];
-    const toWrite: { documentId: string; current?: RxDocumentData<unknown>; target: DocState; shadow: Shadow }[] = [];
+    const toWrite: { documentId: string; current?: RxDocumentData<unknown>; target: DocState; stamp: Shadow }[] = [];
     const toResolve: { documentId: string; remote: Shadow }[] = [];
     for (const [documentId, list] of docs) {
       const latest = list.reduce((a, b) => (b.seq > a.seq ? b : a));
-      const shadow = shadows.get(documentId);
-      if (shadow && shadow.seq >= latest.seq) continue;
+      const current = currents.get(documentId);
+      const server = newestVersion(shadows.get(documentId), current, this.captured.get(docKey(collectionName, documentId)));
+      if (server && server.seq >= latest.seq) continue;
       this.clock.receive(latest.hlc);
       const remote = shadowFromEvent(latest);
+      // What the document holds if the app has not changed it; undefined when that is not known.
+      let expected: DocState | null | undefined = server ? (hasData(server) ? server : undefined) : null;
       // Our own events coming back acknowledge a push whose answer was lost.
-      let expected: DocState | null = shadow ?? null;
       const entries = this.pending.forDocument(collectionName, documentId);
       const seen = new Set(list.map((event) => event.id));
       const ownIndex = entries.findLastIndex((entry) => seen.has(entry.event.id));
@@ -305,17 +350,22 @@ export class Replicator {
         for (const entry of entries.slice(0, ownIndex + 1)) writes.push(this.pending.remove(entry));
         expected = stateOfEvent(entries[ownIndex]!.event);
       }
-      const current = currents.get(documentId);
-      const hasLocalChange = this.pending.forDocument(collectionName, documentId).length > 0 || !statesEqual(localState(current), expected);
-      if (!hasLocalChange) toWrite.push({ documentId, current, target: remote, shadow: remote });
+      const hasLocalChange =
+        this.pending.forDocument(collectionName, documentId).length > 0 || expected === undefined || !statesEqual(localState(current), expected);
+      if (!hasLocalChange) toWrite.push({ documentId, current, target: remote, stamp: remote });
       else if (mode === 'pull') toResolve.push({ documentId, remote });
     }
-    const refused = await this.writeLocal(collection, toWrite);
+    // A deletion of a document this client does not hold has no document to carry its stamp.
+    const unstampable = (row: (typeof toWrite)[number]) => row.target.deleted && (!row.current || row.current._deleted);
+    const refused = await this.writeLocal(collection, toWrite.filter((row) => !unstampable(row)));
     for (const row of toWrite) {
       if (refused.has(row.documentId)) {
-        if (mode === 'pull') toResolve.push({ documentId: row.documentId, remote: row.shadow });
-      } else {
-        writes.push(this.shadowWrite(collectionName, row.documentId, row.shadow));
+        if (mode === 'pull') toResolve.push({ documentId: row.documentId, remote: row.stamp });
+      } else if (unstampable(row)) {
+        writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
+      } else if (shadows.has(row.documentId)) {
+        // The stamp on the document is newer now; the shadow is not needed any more.
+        writes.push({ id: shadowId(collectionName, row.documentId), kind: 'shadow' });
       }
     }
     if (writes.length > 0) await this.meta.write(writes);
@@ -353,10 +403,12 @@ export class Replicator {
     // so the local side of the conflict carries its real data and its own clock.
     await this.recordLocalChanges(collectionName, [documentId]);
     const latestEntries = this.pending.forDocument(collectionName, documentId);
-    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
+    const currents = await this.findLocal(collection, [documentId]);
     const current = currents.get(documentId);
     const local = localState(current);
-    const base = shadows.get(documentId) ?? null;
+    const known = (await this.serverVersions(collectionName, [documentId], currents)).get(documentId);
+    // A base whose content was lost to a crash is no base: the strategies then compare the two sides alone.
+    const base = known && hasData(known) ? known : null;
     const lastEntry = latestEntries[latestEntries.length - 1];
     writes.push(...this.pending.removeDocument(collectionName, documentId));
     writes.push(remote ? this.shadowWrite(collectionName, documentId, remote) : { id: shadowId(collectionName, documentId), kind: 'shadow' });
@@ -422,9 +474,10 @@ export class Replicator {
     if (!conflict) throw new SyncError('INVALID_OPTION', `no open conflict with id "${id}"`);
     const { collection: collectionName, documentId } = conflict;
     const collection = this.collection(collectionName);
-    const [currents, shadows] = await Promise.all([this.findLocal(collection, [documentId]), this.getShadows(collectionName, [documentId])]);
+    const currents = await this.findLocal(collection, [documentId]);
     const current = currents.get(documentId);
-    const remote = shadows.get(documentId) ?? null;
+    // resolveDocument kept the server's version as a shadow when it stored the conflict.
+    const remote = (await this.getShadows(collectionName, [documentId])).get(documentId) ?? null;
     const target: DocState =
       choice === 'keep-remote'
         ? (remote ?? { data: conflict.local.data, deleted: true })
@@ -462,14 +515,11 @@ export class Replicator {
       if (!this.db.collections[collectionName]) continue;
       const collection = this.collection(collectionName);
       const list = [...ids];
-      const [currents, shadows] = await Promise.all([this.findLocal(collection, list), this.getShadows(collectionName, list)]);
+      const currents = await this.findLocal(collection, list);
+      const versions = await this.serverVersions(collectionName, list, currents);
       await this.writeLocal(
         collection,
-        list.map((documentId) => ({
-          documentId,
-          current: currents.get(documentId),
-          target: shadows.get(documentId) ?? { data: localState(currents.get(documentId))?.data ?? {}, deleted: true },
-        })),
+        list.map((documentId) => this.revertRow(collectionName, documentId, currents.get(documentId), versions.get(documentId) ?? null)),
       );
     }
     await this.meta.write(this.pending.clear());
@@ -481,6 +531,32 @@ export class Replicator {
     await this.meta.write(records.map((record) => ({ id: `rejected|${record.id}`, kind: 'rejected' as const })));
     this.rejected$.next([]);
     return records.length;
+  }
+
+  /**
+   * Reads the log, the state and the kept conflicts and rejections again.
+   * A tab that becomes the leader must: the tab that led before it went on
+   * logging, sending and settling after this tab read them at start.
+   */
+  async reload(): Promise<boolean> {
+    const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
+    if (stored) {
+      this.state.clientId = stored.clientId;
+      this.state.checkpoints = stored.checkpoints;
+      this.state.logged = stored.logged;
+      if (stored.sentThrough === undefined) delete this.state.sentThrough;
+      else this.state.sentThrough = stored.sentThrough;
+    }
+    this.pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values(), this.state.sentThrough);
+    this.clock = new HybridLogicalClock(this.state.clientId);
+    for (const entry of this.pending.all()) this.clock.receive(entry.event.hlc);
+    this.captured.clear();
+    this.conflicts.clear();
+    this.rejected.splice(0);
+    await this.loadKept();
+    this.conflicts$.next([...this.conflicts.values()]);
+    this.rejected$.next([...this.rejected]);
+    return !!stored;
   }
 
   async loadKept(): Promise<void> {
@@ -511,31 +587,71 @@ export class Replicator {
     return new Map(docs.map((doc) => [String((doc as Record<string, unknown>)[primary]), doc as RxDocumentData<unknown>]));
   }
 
+  /** The newest server version known of each document (see newestVersion). */
+  private async serverVersions(
+    collectionName: string,
+    ids: readonly string[],
+    currents: Map<string, RxDocumentData<unknown>>,
+  ): Promise<Map<string, KnownVersion>> {
+    const shadows = await this.getShadows(collectionName, ids);
+    const result = new Map<string, KnownVersion>();
+    for (const id of ids) {
+      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.get(docKey(collectionName, id)));
+      if (version) result.set(id, version);
+    }
+    return result;
+  }
+
+  /**
+   * The write that returns a document to the server's version (a refused or
+   * dropped local change). Without a known server version the document is
+   * deleted; when only the content of that version is unknown (lost to a
+   * crash), the document is left as it is.
+   */
+  private revertRow(collectionName: string, documentId: string, current: RxDocumentData<unknown> | undefined, server: KnownVersion | null, fallback: Record<string, unknown> = {}): LocalWrite {
+    if (!server) return { documentId, current, target: { data: localState(current)?.data ?? fallback, deleted: true } };
+    if (hasData(server)) return { documentId, current, target: server, stamp: server };
+    this.logger.warn({ collection: collectionName, documentId }, 'the server version of this document is not known here; it keeps its local content');
+    return { documentId, current, target: localState(current) ?? { data: fallback, deleted: true } };
+  }
+
   /**
    * Writes remote or resolved states into the app's collection, each only if
-   * the document is still what we read; returns the ids the app changed meanwhile.
+   * the document is still what we read; returns the ids the app changed
+   * meanwhile. A row with a `stamp` is exactly that server version: the
+   * document gets the plugin's revision token and the stamp in `_meta`, so
+   * that it needs no shadow while the app leaves it alone. Any other write
+   * drops the stamp (its shadow is kept in the meta store instead).
+   *
+   * The writes go to the collection's own storage instance, below RxDB's
+   * wrapper, because the wrapper replaces `_meta` on inserts; revision and
+   * write time are set here the way the wrapper sets them.
    */
-  private async writeLocal(
-    collection: RxCollection,
-    rows: readonly { documentId: string; current?: RxDocumentData<unknown>; target: DocState }[],
-  ): Promise<Set<string>> {
+  private async writeLocal(collection: RxCollection, rows: readonly LocalWrite[]): Promise<Set<string>> {
     const primary = collection.schema.primaryPath as string;
+    const time = now();
     const writeRows = rows
       .filter(({ current, target }) => !(target.deleted && (!current || current._deleted)))
-      .map(({ documentId, current, target }) => ({
-        previous: current,
-        document: {
-          ...target.data,
-          [primary]: documentId,
-          _deleted: target.deleted,
-          _attachments: current?._attachments ?? {},
-          _meta: current ? { ...current._meta } : { lwt: 0 },
-          _rev: current?._rev ?? '',
-        } as RxDocumentData<unknown>,
-      }));
+      .map(({ documentId, current, target, stamp }) => {
+        const meta: Record<string, unknown> = { ...current?._meta, lwt: time };
+        if (stamp) meta[STAMP_FIELD] = stampValue(stamp);
+        else delete meta[STAMP_FIELD];
+        const height = current ? getHeightOfRevision(current._rev) + 1 : 1;
+        return {
+          previous: current,
+          document: {
+            ...target.data,
+            [primary]: documentId,
+            _deleted: target.deleted,
+            _attachments: current?._attachments ?? {},
+            _meta: meta,
+            _rev: `${height}-${stamp ? SYNC_REVISION_TOKEN : this.db.token}`,
+          } as RxDocumentData<unknown>,
+        };
+      });
     const refused = new Set<string>();
     if (writeRows.length === 0) return refused;
-    const response = await collection.storageInstance.bulkWrite(writeRows as never, REMOTE_CONTEXT);
+    const response = await collection.internalStorageInstance.bulkWrite(writeRows as never, REMOTE_CONTEXT);
     for (const error of response.error) {
       if (error.status === 409) refused.add(error.documentId);
       else {
@@ -546,4 +662,12 @@ export class Replicator {
     }
     return refused;
   }
+}
+
+interface LocalWrite {
+  documentId: string;
+  current?: RxDocumentData<unknown>;
+  target: DocState;
+  /** The server version `target` is, when it is one. */
+  stamp?: VersionInfo;
 }
