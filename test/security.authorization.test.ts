@@ -157,17 +157,28 @@ describe('tenants', () => {
     expect(own.results[0]).toMatchObject({ status: 'conflict', head: { data: { title: 'private note' } } });
   });
 
-  it('an authorize function that throws denies, and the server keeps serving', async () => {
+  it('an authorize function that throws fails the message with a retryable error, stores nothing, and the server keeps serving', async () => {
+    let down = true;
     const flaky: Authorize<User> = (user, _collection, _operation, document) => {
-      if (document.title === 'boom') throw new Error('policy service down');
+      if (down && document.title === 'boom') throw new Error('policy service down');
       return document.owner === user.tenant;
     };
     server = await startServer({ authenticate, authorize: flaky });
     const alice = await as('alice');
-    const reply = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' }), doc('y', 'acme')] });
-    expect(reply.results.map((r: { status: string }) => r.status)).toEqual(['rejected', 'accepted']);
+    const failed = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' }), doc('y', 'acme')] });
+    expect(failed).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
+    expect(await server.server.getStorage().countEvents()).toBe(0);
+    const ok = await request(alice, MESSAGE.push, { events: [doc('y', 'acme')] });
+    expect(ok.results[0]).toMatchObject({ status: 'accepted' });
+    down = false;
+    const retried = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' })] });
+    expect(retried.results[0]).toMatchObject({ status: 'accepted' });
+    // A read it cannot decide fails the pull; the checkpoint does not move past the event.
+    down = true;
+    expect(await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] })).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
+    down = false;
     const pull = await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
-    expect(pull.events.map((e: StoredEvent) => e.documentId)).toEqual(['y']);
+    expect(pull.events.map((e: StoredEvent) => e.documentId).sort()).toEqual(['x', 'y']);
   });
 });
 

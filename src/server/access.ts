@@ -11,7 +11,12 @@ export interface AccessContext<User> {
   logger: Logger;
 }
 
-/** Asks `authorize`; an app function that throws denies (fail closed) and is logged. */
+/**
+ * Asks `authorize`. An app function that throws has not decided: the whole
+ * message fails with AUTHORIZATION_FAILED, which clients retry, rather than
+ * a denial that would turn a passing outage into a refused write or a
+ * skipped read.
+ */
 export async function allowed<User>(
   ctx: AccessContext<User>,
   user: User,
@@ -23,8 +28,8 @@ export async function allowed<User>(
   try {
     return (await ctx.authorize(user, collection, operation, document)) === true;
   } catch (error) {
-    ctx.logger.error({ err: error, collection, operation }, 'authorize threw; access denied');
-    return false;
+    ctx.logger.error({ err: error, collection, operation }, 'authorize threw; the message fails and will be retried');
+    throw new SyncError('AUTHORIZATION_FAILED', `could not check access to ${collection} (${operation}); try again later`);
   }
 }
 
