@@ -5,6 +5,20 @@ import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
 import { collectionNameSchema } from '../shared/protocol.js';
 import type { SyncStorage } from './storage/types.js';
+
+/** Every method of SyncStorage the server calls. */
+const STORAGE_METHODS = [
+  'init',
+  'saveEvents',
+  'getEventsAfter',
+  'getChangesAfter',
+  'getEventsForClient',
+  'clearEventsBefore',
+  'getHeads',
+  'getLatestSequence',
+  'countEvents',
+  'close',
+] as const satisfies readonly (keyof SyncStorage)[];
 import { retentionOptionsSchema } from './retention.js';
 
 export type WriteOperation = 'insert' | 'update' | 'delete';
@@ -77,12 +91,15 @@ export const serverOptionsSchema = z.strictObject({
   authorize: fn('authorize').optional(),
   storage: z
     .custom<SyncStorage>(
-      (value) =>
-        !!value &&
-        ['init', 'saveEvents', 'getEventsAfter', 'clearEventsBefore', 'close'].every(
-          (method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function',
-        ),
-      'storage must implement SyncStorage (init, saveEvents, getEventsAfter, clearEventsBefore, close)',
+      (value) => !!value && STORAGE_METHODS.every((method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function'),
+      {
+        error: (issue) =>
+          `storage must implement SyncStorage; it lacks ${
+            issue.input
+              ? STORAGE_METHODS.filter((method) => typeof (issue.input as Record<string, unknown>)[method] !== 'function').join(', ')
+              : 'every method'
+          }`,
+      },
     )
     .optional(),
   /** When given, pushes, pulls and subscriptions for any other collection are refused. */
