@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import type { ConflictResolution } from '../src/client/index.js';
+import { MemorySyncStorage } from '../src/server/index.js';
 import { contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 let server: TestServer | undefined;
@@ -212,5 +213,45 @@ describe('manual and custom', () => {
     await waitFor(() => failing.b.sync.getConflicts().length === 1, 'manual conflict');
     expect(failing.b.sync.getConflicts()[0]!.reason).toContain('cannot decide');
     expect(failing.b.sync.getStatus().error).toMatchObject({ code: 'CONFLICT_RESOLVER_FAILED' });
+  });
+});
+
+describe('no silent overwrite (invariant 6)', () => {
+  it('a remote change never overwrites a local change the server has not taken, live or pulled', async () => {
+    // a's push is held inside the server, so a's change stays unacknowledged while b's arrives.
+    const storage = new MemorySyncStorage();
+    const save = storage.saveEvents.bind(storage);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    storage.saveEvents = async (events) => {
+      if (events.some((event) => event.data.title === 'a, unpushed')) await held;
+      return save(events);
+    };
+    server = await startServer({ storage });
+    const a = await startClient(server.url, { conflictResolution: 'manual' });
+    const b = await startClient(server.url, { conflictResolution: 'manual' });
+    clients.push(a, b);
+    await a.todos.insert(base);
+    await waitFor(async () => (await b.todos.findOne('d').exec()) !== null, 'b to get the seed');
+    await settled(a);
+
+    await patch({ title: 'a, unpushed' })(a);
+    await waitFor(() => a.sync.getStatus().pendingEvents === 1, 'a to log its change');
+    await patch({ title: 'b' })(b);
+    await waitFor(async () => (await storage.getHeads('todos', ['d']))[0]?.data.title === 'b', 'the server to take b');
+    await sleep(300); // b's change reaches a live, and a's follow-up pull is due
+    expect((await a.todos.findOne('d').exec())!.title).toBe('a, unpushed');
+
+    release();
+    await waitFor(() => a.sync.getConflicts().length === 1, 'a to keep the conflict');
+    expect((await a.todos.findOne('d').exec())!.title).toBe('a, unpushed');
+    expect(a.sync.getConflicts()[0]).toMatchObject({ local: { data: { title: 'a, unpushed' } }, remote: { data: { title: 'b' } } });
+
+    // A further remote change, now reaching a by pull, does not overwrite it either.
+    await patch({ title: 'b again' })(b);
+    await waitFor(async () => (await storage.getHeads('todos', ['d']))[0]?.data.title === 'b again', 'the server to take b again');
+    await a.sync.syncNow();
+    expect((await a.todos.findOne('d').exec())!.title).toBe('a, unpushed');
+    expect(a.sync.getConflicts()[0]).toMatchObject({ remote: { data: { title: 'b again' } } });
   });
 });
