@@ -21,14 +21,15 @@ const goodEvent = {
 };
 
 /** A fake sync server whose pull answer and live messages are given by the test. */
-async function hostileServer(pullReply: unknown, live?: unknown): Promise<string> {
+async function hostileServer(pullReply: unknown | ((call: number) => unknown), live?: unknown): Promise<string> {
+  let calls = 0;
   httpServer = createServer();
   io = new Server(httpServer);
   io.on('connection', (socket) => {
     socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
     socket.on('sync:push', (message, ack) => ack({ ok: true, results: [] }));
     socket.on('sync:pull', (_message, ack) => {
-      ack(pullReply);
+      ack(typeof pullReply === 'function' ? pullReply(++calls) : pullReply);
       if (live !== undefined) socket.emit('sync:events', live);
     });
   });
@@ -62,4 +63,15 @@ describe('a client facing a malformed server', () => {
       expect(await client.todos.count().exec()).toBe(0);
     });
   }
+});
+
+it('rejects a pull answer whose checkpoint is behind the one it already has: checkpoints only move forward', async () => {
+  const url = await hostileServer((call) =>
+    call === 1 ? { ok: true, events: [{ ...goodEvent, seq: 5 }], checkpoint: 5, hasMore: false } : { ok: true, events: [{ ...goodEvent, documentId: 'y', data: { id: 'y', title: 'old', done: false }, seq: 2 }], checkpoint: 2, hasMore: false },
+  );
+  const client = await startClient(url, { autoSync: false });
+  clients.push(client);
+  expect(await client.sync.syncNow()).toMatchObject({ success: true });
+  expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'INVALID_MESSAGE', message: expect.stringContaining('back') } });
+  expect((await client.todos.find().exec()).map((doc) => doc.id)).toEqual(['x']);
 });
