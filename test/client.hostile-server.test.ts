@@ -66,7 +66,7 @@ describe('a client facing a malformed server', () => {
 });
 
 it('rejects a pull answer whose checkpoint is behind the one it already has: checkpoints only move forward', async () => {
-  const url = await hostileServer((call) =>
+  const url = await hostileServer((call: number) =>
     call === 1 ? { ok: true, events: [{ ...goodEvent, seq: 5 }], checkpoint: 5, hasMore: false } : { ok: true, events: [{ ...goodEvent, documentId: 'y', data: { id: 'y', title: 'old', done: false }, seq: 2 }], checkpoint: 2, hasMore: false },
   );
   const client = await startClient(url, { autoSync: false });

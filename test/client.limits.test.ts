@@ -1,5 +1,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { createRxDatabase } from 'rxdb';
+import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
+import { createSyncPlugin } from '../src/client/index.js';
+import { startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -35,5 +38,46 @@ describe('a client meeting server limits', () => {
     expect(await server.server.getStorage().countEvents()).toBe(30);
     expect(client.sync.getRejectedEvents()).toMatchObject([{ documentId: 'huge', error: { code: 'PAYLOAD_TOO_LARGE' } }]);
     expect(client.sync.getStatus()).toMatchObject({ pendingEvents: 0, rejectedEvents: 1, error: { code: 'PAYLOAD_TOO_LARGE' } });
+  });
+
+  it('sets aside an event the server refuses as malformed and pushes everything logged after it', async () => {
+    server = await startServer();
+    // A server that cannot take one document (say an older version with a stricter check) refuses the whole push.
+    server.server.getIo().on('connection', (socket) => {
+      const [serve] = socket.listenersAny();
+      socket.offAny(serve);
+      socket.onAny((type: string, ...args: unknown[]) => {
+        const message = args[0] as { events?: { documentId: string }[] };
+        const ack = args[args.length - 1] as (reply: unknown) => void;
+        if (type === 'sync:push' && message.events?.some((event) => event.documentId === 'bad')) {
+          ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'push message: not accepted' } });
+        } else {
+          serve!(type, ...args);
+        }
+      });
+    });
+    const client = await startClient(server.url, { autoSync: false });
+    clients.push(client);
+    await client.todos.bulkInsert([...Array.from({ length: 20 }, (_, i) => ({ id: `g${i}`, title: `t${i}`, done: false })), { id: 'bad', title: 'x', done: false }]);
+    await client.todos.insert({ id: 'after', title: 'logged later', done: false });
+    await waitFor(() => client.sync.getStatus().pendingEvents === 22, 'all logged');
+    const result = await client.sync.syncNow();
+    expect(result.success).toBe(true);
+    expect(await server.server.getStorage().countEvents()).toBe(21);
+    expect(client.sync.getRejectedEvents()).toMatchObject([{ documentId: 'bad', error: { code: 'INVALID_MESSAGE' } }]);
+    expect(client.sync.getStatus().pendingEvents).toBe(0);
+  });
+
+  it('sets aside a change the protocol cannot carry (an id over 1024 characters) with the reason, and syncs the rest', async () => {
+    server = await startServer();
+    const db = await createRxDatabase({ name: uniqueName('longid'), storage: getRxStorageMemory() });
+    await db.addCollections({ todos: { schema: { ...todoSchema, properties: { ...todoSchema.properties, id: { type: 'string', maxLength: 2000 } } } } });
+    const sync = await db.addPlugin(createSyncPlugin({ serverUrl: server.url, collections: ['todos'], autoSync: false, logging: { enabled: false } }));
+    clients.push({ close: () => db.close().then(() => undefined) } as TestClient);
+    await db.todos!.bulkInsert([{ id: 'fine', title: 'ok', done: false }, { id: 'x'.repeat(1500), title: 'too long an id', done: false }]);
+    await waitFor(() => sync.getStatus().pendingEvents === 2, 'both logged');
+    expect(await sync.syncNow()).toMatchObject({ success: true });
+    expect(await server.server.getStorage().countEvents()).toBe(1);
+    expect(sync.getRejectedEvents()).toMatchObject([{ error: { code: 'INVALID_MESSAGE', message: expect.stringContaining('documentId') } }]);
   });
 });

@@ -9,7 +9,7 @@ import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import { HybridLogicalClock } from '../shared/hlc.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import type { LiveMessage } from '../shared/protocol.js';
+import { syncEventSchema, type LiveMessage } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';
@@ -67,6 +67,8 @@ export class SyncEngine {
   private meta?: MetaStore;
   /** Whether the plugin's state document existed when this engine started. */
   private stateStored = false;
+  /** The push batch size before a refused push was narrowed down to its bad event. */
+  private batchBeforeNarrowing?: number;
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -426,6 +428,29 @@ export class SyncEngine {
       }
       // One document larger than the server accepts: it can never be pushed.
       await this.requireReplicator().rejectUnpushable(batch[0]!, error.toWire());
+      return 1;
+    }
+    if (error.code === 'INVALID_MESSAGE' && error.fromPeer) {
+      // The server refused the whole push as malformed: find the events it cannot take and set them
+      // aside, so that one bad event does not hold back everything logged after it.
+      const replicator = this.requireReplicator();
+      const invalid = batch.flatMap((entry) => {
+        const parsed = syncEventSchema.safeParse(entry.event);
+        return parsed.success ? [] : [{ entry, reason: parsed.error.issues.map((issue) => `${issue.path.join('.') || 'event'}: ${issue.message}`).join('; ') }];
+      });
+      for (const { entry, reason } of invalid) {
+        await replicator.rejectUnpushable(entry, { code: 'INVALID_MESSAGE', message: `the server cannot take this change: ${reason}` });
+      }
+      if (invalid.length > 0) return invalid.length;
+      // Nothing wrong that this client can see: narrow the batch down to the event the server refuses.
+      if (batch.length > 1) {
+        this.batchBeforeNarrowing ??= this.pushBatchSize;
+        this.pushBatchSize = Math.max(1, Math.floor(batch.length / 2));
+        return RETRY_SMALLER;
+      }
+      await replicator.rejectUnpushable(batch[0]!, error.toWire());
+      this.pushBatchSize = this.batchBeforeNarrowing ?? this.pushBatchSize;
+      this.batchBeforeNarrowing = undefined;
       return 1;
     }
     throw error;

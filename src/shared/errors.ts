@@ -33,6 +33,8 @@ export interface WireError {
 export class SyncError extends Error {
   readonly code: SyncErrorCode;
   readonly details?: unknown;
+  /** True for an error the other side sent (fromWire), false for one raised here. */
+  fromPeer = false;
 
   constructor(code: SyncErrorCode, message: string, details?: unknown) {
     super(message);
@@ -48,7 +50,9 @@ export class SyncError extends Error {
   }
 
   static fromWire(wire: WireError): SyncError {
-    return new SyncError(wire.code, wire.message, wire.details);
+    const error = new SyncError(wire.code, wire.message, wire.details);
+    error.fromPeer = true;
+    return error;
   }
 
   /** Wraps anything thrown into a SyncError, keeping SyncErrors as they are. */
