@@ -48,6 +48,7 @@ export class SyncServer<User = unknown> {
   private ready?: Promise<void>;
   private stopped = false;
   private retention?: Retention;
+  private readonly turns = new TurnClock();
 
   constructor(options: SyncServerOptions<User>) {
     this.options = resolveServerOptions(options);
@@ -203,6 +204,9 @@ export class SyncServer<User = unknown> {
     };
     const log = this.logger.child({ socket: socket.id, clientId: socket.data.clientId });
     log.debug('client connected');
+    // Attached in the same synchronous step that makes the socket receive messages, so no message precedes it.
+    const meter = new FrameMeter(this.turns);
+    socket.conn.on('packet', meter.onPacket);
     const info = () => ({ socketId: socket.id, ...socket.data });
     this.events.emit('client-connect', info());
     const handlers = {
@@ -244,11 +248,14 @@ export class SyncServer<User = unknown> {
         reply(limited);
         return;
       }
-      const bytes = payloadBytes(args);
-      if (bytes > this.options.maxPayloadBytes) {
-        const limit = this.options.maxPayloadBytes;
-        reply(new SyncError('PAYLOAD_TOO_LARGE', `message "${type}" of ${bytes} bytes exceeds maxPayloadBytes (${limit})`, { type, bytes, limit }));
-        return;
+      // Stringified only when the frames that carried it do not already prove it small enough.
+      const limit = this.options.maxPayloadBytes;
+      if (meter.bound() > limit) {
+        const bytes = payloadBytes(args);
+        if (bytes > limit) {
+          reply(new SyncError('PAYLOAD_TOO_LARGE', `message "${type}" of ${bytes} bytes exceeds maxPayloadBytes (${limit})`, { type, bytes, limit }));
+          return;
+        }
       }
       if (!CLIENT_MESSAGES.has(event)) {
         reply(new SyncError('INVALID_MESSAGE', `unknown message type "${type}"`, { type }));
@@ -269,10 +276,83 @@ export class SyncServer<User = unknown> {
       );
     });
     socket.on('disconnect', (reason) => {
+      socket.conn.off('packet', meter.onPacket);
       this.limiter?.forgetConnection(socket.id);
       log.debug({ reason }, 'client disconnected');
       this.events.emit('client-disconnect', { ...info(), reason });
     });
+  }
+}
+
+/**
+ * How many UTF-8 bytes JSON.stringify can make of one character of the JSON
+ * text a message arrived as. Strings and keys never grow (an escape in the
+ * frame is at least as long as what it decodes to, and a character is at most
+ * 3 bytes); literals keep their length; only a number can grow, when written
+ * with an exponent: "1e20" (4 characters) comes back as 21 digits.
+ */
+const MAX_GROWTH = 6;
+
+/** Numbers the turns of the event loop: the number moves on after every turn in which a packet arrived. */
+class TurnClock {
+  private turn = 0;
+  private ticking = false;
+  private readonly next = () => {
+    this.turn++;
+    this.ticking = false;
+  };
+
+  /** The current turn, and the promise that the next packet, in a later turn, sees another number. */
+  mark(): number {
+    if (!this.ticking) {
+      this.ticking = true;
+      setImmediate(this.next);
+    }
+    return this.turn;
+  }
+
+  peek(): number {
+    return this.turn;
+  }
+}
+
+/**
+ * A cheap upper bound on the JSON size of the messages of one connection,
+ * from the text frames that carried them, so that maxPayloadBytes costs no
+ * JSON.stringify of every message. socket.io hands a message to the listeners
+ * in the same turn of the event loop as its frame arrived (decoded at once,
+ * dispatched through process.nextTick), so the characters this connection
+ * received during the current turn bound every message dispatched in it,
+ * however many frames one read delivered. No count for this turn, or binary
+ * traffic (attachments arrive as separate frames, perhaps in later turns):
+ * no bound, and the message is measured exactly.
+ */
+class FrameMeter {
+  private chars = 0;
+  private turn = -1;
+  private binary = false;
+
+  constructor(private readonly turns: TurnClock) {}
+
+  readonly onPacket = (packet: { type: string; data?: unknown }): void => {
+    if (packet.type !== 'message' || this.binary) return;
+    const data = packet.data;
+    // Text frames of socket.io's BINARY_EVENT (5) and BINARY_ACK (6) announce attachments still to come.
+    if (typeof data !== 'string' || data.startsWith('5') || data.startsWith('6')) {
+      this.binary = true;
+      return;
+    }
+    const turn = this.turns.mark();
+    if (turn !== this.turn) {
+      this.turn = turn;
+      this.chars = 0;
+    }
+    this.chars += data.length;
+  };
+
+  /** At least the byte size of JSON.stringify(args) of any message dispatched now; Infinity when unknown. */
+  bound(): number {
+    return this.binary || this.turn !== this.turns.peek() ? Number.POSITIVE_INFINITY : this.chars * MAX_GROWTH;
   }
 }
 

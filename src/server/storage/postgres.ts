@@ -32,11 +32,13 @@ const WRITE_LOCK = 0x5258_4f53; // "RXOS"
 const INIT_LOCK = 0x5258_4f49; // "RXOI"
 
 const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
-const EVENT_RECORD =
-  'seq bigint, id text, collection text, document_id text, op text, data jsonb, patch jsonb, base_event_id text, hlc text, client_id text, server_time bigint';
+/** An incoming event as encodeIncoming() writes it: the event columns but the sequence and server time. */
+const INCOMING_RECORD =
+  'id text, collection text, document_id text, op text, data jsonb, patch jsonb, base_event_id text, hlc text, client_id text';
+const INCOMING_NAMES = INCOMING_RECORD.split(', ').map((column) => column.split(' ')[0]).join(', ');
 const HEAD_COLUMNS = 'collection, document_id, seq, event_id, data, deleted, hlc, client_id';
-const HEAD_RECORD =
-  'collection text, document_id text, seq bigint, event_id text, data jsonb, deleted boolean, hlc text, client_id text';
+/** Calls joining one group commit stop being added once it holds this many events (a bigger call goes alone). */
+const MAX_GROUP_EVENTS = 5000;
 
 interface EventRow {
   seq: string;
@@ -57,6 +59,16 @@ type HeadRow = Omit<DocumentHead, 'documentId' | 'eventId' | 'clientId' | 'seq'>
   client_id: string;
   seq: string;
 };
+/** A row of readState: a head, or (collection null) only an event id that is stored and its sequence. */
+type StateRow = HeadRow | { collection: null; event_id: string; seq: string };
+
+/** One saveEvents call waiting for its group commit, its events already encoded as JSON. */
+interface PendingSave {
+  events: readonly IncomingEvent[];
+  encoded: string[];
+  resolve(results: SaveResult[]): void;
+  reject(error: unknown): void;
+}
 
 function buildSql(schema: string, prefix: string) {
   const q = (name: string) => `"${schema}"."${prefix}${name}"`;
@@ -94,16 +106,35 @@ function buildSql(schema: string, prefix: string) {
       CREATE INDEX IF NOT EXISTS "${prefix}heads_seq" ON ${heads} (seq);`,
     schemaExists: 'SELECT 1 FROM pg_namespace WHERE nspname = $1',
     createSchema: `CREATE SCHEMA IF NOT EXISTS "${schema}"`,
-    seqByIds: `SELECT id, seq FROM ${events} WHERE id = ANY($1::text[])`,
-    headsByKeys: `SELECT ${HEAD_COLUMNS} FROM ${heads}
-      WHERE (collection, document_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))`,
-    nextSeqs: `SELECT nextval('${seq}') AS seq FROM generate_series(1, $1::int)`,
-    insertEvents: `INSERT INTO ${events} (${EVENT_COLUMNS})
-      SELECT ${EVENT_COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS x(${EVENT_RECORD})`,
-    upsertHeads: `INSERT INTO ${heads} (${HEAD_COLUMNS})
-      SELECT ${HEAD_COLUMNS} FROM jsonb_to_recordset($1::jsonb) AS x(${HEAD_RECORD})
-      ON CONFLICT (collection, document_id) DO UPDATE SET seq = EXCLUDED.seq, event_id = EXCLUDED.event_id,
-        data = EXCLUDED.data, deleted = EXCLUDED.deleted, hlc = EXCLUDED.hlc, client_id = EXCLUDED.client_id`,
+    // One statement, two kinds of rows: known event ids (collection IS NULL) and the current heads of the documents.
+    readState: `SELECT NULL::text AS collection, NULL::text AS document_id, seq, id AS event_id,
+        NULL::jsonb AS data, NULL::boolean AS deleted, NULL::text AS hlc, NULL::text AS client_id
+      FROM ${events} WHERE id = ANY($1::text[])
+      UNION ALL
+      SELECT ${HEAD_COLUMNS} FROM ${heads}
+      WHERE (collection, document_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
+    // One statement appends a group: reserves $2 consecutive sequences (the write lock is held, so nobody
+    // else draws in between) and stores the events under them in array order. An event marked "head" is the
+    // last one of its document in the group: it moves the document's head ("move") or creates it ("new";
+    // the caller read under the lock that there is none, so a plain INSERT needs no conflict check).
+    append: `WITH block AS (SELECT setval('${seq}', nextval('${seq}') + $2::bigint - 1) AS last),
+      input AS (
+        SELECT b.last - $2::bigint + x.ord AS seq, x.*
+        FROM block b, ROWS FROM (jsonb_to_recordset($1::jsonb) AS (head text, ${INCOMING_RECORD})) WITH ORDINALITY AS x(head, ${INCOMING_NAMES}, ord)
+      ),
+      appended AS (
+        INSERT INTO ${events} (${EVENT_COLUMNS})
+        SELECT seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, $3::bigint FROM input
+      ),
+      moved AS (
+        UPDATE ${heads} h SET seq = i.seq, event_id = i.id, data = i.data, deleted = i.op = 'delete', hlc = i.hlc, client_id = i.client_id
+        FROM input i WHERE i.head = 'move' AND h.collection = i.collection AND h.document_id = i.document_id
+      ),
+      created AS (
+        INSERT INTO ${heads} (${HEAD_COLUMNS})
+        SELECT collection, document_id, seq, id, data, op = 'delete', hlc, client_id FROM input WHERE head = 'new'
+      )
+      SELECT last FROM block`,
     eventsAfter: `${selectEvents} ORDER BY seq LIMIT $3`,
     eventsAfterIn: `${selectEvents} AND collection = ANY($4::text[]) ORDER BY seq LIMIT $3`,
     heads: `SELECT ${HEAD_COLUMNS} FROM ${heads} WHERE collection = $1 AND document_id = ANY($2::text[])`,
@@ -125,6 +156,11 @@ function buildSql(schema: string, prefix: string) {
  * sequence is drawn, and the lock is released only after commit. So sequences
  * become visible in order: a reader that saw sequence n has already seen every
  * committed event below n (invariant 4), with no watermark bookkeeping.
+ *
+ * Group commit: an instance writes through one transaction at a time. Calls
+ * that arrive meanwhile queue up and are decided together, in arrival order,
+ * by the next transaction (four round trips: BEGIN with the lock, one read,
+ * one append, COMMIT), as if each call had run alone one after the other.
  */
 export class PostgresSyncStorage implements SyncStorage {
   private readonly pool: pg.Pool;
@@ -134,6 +170,9 @@ export class PostgresSyncStorage implements SyncStorage {
   private readonly lockId: number;
   private initialized: Promise<void> | undefined;
   private closed = false;
+  private queue: PendingSave[] = [];
+  /** The loop writing queued calls, while there are any. */
+  private draining: Promise<void> | undefined;
 
   constructor(options: PostgresSyncStorageOptions) {
     const parsed = parseOptions(optionsSchema, options, 'PostgresSyncStorage');
@@ -155,29 +194,15 @@ export class PostgresSyncStorage implements SyncStorage {
   async saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]> {
     await this.ready();
     if (events.length === 0) return [];
-    return this.transaction('save events', async (client) => {
-      await client.query('SELECT pg_advisory_xact_lock($1, $2)', [WRITE_LOCK, this.lockId]);
-      // READ COMMITTED: each statement from here on sees every writer that held the lock before us.
-      const known = await client.query<{ id: string; seq: string }>(this.sql.seqByIds, [[...new Set(events.map((e) => e.id))]]);
-      const headRows = await client.query<HeadRow>(this.sql.headsByKeys, [
-        events.map((e) => e.collection),
-        events.map((e) => e.documentId),
-      ]);
-      const state: StoredState = {
-        seqById: new Map(known.rows.map((row) => [row.id, Number(row.seq)])),
-        heads: new Map(headRows.rows.map((row) => [headKey(row.collection, row.document_id), decodeHead(row)])),
-      };
-      // Plan once to learn how many sequences to draw, then again with the real ones (planSave is pure).
-      const dryRun = planSave(events, state, () => 0);
-      if (dryRun.appended.length === 0) return dryRun.results;
-      const drawn = await client.query<{ seq: string }>(this.sql.nextSeqs, [dryRun.appended.length]);
-      const seqs = drawn.rows.map((row) => Number(row.seq)).sort((a, b) => a - b);
-      let next = 0;
-      const plan = planSave(events, state, () => seqs[next++]!);
-      const serverTime = Date.now();
-      await client.query(this.sql.insertEvents, [JSON.stringify(plan.appended.map((event) => encodeEvent(event, serverTime)))]);
-      await client.query(this.sql.upsertHeads, [JSON.stringify([...plan.heads.values()].map(encodeHead))]);
-      return plan.results;
+    let encoded: string[];
+    try {
+      encoded = events.map(encodeIncoming); // here, so an event that cannot be encoded fails only its own call
+    } catch (error) {
+      throw storageError('cannot save events', error);
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ events, encoded, resolve, reject });
+      this.draining ??= this.drain();
     });
   }
 
@@ -231,6 +256,7 @@ export class PostgresSyncStorage implements SyncStorage {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.draining; // calls already queued are still written
     if (this.ownsPool) await this.pool.end();
   }
 
@@ -242,6 +268,106 @@ export class PostgresSyncStorage implements SyncStorage {
       throw error;
     });
     return this.initialized;
+  }
+
+  /** Writes queued calls, one group commit after the other, until the queue is empty. Never rejects. */
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const group = await this.saveGroup();
+        // A group that failed as a whole is tried again call by call, so one call that cannot be
+        // stored (say, a string PostgreSQL refuses) fails alone instead of taking its neighbours along.
+        if (group) for (const call of group) await this.saveGroup([call]);
+      }
+    } finally {
+      this.draining = undefined;
+    }
+  }
+
+  /**
+   * One transaction for `retry` or, without it, for the calls queued when the
+   * write lock is granted: calls that arrive while it is awaited join. Settles
+   * every call it took: each gets its results after COMMIT, or the error.
+   * Returns the calls to try again one by one when a group of several failed
+   * after it had its connection; nothing of it was committed then.
+   */
+  private async saveGroup(retry?: PendingSave[]): Promise<PendingSave[] | undefined> {
+    let group: PendingSave[] = retry ?? [];
+    const take = () => (retry ? retry : (group = this.takeGroup()));
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (error) {
+      const failure = storageError('cannot save events', error);
+      for (const call of take()) call.reject(failure);
+      return undefined;
+    }
+    let broken: Error | undefined;
+    let results: SaveResult[][];
+    try {
+      // The lock is the transaction's: it is held until COMMIT or ROLLBACK. Both are our own integers.
+      await client.query(`BEGIN; SELECT pg_advisory_xact_lock(${WRITE_LOCK}, ${this.lockId})`);
+      results = await this.decideAndAppend(client, take());
+      await client.query('COMMIT');
+    } catch (error) {
+      // A connection that cannot even roll back is discarded rather than returned to the pool.
+      await client.query('ROLLBACK').catch((rollbackError: Error) => (broken = rollbackError));
+      client.release(broken);
+      if (group.length === 0) group = take(); // BEGIN failed: the queued calls are this group
+      if (!retry && group.length > 1) return group;
+      const failure = storageError('cannot save events', error);
+      for (const call of group) call.reject(failure);
+      return undefined;
+    }
+    client.release();
+    group.forEach((call, i) => call.resolve(results[i]!));
+    return undefined;
+  }
+
+  /** The next calls from the queue, in order: at least one, and no more than MAX_GROUP_EVENTS events unless one call alone has more. */
+  private takeGroup(): PendingSave[] {
+    let count = 0;
+    let taken = 0;
+    while (taken < this.queue.length) {
+      const size = this.queue[taken]!.events.length;
+      if (taken > 0 && count + size > MAX_GROUP_EVENTS) break;
+      count += size;
+      taken++;
+    }
+    return this.queue.splice(0, taken);
+  }
+
+  /** Inside the locked transaction: decides every event of the group and appends the accepted ones. */
+  private async decideAndAppend(client: pg.PoolClient, group: readonly PendingSave[]): Promise<SaveResult[][]> {
+    const events = group.flatMap((call) => call.events);
+    // READ COMMITTED: this statement sees every writer that held the lock before us.
+    const keys = new Map(events.map((e) => [headKey(e.collection, e.documentId), e]));
+    const rows = await client.query<StateRow>(this.sql.readState, [
+      [...new Set(events.map((e) => e.id))],
+      [...keys.values()].map((e) => e.collection),
+      [...keys.values()].map((e) => e.documentId),
+    ]);
+    const state: StoredState = { seqById: new Map(), heads: new Map() };
+    for (const row of rows.rows) {
+      state.seqById.set(row.event_id, Number(row.seq));
+      if (row.collection !== null) state.heads.set(headKey(row.collection, row.document_id), decodeHead(row));
+    }
+    // Plan once to learn which events are appended, then again with their real sequences (planSave is pure).
+    const dryRun = planSave(events, state, () => 0);
+    let plan = dryRun;
+    if (dryRun.appended.length > 0) {
+      const encoded = group.flatMap((call) => call.encoded);
+      const head = new Map<number, string>();
+      for (const [key, index] of dryRun.lastOfDocument) head.set(index, state.heads.has(key) ? 'move' : 'new');
+      const appended = `[${dryRun.appended
+        .map((i) => (head.has(i) ? `{"head":"${head.get(i)}",${encoded[i]!.slice(1)}` : encoded[i]))
+        .join(',')}]`;
+      const block = await client.query<{ last: string }>(this.sql.append, [appended, dryRun.appended.length, Date.now()]);
+      let next = Number(block.rows[0]!.last) - dryRun.appended.length + 1;
+      plan = planSave(events, state, () => next++);
+    }
+    let offset = 0;
+    return group.map((call) => plan.results.slice(offset, (offset += call.events.length)));
   }
 
   private async createTables(): Promise<void> {
@@ -305,38 +431,41 @@ export class PostgresSyncStorage implements SyncStorage {
 }
 
 interface StoredState {
-  seqById: ReadonlyMap<string, number>;
-  heads: ReadonlyMap<string, DocumentHead>;
+  seqById: Map<string, number>;
+  heads: Map<string, DocumentHead>;
 }
 interface SavePlan {
   results: SaveResult[];
-  appended: (IncomingEvent & { seq: number })[];
-  /** The final head of every document the batch changed. */
-  heads: Map<string, DocumentHead>;
+  /** The indexes of the events to append, in the order of their sequences. */
+  appended: number[];
+  /** For every document changed, the index of its last appended event: its new head. */
+  lastOfDocument: Map<string, number>;
 }
 
 /**
- * Decides every event of one call in order, as if each were applied before the
- * next: a later event may build on, or retry, an earlier one of the same call.
+ * Decides every event in order, as if each were applied before the next: a
+ * later event may build on, or retry, an earlier one (of its own call or of
+ * an earlier call in the same group). Leaves `stored` as it was.
  */
 export function planSave(events: readonly IncomingEvent[], stored: StoredState, nextSeq: () => number): SavePlan {
   const seqById = new Map(stored.seqById);
   const heads = new Map(stored.heads);
-  const plan: SavePlan = { results: [], appended: [], heads: new Map() };
-  for (const event of events) {
+  const plan: SavePlan = { results: [], appended: [], lastOfDocument: new Map() };
+  events.forEach((event, index) => {
     const previous = seqById.get(event.id);
     if (previous !== undefined) {
       plan.results.push({ id: event.id, status: 'duplicate', seq: previous });
-      continue;
+      return;
     }
     const key = headKey(event.collection, event.documentId);
     const head = heads.get(key);
     if ((head?.eventId ?? null) !== event.baseEventId) {
       plan.results.push({ id: event.id, status: 'conflict', head: head ? structuredClone(head) : null });
-      continue;
+      return;
     }
     const seq = nextSeq();
-    const newHead: DocumentHead = {
+    seqById.set(event.id, seq);
+    heads.set(key, {
       collection: event.collection,
       documentId: event.documentId,
       seq,
@@ -345,21 +474,19 @@ export function planSave(events: readonly IncomingEvent[], stored: StoredState, 
       deleted: event.op === 'delete',
       hlc: event.hlc,
       clientId: event.clientId,
-    };
-    seqById.set(event.id, seq);
-    heads.set(key, newHead);
-    plan.heads.set(key, newHead);
-    plan.appended.push({ ...event, seq });
+    });
+    plan.appended.push(index);
+    plan.lastOfDocument.set(key, index);
     plan.results.push({ id: event.id, status: 'accepted', seq });
-  }
+  });
   return plan;
 }
 
 const headKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
 
-function encodeEvent(event: IncomingEvent & { seq: number }, serverTime: number) {
-  return {
-    seq: event.seq,
+/** An incoming event as one element of the append statement's JSON array (INCOMING_RECORD). */
+function encodeIncoming(event: IncomingEvent): string {
+  return JSON.stringify({
     id: event.id,
     collection: event.collection,
     document_id: event.documentId,
@@ -369,21 +496,7 @@ function encodeEvent(event: IncomingEvent & { seq: number }, serverTime: number)
     base_event_id: event.baseEventId,
     hlc: event.hlc,
     client_id: event.clientId,
-    server_time: serverTime,
-  };
-}
-
-function encodeHead(head: DocumentHead) {
-  return {
-    collection: head.collection,
-    document_id: head.documentId,
-    seq: head.seq,
-    event_id: head.eventId,
-    data: head.data,
-    deleted: head.deleted,
-    hlc: head.hlc,
-    client_id: head.clientId,
-  };
+  });
 }
 
 function decodeEvent(row: EventRow): StoredEvent {
