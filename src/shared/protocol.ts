@@ -28,7 +28,15 @@ export const eventIdSchema = z.string().min(8).max(128);
 export const clientIdSchema = z.string().min(1).max(128);
 export const hlcSchema = z.string().max(256).regex(HLC_PATTERN, 'a hybrid logical clock value');
 export const sequenceSchema = z.number().int().nonnegative();
-const jsonObjectSchema = z.record(z.string(), z.unknown());
+/**
+ * A JSON object. The keys of parsed JSON are always strings, so only the
+ * shape is checked, not each key: a record schema would walk (and copy)
+ * every document of every pull and push.
+ */
+const jsonObjectSchema = z.custom<Record<string, unknown>>(
+  (value) => typeof value === 'object' && value !== null && !Array.isArray(value),
+  'expected a JSON object',
+);
 
 export const patchOperationSchema = z.object({
   op: z.enum(['add', 'remove', 'replace', 'move', 'copy', 'test']),
