@@ -12,7 +12,7 @@ export interface Admission<User> {
 }
 
 /** Checks the handshake and runs `authenticate`; throws a SyncError that the client sees in connect_error. */
-export async function admit<User>(socket: Socket, authenticate: Authenticate<User> | undefined, now = Date.now()): Promise<Admission<User>> {
+export async function admit<User>(socket: Socket, authenticate: Authenticate<User> | undefined): Promise<Admission<User>> {
   const auth = socket.handshake.auth as Record<string, unknown> | undefined;
   if (auth && typeof auth.protocolVersion === 'number' && auth.protocolVersion !== PROTOCOL_VERSION) {
     throw new SyncError(
@@ -32,7 +32,8 @@ export async function admit<User>(socket: Socket, authenticate: Authenticate<Use
   }
   const session = sessionOf<User>(answer);
   if (!session.user) throw new SyncError('UNAUTHENTICATED', 'authentication failed: the token was not accepted');
-  if (session.expiresAt !== undefined && session.expiresAt <= now) {
+  // Compared with the time authenticate answered, not the time it was asked.
+  if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
     throw new SyncError('TOKEN_EXPIRED', 'the token has expired; fetch a fresh one', { expiresAt: session.expiresAt });
   }
   return { handshake, ...session };

@@ -11,6 +11,8 @@ export class MemorySyncStorage implements SyncStorage {
   private events: StoredEvent[] = [];
   private readonly sequenceById = new Map<string, number>();
   private readonly heads = new Map<string, DocumentHead>();
+  /** Sequences of events that are no longer their document's head. */
+  private readonly superseded = new Set<number>();
   private lastSeq = 0;
 
   async init(): Promise<void> {}
@@ -28,6 +30,7 @@ export class MemorySyncStorage implements SyncStorage {
       return { id: event.id, status: 'conflict', head: head ?? null };
     }
     const seq = ++this.lastSeq;
+    if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
     const stored: StoredEvent = Object.freeze({ ...structuredClone(event), seq, serverTime: Date.now() });
     Object.freeze(stored.data);
@@ -64,7 +67,7 @@ export class MemorySyncStorage implements SyncStorage {
     for (let i = this.firstIndexAfter(checkpoint); i < this.events.length && result.length < limit; i++) {
       const event = this.events[i]!;
       if (collections && !collections.has(event.collection)) continue;
-      if (this.heads.get(headKey(event.collection, event.documentId))?.eventId !== event.id) continue;
+      if (this.superseded.has(event.seq)) continue;
       result.push(event);
     }
     return result;
@@ -80,9 +83,10 @@ export class MemorySyncStorage implements SyncStorage {
     const kept: StoredEvent[] = [];
     let removed = 0;
     for (const event of this.events.slice(0, index)) {
-      if (this.heads.get(headKey(event.collection, event.documentId))?.eventId === event.id) kept.push(event);
+      // The id stays known (sequenceById), so that a late retry is still answered as a duplicate.
+      if (!this.superseded.has(event.seq)) kept.push(event);
       else {
-        this.sequenceById.delete(event.id);
+        this.superseded.delete(event.seq);
         removed++;
       }
     }

@@ -72,7 +72,7 @@ interface PendingSave {
 
 function buildSql(schema: string, prefix: string) {
   const q = (name: string) => `"${schema}"."${prefix}${name}"`;
-  const [events, heads, seq] = [q('events'), q('heads'), q('seq')];
+  const [events, heads, seq, compacted] = [q('events'), q('heads'), q('seq'), q('compacted')];
   const selectEvents = `SELECT ${EVENT_COLUMNS} FROM ${events} WHERE seq > $1 AND client_id IS DISTINCT FROM $2`;
   return {
     createTables: `
@@ -102,6 +102,11 @@ function buildSql(schema: string, prefix: string) {
         client_id text NOT NULL,
         PRIMARY KEY (collection, document_id)
       );
+      -- Ids of events removed by clearEventsBefore: a late retry of one is still a duplicate.
+      CREATE TABLE IF NOT EXISTS ${compacted} (
+        id text PRIMARY KEY,
+        seq bigint NOT NULL
+      );
       -- heads are never deleted, so max(heads.seq) is the last committed sequence, even after clearEventsBefore.
       CREATE INDEX IF NOT EXISTS "${prefix}heads_seq" ON ${heads} (seq);`,
     schemaExists: 'SELECT 1 FROM pg_namespace WHERE nspname = $1',
@@ -110,6 +115,9 @@ function buildSql(schema: string, prefix: string) {
     readState: `SELECT NULL::text AS collection, NULL::text AS document_id, seq, id AS event_id,
         NULL::jsonb AS data, NULL::boolean AS deleted, NULL::text AS hlc, NULL::text AS client_id
       FROM ${events} WHERE id = ANY($1::text[])
+      UNION ALL
+      SELECT NULL::text, NULL::text, seq, id, NULL::jsonb, NULL::boolean, NULL::text, NULL::text
+      FROM ${compacted} WHERE id = ANY($1::text[])
       UNION ALL
       SELECT ${HEAD_COLUMNS} FROM ${heads}
       WHERE (collection, document_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))`,
@@ -143,7 +151,12 @@ function buildSql(schema: string, prefix: string) {
     changesAfterIn: `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
       WHERE h.seq > $1 AND h.collection = ANY($3::text[]) ORDER BY h.seq LIMIT $2`,
     // Superseded events only: a head event is the document's current version (or its tombstone).
-    clearBefore: `DELETE FROM ${events} e WHERE e.seq < $1 AND NOT EXISTS (SELECT 1 FROM ${heads} h WHERE h.seq = e.seq)`,
+    clearBefore: `WITH cleared AS (
+        DELETE FROM ${events} e WHERE e.seq < $1 AND NOT EXISTS (SELECT 1 FROM ${heads} h WHERE h.seq = e.seq) RETURNING id, seq
+      ), remembered AS (
+        INSERT INTO ${compacted} (id, seq) SELECT id, seq FROM cleared ON CONFLICT (id) DO NOTHING
+      )
+      SELECT count(*)::int AS n FROM cleared`,
     latest: `SELECT coalesce(max(seq), 0) AS seq FROM ${heads}`,
     count: `SELECT count(*) AS n FROM ${events}`,
   };
@@ -228,8 +241,8 @@ export class PostgresSyncStorage implements SyncStorage {
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {
-    const result = await this.query('clear events', this.sql.clearBefore, [checkpoint]);
-    return result.rowCount ?? 0;
+    const result = await this.query<{ n: number }>('clear events', this.sql.clearBefore, [checkpoint]);
+    return result.rows[0]?.n ?? 0;
   }
 
   async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {

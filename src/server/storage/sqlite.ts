@@ -28,6 +28,11 @@ const SCHEMA = `
     server_time INTEGER NOT NULL
   );
   CREATE INDEX IF NOT EXISTS events_collection_seq ON events (collection, seq);
+  -- Ids of events removed by clearEventsBefore: a late retry of one is still a duplicate.
+  CREATE TABLE IF NOT EXISTS compacted (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+  ) WITHOUT ROWID;
   CREATE TABLE IF NOT EXISTS heads (
     collection TEXT NOT NULL,
     document_id TEXT NOT NULL,
@@ -79,7 +84,9 @@ interface PendingSave {
 function prepareStatements(db: Database.Database) {
   const eventsAfter = `SELECT ${EVENT_COLUMNS} FROM events WHERE seq > @after AND client_id IS NOT @exclude`;
   return {
-    seqById: db.prepare<[string], { seq: number }>('SELECT seq FROM events WHERE id = ?'),
+    seqById: db.prepare<{ id: string }, { seq: number }>(
+      'SELECT seq FROM events WHERE id = @id UNION ALL SELECT seq FROM compacted WHERE id = @id LIMIT 1',
+    ),
     head: db.prepare<[string, string], HeadRow>(`SELECT ${HEAD_COLUMNS} FROM heads WHERE collection = ? AND document_id = ?`),
     heads: db.prepare<[string, string], HeadRow>(
       `SELECT ${HEAD_COLUMNS} FROM heads WHERE collection = ? AND document_id IN (SELECT value FROM json_each(?))`,
@@ -108,6 +115,9 @@ function prepareStatements(db: Database.Database) {
        WHERE h.seq > @after AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
     // Superseded events only: a head event is the document's current version (or its tombstone).
+    rememberCleared: db.prepare<[number]>(
+      'INSERT OR IGNORE INTO compacted (id, seq) SELECT id, seq FROM events WHERE seq < ? AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = events.seq)',
+    ),
     clearBefore: db.prepare<[number]>('DELETE FROM events WHERE seq < ? AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = events.seq)'),
     // sqlite_sequence is AUTOINCREMENT's high-water mark and survives deleting every event.
     latest: db.prepare<[], { seq: number }>("SELECT seq FROM sqlite_sequence WHERE name = 'events'"),
@@ -179,7 +189,12 @@ export class SqliteSyncStorage implements SyncStorage {
 
   async clearEventsBefore(checkpoint: number): Promise<number> {
     const statements = this.ready();
-    return this.run('clear events', () => statements.clearBefore.run(checkpoint).changes);
+    return this.run('clear events', () =>
+      this.db!.transaction(() => {
+        statements.rememberCleared.run(checkpoint);
+        return statements.clearBefore.run(checkpoint).changes;
+      })(),
+    );
   }
 
   async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {
@@ -290,7 +305,7 @@ export class SqliteSyncStorage implements SyncStorage {
 
 /** The conditional append of one event; runs inside the flush transaction. */
 function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
-  const previous = statements.seqById.get(event.id);
+  const previous = statements.seqById.get({ id: event.id });
   if (previous) return { id: event.id, status: 'duplicate', seq: previous.seq };
   const head = statements.head.get(event.collection, event.document_id);
   if ((head?.event_id ?? null) !== event.base_event_id) {
