@@ -9,7 +9,7 @@ import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import { HybridLogicalClock } from '../shared/hlc.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { syncEventSchema, type LiveMessage } from '../shared/protocol.js';
+import { MAX_PULL_HAVE, syncEventSchema, type LiveMessage } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';
@@ -67,6 +67,11 @@ export class SyncEngine {
   private meta?: MetaStore;
   /** Whether the plugin's state document existed when this engine started. */
   private stateStored = false;
+  /**
+   * Sequences applied from live messages and not yet behind every checkpoint:
+   * a pull names them (`have`) so the server does not send them again.
+   */
+  private readonly liveHandled = new Set<number>();
   /** The push batch size before a refused push was narrowed down to its bad event. */
   private batchBeforeNarrowing?: number;
   private replicator?: Replicator;
@@ -314,7 +319,7 @@ export class SyncEngine {
       return;
     }
     void this.queue
-      .run(() => replicator.applyRemote(message.events, 'live'))
+      .run(() => replicator.applyRemote(message.events, 'live', undefined, this.liveHandled))
       .then(() => {
         clearTimeout(this.livePullTimer);
         this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
@@ -397,7 +402,8 @@ export class SyncEngine {
     }
     for (let [checkpoint, collections] of groups) {
       for (;;) {
-        const reply = await transport.pull({ checkpoint, collections, limit: this.options.pullBatchSize });
+        const have = [...this.liveHandled].filter((seq) => seq > checkpoint).slice(0, MAX_PULL_HAVE);
+        const reply = await transport.pull({ checkpoint, collections, limit: this.options.pullBatchSize, ...(have.length > 0 ? { have } : {}) });
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
@@ -406,6 +412,10 @@ export class SyncEngine {
         if (!reply.hasMore) break;
       }
     }
+    // What every checkpoint has passed needs no naming any more.
+    const passed = Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0));
+    for (const seq of this.liveHandled) if (seq <= passed) this.liveHandled.delete(seq);
+    if (this.liveHandled.size > MAX_PULL_HAVE * 10) this.liveHandled.clear();
     return synced;
   }
 

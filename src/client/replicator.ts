@@ -302,7 +302,13 @@ export class Replicator {
    * documents without local changes are applied and the rest wait for the
    * next pull, which also moves the checkpoint.
    */
-  async applyRemote(events: readonly StoredEvent[], mode: 'pull' | 'live', checkpoint?: { collections: readonly string[]; seq: number }): Promise<number> {
+  async applyRemote(
+    events: readonly StoredEvent[],
+    mode: 'pull' | 'live',
+    checkpoint?: { collections: readonly string[]; seq: number },
+    /** Receives the sequences of events now fully applied here (nothing left for a pull to settle). */
+    handled?: Set<number>,
+  ): Promise<number> {
     const byCollection = new Map<string, Map<string, StoredEvent[]>>();
     for (const event of events) {
       if (!this.db.collections[event.collection]) continue;
@@ -314,7 +320,7 @@ export class Replicator {
     }
     let applied = 0;
     for (const [collectionName, docs] of byCollection) {
-      applied += await this.applyCollection(collectionName, docs, mode);
+      applied += await this.applyCollection(collectionName, docs, mode, handled);
     }
     if (checkpoint) {
       for (const name of checkpoint.collections) {
@@ -325,7 +331,10 @@ export class Replicator {
     return applied;
   }
 
-  private async applyCollection(collectionName: string, docs: Map<string, StoredEvent[]>, mode: 'pull' | 'live'): Promise<number> {
+  private async applyCollection(collectionName: string, docs: Map<string, StoredEvent[]>, mode: 'pull' | 'live', handled?: Set<number>): Promise<number> {
+    const done = (documentId: string) => {
+      if (handled) for (const event of docs.get(documentId)!) handled.add(event.seq);
+    };
     const collection = this.collection(collectionName);
     const ids = [...docs.keys()];
     const currents = await this.findLocal(collection, ids);
@@ -337,7 +346,10 @@ export class Replicator {
       const latest = list.reduce((a, b) => (b.seq > a.seq ? b : a));
       const current = currents.get(documentId);
       const server = newestVersion(shadows.get(documentId), current, this.captured.get(docKey(collectionName, documentId)));
-      if (server && server.seq >= latest.seq) continue;
+      if (server && server.seq >= latest.seq) {
+        done(documentId);
+        continue;
+      }
       this.clock.receive(latest.hlc);
       const remote = shadowFromEvent(latest);
       // What the document holds if the app has not changed it; undefined when that is not known.
@@ -361,11 +373,11 @@ export class Replicator {
     for (const row of toWrite) {
       if (refused.has(row.documentId)) {
         if (mode === 'pull') toResolve.push({ documentId: row.documentId, remote: row.stamp });
-      } else if (unstampable(row)) {
-        writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
-      } else if (shadows.has(row.documentId)) {
+      } else {
+        done(row.documentId);
+        if (unstampable(row)) writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
         // The stamp on the document is newer now; the shadow is not needed any more.
-        writes.push({ id: shadowId(collectionName, row.documentId), kind: 'shadow' });
+        else if (shadows.has(row.documentId)) writes.push({ id: shadowId(collectionName, row.documentId), kind: 'shadow' });
       }
     }
     if (writes.length > 0) await this.meta.write(writes);

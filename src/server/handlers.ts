@@ -215,7 +215,12 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   const hasMore = events.length === limit;
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
-  // Events the user may not read are left out; the checkpoint still moves past them.
+  // Events the client already has from live messages, and those the user may not read, are left out;
+  // the checkpoint still moves past them.
+  if (message.have && message.have.length > 0) {
+    const have = new Set(message.have);
+    events = events.filter((event) => !have.has(event.seq));
+  }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
   return { events: visible, checkpoint, hasMore };

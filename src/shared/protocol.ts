@@ -118,10 +118,20 @@ export const pushMessageSchema = z.strictObject({
 });
 export type PushMessage = z.infer<typeof pushMessageSchema>;
 
+/** At most this many sequences in a pull's `have`. */
+export const MAX_PULL_HAVE = 5000;
+
 export const pullMessageSchema = z.strictObject({
   checkpoint: sequenceSchema,
   collections: z.array(collectionNameSchema).min(1).max(256),
   limit: z.number().int().positive().optional(),
+  /**
+   * Sequences after the checkpoint that this client already applied from
+   * live messages: the server leaves them out of the reply (the checkpoint
+   * still moves past them), so a pull after a burst of live events does not
+   * send the burst again.
+   */
+  have: z.array(sequenceSchema).max(MAX_PULL_HAVE).optional(),
 });
 export type PullMessage = z.infer<typeof pullMessageSchema>;
 
