@@ -58,10 +58,10 @@ const USAGE = `usage: npm run bench -- [options]
   --runs 3               repetitions of each timing; medians are reported
   --only a,b             scenarios to run: ${SCENARIOS.map((s) => s.name).join(', ')}
   --systems a,b          systems to run: ${SYSTEMS.map((s) => s.id).join(', ')}
-  --batch-size n         this project's client batchSize (default: the plugin's default, 500)
+  --batch-size n         this project's client batchSize for pushes (default: the plugin's, 500; pulls use pullBatchSize, 2000)
   --push 10000           documents in the push scenario
   --latency-writes 300   sequential writes in the latency scenario
-  --rxdb-batch-size 500  RxDB replication batch size (its own default is 100; ours is 500)
+  --rxdb-batch-size 500  RxDB replication batch size, pull and push (its own default is 100)
   --profile              write a CPU profile of every measured span to <out>/profiles
   --out bench/out        where results.json and chart.svg go
   --help`;
@@ -142,7 +142,7 @@ async function main(): Promise<void> {
   const started = performance.now();
   const measurements: Measurement[] = [];
   const log = (message: string) => process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1)}s] ${message}\n`);
-  const info = { machine: machine(), config, batchSize: { ours: offlineSyncOptions.batchSize ?? 'default (500)', rxdb: rxdbOptions.batchSize } };
+  const info = { machine: machine(), config, batchSize: { ours: offlineSyncOptions.batchSize ?? 'default (push 500, pull 2000)', rxdb: rxdbOptions.batchSize } };
   console.log(JSON.stringify(info));
 
   // JIT warm-up for both systems and the floor, so that the first measured run does not pay for it.
