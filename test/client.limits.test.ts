@@ -40,17 +40,22 @@ describe('a client meeting server limits', () => {
     expect(client.sync.getStatus()).toMatchObject({ pendingEvents: 0, rejectedEvents: 1, error: { code: 'PAYLOAD_TOO_LARGE' } });
   });
 
-  it('sets aside an event the server refuses as malformed and pushes everything logged after it', async () => {
+  it('sets aside an event the server names as malformed, pushes everything logged after it, and retries a refusal that names none', async () => {
     server = await startServer();
-    // A server that cannot take one document (say an older version with a stricter check) refuses the whole push.
+    // A server that cannot take one document (say an older version with a stricter check) refuses the
+    // whole push and names the event, as the server's own validation does (details.issues[].path).
+    let refuseAll = false;
     server.server.getIo().on('connection', (socket) => {
       const [serve] = socket.listenersAny();
       socket.offAny(serve);
       socket.onAny((type: string, ...args: unknown[]) => {
         const message = args[0] as { events?: { documentId: string }[] };
         const ack = args[args.length - 1] as (reply: unknown) => void;
-        if (type === 'sync:push' && message.events?.some((event) => event.documentId === 'bad')) {
+        const bad = type === 'sync:push' ? (message.events ?? []).findIndex((event) => event.documentId === 'bad') : -1;
+        if (type === 'sync:push' && refuseAll) {
           ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'push message: not accepted' } });
+        } else if (bad >= 0) {
+          ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'not accepted', details: { issues: [{ path: `events.${bad}.data`, message: 'not accepted' }] } } });
         } else {
           serve!(type, ...args);
         }
@@ -66,6 +71,18 @@ describe('a client meeting server limits', () => {
     expect(await server.server.getStorage().countEvents()).toBe(21);
     expect(client.sync.getRejectedEvents()).toMatchObject([{ documentId: 'bad', error: { code: 'INVALID_MESSAGE' } }]);
     expect(client.sync.getStatus().pendingEvents).toBe(0);
+
+    // A refusal that names no event says nothing about the events: nothing is set aside, all is retried.
+    refuseAll = true;
+    await client.todos.insert({ id: 'later', title: 'kept', done: false });
+    await waitFor(() => client.sync.getStatus().pendingEvents === 1, 'the write to be logged');
+    expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'INVALID_MESSAGE' } });
+    expect(client.sync.getRejectedEvents()).toHaveLength(1);
+    expect(client.sync.getStatus().pendingEvents).toBe(1);
+    expect(await client.todos.findOne('later').exec()).not.toBeNull();
+    refuseAll = false;
+    expect(await client.sync.syncNow()).toMatchObject({ success: true });
+    expect(await server.server.getStorage().countEvents()).toBe(22);
   });
 
   it('sets aside a change the protocol cannot carry (an id over 1024 characters) with the reason, and syncs the rest', async () => {

@@ -16,6 +16,7 @@ const base: Todo = { id: 'd', title: 'base', done: false, priority: 1 };
 type Edit = (client: TestClient) => Promise<unknown>;
 const patch = (fields: Partial<Todo>): Edit => async (c) => (await c.todos.findOne('d').exec())!.patch(fields);
 const remove: Edit = async (c) => (await c.todos.findOne('d').exec())!.remove();
+const storage = (_c: TestClient) => server!.server.getStorage();
 const settled = (c: TestClient) => waitFor(() => c.sync.getStatus().pendingEvents === 0 && c.sync.getStatus().connected, `${c.name} to settle`);
 
 async function pair(conflictResolution: ConflictResolution, seed: Todo | null = base) {
@@ -254,4 +255,24 @@ describe('no silent overwrite (invariant 6)', () => {
     expect((await a.todos.findOne('d').exec())!.title).toBe('a, unpushed');
     expect(a.sync.getConflicts()[0]).toMatchObject({ remote: { data: { title: 'b again' } } });
   });
+});
+
+describe('a document created again after a remote delete', () => {
+  for (const strategy of ['server-wins', 'manual'] as const) {
+    it(`is not a conflict: the new insert is based on the tombstone (${strategy}), also after RxDB purged it`, async () => {
+      const { a, b } = await pair(strategy);
+      for (const [round, purge] of [[1, false], [2, true]] as const) {
+        await remove(a);
+        await settled(a);
+        await waitFor(async () => (await b.todos.findOne('d').exec()) === null, 'b to see the delete');
+        await settled(b);
+        if (purge) await b.todos.storageInstance.cleanup(0); // RxDB's cleanup drops the tombstone
+        await b.todos.insert({ ...base, title: `again ${round}` });
+        await waitFor(async () => (await storage(a).getHeads('todos', ['d']))[0]?.data.title === `again ${round}`, 'the server to take the new insert');
+        await waitFor(async () => (await a.todos.findOne('d').exec())?.title === `again ${round}`, 'a to get it');
+        expect(b.sync.getConflicts()).toEqual([]);
+        expect((await b.todos.findOne('d').exec())?.title).toBe(`again ${round}`);
+      }
+    });
+  }
 });

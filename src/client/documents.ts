@@ -57,8 +57,9 @@ export function stampOf(doc: RxDocumentData<unknown>): VersionInfo | undefined {
  * The newest server version known for a document: its shadow (kept in the
  * meta store for documents with local changes), or the stamp on the local
  * document, whose content is the document itself while the plugin's write is
- * the last one, else the content captured from the change event of the app's
- * first write after it, else unknown.
+ * the last one, else the content captured from the change event of the
+ * app's first write after it, else unknown. (A schema migration keeps `_rev`
+ * and `_meta`: its result counts as the server's version, it is not pushed.)
  */
 export function newestVersion(shadow: Shadow | undefined, current: RxDocumentData<unknown> | undefined, captured: Shadow | undefined): KnownVersion | null {
   const stamp = current ? stampOf(current) : undefined;

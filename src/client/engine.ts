@@ -72,8 +72,6 @@ export class SyncEngine {
    * a pull names them (`have`) so the server does not send them again.
    */
   private readonly liveHandled = new Set<number>();
-  /** The push batch size before a refused push was narrowed down to its bad event. */
-  private batchBeforeNarrowing?: number;
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -441,27 +439,27 @@ export class SyncEngine {
       return 1;
     }
     if (error.code === 'INVALID_MESSAGE' && error.fromPeer) {
-      // The server refused the whole push as malformed: find the events it cannot take and set them
-      // aside, so that one bad event does not hold back everything logged after it.
-      const replicator = this.requireReplicator();
-      const invalid = batch.flatMap((entry) => {
+      // The server refused the whole push as malformed. Events this client's own protocol check
+      // refuses, and events the server's answer names (`events.<i>…`), can never be pushed: they are
+      // set aside, so that one bad event does not hold back everything logged after it. A refusal
+      // that names no event is retried like any other failure: it says nothing about the events.
+      const named = new Set<number>();
+      for (const issue of (error.details as { issues?: { path?: unknown }[] } | undefined)?.issues ?? []) {
+        const match = typeof issue.path === 'string' ? /^events\.(\d+)(\.|$)/.exec(issue.path) : null;
+        if (match && Number(match[1]) < batch.length) named.add(Number(match[1]));
+      }
+      const unpushable = batch.flatMap((entry, index) => {
         const parsed = syncEventSchema.safeParse(entry.event);
-        return parsed.success ? [] : [{ entry, reason: parsed.error.issues.map((issue) => `${issue.path.join('.') || 'event'}: ${issue.message}`).join('; ') }];
+        if (!parsed.success) {
+          const reason = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'event'}: ${issue.message}`).join('; ');
+          return [{ entry, error: { code: 'INVALID_MESSAGE' as const, message: `the server cannot take this change: ${reason}` } }];
+        }
+        return named.has(index) ? [{ entry, error: error.toWire() }] : [];
       });
-      for (const { entry, reason } of invalid) {
-        await replicator.rejectUnpushable(entry, { code: 'INVALID_MESSAGE', message: `the server cannot take this change: ${reason}` });
-      }
-      if (invalid.length > 0) return invalid.length;
-      // Nothing wrong that this client can see: narrow the batch down to the event the server refuses.
-      if (batch.length > 1) {
-        this.batchBeforeNarrowing ??= this.pushBatchSize;
-        this.pushBatchSize = Math.max(1, Math.floor(batch.length / 2));
-        return RETRY_SMALLER;
-      }
-      await replicator.rejectUnpushable(batch[0]!, error.toWire());
-      this.pushBatchSize = this.batchBeforeNarrowing ?? this.pushBatchSize;
-      this.batchBeforeNarrowing = undefined;
-      return 1;
+      if (unpushable.length === 0) throw error;
+      const replicator = this.requireReplicator();
+      for (const { entry, error: reason } of unpushable) await replicator.rejectUnpushable(entry, reason);
+      return unpushable.length;
     }
     throw error;
   }

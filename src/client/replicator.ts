@@ -286,7 +286,8 @@ export class Replicator {
     const currents = await this.findLocal(collection, [documentId]);
     const current = currents.get(documentId);
     const server = (await this.serverVersions(collectionName, [documentId], currents)).get(documentId) ?? null;
-    await this.writeLocal(collection, [this.revertRow(collectionName, documentId, current, server, entry.event.data)]);
+    const revert = this.revertRow(collectionName, documentId, current, server, entry.event.data);
+    if (revert) await this.writeLocal(collection, [revert]);
     await this.meta.write([
       ...this.pending.removeDocument(collectionName, documentId),
       { id: `rejected|${record.id}`, kind: 'rejected', value: record },
@@ -375,7 +376,9 @@ export class Replicator {
         if (mode === 'pull') toResolve.push({ documentId: row.documentId, remote: row.stamp });
       } else {
         done(row.documentId);
-        if (unstampable(row)) writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
+        // A deletion also keeps a shadow: RxDB gives a document inserted again over a tombstone a fresh
+        // _meta (and its cleanup purges tombstones), so the stamp would not survive to be its base.
+        if (unstampable(row) || row.target.deleted) writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
         // The stamp on the document is newer now; the shadow is not needed any more.
         else if (shadows.has(row.documentId)) writes.push({ id: shadowId(collectionName, row.documentId), kind: 'shadow' });
       }
@@ -531,7 +534,7 @@ export class Replicator {
       const versions = await this.serverVersions(collectionName, list, currents);
       await this.writeLocal(
         collection,
-        list.map((documentId) => this.revertRow(collectionName, documentId, currents.get(documentId), versions.get(documentId) ?? null)),
+        list.flatMap((documentId) => this.revertRow(collectionName, documentId, currents.get(documentId), versions.get(documentId) ?? null) ?? []),
       );
     }
     await this.meta.write(this.pending.clear());
@@ -618,13 +621,19 @@ export class Replicator {
    * The write that returns a document to the server's version (a refused or
    * dropped local change). Without a known server version the document is
    * deleted; when only the content of that version is unknown (lost to a
-   * crash), the document is left as it is.
+   * crash), the document is left as it is (no write at all, so it keeps its stamp).
    */
-  private revertRow(collectionName: string, documentId: string, current: RxDocumentData<unknown> | undefined, server: KnownVersion | null, fallback: Record<string, unknown> = {}): LocalWrite {
+  private revertRow(
+    collectionName: string,
+    documentId: string,
+    current: RxDocumentData<unknown> | undefined,
+    server: KnownVersion | null,
+    fallback: Record<string, unknown> = {},
+  ): LocalWrite | undefined {
     if (!server) return { documentId, current, target: { data: localState(current)?.data ?? fallback, deleted: true } };
     if (hasData(server)) return { documentId, current, target: server, stamp: server };
     this.logger.warn({ collection: collectionName, documentId }, 'the server version of this document is not known here; it keeps its local content');
-    return { documentId, current, target: localState(current) ?? { data: fallback, deleted: true } };
+    return undefined;
   }
 
   /**
