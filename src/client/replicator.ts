@@ -344,7 +344,7 @@ export class Replicator {
     const toWrite: { documentId: string; current?: RxDocumentData<unknown>; target: DocState; stamp: Shadow }[] = [];
     const toResolve: { documentId: string; remote: Shadow }[] = [];
     for (const [documentId, list] of docs) {
-      const latest = list.reduce((a, b) => (b.seq > a.seq ? b : a));
+      const latest = list.length === 1 ? list[0]! : list.reduce((a, b) => (b.seq > a.seq ? b : a));
       const current = currents.get(documentId);
       const server = newestVersion(shadows.get(documentId), current, this.captured.get(docKey(collectionName, documentId)));
       if (server && server.seq >= latest.seq) {
@@ -357,8 +357,7 @@ export class Replicator {
       let expected: DocState | null | undefined = server ? (hasData(server) ? server : undefined) : null;
       // Our own events coming back acknowledge a push whose answer was lost.
       const entries = this.pending.forDocument(collectionName, documentId);
-      const seen = new Set(list.map((event) => event.id));
-      const ownIndex = entries.findLastIndex((entry) => seen.has(entry.event.id));
+      const ownIndex = entries.length === 0 ? -1 : entries.findLastIndex((entry) => list.some((event) => event.id === entry.event.id));
       if (ownIndex >= 0 && mode === 'pull') {
         for (const entry of entries.slice(0, ownIndex + 1)) writes.push(this.pending.remove(entry));
         expected = stateOfEvent(entries[ownIndex]!.event);

@@ -56,6 +56,8 @@ export function unauthorized(event: SyncEvent): SyncError {
 
 /** The events `user` may read, stripped of sensitive fields; the others are left out. */
 export async function readable<User, E extends StoredEvent>(ctx: AccessContext<User>, user: User, events: E[]): Promise<E[]> {
+  // Nothing to check or strip: the common case of a pull, without a promise per event.
+  if (!ctx.authorize && !ctx.redactor.active) return events;
   const visible: E[] = [];
   for (const event of events) {
     if (await allowed(ctx, user, event.collection, 'read', event.data)) visible.push(ctx.redactor.event(event));

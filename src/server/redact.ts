@@ -14,10 +14,13 @@ const pointerOf = (field: string) => `/${field.replace(/~/g, '~0').replace(/\//g
 export class Redactor {
   private readonly all: readonly string[];
   private readonly perCollection: ReadonlyMap<string, readonly string[]>;
+  /** False when no field is ever stripped. */
+  readonly active: boolean;
 
   constructor(option: SensitiveFields) {
     this.all = Array.isArray(option) ? [...new Set(option)] : NONE;
     this.perCollection = new Map(Array.isArray(option) || !option ? [] : Object.entries(option));
+    this.active = this.all.length > 0 || [...this.perCollection.values()].some((fields) => fields.length > 0);
   }
 
   fieldsOf(collection: string): readonly string[] {
