@@ -27,7 +27,7 @@ async function hostileServer(pullReply: unknown | ((call: number) => unknown), l
   io = new Server(httpServer);
   io.on('connection', (socket) => {
     socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
-    socket.on('sync:push', (message, ack) => ack({ ok: true, results: [] }));
+    socket.on('sync:push', (_message, ack) => ack({ ok: true, results: [] }));
     socket.on('sync:pull', (_message, ack) => {
       ack(typeof pullReply === 'function' ? pullReply(++calls) : pullReply);
       if (live !== undefined) socket.emit('sync:events', live);

@@ -148,7 +148,7 @@ describe('restart and crash', () => {
     let stored = 0;
     const save = storage.saveEvents.bind(storage);
     storage.saveEvents = async (events) => {
-      const results = await save(events);
+      await save(events);
       stored += events.length;
       server!.server.getIo().disconnectSockets(true);
       return new Promise<never>(() => undefined); // the answer never leaves

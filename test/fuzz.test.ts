@@ -8,7 +8,6 @@
  * Seeded: FUZZ_SEED=<n> replays a run; the seed is printed on failure.
  */
 import fc from 'fast-check';
-import type { Socket } from 'socket.io-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '../src/shared/errors.js';
 import { formatHlc } from '../src/shared/hlc.js';

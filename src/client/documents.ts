@@ -80,6 +80,14 @@ export function blindChange(base: VersionInfo, current: DocState | null): Pick<S
   return { op: base.deleted ? 'insert' : 'update', data: current!.data };
 }
 
+/** The change from `base` to `current`, whether or not the content of `base` is known. */
+export function changeBetween(
+  base: DocState | KnownVersion | null,
+  current: DocState | null,
+): Pick<SyncEvent, 'op' | 'data' | 'patch'> | null {
+  return base && !('data' in base) ? blindChange(base, current) : buildChange(base, current);
+}
+
 /** One entry of the pending-event log. `sent` is set (durably) before the event first leaves. */
 export interface PendingEntry {
   key: string;

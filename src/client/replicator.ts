@@ -12,8 +12,8 @@ import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import type { PushResult, StoredEvent, SyncEvent } from '../shared/protocol.js';
 import {
-  blindChange,
   buildChange,
+  changeBetween,
   docKey,
   hasData,
   isSyncRevision,
@@ -147,9 +147,7 @@ export class Replicator {
       if (captured && server === captured) writes.push(this.shadowWrite(collectionName, documentId, captured));
       const entries = this.pending.forDocument(collectionName, documentId);
       const last = entries[entries.length - 1];
-      const changeFrom = (base: DocState | KnownVersion | null) =>
-        base && 'seq' in base && !hasData(base) ? blindChange(base, current) : buildChange(base as DocState | null, current);
-      if (!changeFrom(last ? stateOfEvent(last.event) : server)) continue;
+      if (!changeBetween(last ? stateOfEvent(last.event) : server, current)) continue;
       const open = last && !last.sent ? last : undefined;
       const lastSent = [...entries].reverse().find((entry) => entry.sent);
       const doc = currents.get(documentId);
@@ -157,7 +155,7 @@ export class Replicator {
       // (an insert deleted again, an edit undone): still a write, and later than any the server may
       // have taken meanwhile, so it is said, or last-write-wins would lose it to an older write.
       const change =
-        changeFrom(lastSent ? stateOfEvent(lastSent.event) : server) ??
+        changeBetween(lastSent ? stateOfEvent(lastSent.event) : server, current) ??
         (doc ? (doc._deleted ? { op: 'delete' as const, data: current!.data } : { op: 'update' as const, data: current!.data, patch: [] }) : null);
       changed++;
       if (!change) {
