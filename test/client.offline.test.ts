@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/index.js';
 import type { SyncStatus } from '../src/client/index.js';
-import { contents, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { contents, freePort, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -60,7 +60,7 @@ describe('offline work', () => {
   });
 
   it('works while the server is down and syncs once it is up', async () => {
-    const port = 20_000 + Math.floor(Math.random() * 20_000);
+    const port = await freePort();
     const a = await client(`http://127.0.0.1:${port}`);
     await a.todos.insert({ id: 'early', title: 'before the server', done: false });
     const failed = await a.sync.syncNow().catch((error) => error);

