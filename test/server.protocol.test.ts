@@ -326,6 +326,27 @@ describe('bad input is answered, not obeyed', () => {
     await stillSyncing();
   });
 
+  it('a NUL character or an unpaired surrogate anywhere in an event is rejected for that event on every storage', async () => {
+    await start();
+    const hostile = await open();
+    const bad = [
+      rawEvent({ documentId: 'nul-value', data: { id: 'nul-value', title: 'a\u0000b' } }),
+      rawEvent({ documentId: 'nul-key', data: { id: 'nul-key', ['x\u0000']: 1 } }),
+      rawEvent({ documentId: 'surrogate', data: { id: 'surrogate', deep: [{ t: 'x\ud800' }] } }),
+      rawEvent({ documentId: 'id\udfff' }),
+      { ...rawEvent({ documentId: 'patch', op: 'update', baseEventId: null }), patch: [{ op: 'replace', path: '/t\u0000', value: 1 }] },
+    ];
+    const wellFormed = rawEvent({ documentId: 'fine', data: { id: 'fine', title: 'emoji \ud83d\ude00 is fine' } });
+    const reply = await request(hostile, MESSAGE.push, { events: [...bad, wellFormed] });
+    expect(reply.results.map((r: { status: string }) => r.status)).toEqual([...bad.map(() => 'rejected'), 'accepted']);
+    for (const result of reply.results.slice(0, bad.length)) {
+      expect(result.error).toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('NUL character or an unpaired surrogate') });
+    }
+    expect(await stored()).toBe(1);
+    good++; // the well-formed one counts among the good events stillSyncing checks
+    await stillSyncing();
+  });
+
   it('a flood of bad messages from many connections leaves the server serving', async () => {
     await start();
     const hostiles = await Promise.all([1, 2, 3].map(() => open()));

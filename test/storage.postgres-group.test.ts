@@ -243,4 +243,54 @@ describe.skipIf(!postgresReady)('postgres: group commit', () => {
       await close();
     }
   });
+
+  it('a connection killed while a group holds it fails that group, not the process, and the next call is stored', async () => {
+    const { storage, close } = await open();
+    const admin = new pg.Client({ connectionString: database.connectionString });
+    await admin.connect();
+    const pool = (storage as unknown as { pool: pg.Pool }).pool;
+    const connect = pool.connect.bind(pool) as (callback?: unknown) => Promise<pg.PoolClient>;
+    let kill = true;
+    (pool as { connect: unknown }).connect = async (callback?: unknown) => {
+      if (callback) return connect(callback);
+      const client = await connect();
+      const query = client.query.bind(client) as (...args: unknown[]) => Promise<pg.QueryResult>;
+      (client as { query: unknown }).query = async (...args: unknown[]) => {
+        if (kill && typeof args[0] === 'string' && args[0].includes('UNION ALL')) {
+          kill = false;
+          // The server ends this connection while no query runs on it: pg reports it as an 'error' event.
+          const { rows } = await query('SELECT pg_backend_pid() AS pid');
+          await admin.query('SELECT pg_terminate_backend($1)', [rows[0]!.pid]);
+          await new Promise((resolve) => setTimeout(resolve, 200));
+        }
+        return query(...args);
+      };
+      return client;
+    };
+    try {
+      await expect(storage.saveEvents([event('killed', null)])).rejects.toMatchObject({ code: 'STORAGE_ERROR' });
+      expect(await storage.saveEvents([event('after', null)])).toMatchObject([{ status: 'accepted' }]);
+      expect((await storage.getEventsAfter(0)).map((e) => e.documentId)).toEqual(['after']);
+    } finally {
+      await admin.end();
+      await close();
+    }
+  });
+
+  it('close() right after a call settles the call (stored, or refused as closed), and answers reads under way', async () => {
+    const { storage, close } = await open();
+    try {
+      const saving = storage.saveEvents([event('last', null)]);
+      const reading = storage.getEventsAfter(0);
+      await storage.close();
+      const outcome = await Promise.race([
+        saving.then((results) => results[0]!.status, (error: { code: string }) => error.code),
+        new Promise((resolve) => setTimeout(() => resolve('never settled'), 3000)),
+      ]);
+      expect(['accepted', 'STORAGE_ERROR']).toContain(outcome);
+      await expect(Promise.race([reading.then(() => 'answered', () => 'refused'), new Promise((resolve) => setTimeout(() => resolve('never settled'), 3000))])).resolves.not.toBe('never settled');
+    } finally {
+      await close();
+    }
+  });
 });

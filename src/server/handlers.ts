@@ -77,19 +77,43 @@ function assertKnownCollection(ctx: ServerContext<any>, collection: string): voi
   }
 }
 
-/** Deeply nested documents are refused: they would overflow recursive encoders on the way out. */
-function assertDepth(ctx: ServerContext<any>, event: SyncEvent): void {
+/** A string every storage can keep: no NUL character (PostgreSQL's jsonb refuses it) and no unpaired surrogate. */
+const storableString = (value: string) => value.isWellFormed() && !value.includes('\u0000');
+
+/**
+ * Refuses what a storage could not keep or a recursive encoder could not send
+ * back out: documents nested deeper than maxDocumentDepth, and strings (keys,
+ * values, ids, patch paths) with a NUL character or an unpaired surrogate.
+ * The same event is then refused on every storage, not just on some.
+ */
+function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
   const max = ctx.options.maxDocumentDepth;
-  const stack: [unknown, number][] = [[event.data, 1], ...(event.patch ?? []).map((op): [unknown, number] => [op.value, 1])];
+  const where = `${event.collection}/${event.documentId}`;
+  const refuse = (what: string) => {
+    throw new SyncError('INVALID_MESSAGE', `event ${event.id} for ${where}: ${what}`);
+  };
+  for (const id of [event.id, event.documentId, event.baseEventId ?? '']) {
+    if (!storableString(id)) refuse('an id holds a NUL character or an unpaired surrogate');
+  }
+  const stack: [unknown, number][] = [[event.data, 1]];
+  for (const op of event.patch ?? []) {
+    if (!storableString(op.path) || (op.from !== undefined && !storableString(op.from))) refuse('a patch path holds a NUL character or an unpaired surrogate');
+    stack.push([op.value, 1]);
+  }
   while (stack.length > 0) {
     const [value, depth] = stack.pop()!;
+    if (typeof value === 'string') {
+      if (!storableString(value)) refuse('a string holds a NUL character or an unpaired surrogate');
+      continue;
+    }
     if (!value || typeof value !== 'object') continue;
     if (depth > max) {
-      throw new SyncError('INVALID_MESSAGE', `document ${event.collection}/${event.documentId} is nested deeper than maxDocumentDepth (${max})`, {
-        limit: max,
-      });
+      throw new SyncError('INVALID_MESSAGE', `document ${where} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
     }
-    for (const child of Object.values(value)) if (child && typeof child === 'object') stack.push([child, depth + 1]);
+    for (const [key, child] of Object.entries(value)) {
+      if (!storableString(key)) refuse('a key holds a NUL character or an unpaired surrogate');
+      stack.push([child, depth + 1]);
+    }
   }
 }
 
@@ -125,7 +149,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   for (const [index, event] of events.entries()) {
     try {
       assertKnownCollection(ctx, event.collection);
-      assertDepth(ctx, event);
+      assertStorable(ctx, event);
       const head = heads.get(docKey(event.collection, event.documentId));
       await assertMayWrite(ctx, user, event, head);
       toSave.push({ ...ctx.redactor.keepHidden(event, head), clientId: socket.data.clientId });

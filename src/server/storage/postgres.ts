@@ -39,6 +39,8 @@ const INCOMING_NAMES = INCOMING_RECORD.split(', ').map((column) => column.split(
 const HEAD_COLUMNS = 'collection, document_id, seq, event_id, data, deleted, hlc, client_id';
 /** Calls joining one group commit stop being added once it holds this many events (a bigger call goes alone). */
 const MAX_GROUP_EVENTS = 5000;
+/** ... and no more JSON than this (jsonb arrays stop at 256 MB, and the text is built in memory). */
+const MAX_GROUP_CHARS = 32 * 1024 * 1024;
 
 interface EventRow {
   seq: string;
@@ -186,6 +188,8 @@ export class PostgresSyncStorage implements SyncStorage {
   private queue: PendingSave[] = [];
   /** The loop writing queued calls, while there are any. */
   private draining: Promise<void> | undefined;
+  /** Reads under way, which close() waits for before it ends the pool. */
+  private readonly reads = new Set<Promise<unknown>>();
 
   constructor(options: PostgresSyncStorageOptions) {
     const parsed = parseOptions(optionsSchema, options, 'PostgresSyncStorage');
@@ -206,6 +210,7 @@ export class PostgresSyncStorage implements SyncStorage {
 
   async saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]> {
     await this.ready();
+    this.assertOpen(); // close() may have begun while the tables were being checked
     if (events.length === 0) return [];
     let encoded: string[];
     try {
@@ -270,6 +275,7 @@ export class PostgresSyncStorage implements SyncStorage {
     if (this.closed) return;
     this.closed = true;
     await this.draining; // calls already queued are still written
+    await Promise.allSettled([...this.reads]); // and reads under way are answered
     if (this.ownsPool) await this.pool.end();
   }
 
@@ -307,14 +313,15 @@ export class PostgresSyncStorage implements SyncStorage {
   private async saveGroup(retry?: PendingSave[]): Promise<PendingSave[] | undefined> {
     let group: PendingSave[] = retry ?? [];
     const take = () => (retry ? retry : (group = this.takeGroup()));
-    let client: pg.PoolClient;
+    let checkedOut: CheckedOut;
     try {
-      client = await this.pool.connect();
+      checkedOut = await this.checkout();
     } catch (error) {
       const failure = storageError('cannot save events', error);
       for (const call of take()) call.reject(failure);
       return undefined;
     }
+    const { client } = checkedOut;
     let broken: Error | undefined;
     let results: SaveResult[][];
     try {
@@ -325,26 +332,30 @@ export class PostgresSyncStorage implements SyncStorage {
     } catch (error) {
       // A connection that cannot even roll back is discarded rather than returned to the pool.
       await client.query('ROLLBACK').catch((rollbackError: Error) => (broken = rollbackError));
-      client.release(broken);
+      checkedOut.release(broken);
       if (group.length === 0) group = take(); // BEGIN failed: the queued calls are this group
       if (!retry && group.length > 1) return group;
       const failure = storageError('cannot save events', error);
       for (const call of group) call.reject(failure);
       return undefined;
     }
-    client.release();
+    checkedOut.release();
     group.forEach((call, i) => call.resolve(results[i]!));
     return undefined;
   }
 
-  /** The next calls from the queue, in order: at least one, and no more than MAX_GROUP_EVENTS events unless one call alone has more. */
+  /** The next calls from the queue, in order: at least one, and within MAX_GROUP_EVENTS and MAX_GROUP_CHARS unless one call alone is over. */
   private takeGroup(): PendingSave[] {
     let count = 0;
+    let chars = 0;
     let taken = 0;
     while (taken < this.queue.length) {
-      const size = this.queue[taken]!.events.length;
-      if (taken > 0 && count + size > MAX_GROUP_EVENTS) break;
+      const call = this.queue[taken]!;
+      const size = call.events.length;
+      const length = call.encoded.reduce((sum, text) => sum + text.length, 0);
+      if (taken > 0 && (count + size > MAX_GROUP_EVENTS || chars + length > MAX_GROUP_CHARS)) break;
       count += size;
+      chars += length;
       taken++;
     }
     return this.queue.splice(0, taken);
@@ -413,20 +424,30 @@ export class PostgresSyncStorage implements SyncStorage {
 
   private async query<R extends pg.QueryResultRow>(what: string, sql: string, params: unknown[]): Promise<pg.QueryResult<R>> {
     await this.ready();
+    this.assertOpen();
+    const reading = this.pool.query<R>(sql, params);
+    this.reads.add(reading);
     try {
-      return await this.pool.query<R>(sql, params);
+      return await reading;
     } catch (error) {
       throw storageError(`cannot ${what}`, error);
+    } finally {
+      this.reads.delete(reading);
     }
   }
 
+  private assertOpen(): void {
+    if (this.closed) throw new SyncError('STORAGE_ERROR', 'PostgreSQL storage is closed');
+  }
+
   private async transaction<T>(what: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    let client: pg.PoolClient;
+    let checkedOut: CheckedOut;
     try {
-      client = await this.pool.connect();
+      checkedOut = await this.checkout();
     } catch (error) {
       throw storageError(`cannot ${what}`, error);
     }
+    const { client } = checkedOut;
     let broken: Error | undefined;
     try {
       await client.query('BEGIN');
@@ -438,9 +459,36 @@ export class PostgresSyncStorage implements SyncStorage {
       await client.query('ROLLBACK').catch((rollbackError: Error) => (broken = rollbackError));
       throw storageError(`cannot ${what}`, error);
     } finally {
-      client.release(broken);
+      checkedOut.release(broken);
     }
   }
+
+  /**
+   * A pooled connection for a transaction. The pool stops listening for its
+   * errors while it is checked out, so one the server sends then (the
+   * connection killed, say) would be an uncaught exception that ends the
+   * process: it is recorded instead, and the connection discarded on release.
+   */
+  private async checkout(): Promise<CheckedOut> {
+    const client = await this.pool.connect();
+    let lost: Error | undefined;
+    const onError = (error: Error) => {
+      lost ??= error;
+    };
+    client.on('error', onError);
+    return {
+      client,
+      release: (error?: Error) => {
+        client.off('error', onError);
+        client.release(error ?? lost);
+      },
+    };
+  }
+}
+
+interface CheckedOut {
+  client: pg.PoolClient;
+  release(error?: Error): void;
 }
 
 interface StoredState {
