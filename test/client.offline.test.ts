@@ -255,6 +255,37 @@ describe('control and status', () => {
     expect(a.sync.getStatus().lastSyncTime).toBeGreaterThan(0);
   });
 
+  it('clearPendingEvents() drops unpushed changes and returns each document to the server version it knows', async () => {
+    server = await startServer();
+    const other = await client(server.url);
+    await other.todos.insert({ id: 'pulled', title: 'from the server', done: false });
+    await other.sync.syncNow();
+    const a = await client(server.url);
+    await a.todos.insert({ id: 'pushed', title: 'pushed by a', done: false });
+    await a.sync.syncNow();
+    expect((await a.todos.findOne('pulled').exec())?.title).toBe('from the server');
+
+    a.sync.disable();
+    await (await a.todos.findOne('pulled').exec())!.patch({ title: 'edited, then dropped' });
+    await (await a.todos.findOne('pushed').exec())!.patch({ done: true });
+    await a.todos.insert({ id: 'new', title: 'never pushed', done: false });
+    await waitFor(() => a.sync.getStatus().pendingEvents === 3, 'three changes logged');
+    expect(await a.sync.clearPendingEvents()).toBe(3);
+    expect(a.sync.getStatus().pendingEvents).toBe(0);
+    expect(await contents(a.todos)).toEqual([
+      { id: 'pulled', title: 'from the server', done: false },
+      { id: 'pushed', title: 'pushed by a', done: false },
+    ]);
+
+    // Nothing of it reaches the server, and a later edit is based on the server's version.
+    a.sync.enable();
+    await a.sync.syncNow();
+    expect(await server.server.getStorage().countEvents()).toBe(2);
+    await (await a.todos.findOne('pulled').exec())!.patch({ title: 'a real edit' });
+    await waitFor(async () => (await server!.server.getStorage().getHeads('todos', ['pulled']))[0]?.data.title === 'a real edit', 'the edit to reach the server');
+    expect(a.sync.getConflicts()).toEqual([]);
+  });
+
   it('asks the authToken function again on every reconnect', async () => {
     let current = 'token-1';
     const issued: string[] = [];
