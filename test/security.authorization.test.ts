@@ -220,6 +220,16 @@ describe('the real client against a tenant policy', () => {
     expect((await contents(gina.todos)).map((t) => t.id)).toEqual(['g1']);
     expect((await contents(alice.todos)).map((t) => t.id)).toEqual(['a1']);
     expect(eve.sync.getRejectedEvents()).toHaveLength(1);
+
+    // Once the app has dealt with it: the list and the standing error go, for good (also after a restart).
+    expect(eve.sync.getStatus().error).toMatchObject({ code: 'UNAUTHORIZED' });
+    expect(await eve.sync.clearRejectedEvents()).toBe(1);
+    expect(eve.sync.getRejectedEvents()).toEqual([]);
+    expect(eve.sync.getStatus()).toMatchObject({ rejectedEvents: 0, error: null });
+    await eve.close();
+    const again = await startClient(server.url, { authToken: 'eve', name: eve.name });
+    clients.push(again);
+    expect(again.sync.getRejectedEvents()).toEqual([]);
   });
 });
 

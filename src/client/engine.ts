@@ -72,6 +72,8 @@ export class SyncEngine {
    * a pull names them (`have`) so the server does not send them again.
    */
   private readonly liveHandled = new Set<number>();
+  /** Collections removed with removeCollection(), whose live events may still arrive for a moment. */
+  private readonly removedCollections = new Set<string>();
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -224,6 +226,7 @@ export class SyncEngine {
     this.assertCollection(name);
     if (this.collections.has(name)) return;
     this.collections.add(name);
+    this.removedCollections.delete(name);
     if (this.status.leader && this.replicator) {
       void this.watch(name).catch((error: unknown) => this.fail(error));
       this.subscribed = false;
@@ -233,6 +236,7 @@ export class SyncEngine {
 
   removeCollection(name: string): void {
     if (!this.collections.delete(name)) return;
+    this.removedCollections.add(name);
     this.subscriptions.get(name)?.unsubscribe();
     this.subscriptions.delete(name);
     this.subscribed = false;
@@ -311,13 +315,16 @@ export class SyncEngine {
 
   private onLive(message: LiveMessage): void {
     const replicator = this.requireReplicator();
-    const unexpected = message.events.find((event) => !this.collections.has(event.collection));
+    // Events for a collection removed at run time may still be on their way: they are dropped quietly.
+    const events = message.events.filter((event) => !this.removedCollections.has(event.collection));
+    const unexpected = events.find((event) => !this.collections.has(event.collection));
     if (unexpected) {
       this.updateStatus({ error: new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which this client does not sync`) });
       return;
     }
+    if (events.length === 0) return;
     void this.queue
-      .run(() => replicator.applyRemote(message.events, 'live', undefined, this.liveHandled))
+      .run(() => replicator.applyRemote(events, 'live', undefined, this.liveHandled))
       .then(() => {
         clearTimeout(this.livePullTimer);
         this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
