@@ -391,7 +391,7 @@ export class SyncEngine {
           await replicator.applyPushResults(batch, reply.results);
           return batch.length;
         } catch (error) {
-          return this.shrinkAfterRefusal(SyncError.from(error), batch);
+          return this.handleRefusedPush(SyncError.from(error), batch);
         }
       });
       if (pushed === RETRY_SMALLER) continue;
@@ -425,11 +425,13 @@ export class SyncEngine {
   }
 
   /**
-   * The server refused a push for its size: push smaller batches from now on,
-   * and set aside an event too large to be pushed at all. Returns how many
-   * events were dealt with, or RETRY_SMALLER; other errors are thrown on.
+   * The server refused a whole push. For its size: push smaller batches from
+   * now on, and set aside an event too large to be pushed at all. As
+   * malformed: set aside the events that can never be taken. Returns how many
+   * events were dealt with, or RETRY_SMALLER; other errors are thrown on (and
+   * the push is retried later).
    */
-  private async shrinkAfterRefusal(error: SyncError, batch: readonly PendingEntry[]): Promise<number> {
+  private async handleRefusedPush(error: SyncError, batch: readonly PendingEntry[]): Promise<number> {
     const limit = (error.details as { limit?: unknown } | undefined)?.limit;
     if (error.code === 'TOO_MANY_EVENTS' && typeof limit === 'number' && limit >= 1 && limit < batch.length) {
       this.pushBatchSize = limit;
