@@ -17,7 +17,7 @@ afterEach(async () => {
 
 const goodEvent = {
   id: 'evt-00000001', collection: 'todos', documentId: 'x', op: 'insert', data: { id: 'x', title: 't', done: false },
-  baseEventId: null, hlc: '001700000000000-000000-s', seq: 1, clientId: 'other', serverTime: 1,
+  hlc: '001700000000000-000000-s', seq: 1, clientId: 'other',
 };
 
 /** A fake sync server whose pull answer and live messages are given by the test. */

@@ -10,7 +10,7 @@ import { Subject } from 'rxjs';
 import { SyncError, type WireError } from '../shared/errors.js';
 import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
-import type { PushResult, StoredEvent, SyncEvent } from '../shared/protocol.js';
+import type { PushResult, RemoteEvent, SyncEvent } from '../shared/protocol.js';
 import {
   buildChange,
   changeBetween,
@@ -302,16 +302,16 @@ export class Replicator {
    * next pull, which also moves the checkpoint.
    */
   async applyRemote(
-    events: readonly StoredEvent[],
+    events: readonly RemoteEvent[],
     mode: 'pull' | 'live',
     checkpoint?: { collections: readonly string[]; seq: number },
     /** Receives the sequences of events now fully applied here (nothing left for a pull to settle). */
     handled?: Set<number>,
   ): Promise<number> {
-    const byCollection = new Map<string, Map<string, StoredEvent[]>>();
+    const byCollection = new Map<string, Map<string, RemoteEvent[]>>();
     for (const event of events) {
       if (!this.db.collections[event.collection]) continue;
-      const docs = byCollection.get(event.collection) ?? new Map<string, StoredEvent[]>();
+      const docs = byCollection.get(event.collection) ?? new Map<string, RemoteEvent[]>();
       byCollection.set(event.collection, docs);
       const list = docs.get(event.documentId);
       if (list) list.push(event);
@@ -330,7 +330,7 @@ export class Replicator {
     return applied;
   }
 
-  private async applyCollection(collectionName: string, docs: Map<string, StoredEvent[]>, mode: 'pull' | 'live', handled?: Set<number>): Promise<number> {
+  private async applyCollection(collectionName: string, docs: Map<string, RemoteEvent[]>, mode: 'pull' | 'live', handled?: Set<number>): Promise<number> {
     const done = (documentId: string) => {
       if (handled) for (const event of docs.get(documentId)!) handled.add(event.seq);
     };

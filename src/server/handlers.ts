@@ -15,6 +15,7 @@ import {
   type PushResult,
   type ServerToClientEvents,
   type StoredEvent,
+  toRemoteEvent,
   type SubscribeReply,
   type SyncEvent,
 } from '../shared/protocol.js';
@@ -247,7 +248,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
-  return { events: visible, checkpoint, hasMore };
+  return { events: visible.map(toRemoteEvent), checkpoint, hasMore };
 }
 
 /** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
@@ -260,7 +261,7 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
   }
   for (const [collection, list] of byCollection) {
     if (!ctx.authorize) {
-      sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list) });
+      sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
       continue;
     }
     const sockets = await ctx.io.in(roomOf(collection)).fetchSockets();
@@ -268,7 +269,7 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
       if (target.id === sender.id) continue;
       // Undecided access leaves this reader without the live message: its next pull brings the events.
       const visible = await readable(ctx, target.data.user, list).catch(() => []);
-      if (visible.length > 0) target.emit(MESSAGE.live, { events: visible });
+      if (visible.length > 0) target.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
     }
   }
 }

@@ -6,10 +6,8 @@ import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol.js
 import type { SensitiveFields } from './options.js';
 
 type Data = Record<string, unknown>;
-type PatchOperation = NonNullable<SyncEvent['patch']>[number];
 
 const NONE: readonly string[] = [];
-const pointerOf = (field: string) => `/${field.replace(/~/g, '~0').replace(/\//g, '~1')}`;
 
 export class Redactor {
   private readonly all: readonly string[];
@@ -37,14 +35,13 @@ export class Redactor {
     return copy;
   }
 
-  /** An event as a client may see it: no sensitive field in its data, no patch operation touching one. */
+  /**
+   * An event as a client may see it: no sensitive field in its data. (Patches
+   * never leave the server: other clients get events as toRemoteEvent makes them.)
+   */
   event<E extends StoredEvent>(event: E): E {
-    const fields = this.fieldsOf(event.collection);
-    if (fields.length === 0) return event;
     const data = this.document(event.collection, event.data);
-    const patch = event.patch ? stripPatch(event.patch, fields, (value) => this.document(event.collection, value)) : undefined;
-    if (data === event.data && patch === event.patch) return event;
-    return { ...event, data, ...(patch ? { patch } : {}) };
+    return data === event.data ? event : { ...event, data };
   }
 
   events<E extends StoredEvent>(events: E[]): E[] {
@@ -72,24 +69,3 @@ export class Redactor {
   }
 }
 
-/** Drops operations on a sensitive field; one that replaces the whole document gets a stripped value. */
-function stripPatch(patch: PatchOperation[], fields: readonly string[], strip: (data: Data) => Data): PatchOperation[] {
-  const pointers = fields.map(pointerOf);
-  const touches = (path: string | undefined) =>
-    path !== undefined && pointers.some((pointer) => path === pointer || path.startsWith(`${pointer}/`));
-  let changed = false;
-  const kept: PatchOperation[] = [];
-  for (const operation of patch) {
-    if (touches(operation.path) || touches(operation.from)) {
-      changed = true;
-    } else if (operation.path === '' && isData(operation.value) && strip(operation.value) !== operation.value) {
-      changed = true;
-      kept.push({ ...operation, value: strip(operation.value) });
-    } else {
-      kept.push(operation);
-    }
-  }
-  return changed ? kept : patch;
-}
-
-const isData = (value: unknown): value is Data => !!value && typeof value === 'object' && !Array.isArray(value);

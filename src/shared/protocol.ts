@@ -74,6 +74,26 @@ export const storedEventSchema = syncEventSchema.extend({
 });
 export type StoredEvent = z.infer<typeof storedEventSchema>;
 
+/**
+ * An event as other clients receive it (pulls and live messages): what a
+ * reader needs to apply it. The base it was written on, its patch and the
+ * server's receive time stay on the server: a pulled insert is a tenth
+ * smaller for it, an update about a third, which counts on the slow links
+ * this is for. (And a patch can never leak a sensitive field.)
+ */
+export const remoteEventSchema = z.object({
+  // Not strict: fields a later server adds are dropped, not refused.
+  ...syncEventSchema.omit({ baseEventId: true, patch: true }).shape,
+  seq: sequenceSchema,
+  clientId: clientIdSchema,
+});
+export type RemoteEvent = z.infer<typeof remoteEventSchema>;
+
+/** The part of a stored event that leaves the server in pulls and live messages. */
+export function toRemoteEvent(event: StoredEvent): RemoteEvent {
+  return { id: event.id, collection: event.collection, documentId: event.documentId, op: event.op, data: event.data, hlc: event.hlc, seq: event.seq, clientId: event.clientId };
+}
+
 /** The server's current version of one document. */
 export const documentHeadSchema = z.strictObject({
   collection: collectionNameSchema,
@@ -140,12 +160,12 @@ export type SubscribeReply = z.infer<typeof subscribeReplySchema>;
 export const pushReplySchema = z.object({ results: z.array(pushResultSchema) });
 export type PushReply = z.infer<typeof pushReplySchema>;
 export const pullReplySchema = z.object({
-  events: z.array(storedEventSchema),
+  events: z.array(remoteEventSchema),
   checkpoint: sequenceSchema,
   hasMore: z.boolean(),
 });
 export type PullReply = z.infer<typeof pullReplySchema>;
-export const liveMessageSchema = z.object({ events: z.array(storedEventSchema).min(1) });
+export const liveMessageSchema = z.object({ events: z.array(remoteEventSchema).min(1) });
 export type LiveMessage = z.infer<typeof liveMessageSchema>;
 
 /** Every acknowledgement is either `{ ok: true, ...reply }` or `{ ok: false, error }`. */
