@@ -88,6 +88,12 @@ export function changeBetween(
   return base && !('data' in base) ? blindChange(base, current) : buildChange(base, current);
 }
 
+/** The change that says `current` again, as it is: an empty update, or a delete. */
+export function restatement(current: DocState | null): Pick<SyncEvent, 'op' | 'data' | 'patch'> | null {
+  if (!current) return null;
+  return current.deleted ? { op: 'delete', data: current.data } : { op: 'update', data: current.data, patch: [] };
+}
+
 /** One entry of the pending-event log. `sent` is set (durably) before the event first leaves. */
 export interface PendingEntry {
   key: string;

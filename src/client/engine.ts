@@ -3,23 +3,18 @@
  * status, and the order in which replication steps run. Deciding what to do
  * with documents is the Replicator's job.
  */
-import { randomId } from '../shared/ids.js';
 import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
-import { HybridLogicalClock } from '../shared/hlc.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { MAX_PULL_HAVE, syncEventSchema, type LiveMessage } from '../shared/protocol.js';
+import { MAX_PULL_HAVE, parseMessage, syncEventSchema, type LiveMessage } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';
-import { PendingLog } from './pending-log.js';
 import {
   REMOTE_CONTEXT,
   Replicator,
-  STATE_ID,
   type ConflictResolutionChoice,
-  type PersistedState,
   type RejectedEvent,
   type StoredConflict,
 } from './replicator.js';
@@ -124,14 +119,8 @@ export class SyncEngine {
   /** Opens the plugin's storage and, once this tab leads, starts logging and syncing. */
   async start(): Promise<void> {
     this.meta = await MetaStore.open(this.db);
-    const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
-    this.stateStored = !!stored;
-    const state: PersistedState = stored ?? { clientId: randomId(), checkpoints: {}, logged: {} };
-    const pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values(), state.sentThrough);
-    const clock = new HybridLogicalClock(state.clientId);
-    for (const entry of pending.all()) clock.receive(entry.event.hlc);
-    this.replicator = new Replicator(this.db, this.meta, pending, clock, state, (name) => this.strategyFor(name), this.logger);
-    await this.replicator.loadKept();
+    this.replicator = new Replicator(this.db, this.meta, (name) => this.strategyFor(name), this.logger);
+    this.stateStored = await this.replicator.load();
     this.replicator.conflicts$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.replicator.rejected$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.refreshCounts();
@@ -144,7 +133,7 @@ export class SyncEngine {
     if (this.closed) return;
     const replicator = this.requireReplicator();
     // Only the leader writes the plugin's state; another tab may have led (and written) since start.
-    const stored = this.db.multiInstance ? await replicator.reload() : this.stateStored;
+    const stored = this.db.multiInstance ? await replicator.load() : this.stateStored;
     if (!stored) await this.meta!.write([replicator.stateWrite()]);
     if (this.closed) return;
     this.updateStatus({ leader: true });
@@ -458,10 +447,10 @@ export class SyncEngine {
         if (match && Number(match[1]) < batch.length) named.add(Number(match[1]));
       }
       const unpushable = batch.flatMap((entry, index) => {
-        const parsed = syncEventSchema.safeParse(entry.event);
-        if (!parsed.success) {
-          const reason = parsed.error.issues.map((issue) => `${issue.path.join('.') || 'event'}: ${issue.message}`).join('; ');
-          return [{ entry, error: { code: 'INVALID_MESSAGE' as const, message: `the server cannot take this change: ${reason}` } }];
+        try {
+          parseMessage(syncEventSchema, entry.event, 'change (the server cannot take it)');
+        } catch (invalid) {
+          return [{ entry, error: SyncError.from(invalid).toWire() }];
         }
         return named.has(index) ? [{ entry, error: error.toWire() }] : [];
       });

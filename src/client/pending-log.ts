@@ -106,20 +106,15 @@ export class PendingLog {
    * them the collapsing of later writes.
    */
   markSent(entries: readonly PendingEntry[]): boolean {
-    let moved = false;
-    for (const entry of entries) {
-      if (entry.sent) continue;
-      entry.sent = true;
-      if (entry.key > this.sentKey) {
-        this.sentKey = entry.key;
-        moved = true;
-      }
-    }
-    if (moved) for (const entry of this.entries.values()) {
-      if (entry.key > this.sentKey) break;
+    // Every entry up to the watermark is sent already, and new keys always sort after it.
+    const last = entries.reduce((top, entry) => (entry.key > top ? entry.key : top), this.sentKey);
+    if (last === this.sentKey) return false;
+    this.sentKey = last;
+    for (const entry of this.entries.values()) {
+      if (entry.key > last) break;
       entry.sent = true;
     }
-    return moved;
+    return true;
   }
 
   remove(entry: PendingEntry): MetaWrite {

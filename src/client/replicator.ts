@@ -15,6 +15,7 @@ import {
   buildChange,
   changeBetween,
   docKey,
+  restatement,
   hasData,
   isSyncRevision,
   localState,
@@ -94,12 +95,14 @@ export class Replicator {
    */
   private readonly captured = new Map<string, Shadow>();
 
+  /** What a database that never synced starts from; load() reads what is stored. */
+  readonly state: PersistedState = { clientId: randomId(), checkpoints: {}, logged: {} };
+  pending = new PendingLog();
+  private clock = new HybridLogicalClock(this.state.clientId);
+
   constructor(
     private readonly db: RxDatabase,
     private readonly meta: MetaStore,
-    public pending: PendingLog,
-    private clock: HybridLogicalClock,
-    readonly state: PersistedState,
     private readonly strategyFor: (collection: string) => Strategy,
     private readonly logger: Logger,
   ) {}
@@ -150,20 +153,17 @@ export class Replicator {
       if (!changeBetween(last ? stateOfEvent(last.event) : server, current)) continue;
       const open = last && !last.sent ? last : undefined;
       const lastSent = [...entries].reverse().find((entry) => entry.sent);
-      const doc = currents.get(documentId);
       // The app wrote since the last logged state and ended on the version the change is based on
       // (an insert deleted again, an edit undone): still a write, and later than any the server may
       // have taken meanwhile, so it is said, or last-write-wins would lose it to an older write.
-      const change =
-        changeBetween(lastSent ? stateOfEvent(lastSent.event) : server, current) ??
-        (doc ? (doc._deleted ? { op: 'delete' as const, data: current!.data } : { op: 'update' as const, data: current!.data, patch: [] }) : null);
+      const change = changeBetween(lastSent ? stateOfEvent(lastSent.event) : server, current) ?? restatement(current);
       changed++;
       if (!change) {
         if (open) writes.push(this.pending.remove(open));
         continue;
       }
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
-      const writtenAt = doc?._meta.lwt ?? Date.now();
+      const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
       const event: SyncEvent = {
         id: open?.event.id ?? randomId(),
         collection: collectionName,
@@ -338,13 +338,14 @@ export class Replicator {
     const ids = [...docs.keys()];
     const currents = await this.findLocal(collection, ids);
     const shadows = await this.getShadows(collectionName, ids);
+    const versions = await this.serverVersions(collectionName, ids, currents, shadows);
     const writes: MetaWrite[] = [];
     const toWrite: { documentId: string; current?: RxDocumentData<unknown>; target: DocState; stamp: Shadow }[] = [];
     const toResolve: { documentId: string; remote: Shadow }[] = [];
     for (const [documentId, list] of docs) {
       const latest = list.length === 1 ? list[0]! : list.reduce((a, b) => (b.seq > a.seq ? b : a));
       const current = currents.get(documentId);
-      const server = newestVersion(shadows.get(documentId), current, this.captured.get(docKey(collectionName, documentId)));
+      const server = versions.get(documentId);
       if (server && server.seq >= latest.seq) {
         done(documentId);
         continue;
@@ -546,11 +547,12 @@ export class Replicator {
   }
 
   /**
-   * Reads the log, the state and the kept conflicts and rejections again.
-   * A tab that becomes the leader must: the tab that led before it went on
-   * logging, sending and settling after this tab read them at start.
+   * Reads the state, the log and the kept conflicts and rejections from the
+   * plugin's storage; true when a state was stored. At start, and again when
+   * a tab becomes the leader: the tab that led before it went on logging,
+   * sending and settling after this tab first read them.
    */
-  async reload(): Promise<boolean> {
+  async load(): Promise<boolean> {
     const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
     if (stored) {
       this.state.clientId = stored.clientId;
@@ -599,13 +601,14 @@ export class Replicator {
     return new Map(docs.map((doc) => [String((doc as Record<string, unknown>)[primary]), doc as RxDocumentData<unknown>]));
   }
 
-  /** The newest server version known of each document (see newestVersion). */
+  /** The newest server version known of each document (see newestVersion); `shadows` when already read. */
   private async serverVersions(
     collectionName: string,
     ids: readonly string[],
     currents: Map<string, RxDocumentData<unknown>>,
+    shadows?: Map<string, Shadow>,
   ): Promise<Map<string, KnownVersion>> {
-    const shadows = await this.getShadows(collectionName, ids);
+    shadows ??= await this.getShadows(collectionName, ids);
     const result = new Map<string, KnownVersion>();
     for (const id of ids) {
       const version = newestVersion(shadows.get(id), currents.get(id), this.captured.get(docKey(collectionName, id)));
