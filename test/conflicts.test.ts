@@ -16,7 +16,7 @@ const base: Todo = { id: 'd', title: 'base', done: false, priority: 1 };
 type Edit = (client: TestClient) => Promise<unknown>;
 const patch = (fields: Partial<Todo>): Edit => async (c) => (await c.todos.findOne('d').exec())!.patch(fields);
 const remove: Edit = async (c) => (await c.todos.findOne('d').exec())!.remove();
-const storage = (_c: TestClient) => server!.server.getStorage();
+const serverStorage = () => server!.server.getStorage();
 const settled = (c: TestClient) => waitFor(() => c.sync.getStatus().pendingEvents === 0 && c.sync.getStatus().connected, `${c.name} to settle`);
 
 async function pair(conflictResolution: ConflictResolution, seed: Todo | null = base) {
@@ -142,18 +142,23 @@ describe('server-wins, client-wins, merge', () => {
   });
 });
 
+/** Both edit the title offline; a comes back first, so b, under `manual`, keeps a conflict. */
+async function keepConflict(a: TestClient, b: TestClient) {
+  a.sync.disable();
+  b.sync.disable();
+  await patch({ title: 'from a' })(a);
+  await patch({ title: 'from b' })(b);
+  await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both logged');
+  a.sync.enable();
+  await settled(a);
+  b.sync.enable();
+  await waitFor(() => b.sync.getConflicts().length === 1, 'b to keep a conflict');
+}
+
 describe('manual and custom', () => {
   it('manual keeps the conflict, the local document as the user left it, across a restart, until resolved', async () => {
     const { a, b } = await pair('manual');
-    a.sync.disable();
-    b.sync.disable();
-    await patch({ title: 'from a' })(a);
-    await patch({ title: 'from b' })(b);
-    await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both logged');
-    a.sync.enable();
-    await settled(a);
-    b.sync.enable();
-    await waitFor(() => b.sync.getConflicts().length === 1, 'b to keep a conflict');
+    await keepConflict(a, b);
     expect((await b.todos.findOne('d').exec())!.title).toBe('from b');
     const [conflict] = b.sync.getConflicts();
     expect(conflict).toMatchObject({ collection: 'todos', documentId: 'd', local: { data: { title: 'from b' } }, remote: { data: { title: 'from a' } }, base: { data: { title: 'base' } } });
@@ -177,15 +182,7 @@ describe('manual and custom', () => {
 
   it('keep-remote and keep-local settle a manual conflict', async () => {
     const { a, b } = await pair('manual');
-    a.sync.disable();
-    b.sync.disable();
-    await patch({ title: 'from a' })(a);
-    await patch({ title: 'from b' })(b);
-    await waitFor(() => a.sync.getStatus().pendingEvents > 0 && b.sync.getStatus().pendingEvents > 0, 'both logged');
-    a.sync.enable();
-    await settled(a);
-    b.sync.enable();
-    await waitFor(() => b.sync.getConflicts().length === 1, 'conflict');
+    await keepConflict(a, b);
     await b.sync.resolveConflict(b.sync.getConflicts()[0]!.id, 'keep-local');
     await b.sync.syncNow();
     await a.sync.syncNow();
@@ -268,7 +265,7 @@ describe('a document created again after a remote delete', () => {
         await settled(b);
         if (purge) await b.todos.storageInstance.cleanup(0); // RxDB's cleanup drops the tombstone
         await b.todos.insert({ ...base, title: `again ${round}` });
-        await waitFor(async () => (await storage(a).getHeads('todos', ['d']))[0]?.data.title === `again ${round}`, 'the server to take the new insert');
+        await waitFor(async () => (await serverStorage().getHeads('todos', ['d']))[0]?.data.title === `again ${round}`, 'the server to take the new insert');
         await waitFor(async () => (await a.todos.findOne('d').exec())?.title === `again ${round}`, 'a to get it');
         expect(b.sync.getConflicts()).toEqual([]);
         expect((await b.todos.findOne('d').exec())?.title).toBe(`again ${round}`);
