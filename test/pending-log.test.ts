@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { PendingEntry } from '../src/client/documents.js';
-import { PendingLog } from '../src/client/pending-log.js';
+import type { MetaWrite } from '../src/client/meta-store.js';
+import { PAGE_SIZE, PendingLog, type StoredPage } from '../src/client/pending-log.js';
 
 const entry = (key: string, documentId: string): PendingEntry => ({
   key,
@@ -27,5 +28,64 @@ describe('pending log keys', () => {
     const log = new PendingLog([entry('000000000000001-000000000', 'a'), entry('000000000000002-000000000', 'b')], '000000000000001-000000000');
     expect(log.all().map((e) => e.sent)).toEqual([true, false]);
     expect(log.nextKey() > '000000000000002-000000000').toBe(true);
+  });
+});
+
+/** What MetaStore.write would store for these writes: the last write of each id, its value evaluated once. */
+function stored(writes: readonly MetaWrite[]): Map<string, unknown> {
+  const last = new Map(writes.map((write) => [write.id, write]));
+  return new Map([...last].map(([id, write]) => [id, typeof write.value === 'function' ? (write.value as () => unknown)() : write.value]));
+}
+
+describe('pending log pages', () => {
+  const keyOf = (i: number) => `${String(i).padStart(15, '0')}-000000000`;
+
+  it('store the entries added before one write in pages of PAGE_SIZE, and start a new page after it', () => {
+    const log = new PendingLog();
+    const count = PAGE_SIZE * 2 + 5;
+    const first = stored(Array.from({ length: count }, (_, i) => log.add(entry(keyOf(i + 1), `d${i}`))));
+    expect(first.size).toBe(3);
+    expect([...first.values()].map((page) => (page as StoredPage).entries.length)).toEqual([PAGE_SIZE, PAGE_SIZE, 5]);
+    // The last page was written: the next entry does not rewrite it.
+    const second = stored([log.add(entry(keyOf(count + 1), 'late'))]);
+    expect([...second.values()].map((page) => (page as StoredPage).entries.map((e) => e.key))).toEqual([[keyOf(count + 1)]]);
+  });
+
+  it('rewrite a page without the entries removed from it, and delete it once it is empty', () => {
+    const log = new PendingLog();
+    const entries = Array.from({ length: 3 }, (_, i) => entry(keyOf(i + 1), `d${i}`));
+    const [pageId] = stored(entries.map((e) => log.add(e))).keys();
+    const all = log.all();
+    const afterOne = stored([log.remove(all[0]!)]);
+    expect((afterOne.get(pageId!) as StoredPage).entries.map((e) => e.event.documentId)).toEqual(['d1', 'd2']);
+    const afterAll = stored([log.remove(all[1]!), log.remove(all[2]!)]);
+    expect(afterAll.get(pageId!)).toBeUndefined();
+    expect(afterAll.has(pageId!)).toBe(true);
+    expect(log.size).toBe(0);
+  });
+
+  it('rewrite the page of an updated entry with its new event, in place', () => {
+    const log = new PendingLog();
+    const [pageId] = stored([1, 2].map((i) => log.add(entry(keyOf(i), `d${i}`)))).keys();
+    const target = log.forDocument('todos', 'd2')[0]!;
+    const event = { ...target.event, op: 'update' as const, data: { id: 'd2', title: 'new' }, patch: [] };
+    const page = stored([log.update(target, event)]).get(pageId!) as StoredPage;
+    expect(page.entries.map((e) => e.event.data)).toEqual([{ id: 'd1' }, { id: 'd2', title: 'new' }]);
+  });
+
+  it('read back what they stored, and entries stored one per document before pages', () => {
+    const log = new PendingLog();
+    const pages = stored([1, 2, 3].map((i) => log.add(entry(keyOf(i), `d${i}`))));
+    const legacy = { ...entry(keyOf(4), 'old'), sent: true };
+    const reloaded = new PendingLog([...(pages.values() as Iterable<StoredPage>), legacy], keyOf(1));
+    expect(reloaded.all().map((e) => [e.event.documentId, e.sent])).toEqual([
+      ['d1', true],
+      ['d2', false],
+      ['d3', false],
+      ['old', true],
+    ]);
+    // An entry of a loaded page is removed from that page.
+    const rewritten = stored([reloaded.remove(reloaded.forDocument('todos', 'd2')[0]!)]);
+    expect([...rewritten.values()].map((page) => (page as StoredPage).entries.map((e) => e.event.documentId))).toEqual([['d1', 'd3']]);
   });
 });

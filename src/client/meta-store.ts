@@ -48,7 +48,11 @@ const LOADED_WHOLE: ReadonlySet<MetaKind> = new Set(['pending', 'conflict', 'rej
 export interface MetaWrite {
   id: string;
   kind: MetaKind;
-  /** Omit to delete. */
+  /**
+   * Omit to delete. A function is called when the write is made and its
+   * result written (undefined: deleted), so several changes to one document
+   * collected for one write() are one write of its final value.
+   */
   value?: unknown;
 }
 
@@ -111,7 +115,9 @@ export class MetaStore {
   async write(writes: readonly MetaWrite[]): Promise<void> {
     const unique = new Map<string, MetaWrite>();
     for (const write of writes) unique.set(write.id, write);
-    let rows = [...unique.values()];
+    let rows = [...unique.values()].map((write) =>
+      typeof write.value === 'function' ? { id: write.id, kind: write.kind, value: (write.value as () => unknown)() } : write,
+    );
     await this.loadUnknown(rows);
     for (let attempt = 0; attempt < 2 && rows.length > 0; attempt++) {
       const writeRows = rows.flatMap((write) => this.toRow(write));

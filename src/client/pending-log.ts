@@ -4,15 +4,44 @@ import type { MetaWrite } from './meta-store.js';
 export const pendingId = (key: string) => `pending|${key}`;
 
 /**
+ * Entries logged together are stored together, up to this many to a page:
+ * a bulk write of N documents costs N / PAGE_SIZE storage writes when it is
+ * logged and again when it is acknowledged, not N each. Small, because a
+ * change to one unsent entry rewrites its page.
+ */
+export const PAGE_SIZE = 100;
+
+/** How the log is stored: one document per page, named by the key of the page's first entry. */
+export interface StoredPage {
+  key: string;
+  entries: { key: string; event: PendingEntry['event'] }[];
+}
+
+/** A page, or one entry stored on its own (how logs were stored before pages). */
+export type StoredPending = StoredPage | PendingEntry;
+
+interface Page {
+  id: string;
+  key: string;
+  entries: Set<PendingEntry>;
+  /** Takes new entries until it is first written: a page is only ever filled by one storage write. */
+  open: boolean;
+}
+
+/**
  * The pending-event log in memory, mirrored in the meta store. Entries are
  * ordered by key (a hybrid logical clock, so later writes sort later); per
  * document, sent entries come first and at most one unsent entry follows.
  * Mutations return the meta writes that make them durable, so a caller can
- * persist them together with related state in one storage call.
+ * persist them together with related state in one storage call; a write
+ * stores the whole page as it is when the write is made (several mutations
+ * of one page in one call are one write).
  */
 export class PendingLog {
   private readonly entries = new Map<string, PendingEntry>();
   private readonly byDocument = new Map<string, PendingEntry[]>();
+  private readonly pageOf = new Map<PendingEntry, Page>();
+  private openPage: Page | undefined;
   private lastMillis = 0;
   private counter = 0;
 
@@ -23,11 +52,17 @@ export class PendingLog {
    */
   private sentKey = '';
 
-  constructor(loaded: Iterable<PendingEntry> = [], sentThrough = '') {
+  constructor(stored: Iterable<StoredPending> = [], sentThrough = '') {
     this.sentKey = sentThrough;
-    for (const entry of [...loaded].sort((a, b) => (a.key < b.key ? -1 : 1))) {
-      this.insert(entry.key <= sentThrough ? { ...entry, sent: true } : entry);
+    const loaded: [PendingEntry, Page][] = [];
+    for (const value of stored) {
+      const page: Page = { id: pendingId(value.key), key: value.key, entries: new Set(), open: false };
+      const entries = 'entries' in value ? value.entries : [value];
+      for (const { key, event } of entries) {
+        loaded.push([{ key, event, sent: key <= sentThrough || ('sent' in value && value.sent) }, page]);
+      }
     }
+    for (const [entry, page] of loaded.sort(([a], [b]) => (a.key < b.key ? -1 : 1))) this.insert(entry, page);
     const last = [...this.entries.keys()].pop() ?? '';
     const latest = last > sentThrough ? last : sentThrough;
     if (latest) {
@@ -87,15 +122,19 @@ export class PendingLog {
     return [...this.entries.values()];
   }
 
+  /** Appends an entry; entries added before the next write share pages. */
   add(entry: PendingEntry): MetaWrite {
-    this.insert(entry);
-    return this.toWrite(entry);
+    if (!this.openPage?.open || this.openPage.entries.size >= PAGE_SIZE) {
+      this.openPage = { id: pendingId(entry.key), key: entry.key, entries: new Set(), open: true };
+    }
+    this.insert(entry, this.openPage);
+    return this.pageWrite(this.openPage);
   }
 
   /** Replaces an unsent entry's event in place; it keeps its place in the log. */
   update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite {
     entry.event = event;
-    return this.toWrite(entry);
+    return this.pageWrite(this.pageOf.get(entry)!);
   }
 
   /**
@@ -118,12 +157,15 @@ export class PendingLog {
   }
 
   remove(entry: PendingEntry): MetaWrite {
+    const page = this.pageOf.get(entry)!;
     this.entries.delete(entry.key);
+    this.pageOf.delete(entry);
+    page.entries.delete(entry);
     const key = docKey(entry.event.collection, entry.event.documentId);
     const list = (this.byDocument.get(key) ?? []).filter((other) => other !== entry);
     if (list.length > 0) this.byDocument.set(key, list);
     else this.byDocument.delete(key);
-    return { id: pendingId(entry.key), kind: 'pending' };
+    return this.pageWrite(page);
   }
 
   removeDocument(collection: string, documentId: string): MetaWrite[] {
@@ -134,7 +176,9 @@ export class PendingLog {
     return this.all().filter(filter).map((entry) => this.remove(entry));
   }
 
-  private insert(entry: PendingEntry): void {
+  private insert(entry: PendingEntry, page: Page): void {
+    page.entries.add(entry);
+    this.pageOf.set(entry, page);
     this.entries.set(entry.key, entry);
     const key = docKey(entry.event.collection, entry.event.documentId);
     const list = this.byDocument.get(key);
@@ -142,7 +186,16 @@ export class PendingLog {
     else this.byDocument.set(key, [entry]);
   }
 
-  private toWrite(entry: PendingEntry): MetaWrite {
-    return { id: pendingId(entry.key), kind: 'pending', value: { key: entry.key, event: entry.event, sent: entry.sent } };
+  /** The write of a page as it will be when the write is made: deleted once it holds no entry. */
+  private pageWrite(page: Page): MetaWrite {
+    return {
+      id: page.id,
+      kind: 'pending',
+      value: (): StoredPage | undefined => {
+        page.open = false;
+        if (page.entries.size === 0) return undefined;
+        return { key: page.key, entries: [...page.entries].map(({ key, event }) => ({ key, event })) };
+      },
+    };
   }
 }

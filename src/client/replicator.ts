@@ -37,7 +37,7 @@ import {
   type VersionInfo,
 } from './documents.js';
 import type { MetaStore, MetaWrite } from './meta-store.js';
-import { PendingLog } from './pending-log.js';
+import { PendingLog, type StoredPending } from './pending-log.js';
 import type { DocumentVersion, Strategy } from './strategies/types.js';
 
 /** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
@@ -561,7 +561,7 @@ export class Replicator {
       if (stored.sentThrough === undefined) delete this.state.sentThrough;
       else this.state.sentThrough = stored.sentThrough;
     }
-    this.pending = new PendingLog((await this.meta.getAll<PendingEntry>('pending')).values(), this.state.sentThrough);
+    this.pending = new PendingLog((await this.meta.getAll<StoredPending>('pending')).values(), this.state.sentThrough);
     this.clock = new HybridLogicalClock(this.state.clientId);
     for (const entry of this.pending.all()) this.clock.receive(entry.event.hlc);
     this.captured.clear();

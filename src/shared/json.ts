@@ -46,6 +46,24 @@ export function applyPatchLenient(doc: JsonObject, patch: readonly PatchOperatio
   return result;
 }
 
+/**
+ * A deep copy of a JSON value, frozen all the way down: for values that are
+ * stored once and handed out many times without copying again. Several
+ * times faster than structuredClone for documents.
+ */
+export function frozenJsonCopy<T>(value: T): T {
+  if (value === null || typeof value !== 'object') return value;
+  if (Array.isArray(value)) return Object.freeze(value.map(frozenJsonCopy)) as T;
+  const copy: Record<string, unknown> = {};
+  for (const key of Object.keys(value)) {
+    const field = frozenJsonCopy((value as Record<string, unknown>)[key]);
+    // A parsed "__proto__" key is data: assigning it would set the copy's prototype instead.
+    if (key === '__proto__') Object.defineProperty(copy, key, { value: field, enumerable: true, writable: true, configurable: true });
+    else copy[key] = field;
+  }
+  return Object.freeze(copy) as T;
+}
+
 export function deepClone<T>(value: T): T {
   return fastJsonPatch.deepClone(value) as T;
 }

@@ -1,4 +1,5 @@
 import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
+import { frozenJsonCopy } from '../../shared/json.js';
 import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
 const headKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
@@ -32,8 +33,7 @@ export class MemorySyncStorage implements SyncStorage {
     const seq = ++this.lastSeq;
     if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
-    const stored: StoredEvent = Object.freeze({ ...structuredClone(event), seq, serverTime: Date.now() });
-    Object.freeze(stored.data);
+    const stored: StoredEvent = frozenJsonCopy({ ...event, seq, serverTime: Date.now() });
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
     this.heads.set(key, Object.freeze({
