@@ -328,24 +328,35 @@ export class SyncEngine {
     this.want.pull ||= want.pull;
     this.running ??= this.drain().finally(() => {
       this.running = undefined;
+      // A request that came in as the run was ending joined a run that no longer looked.
+      if (this.wanted()) void this.requestSync({ push: false, pull: false });
     });
     return this.running;
+  }
+
+  private wanted(): boolean {
+    return this.want.push || this.want.pull;
   }
 
   private async drain(): Promise<SyncResult> {
     let syncedEvents = 0;
     this.updateStatus({ syncing: true });
     try {
-      while (this.want.push || this.want.pull) {
-        const want = this.want;
-        this.want = { push: false, pull: false };
-        syncedEvents += await this.runOnce(want);
-      }
-      this.retryAttempt = 0;
-      if (this.meta && this.meta.deletedSinceCompaction >= META_COMPACTION_THRESHOLD) {
-        const meta = this.meta;
-        await this.queue.run(() => meta.compact());
-      }
+      const replicator = this.requireReplicator();
+      do {
+        while (this.wanted()) {
+          const want = this.want;
+          this.want = { push: false, pull: false };
+          syncedEvents += await this.runOnce(want);
+        }
+        this.retryAttempt = 0;
+        // Idle: acknowledged versions become per-document shadows, one push batch at a time.
+        while (!this.wanted() && (await this.queue.run(() => replicator.foldAcked())));
+        if (!this.wanted() && this.meta && this.meta.deletedSinceCompaction >= META_COMPACTION_THRESHOLD) {
+          const meta = this.meta;
+          await this.queue.run(() => meta.compact());
+        }
+      } while (this.wanted());
       this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: this.standingError() });
       return { success: true, error: null, syncedEvents };
     } catch (error) {

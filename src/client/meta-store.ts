@@ -18,7 +18,7 @@ import {
 } from 'rxdb';
 import { SyncError } from '../shared/errors.js';
 
-export type MetaKind = 'state' | 'pending' | 'shadow' | 'conflict' | 'rejected';
+export type MetaKind = 'state' | 'pending' | 'shadow' | 'acked' | 'conflict' | 'rejected';
 
 interface MetaDoc {
   id: string;
@@ -43,7 +43,7 @@ const META_SCHEMA: RxJsonSchema<RxDocumentData<MetaDoc>> = fillWithDefaultSettin
 });
 
 /** Kinds the engine reads in full with getAll() when it starts. */
-const LOADED_WHOLE: ReadonlySet<MetaKind> = new Set(['pending', 'conflict', 'rejected', 'state']);
+const LOADED_WHOLE: ReadonlySet<MetaKind> = new Set(['pending', 'acked', 'conflict', 'rejected', 'state']);
 
 export interface MetaWrite {
   id: string;

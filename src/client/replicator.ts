@@ -37,6 +37,7 @@ import {
   type VersionInfo,
 } from './documents.js';
 import type { MetaStore, MetaWrite } from './meta-store.js';
+import { AckedVersions, type StoredAckedPage } from './acked.js';
 import { PendingLog, type StoredPending } from './pending-log.js';
 import type { DocumentVersion, Strategy } from './strategies/types.js';
 
@@ -98,6 +99,8 @@ export class Replicator {
   /** What a database that never synced starts from; load() reads what is stored. */
   readonly state: PersistedState = { clientId: randomId(), checkpoints: {}, logged: {} };
   pending = new PendingLog();
+  /** Versions of acknowledged pushes not yet folded into shadows. */
+  acked = new AckedVersions();
   private clock = new HybridLogicalClock(this.state.clientId);
 
   constructor(
@@ -147,7 +150,7 @@ export class Replicator {
       const current = localState(currents.get(documentId));
       const server = versions.get(documentId) ?? null;
       // The document no longer holds the server version the capture came from: keep that version.
-      if (captured && server === captured) writes.push(this.shadowWrite(collectionName, documentId, captured));
+      if (captured && server === captured) writes.push(...this.shadowWrite(collectionName, documentId, captured));
       const entries = this.pending.forDocument(collectionName, documentId);
       const last = entries[entries.length - 1];
       if (!changeBetween(last ? stateOfEvent(last.event) : server, current)) continue;
@@ -240,6 +243,7 @@ export class Replicator {
       throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
     }
     const writes: MetaWrite[] = [];
+    const acked: [string, string, Shadow][] = [];
     const conflicts = new Map<string, PushResult & { status: 'conflict' }>();
     const rejected = new Map<string, { entry: PendingEntry; error: WireError }>();
     batch.forEach((entry, i) => {
@@ -248,19 +252,16 @@ export class Replicator {
       if (conflicts.has(key) || rejected.has(key)) return;
       if (result.status === 'accepted' || result.status === 'duplicate') {
         writes.push(this.pending.remove(entry));
-        writes.push(this.shadowWrite(entry.event.collection, entry.event.documentId, {
-          ...stateOfEvent(entry.event),
-          seq: result.seq,
-          eventId: entry.event.id,
-          hlc: entry.event.hlc,
-          clientId: this.clientId,
-        }));
+        const { collection, documentId } = entry.event;
+        acked.push([collection, documentId, { ...stateOfEvent(entry.event), seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId }]);
       } else if (result.status === 'conflict') {
         conflicts.set(key, result);
       } else {
         rejected.set(key, { entry, error: result.error });
       }
     });
+    // One page for the whole batch, named after its first entry (keys are never reused).
+    if (acked.length > 0) writes.push(this.acked.add(`acked|${batch[0]!.key}`, acked));
     if (writes.length > 0) await this.meta.write(writes);
     for (const { entry, error } of rejected.values()) await this.reject(entry, error);
     for (const [key, result] of conflicts) {
@@ -376,9 +377,9 @@ export class Replicator {
         done(row.documentId);
         // A deletion also keeps a shadow: RxDB gives a document inserted again over a tombstone a fresh
         // _meta (and its cleanup purges tombstones), so the stamp would not survive to be its base.
-        if (unstampable(row) || row.target.deleted) writes.push(this.shadowWrite(collectionName, row.documentId, row.stamp));
+        if (unstampable(row) || row.target.deleted) writes.push(...this.shadowWrite(collectionName, row.documentId, row.stamp));
         // The stamp on the document is newer now; the shadow is not needed any more.
-        else if (shadows.has(row.documentId)) writes.push({ id: shadowId(collectionName, row.documentId), kind: 'shadow' });
+        else if (shadows.has(row.documentId)) writes.push(...this.shadowDelete(collectionName, row.documentId));
       }
     }
     if (writes.length > 0) await this.meta.write(writes);
@@ -406,7 +407,7 @@ export class Replicator {
       const ownIndex = entries.findIndex((entry) => entry.event.id === remote.eventId);
       if (ownIndex >= 0) {
         for (const entry of entries.slice(0, ownIndex + 1)) writes.push(this.pending.remove(entry));
-        writes.push(this.shadowWrite(collectionName, documentId, remote));
+        writes.push(...this.shadowWrite(collectionName, documentId, remote));
         await this.meta.write(writes);
         await this.recordLocalChanges(collectionName, [documentId]);
         return;
@@ -424,7 +425,7 @@ export class Replicator {
     const base = known && hasData(known) ? known : null;
     const lastEntry = latestEntries[latestEntries.length - 1];
     writes.push(...this.pending.removeDocument(collectionName, documentId));
-    writes.push(remote ? this.shadowWrite(collectionName, documentId, remote) : { id: shadowId(collectionName, documentId), kind: 'shadow' });
+    writes.push(...(remote ? this.shadowWrite(collectionName, documentId, remote) : this.shadowDelete(collectionName, documentId)));
     if (statesEqual(local, remote)) {
       await this.meta.write(writes);
       return;
@@ -562,6 +563,7 @@ export class Replicator {
       else this.state.sentThrough = stored.sentThrough;
     }
     this.pending = new PendingLog((await this.meta.getAll<StoredPending>('pending')).values(), this.state.sentThrough);
+    this.acked = new AckedVersions(await this.meta.getAll<StoredAckedPage>('acked'));
     this.clock = new HybridLogicalClock(this.state.clientId);
     for (const entry of this.pending.all()) this.clock.receive(entry.event.hlc);
     this.captured.clear();
@@ -581,18 +583,45 @@ export class Replicator {
 
   // ---- storage helpers -----------------------------------------------------------
 
-  private shadowWrite(collection: string, documentId: string, shadow: Shadow): MetaWrite {
-    return { id: shadowId(collection, documentId), kind: 'shadow', value: shadow };
+  /** Keeps `shadow` as the document's server version (an acknowledged one it replaces is forgotten). */
+  private shadowWrite(collection: string, documentId: string, shadow: Shadow): MetaWrite[] {
+    return [{ id: shadowId(collection, documentId), kind: 'shadow', value: shadow }, ...this.acked.forget(collection, documentId)];
   }
 
+  private shadowDelete(collection: string, documentId: string): MetaWrite[] {
+    return [{ id: shadowId(collection, documentId), kind: 'shadow' }, ...this.acked.forget(collection, documentId)];
+  }
+
+  /** The kept server versions of these documents: shadows, or acknowledged versions not yet folded into them. */
   async getShadows(collection: string, ids: readonly string[]): Promise<Map<string, Shadow>> {
     const stored = await this.meta.get<Shadow>(ids.map((id) => shadowId(collection, id)));
     const result = new Map<string, Shadow>();
     for (const id of ids) {
       const shadow = stored.get(shadowId(collection, id));
-      if (shadow) result.set(id, shadow);
+      const acked = this.acked.get(collection, id);
+      const newest = acked && (!shadow || acked.seq >= shadow.seq) ? acked : shadow;
+      if (newest) result.set(id, newest);
     }
     return result;
+  }
+
+  /**
+   * Folds the oldest page of acknowledged versions into per-document
+   * shadows; false when there was none. Called while the client is idle, one
+   * page (one push batch) at a time, so live changes are not held up.
+   */
+  async foldAcked(): Promise<boolean> {
+    const page = this.acked.oldest();
+    if (!page) return false;
+    const stored = await this.meta.get<Shadow>(page.versions.map(([collection, documentId]) => shadowId(collection, documentId)));
+    const writes: MetaWrite[] = [];
+    for (const [collection, documentId, version] of page.versions) {
+      const id = shadowId(collection, documentId);
+      if ((stored.get(id)?.seq ?? -1) < version.seq) writes.push({ id, kind: 'shadow', value: version });
+    }
+    writes.push(this.acked.drop(page.id));
+    await this.meta.write(writes);
+    return true;
   }
 
   private async findLocal(collection: RxCollection, ids: readonly string[]): Promise<Map<string, RxDocumentData<unknown>>> {

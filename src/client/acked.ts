@@ -1,0 +1,103 @@
+import { docKey, type Shadow } from './documents.js';
+import type { MetaWrite } from './meta-store.js';
+
+/** How a page of acknowledged versions is stored: `[collection, documentId, version]` each. */
+export interface StoredAckedPage {
+  versions: [string, string, Shadow][];
+}
+
+interface Page {
+  id: string;
+  versions: Map<string, [string, string, Shadow]>;
+}
+
+/**
+ * The server versions of pushed documents, as the server acknowledged them:
+ * the base of each document's next change. An acknowledged batch is stored
+ * as one page (one storage write, not one per document) and later folded
+ * into per-document shadows when the client is idle (see
+ * Replicator.foldAcked), so that pushing stays cheap and memory holds only
+ * what was acknowledged since the last idle moment.
+ *
+ * A version leaves its page, durably, when the replicator keeps or drops the
+ * document's shadow (forget): a page read back after a restart then never
+ * outranks what came after it.
+ */
+export class AckedVersions {
+  private readonly pages = new Map<string, Page>();
+  private readonly byDocument = new Map<string, { page: Page; version: Shadow }>();
+
+  constructor(stored: Iterable<[string, StoredAckedPage]> = []) {
+    for (const [id, value] of stored) {
+      const page: Page = { id, versions: new Map() };
+      this.pages.set(id, page);
+      for (const [collection, documentId, version] of value.versions) this.put(page, collection, documentId, version);
+    }
+    // Pages whose every version was outranked by a later page hold nothing: they are dropped at the next fold.
+  }
+
+  get(collection: string, documentId: string): Shadow | undefined {
+    return this.byDocument.get(docKey(collection, documentId))?.version;
+  }
+
+  /**
+   * Keeps one acknowledged batch as one page, named `id` (unique per batch).
+   * An older page holding one of its documents is not rewritten: the newer
+   * version has the higher sequence, which is what counts when pages are
+   * read back.
+   */
+  add(id: string, versions: readonly [string, string, Shadow][]): MetaWrite {
+    const page: Page = { id, versions: new Map() };
+    this.pages.set(id, page);
+    for (const [collection, documentId, version] of versions) this.put(page, collection, documentId, version);
+    return this.pageWrite(page);
+  }
+
+  /** Drops the document's acknowledged version: a newer one is kept elsewhere. */
+  forget(collection: string, documentId: string): MetaWrite[] {
+    const key = docKey(collection, documentId);
+    const held = this.byDocument.get(key);
+    if (!held) return [];
+    this.byDocument.delete(key);
+    held.page.versions.delete(key);
+    return [this.pageWrite(held.page)];
+  }
+
+  /** The oldest page with the versions it still holds (empty when all were outranked), if any. */
+  oldest(): { id: string; versions: [string, string, Shadow][] } | undefined {
+    const page = this.pages.values().next().value as Page | undefined;
+    return page && { id: page.id, versions: [...page.versions.values()] };
+  }
+
+  /** Drops a folded page: its versions are kept as shadows now. */
+  drop(id: string): MetaWrite {
+    const page = this.pages.get(id);
+    if (page) {
+      for (const key of page.versions.keys()) this.byDocument.delete(key);
+      page.versions.clear();
+      this.pages.delete(id);
+    }
+    return { id, kind: 'acked' };
+  }
+
+  get pageCount(): number {
+    return this.pages.size;
+  }
+
+  private put(page: Page, collection: string, documentId: string, version: Shadow): void {
+    const key = docKey(collection, documentId);
+    const held = this.byDocument.get(key);
+    if (held && held.version.seq > version.seq) return;
+    if (held) held.page.versions.delete(key);
+    page.versions.set(key, [collection, documentId, version]);
+    this.byDocument.set(key, { page, version });
+  }
+
+  private pageWrite(page: Page): MetaWrite {
+    return {
+      id: page.id,
+      kind: 'acked',
+      value: (): StoredAckedPage | undefined => (page.versions.size === 0 ? undefined : { versions: [...page.versions.values()] }),
+    };
+  }
+}
