@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock, compareHlc, formatHlc, parseHlc } from '../src/shared/hlc.js';
 import { randomId } from '../src/shared/ids.js';
+import { frozenJsonCopy, withFields } from '../src/shared/json.js';
 
 describe('hybrid logical clock', () => {
   it('formats and parses back, and sorts as strings in clock order', () => {
@@ -58,5 +59,29 @@ describe('randomId', () => {
     const ids = Array.from({ length: 1000 }, randomId);
     for (const id of ids) expect(id).toMatch(pattern);
     expect(new Set(ids).size).toBe(1000);
+  });
+});
+
+describe('document copies', () => {
+  // A parsed document may hold a "__proto__" key: it is data, and must stay data in copies.
+  const parsed = () => JSON.parse('{"id":"a","__proto__":{"polluted":true},"tags":["x"]}') as Record<string, unknown>;
+
+  it('withFields copies every key as data and adds the fields', () => {
+    const copy = withFields(parsed(), { _rev: '1-x' });
+    expect(Object.getPrototypeOf(copy)).toBe(Object.prototype);
+    expect((copy as Record<string, unknown>).polluted).toBeUndefined();
+    expect(Object.keys(copy)).toEqual(['id', '__proto__', 'tags', '_rev']);
+    expect(JSON.parse(JSON.stringify(copy))).toEqual(JSON.parse('{"id":"a","__proto__":{"polluted":true},"tags":["x"],"_rev":"1-x"}'));
+  });
+
+  it('frozenJsonCopy copies deeply, freezes every level and keeps "__proto__" as data', () => {
+    const source = parsed();
+    const copy = frozenJsonCopy(source);
+    expect(copy).not.toBe(source);
+    expect(Object.isFrozen(copy) && Object.isFrozen(copy.tags) && Object.isFrozen(copy.__proto__)).toBe(true);
+    expect(Object.getPrototypeOf(copy)).toBe(Object.prototype);
+    (source.tags as string[]).push('y');
+    expect(copy.tags).toEqual(['x']);
+    expect(JSON.stringify(copy)).toBe(JSON.stringify(parsed()));
   });
 });

@@ -64,7 +64,7 @@ export function stampOf(doc: RxDocumentData<unknown>): VersionInfo | undefined {
 export function newestVersion(shadow: Shadow | undefined, current: RxDocumentData<unknown> | undefined, captured: Shadow | undefined): KnownVersion | null {
   const stamp = current ? stampOf(current) : undefined;
   if (!stamp || (shadow && shadow.seq >= stamp.seq)) return shadow ?? null;
-  if (isSyncRevision(current!._rev)) return { ...stamp, data: stripMeta(current!) };
+  if (isSyncRevision(current!._rev)) return Object.assign(stamp, { data: stripMeta(current!) });
   if (captured && captured.seq === stamp.seq) return captured;
   return stamp;
 }

@@ -10,6 +10,7 @@ import { Subject } from 'rxjs';
 import { SyncError, type WireError } from '../shared/errors.js';
 import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
+import { withFields } from '../shared/json.js';
 import type { PushResult, RemoteEvent, SyncEvent } from '../shared/protocol.js';
 import {
   buildChange,
@@ -167,14 +168,10 @@ export class Replicator {
       }
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
       const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
-      const event: SyncEvent = {
-        id: open?.event.id ?? randomId(),
-        collection: collectionName,
-        documentId,
-        ...change,
+      const event: SyncEvent = Object.assign({ id: open?.event.id ?? randomId(), collection: collectionName, documentId }, change, {
         baseEventId: lastSent ? lastSent.event.id : (server?.eventId ?? null),
         hlc: this.clock.tickAt(writtenAt),
-      };
+      });
       writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
     }
     if (loggedThrough !== undefined) {
@@ -195,7 +192,7 @@ export class Replicator {
       if (!previous || !isSyncRevision(previous._rev)) continue;
       const stamp = stampOf(previous);
       const key = docKey(collectionName, documentId);
-      if (stamp && !this.captured.has(key)) this.captured.set(key, { ...stamp, data: stripMeta(previous) });
+      if (stamp && !this.captured.has(key)) this.captured.set(key, Object.assign(stamp, { data: stripMeta(previous) }));
     }
   }
 
@@ -253,7 +250,7 @@ export class Replicator {
       if (result.status === 'accepted' || result.status === 'duplicate') {
         writes.push(this.pending.remove(entry));
         const { collection, documentId } = entry.event;
-        acked.push([collection, documentId, { ...stateOfEvent(entry.event), seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId }]);
+        acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
       } else if (result.status === 'conflict') {
         conflicts.set(key, result);
       } else {
@@ -475,7 +472,7 @@ export class Replicator {
           : compareHlc(localVersion.hlc, remote.hlc) > 0 ? localVersion.hlc : remote.hlc;
       writes.push(this.pending.add({
         key: this.pending.nextKey(),
-        event: { id: randomId(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        event: Object.assign({ id: randomId(), collection: collectionName, documentId }, change, { baseEventId: remote?.eventId ?? null, hlc }),
         sent: false,
       }));
     }
@@ -507,7 +504,7 @@ export class Replicator {
       const hlc = this.clock.tick();
       writes.push(this.pending.add({
         key: this.pending.nextKey(),
-        event: { id: randomId(), collection: collectionName, documentId, ...change, baseEventId: remote?.eventId ?? null, hlc },
+        event: Object.assign({ id: randomId(), collection: collectionName, documentId }, change, { baseEventId: remote?.eventId ?? null, hlc }),
         sent: false,
       }));
     }
@@ -683,20 +680,19 @@ export class Replicator {
     const writeRows = rows
       .filter(({ current, target }) => !(target.deleted && (!current || current._deleted)))
       .map(({ documentId, current, target, stamp }) => {
-        const meta: Record<string, unknown> = { ...current?._meta, lwt: time };
+        const meta: Record<string, unknown> = Object.assign({}, current?._meta, { lwt: time });
         if (stamp) meta[STAMP_FIELD] = stampValue(stamp);
         else delete meta[STAMP_FIELD];
         const height = current ? getHeightOfRevision(current._rev) + 1 : 1;
         return {
           previous: current,
-          document: {
-            ...target.data,
+          document: withFields(target.data, {
             [primary]: documentId,
             _deleted: target.deleted,
             _attachments: current?._attachments ?? {},
             _meta: meta,
             _rev: `${height}-${stamp ? SYNC_REVISION_TOKEN : this.db.token}`,
-          } as RxDocumentData<unknown>,
+          }) as unknown as RxDocumentData<unknown>,
         };
       });
     const refused = new Set<string>();

@@ -153,7 +153,8 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
       assertStorable(ctx, event);
       const head = heads.get(docKey(event.collection, event.documentId));
       await assertMayWrite(ctx, user, event, head);
-      toSave.push({ ...ctx.redactor.keepHidden(event, head), clientId: socket.data.clientId });
+      // Object.assign, not a spread with more fields: a much slower path in V8, per event. Events have known keys only.
+      toSave.push(Object.assign({}, ctx.redactor.keepHidden(event, head), { clientId: socket.data.clientId }));
       savedIndex.push(index);
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -167,7 +168,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const serverTime = Date.now();
   for (const [i, result] of saved.entries()) {
     let answer: PushResult = result;
-    if (result.status === 'accepted') accepted.push({ ...toSave[i]!, seq: result.seq, serverTime });
+    if (result.status === 'accepted') accepted.push(Object.assign({}, toSave[i]!, { seq: result.seq, serverTime }));
     else if (result.status === 'conflict' && result.head) {
       // A conflict answer carries the server's document: only what this user may read of it.
       const head = await readableHead(ctx, user, result.head);

@@ -64,6 +64,20 @@ export function frozenJsonCopy<T>(value: T): T {
   return Object.freeze(copy) as T;
 }
 
+/**
+ * `{ ...data, ...fields }` for a document: V8 (Node 20) takes a slow path,
+ * many times slower, for an object spread followed by more properties, which
+ * the document paths do per document. `fields` are the caller's own keys.
+ */
+export function withFields<T extends object>(data: JsonObject, fields: T): JsonObject & T {
+  const copy: JsonObject = {};
+  for (const key of Object.keys(data)) {
+    if (key === '__proto__') Object.defineProperty(copy, key, { value: data[key], enumerable: true, writable: true, configurable: true });
+    else copy[key] = data[key];
+  }
+  return Object.assign(copy, fields);
+}
+
 export function deepClone<T>(value: T): T {
   return fastJsonPatch.deepClone(value) as T;
 }

@@ -33,7 +33,7 @@ export class MemorySyncStorage implements SyncStorage {
     const seq = ++this.lastSeq;
     if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
-    const stored: StoredEvent = frozenJsonCopy({ ...event, seq, serverTime: Date.now() });
+    const stored: StoredEvent = frozenJsonCopy(Object.assign({}, event, { seq, serverTime: Date.now() }));
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
     this.heads.set(key, Object.freeze({

@@ -312,7 +312,7 @@ function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
     return { id: event.id, status: 'conflict', head: head ? decodeHead(head) : null };
   }
   const serverTime = Date.now();
-  const seq = Number(statements.insertEvent.run({ ...event, server_time: serverTime }).lastInsertRowid);
+  const seq = Number(statements.insertEvent.run(Object.assign({}, event, { server_time: serverTime })).lastInsertRowid);
   statements.upsertHead.run({
     collection: event.collection,
     document_id: event.document_id,
