@@ -9,7 +9,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import type { SyncStorage } from '../../src/server/index.js';
+import type { SyncStorage } from 'rxdb-offline-sync/server';
 
 export interface StorageVariant {
   name: 'memory' | 'sqlite' | 'postgres';
@@ -38,7 +38,7 @@ function skip(name: string, error: unknown, log: (message: string) => void): und
 }
 
 async function sqliteVariant(): Promise<StorageVariant> {
-  const { SqliteSyncStorage } = await import('../../src/server/storage/sqlite.js');
+  const { SqliteSyncStorage } = await import('rxdb-offline-sync/server');
   const directory = mkdtempSync(join(tmpdir(), 'rxos-bench-'));
   return {
     name: 'sqlite',
@@ -58,7 +58,7 @@ async function sqliteVariant(): Promise<StorageVariant> {
 }
 
 async function postgresVariant(): Promise<StorageVariant> {
-  const { PostgresSyncStorage } = await import('../../src/server/storage/postgres.js');
+  const { PostgresSyncStorage } = await import('rxdb-offline-sync/server');
   if (!(await portOpen(POSTGRES.host, POSTGRES.port))) throw new Error(`nothing listens on ${POSTGRES.host}:${POSTGRES.port}`);
   const database = `rxos_bench_${randomBytes(5).toString('hex')}`;
   const url = (name: string) => `postgres://${POSTGRES.user}@${POSTGRES.host}:${POSTGRES.port}/${name}`;

@@ -11,7 +11,7 @@
  *   work (all clients share the benchmark's one thread).
  * Reported as documents per second.
  */
-import type { SyncStorage } from '../../src/server/index.js';
+import type { SyncStorage } from 'rxdb-offline-sync/server';
 import type { BenchClient, BenchPusher, BenchSystem } from '../systems/types.js';
 import { makeTodos, type Todo } from '../lib/documents.js';
 import { profiled } from '../lib/profile.js';

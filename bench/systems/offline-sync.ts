@@ -2,9 +2,10 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
-import { RxDBOfflineSyncPlugin, createSyncPlugin } from '../../src/client/index.js';
+import { RxDBOfflineSyncPlugin, createSyncPlugin } from 'rxdb-offline-sync';
 import { io } from 'socket.io-client';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type SyncEvent } from '../../src/server/index.js';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type SyncEvent } from 'rxdb-offline-sync/server';
+// Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
 import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';

@@ -3,7 +3,7 @@
  * project and RxDB's replication-websocket through the same steps.
  */
 import type { RxCollection } from 'rxdb';
-import type { SyncStorage } from '../../src/server/index.js';
+import type { SyncStorage } from 'rxdb-offline-sync/server';
 import type { Todo } from '../lib/documents.js';
 
 export type SystemId = 'offline-sync' | 'rxdb-ws';

@@ -1,0 +1,56 @@
+/**
+ * Review: drain() now restarts when a request arrives as a run ends, but a
+ * syncNow() made in that moment (here from a status$ subscriber reacting to
+ * `syncing: false`, the natural place to ask for another sync) still joins
+ * the run that has ended: it resolves at once with that run's result,
+ * success: true, before anything it asked for was pushed.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import type { SyncResult } from '../src/client/engine.js';
+import { sleep, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+
+let server: TestServer | undefined;
+const clients: TestClient[] = [];
+
+afterEach(async () => {
+  await Promise.all(clients.splice(0).map((c) => c.close()));
+  await server?.stop();
+  server = undefined;
+});
+
+describe('review: syncNow as a run ends', () => {
+  it('resolves only after a run that pushed what was pending when it was called', async () => {
+    // Reads are slow, so that the app writes while the first run pulls.
+    server = await startServer({
+      authorize: async (_user: unknown, _collection: string, operation: string) => {
+        if (operation === 'read') await sleep(300);
+        return true;
+      },
+    });
+    const a = await startClient(server.url, { autoSync: false });
+    clients.push(a);
+
+    await a.todos.insert({ id: 'first', title: 'first', done: false });
+    let second: Promise<SyncResult> | undefined;
+    let armed = false;
+    const subscription = a.sync.status$.subscribe((status) => {
+      if (armed && !status.syncing && !second) {
+        // Pending work exists and the app asks for a sync right as the run ends.
+        expect(status.pendingEvents).toBe(1);
+        second = a.sync.syncNow();
+      }
+    });
+    const first = a.sync.syncNow();
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'first pushed');
+    await a.todos.insert({ id: 'second', title: 'second', done: false });
+    await waitFor(() => a.sync.getStatus().pendingEvents === 1, 'second logged');
+    armed = true;
+    await first;
+    await waitFor(() => second !== undefined, 'the second syncNow call');
+    const result = await second!;
+    subscription.unsubscribe();
+    expect(result.success).toBe(true);
+    const onServer = (await server.server.getStorage().getEventsAfter(0)).map((event) => event.documentId);
+    expect(onServer).toContain('second');
+  });
+});
