@@ -2,7 +2,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
-import { RxDBOfflineSyncPlugin, createSyncPlugin } from 'rxdb-offline-sync';
+import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
 import { io } from 'socket.io-client';
 import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type SyncEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
@@ -55,12 +55,18 @@ export const offlineSync: BenchSystem = {
       waitForWritten: (count) => written.reach(count),
       async openClient(): Promise<BenchClient> {
         const db = await openTodoDatabase('os');
+        let sync: SyncApi | undefined;
         return {
           todos: db.todos,
           async startSync() {
-            const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, ...offlineSyncOptions }));
+            sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, ...offlineSyncOptions }));
             const result = await sync.syncNow();
             if (!result.success) throw result.error;
+          },
+          async settled() {
+            // A sync run ends idle: nothing pending, acknowledgements folded.
+            const result = await sync!.syncNow();
+            if (!result.success || sync!.getStatus().pendingEvents > 0) throw result.error ?? new Error('events still pending');
           },
           close: () => dropTodoDatabase(db),
         };

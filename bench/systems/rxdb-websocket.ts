@@ -56,6 +56,9 @@ export const rxdbWebsocket: BenchSystem = {
             await replication.awaitInitialReplication();
             if (failure) throw failure;
           },
+          async settled() {
+            await replication!.awaitInSync();
+          },
           async close() {
             await replication?.cancel();
             await dropTodoDatabase(db);

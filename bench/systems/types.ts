@@ -34,6 +34,12 @@ export interface BenchClient {
   readonly todos: RxCollection<Todo>;
   /** Starts live sync; resolves when the first full sync with the server has finished. */
   startSync(): Promise<void>;
+  /**
+   * Resolves once the client has finished its own work on what it pushed
+   * (acknowledgements processed; for this project also folded into per-document
+   * shadows, which it defers until it is idle).
+   */
+  settled(): Promise<void>;
   close(): Promise<void>;
 }
 
