@@ -4,14 +4,20 @@
  * restart (before the fold, after it, after a newer version replaced an
  * acknowledged one), the next edit of a document is based on the newest
  * server version this client knows.
+ *
+ * Also: a page is never overwritten by a later batch's page (a batch whose
+ * first entry got a conflict and survived a crash leads the next batch
+ * again), and a conflict round interrupted by the app's own write leaves the
+ * acknowledged version in place as the next round's base.
  */
 import type { RxDatabase } from 'rxdb';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../src/client/meta-store.js';
 import { Replicator } from '../src/client/replicator.js';
-import { strategyFor } from '../src/client/strategies/index.js';
 import { createLogger } from '../src/shared/logger.js';
-import type { RemoteEvent } from '../src/shared/protocol.js';
+import type { DocumentHead, PushResult, RemoteEvent } from '../src/shared/protocol.js';
+import { formatHlc } from '../src/shared/hlc.js';
+import { merge, strategyFor, type Conflict } from '../src/client/strategies/index.js';
 import { openDatabase, uniqueName } from './helpers.js';
 
 type Db = Awaited<ReturnType<typeof openDatabase>>;
@@ -47,6 +53,17 @@ async function logAll(db: Db, replicator: Replicator) {
   const docs = await db.todos.find().exec();
   await replicator.recordLocalChanges('todos', docs.map((doc) => doc.id));
 }
+
+const otherHead: DocumentHead = {
+  collection: 'todos',
+  documentId: 'd0',
+  seq: 1,
+  eventId: 'other-insert-d0',
+  data: { id: 'd0', title: 'from elsewhere', done: false },
+  deleted: false,
+  hlc: formatHlc({ millis: 1, counter: 0, node: 'other' }),
+  clientId: 'other',
+};
 
 describe('acknowledged versions', () => {
   it('are one stored page per batch, read back after a restart as the base of the next edit', async () => {
@@ -116,5 +133,100 @@ describe('acknowledged versions', () => {
     await second.db.todos.insert({ id: 'd1', title: 'again', done: false });
     await second.replicator.recordLocalChanges('todos', ['d1']);
     expect(second.replicator.pending.all()[0]!.event).toMatchObject({ op: 'insert', baseEventId: 'other-delete-0001' });
+  });
+
+  it('of a batch whose first entry is still pending after a crash are never overwritten by the next batch', async () => {
+    const name = uniqueName('ackcoll');
+    const first = await open(name);
+    await first.db.todos.bulkInsert(['d0', 'd1', 'd2'].map((id) => ({ id, title: id, done: false })));
+    await first.replicator.recordLocalChanges('todos', ['d0', 'd1', 'd2']);
+    const batch = await first.replicator.takeBatch(500);
+    expect(batch.map((e) => e.event.documentId)).toEqual(['d0', 'd1', 'd2']);
+    const pushedD1 = batch[1]!.event.id;
+    // The process dies while settling the conflict, after the acknowledgements were written.
+    (first.replicator as unknown as { resolveDocument: () => Promise<void> }).resolveDocument = async () => {
+      throw new Error('process died');
+    };
+    const results: PushResult[] = [
+      { id: batch[0]!.event.id, status: 'conflict', head: otherHead },
+      { id: batch[1]!.event.id, status: 'accepted', seq: 2 },
+      { id: batch[2]!.event.id, status: 'accepted', seq: 3 },
+    ];
+    await expect(first.replicator.applyPushResults(batch, results)).rejects.toThrow('process died');
+    await first.close();
+
+    // After the restart, d0's entry is still the oldest, and the app wrote d3.
+    const second = await open(name);
+    expect(second.replicator.pending.all().map((e) => e.event.documentId)).toEqual(['d0']);
+    await second.db.todos.insert({ id: 'd3', title: 'd3', done: false });
+    await second.replicator.recordLocalChanges('todos', ['d3']);
+    const batch2 = await second.replicator.takeBatch(500);
+    expect(batch2.map((e) => e.event.documentId)).toEqual(['d0', 'd3']);
+    await second.replicator.applyPushResults(batch2, [
+      { id: batch2[0]!.event.id, status: 'conflict', head: otherHead },
+      { id: batch2[1]!.event.id, status: 'accepted', seq: 4 },
+    ]);
+    // Idle: everything acknowledged is folded.
+    while (await second.replicator.foldAcked());
+    await second.close();
+
+    // d1's next edit is based on the version the server acknowledged.
+    const third = await open(name);
+    await (await third.db.todos.findOne('d1').exec())!.patch({ title: 'edited' });
+    await third.replicator.recordLocalChanges('todos', ['d1']);
+    const entry = third.replicator.pending.forDocument('todos', 'd1')[0]!;
+    expect(entry.event).toMatchObject({ op: 'update', baseEventId: pushedD1 });
+  });
+
+  it('stay the base of a conflict settled again because the app wrote during the first round', async () => {
+    // The merge's base is lost if the first, interrupted round already dropped the acknowledged version.
+    const db = await openDatabase(uniqueName('refused'));
+    opened.push(db);
+    const meta = await MetaStore.open(db as unknown as RxDatabase);
+    const bases: (Conflict['base'])[] = [];
+    let round = 0;
+    const resolver = async (conflict: Conflict) => {
+      bases.push(conflict.base);
+      // The app writes the document while the first round is being settled.
+      if (round++ === 0) await (await db.todos.findOne('d').exec())!.patch({ priority: 1 });
+      const resolution = merge(conflict);
+      if (resolution.action === 'write') return resolution.data;
+      if (resolution.action === 'keep-remote') return conflict.remote!.data;
+      return conflict.local.data;
+    };
+    const replicator = new Replicator(db as unknown as RxDatabase, meta, () => strategyFor(resolver), logger);
+    await replicator.load();
+
+    // d is created here and acknowledged as sequence 1.
+    await db.todos.insert({ id: 'd', title: 'original', done: false });
+    await replicator.recordLocalChanges('todos', ['d']);
+    const [created] = await replicator.takeBatch(10);
+    await replicator.applyPushResults([created!], [{ id: created!.event.id, status: 'accepted', seq: 1 }]);
+
+    // This client edits the title; another client meanwhile set done (sequence 2).
+    await (await db.todos.findOne('d').exec())!.patch({ title: 'mine' });
+    await replicator.recordLocalChanges('todos', ['d']);
+    const [edit] = await replicator.takeBatch(10);
+    await replicator.applyPushResults([edit!], [{
+      id: edit!.event.id,
+      status: 'conflict',
+      head: {
+        collection: 'todos',
+        documentId: 'd',
+        seq: 2,
+        eventId: 'other-done',
+        data: { id: 'd', title: 'original', done: true },
+        deleted: false,
+        hlc: formatHlc({ millis: 1, counter: 0, node: 'other' }),
+        clientId: 'other',
+      },
+    }]);
+
+    expect(round).toBe(2);
+    expect(bases[0]?.data).toEqual({ id: 'd', title: 'original', done: false });
+    expect(bases[1]?.data).toEqual({ id: 'd', title: 'original', done: false });
+    // Both edits survive the merge: the title from here, done from the other client.
+    const doc = (await db.todos.findOne('d').exec())!.toJSON();
+    expect(doc).toMatchObject({ title: 'mine', done: true, priority: 1 });
   });
 });

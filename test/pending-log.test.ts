@@ -88,4 +88,14 @@ describe('pending log pages', () => {
     const rewritten = stored([reloaded.remove(reloaded.forDocument('todos', 'd2')[0]!)]);
     expect([...rewritten.values()].map((page) => (page as StoredPage).entries.map((e) => e.event.documentId))).toEqual([['d1', 'd3']]);
   });
+
+  it('leave alone an entry of a log that was read again since (a tab took the lead meanwhile)', () => {
+    const before = new PendingLog();
+    const old = entry(keyOf(1), 'd1');
+    const pages = stored([before.add(old)]);
+    const reread = new PendingLog(pages.values() as Iterable<StoredPage>);
+    const writes = stored([reread.remove(old), reread.update(old, { ...old.event, op: 'delete' })]);
+    expect([...writes.values()].every((value) => value === undefined)).toBe(true);
+    expect(reread.all().map((e) => e.event)).toEqual([old.event]);
+  });
 });

@@ -347,6 +347,17 @@ describe('bad input is answered, not obeyed', () => {
     await stillSyncing();
   });
 
+  it('binary data inside a document is rejected for that event, and nothing of it is stored', async () => {
+    await start();
+    const hostile = await open();
+    // socket.io sends Buffers as binary attachments and hands them to the server as Buffers.
+    const binary = rawEvent({ documentId: 'binary', data: { id: 'binary', blob: Buffer.from('not json') } as never });
+    const reply = await request(hostile, MESSAGE.push, { events: [binary] });
+    expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'INVALID_MESSAGE', message: expect.stringContaining('binary data') } });
+    expect(await stored()).toBe(0);
+    await stillSyncing();
+  });
+
   it('a flood of bad messages from many connections leaves the server serving', async () => {
     await start();
     const hostiles = await Promise.all([1, 2, 3].map(() => open()));

@@ -41,14 +41,19 @@ export class AckedVersions {
   }
 
   /**
-   * Keeps one acknowledged batch as one page, named `id` (unique per batch).
-   * An older page holding one of its documents is not rewritten: the newer
+   * Keeps one acknowledged batch as one page, named `id`: the caller names
+   * it after a log entry removed in the same write, so no later batch can
+   * have the name (a page already there is added to, never replaced). An
+   * older page holding one of its documents is not rewritten: the newer
    * version has the higher sequence, which is what counts when pages are
    * read back.
    */
   add(id: string, versions: readonly [string, string, Shadow][]): MetaWrite {
-    const page: Page = { id, versions: new Map() };
-    this.pages.set(id, page);
+    let page = this.pages.get(id);
+    if (!page) {
+      page = { id, versions: new Map() };
+      this.pages.set(id, page);
+    }
     for (const [collection, documentId, version] of versions) this.put(page, collection, documentId, version);
     return this.pageWrite(page);
   }
@@ -69,15 +74,19 @@ export class AckedVersions {
     return page && { id: page.id, versions: [...page.versions.values()] };
   }
 
-  /** Drops a folded page: its versions are kept as shadows now. */
-  drop(id: string): MetaWrite {
-    const page = this.pages.get(id);
-    if (page) {
-      for (const key of page.versions.keys()) this.byDocument.delete(key);
-      page.versions.clear();
-      this.pages.delete(id);
-    }
+  /** The write that deletes a page; call drop() once it is made. */
+  deletion(id: string): MetaWrite {
     return { id, kind: 'acked' };
+  }
+
+  /** Forgets a folded page whose deletion was written: its versions are kept as shadows now. */
+  drop(id: string): void {
+    const page = this.pages.get(id);
+    if (!page) return;
+    for (const key of page.versions.keys()) {
+      if (this.byDocument.get(key)?.page === page) this.byDocument.delete(key);
+    }
+    this.pages.delete(id);
   }
 
   get pageCount(): number {

@@ -326,11 +326,12 @@ export class SyncEngine {
   private requestSync(want: { push: boolean; pull: boolean }): Promise<SyncResult> {
     this.want.push ||= want.push;
     this.want.pull ||= want.pull;
-    this.running ??= this.drain().finally(() => {
-      this.running = undefined;
-      // A request that came in as the run was ending joined a run that no longer looked.
-      if (this.wanted()) void this.requestSync({ push: false, pull: false });
-    });
+    if (!this.running) {
+      const run: Promise<SyncResult> = this.drain().finally(() => {
+        if (this.running === run) this.running = undefined;
+      });
+      this.running = run;
+    }
     return this.running;
   }
 
@@ -357,11 +358,15 @@ export class SyncEngine {
           await this.queue.run(() => meta.compact());
         }
       } while (this.wanted());
+      // The run ends here, in the same step as the last look at the requests: from now on a
+      // request (say from a status$ subscriber seeing `syncing: false`) starts a run of its own.
+      this.running = undefined;
       this.updateStatus({ syncing: false, lastSyncTime: Date.now(), error: this.standingError() });
       return { success: true, error: null, syncedEvents };
     } catch (error) {
       const syncError = SyncError.from(error);
       this.want = { push: false, pull: false };
+      this.running = undefined;
       this.updateStatus({ syncing: false, error: syncError });
       this.logger.warn({ code: syncError.code, reason: syncError.message }, 'sync failed');
       const retryAfterMs = (syncError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;

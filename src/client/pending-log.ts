@@ -20,6 +20,9 @@ export interface StoredPage {
 /** A page, or one entry stored on its own (how logs were stored before pages). */
 export type StoredPending = StoredPage | PendingEntry;
 
+/** A write of nothing: an id no stored document has, deleted (MetaStore skips it). */
+const NO_WRITE: MetaWrite = { id: 'pending|', kind: 'pending' };
+
 interface Page {
   id: string;
   key: string;
@@ -131,10 +134,16 @@ export class PendingLog {
     return this.pageWrite(this.openPage);
   }
 
-  /** Replaces an unsent entry's event in place; it keeps its place in the log. */
+  /**
+   * Replaces an unsent entry's event in place; it keeps its place in the log.
+   * An entry this log does not hold (read before the log was read again, when
+   * a tab took the lead) is left alone: the log read later is the truth.
+   */
   update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite {
+    const page = this.pageOf.get(entry);
+    if (!page) return NO_WRITE;
     entry.event = event;
-    return this.pageWrite(this.pageOf.get(entry)!);
+    return this.pageWrite(page);
   }
 
   /**
@@ -157,7 +166,8 @@ export class PendingLog {
   }
 
   remove(entry: PendingEntry): MetaWrite {
-    const page = this.pageOf.get(entry)!;
+    const page = this.pageOf.get(entry);
+    if (!page) return NO_WRITE;
     this.entries.delete(entry.key);
     this.pageOf.delete(entry);
     page.entries.delete(entry);

@@ -241,6 +241,7 @@ export class Replicator {
     }
     const writes: MetaWrite[] = [];
     const acked: [string, string, Shadow][] = [];
+    let firstAcked: PendingEntry | undefined;
     const conflicts = new Map<string, PushResult & { status: 'conflict' }>();
     const rejected = new Map<string, { entry: PendingEntry; error: WireError }>();
     batch.forEach((entry, i) => {
@@ -249,6 +250,7 @@ export class Replicator {
       if (conflicts.has(key) || rejected.has(key)) return;
       if (result.status === 'accepted' || result.status === 'duplicate') {
         writes.push(this.pending.remove(entry));
+        firstAcked ??= entry;
         const { collection, documentId } = entry.event;
         acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
       } else if (result.status === 'conflict') {
@@ -257,8 +259,9 @@ export class Replicator {
         rejected.set(key, { entry, error: result.error });
       }
     });
-    // One page for the whole batch, named after its first entry (keys are never reused).
-    if (acked.length > 0) writes.push(this.acked.add(`acked|${batch[0]!.key}`, acked));
+    // One page for the whole batch, named after its first acknowledged entry: that entry leaves
+    // the log in this same write, so no later batch can start with it (keys are never reused).
+    if (acked.length > 0) writes.push(this.acked.add(`acked|${firstAcked!.key}`, acked));
     if (writes.length > 0) await this.meta.write(writes);
     for (const { entry, error } of rejected.values()) await this.reject(entry, error);
     for (const [key, result] of conflicts) {
@@ -421,10 +424,15 @@ export class Replicator {
     // A base whose content was lost to a crash is no base: the strategies then compare the two sides alone.
     const base = known && hasData(known) ? known : null;
     const lastEntry = latestEntries[latestEntries.length - 1];
-    writes.push(...this.pending.removeDocument(collectionName, documentId));
-    writes.push(...(remote ? this.shadowWrite(collectionName, documentId, remote) : this.shadowDelete(collectionName, documentId)));
+    // The document's log entries give way to the server's version. Collected (and so changed in
+    // memory) only once the outcome is certain: a round that the app's own write interrupts
+    // leaves the log and the known server version as they were for the next round.
+    const settle = () => [
+      ...this.pending.removeDocument(collectionName, documentId),
+      ...(remote ? this.shadowWrite(collectionName, documentId, remote) : this.shadowDelete(collectionName, documentId)),
+    ];
     if (statesEqual(local, remote)) {
-      await this.meta.write(writes);
+      await this.meta.write([...writes, ...settle()]);
       return;
     }
     const localVersion: DocumentVersion = {
@@ -439,7 +447,7 @@ export class Replicator {
     if (resolution.action === 'manual') {
       const stored: StoredConflict = { id: conflictId(collectionName, documentId), ...conflict, detectedAt: Date.now(), ...(resolution.reason ? { reason: resolution.reason } : {}) };
       this.conflicts.set(stored.id, stored);
-      writes.push({ id: stored.id, kind: 'conflict', value: { ...stored, remoteShadow: remote } });
+      writes.push(...settle(), { id: stored.id, kind: 'conflict', value: { ...stored, remoteShadow: remote } });
       await this.meta.write(writes);
       this.logger.info({ collection: collectionName, documentId, reason: resolution.reason }, 'conflict kept for the app to resolve');
       this.conflicts$.next([...this.conflicts.values()]);
@@ -462,6 +470,7 @@ export class Replicator {
         return this.resolveDocument(collectionName, documentId, remote, attempt + 1);
       }
     }
+    writes.push(...settle());
     const change = buildChange(remote, target);
     if (change) {
       // A rebased local write keeps its own time, so it cannot beat a later write made elsewhere;
@@ -616,8 +625,9 @@ export class Replicator {
       const id = shadowId(collection, documentId);
       if ((stored.get(id)?.seq ?? -1) < version.seq) writes.push({ id, kind: 'shadow', value: version });
     }
-    writes.push(this.acked.drop(page.id));
+    writes.push(this.acked.deletion(page.id));
     await this.meta.write(writes);
+    this.acked.drop(page.id);
     return true;
   }
 

@@ -83,8 +83,9 @@ const storableString = (value: string) => value.isWellFormed() && !value.include
 
 /**
  * Refuses what a storage could not keep or a recursive encoder could not send
- * back out: documents nested deeper than maxDocumentDepth, and strings (keys,
- * values, ids, patch paths) with a NUL character or an unpaired surrogate.
+ * back out: documents nested deeper than maxDocumentDepth, binary values, and
+ * strings (keys, values, ids, patch paths) with a NUL character or an
+ * unpaired surrogate.
  * The same event is then refused on every storage, not just on some.
  */
 function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
@@ -108,6 +109,8 @@ function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
       continue;
     }
     if (!value || typeof value !== 'object') continue;
+    // socket.io carries binary data too; a document is JSON, and every storage keeps JSON only.
+    if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) refuse('a value is binary data, which a JSON document cannot hold');
     if (depth > max) {
       throw new SyncError('INVALID_MESSAGE', `document ${where} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
     }
