@@ -26,6 +26,11 @@ describe('syncNow as a run ends', () => {
         return true;
       },
     });
+    // Another client's document, so that the first run's pull has something to read (slowly).
+    const other = await startClient(server.url, { autoSync: false });
+    clients.push(other);
+    await other.todos.insert({ id: 'theirs', title: 'theirs', done: false });
+    await other.sync.syncNow();
     const a = await startClient(server.url, { autoSync: false });
     clients.push(a);
 
@@ -44,7 +49,7 @@ describe('syncNow as a run ends', () => {
       }
     });
     const first = a.sync.syncNow();
-    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'first pushed');
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 2, 'first pushed');
     await waitFor(() => a.sync.getStatus().pendingEvents === 0, 'first acknowledged');
     await sleep(100); // the push phase has ended; the first run is pulling
     await a.todos.insert({ id: 'second', title: 'second', done: false });

@@ -59,6 +59,23 @@ describe('live sync between clients', () => {
     expect(b.sync.getStatus().pendingEvents).toBe(0);
   });
 
+  it('a pull does not send back what this client pushed and saw acknowledged', async () => {
+    server = await startServer();
+    const a = await client();
+    await a.sync.syncNow();
+    let pulled = 0;
+    server.server.events.on('pull', ({ events }) => (pulled += events));
+    await a.todos.bulkInsert(Array.from({ length: 700 }, (_, i) => ({ id: `own${i}`, title: `${i}`, done: false })));
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 700, 'the push');
+    await a.sync.syncNow();
+    expect(pulled).toBe(0);
+    // Another client's write in between is still pulled.
+    const b = await client();
+    await b.todos.insert({ id: 'theirs', title: 'from b', done: false });
+    await waitFor(async () => (await a.todos.findOne('theirs').exec()) !== null, 'a to get b\'s write');
+    expect(await a.todos.count().exec()).toBe(701);
+  });
+
   it('events that arrived live are not sent again by the pull that follows them', async () => {
     server = await startServer();
     const a = await client();

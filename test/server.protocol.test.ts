@@ -133,6 +133,21 @@ describe('push and pull', () => {
     expect(capped.hasMore).toBe(true);
   });
 
+  it('a pull leaves out the sequences it says it has, named one by one or as ranges, and still moves past them', async () => {
+    server = await startServer();
+    const writer = await open();
+    const pushed = await request(writer, MESSAGE.push, { events: Array.from({ length: 8 }, (_, i) => rawEvent({ documentId: `h${i}` })) });
+    const seqs: number[] = pushed.results.map((result: { seq: number }) => result.seq);
+    const reader = await open();
+    const pull = (have: unknown[]) => request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'], have });
+    // A reversed range names nothing; a range far past the last sequence is no problem.
+    const page = await pull([seqs[0], [seqs[2], seqs[4]], [seqs[7], seqs[5]], [seqs[6], Number.MAX_SAFE_INTEGER]]);
+    expect(page.events.map((event: StoredEvent) => event.documentId)).toEqual(['h1', 'h5']);
+    expect(page.checkpoint).toBe(seqs[7]);
+    const malformed = await pull([[seqs[0]]]);
+    expect(malformed).toMatchObject({ ok: false, error: { code: 'INVALID_MESSAGE' } });
+  });
+
   it('live events reach connections subscribed to the collection and no one else', async () => {
     server = await startServer();
     const writer = await open();

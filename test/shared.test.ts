@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock, compareHlc, formatHlc, parseHlc } from '../src/shared/hlc.js';
 import { randomId } from '../src/shared/ids.js';
 import { frozenJsonCopy, withFields } from '../src/shared/json.js';
+import { spanSet, toSpans } from '../src/shared/protocol.js';
 
 describe('hybrid logical clock', () => {
   it('formats and parses back, and sorts as strings in clock order', () => {
@@ -83,5 +84,19 @@ describe('document copies', () => {
     (source.tags as string[]).push('y');
     expect(copy.tags).toEqual(['x']);
     expect(JSON.stringify(copy)).toBe(JSON.stringify(parsed()));
+  });
+});
+
+describe('sequence spans', () => {
+  it('toSpans makes runs into ranges, and spanSet answers membership for exactly those sequences', () => {
+    fc.assert(
+      fc.property(fc.array(fc.nat(60), { maxLength: 40 }), (sequences) => {
+        const spans = toSpans(sequences);
+        expect(spans.length).toBeLessThanOrEqual(new Set(sequences).size);
+        const has = spanSet(spans);
+        for (let seq = 0; seq <= 61; seq++) expect(has(seq)).toBe(sequences.includes(seq));
+      }),
+    );
+    expect(toSpans([5, 1, 2, 3, 9, 3])).toEqual([[1, 3], 5, 9]);
   });
 });

@@ -7,7 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { MAX_PULL_HAVE, parseMessage, syncEventSchema, type LiveMessage } from '../shared/protocol.js';
+import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';
@@ -49,6 +49,8 @@ const LIVE_PULL_DELAY = 100;
 const LEADERSHIP_WAIT = 3000;
 /** Said by a push step whose batch was refused for its size: the batch size is now smaller, push again. */
 const RETRY_SMALLER = -1;
+/** Sequences held for `have` at most; beyond, they are dropped and a pull may send some documents again. */
+const MAX_HELD_SEQUENCES = 250_000;
 /** Deleted metadata documents (acknowledged events) that may pile up before they are purged from storage. */
 const META_COMPACTION_THRESHOLD = 2000;
 
@@ -63,7 +65,8 @@ export class SyncEngine {
   /** Whether the plugin's state document existed when this engine started. */
   private stateStored = false;
   /**
-   * Sequences applied from live messages and not yet behind every checkpoint:
+   * Sequences of events this client holds that are not yet behind every
+   * checkpoint (applied from live messages, or its own acknowledged pushes):
    * a pull names them (`have`) so the server does not send them again.
    */
   private readonly liveHandled = new Set<number>();
@@ -394,6 +397,8 @@ export class SyncEngine {
         try {
           const reply = await transport.push({ events: batch.map((entry) => entry.event) });
           await replicator.applyPushResults(batch, reply.results);
+          // This client holds what the server took: a pull need not send it back.
+          for (const result of reply.results) if (result.status === 'accepted' || result.status === 'duplicate') this.liveHandled.add(result.seq);
           return batch.length;
         } catch (error) {
           return this.handleRefusedPush(SyncError.from(error), batch);
@@ -412,7 +417,7 @@ export class SyncEngine {
     }
     for (let [checkpoint, collections] of groups) {
       for (;;) {
-        const have = [...this.liveHandled].filter((seq) => seq > checkpoint).slice(0, MAX_PULL_HAVE);
+        const have = toSpans([...this.liveHandled].filter((seq) => seq > checkpoint)).slice(0, MAX_PULL_HAVE);
         const reply = await transport.pull({ checkpoint, collections, limit: this.options.pullBatchSize, ...(have.length > 0 ? { have } : {}) });
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
@@ -425,7 +430,7 @@ export class SyncEngine {
     // What every checkpoint has passed needs no naming any more.
     const passed = Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0));
     for (const seq of this.liveHandled) if (seq <= passed) this.liveHandled.delete(seq);
-    if (this.liveHandled.size > MAX_PULL_HAVE * 10) this.liveHandled.clear();
+    if (this.liveHandled.size > MAX_HELD_SEQUENCES) this.liveHandled.clear();
     return synced;
   }
 

@@ -5,6 +5,7 @@ import type { Logger } from '../shared/logger.js';
 import {
   parseMessage,
   pullMessageSchema,
+  spanSet,
   pushMessageSchema,
   subscribeMessageSchema,
   MESSAGE,
@@ -247,8 +248,8 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   // Events the client already has from live messages, and those the user may not read, are left out;
   // the checkpoint still moves past them.
   if (message.have && message.have.length > 0) {
-    const have = new Set(message.have);
-    events = events.filter((event) => !have.has(event.seq));
+    const has = spanSet(message.have);
+    events = events.filter((event) => !has(event.seq));
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });

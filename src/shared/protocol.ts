@@ -138,20 +138,58 @@ export const pushMessageSchema = z.strictObject({
 });
 export type PushMessage = z.infer<typeof pushMessageSchema>;
 
-/** At most this many sequences in a pull's `have`. */
+/** At most this many entries (sequences or ranges) in a pull's `have`. */
 export const MAX_PULL_HAVE = 5000;
+
+/** A sequence, or an inclusive range of them as `[first, last]`. */
+export const sequenceSpanSchema = z.union([sequenceSchema, z.tuple([sequenceSchema, sequenceSchema])]);
+export type SequenceSpan = z.infer<typeof sequenceSpanSchema>;
+
+/** Sequences as the fewest spans: runs of consecutive ones become ranges. */
+export function toSpans(sequences: Iterable<number>): SequenceSpan[] {
+  const sorted = [...new Set(sequences)].sort((a, b) => a - b);
+  const spans: SequenceSpan[] = [];
+  for (let i = 0; i < sorted.length; ) {
+    let j = i;
+    while (j + 1 < sorted.length && sorted[j + 1] === sorted[j]! + 1) j++;
+    spans.push(j === i ? sorted[i]! : [sorted[i]!, sorted[j]!]);
+    i = j + 1;
+  }
+  return spans;
+}
+
+/** A membership test over spans, by binary search (a range is never expanded, however wide). */
+export function spanSet(spans: readonly SequenceSpan[]): (seq: number) => boolean {
+  const ranges = spans
+    .map((span): [number, number] => (typeof span === 'number' ? [span, span] : span))
+    .filter(([first, last]) => first <= last)
+    .sort((a, b) => a[0] - b[0]);
+  return (seq) => {
+    let low = 0;
+    let high = ranges.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >> 1;
+      const [first, last] = ranges[middle]!;
+      if (seq < first) high = middle - 1;
+      else if (seq > last) low = middle + 1;
+      else return true;
+    }
+    return false;
+  };
+}
 
 export const pullMessageSchema = z.strictObject({
   checkpoint: sequenceSchema,
   collections: z.array(collectionNameSchema).min(1).max(256),
   limit: z.number().int().positive().optional(),
   /**
-   * Sequences after the checkpoint that this client already applied from
-   * live messages: the server leaves them out of the reply (the checkpoint
-   * still moves past them), so a pull after a burst of live events does not
-   * send the burst again.
+   * Sequences after the checkpoint whose events this client already holds:
+   * applied from live messages, or its own pushes acknowledged. The server
+   * leaves them out of the reply (the checkpoint still moves past them), so
+   * a pull after a burst of live events, or after a large push, does not
+   * send those documents back again.
    */
-  have: z.array(sequenceSchema).max(MAX_PULL_HAVE).optional(),
+  have: z.array(sequenceSpanSchema).max(MAX_PULL_HAVE).optional(),
 });
 export type PullMessage = z.infer<typeof pullMessageSchema>;
 
