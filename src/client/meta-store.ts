@@ -93,9 +93,7 @@ export class MetaStore {
     for (const id of ids) if (!this.revisions.has(id)) this.revisions.set(id, null);
     for (const doc of docs) {
       this.remember(doc);
-      if (doc._deleted) continue;
-      this.remember(doc);
-      result.set(doc.id, doc.value as T);
+      if (!doc._deleted) result.set(doc.id, doc.value as T);
     }
     return result;
   }
