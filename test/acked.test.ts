@@ -13,9 +13,9 @@
 import type { RxDatabase } from 'rxdb';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../src/client/meta-store.js';
-import { Replicator } from '../src/client/replicator.js';
+import { Replicator, SHADOWS_AT_ONCE } from '../src/client/replicator.js';
 import { createLogger } from '../src/shared/logger.js';
-import type { DocumentHead, PushResult, RemoteEvent } from '../src/shared/protocol.js';
+import type { DocumentHead, PushResult, RemoteEvent, SyncEvent } from '../src/shared/protocol.js';
 import { formatHlc } from '../src/shared/hlc.js';
 import { merge, strategyFor, type Conflict } from '../src/client/strategies/index.js';
 import { openDatabase, uniqueName } from './helpers.js';
@@ -54,6 +54,14 @@ async function logAll(db: Db, replicator: Replicator) {
   await replicator.recordLocalChanges('todos', docs.map((doc) => doc.id));
 }
 
+let fillers = 0;
+/** Documents with these ids, and enough others that a push of them is acknowledged as a page. */
+const withFillers = (ids: readonly string[]) => [
+  ...ids.map((id) => ({ id, title: id, done: false })),
+  ...Array.from({ length: SHADOWS_AT_ONCE }, () => ({ id: `filler${fillers++}`, title: 'filler', done: false })),
+];
+const eventOf = (events: readonly SyncEvent[], documentId: string) => events.find((event) => event.documentId === documentId)!;
+
 const otherHead: DocumentHead = {
   collection: 'todos',
   documentId: 'd0',
@@ -69,7 +77,7 @@ describe('acknowledged versions', () => {
   it('are one stored page per batch, read back after a restart as the base of the next edit', async () => {
     const name = uniqueName('acked');
     const first = await open(name);
-    await first.db.todos.bulkInsert([1, 2, 3].map((i) => ({ id: `d${i}`, title: `t${i}`, done: false })));
+    await first.db.todos.bulkInsert(withFillers(['d1', 'd2', 'd3']));
     await logAll(first.db, first.replicator);
     const pushed = await pushAll(first.replicator, 1);
     expect([...(await first.meta.getAll('acked')).keys()]).toHaveLength(1);
@@ -83,20 +91,31 @@ describe('acknowledged versions', () => {
     const [entry] = second.replicator.pending.all();
     expect(entry!.event).toMatchObject({
       op: 'update',
-      baseEventId: pushed[1]!.id,
+      baseEventId: eventOf(pushed, 'd2').id,
       patch: [{ op: 'replace', path: '/title', value: 'edited' }],
     });
+  });
+
+  it('of a small batch (an app editing a document at a time) are kept as shadows at once, with no page', async () => {
+    const name = uniqueName('small');
+    const first = await open(name);
+    await first.db.todos.insert({ id: 'one', title: 'one', done: false });
+    await logAll(first.db, first.replicator);
+    const [pushed] = await pushAll(first.replicator, 1);
+    expect((await first.meta.getAll('acked')).size).toBe(0);
+    expect((await first.meta.getAll('shadow')).get('shadow|todos|one')).toMatchObject({ eventId: pushed!.id, seq: 1 });
   });
 
   it('fold into per-document shadows, one page at a time, and the page is gone', async () => {
     const name = uniqueName('fold');
     const first = await open(name);
-    await first.db.todos.bulkInsert([1, 2].map((i) => ({ id: `d${i}`, title: `t${i}`, done: false })));
+    await first.db.todos.bulkInsert(withFillers(['d1', 'd2']));
     await logAll(first.db, first.replicator);
     const pushed = await pushAll(first.replicator, 1);
-    await first.db.todos.insert({ id: 'd3', title: 't3', done: false });
-    await first.replicator.recordLocalChanges('todos', ['d3']);
-    await pushAll(first.replicator, 3);
+    const secondBatch = withFillers(['d3']);
+    await first.db.todos.bulkInsert(secondBatch);
+    await first.replicator.recordLocalChanges('todos', secondBatch.map((doc) => doc.id));
+    const pushedLater = await pushAll(first.replicator, 1000);
     expect((await first.meta.getAll('acked')).size).toBe(2);
 
     expect(await first.replicator.foldAcked()).toBe(true);
@@ -105,27 +124,31 @@ describe('acknowledged versions', () => {
     expect(await first.replicator.foldAcked()).toBe(false);
     expect((await first.meta.getAll('acked')).size).toBe(0);
     const shadows = await first.meta.getAll<{ eventId: string; seq: number }>('shadow');
-    expect([...shadows.values()].map((shadow) => shadow.seq).sort()).toEqual([1, 2, 3]);
+    expect(shadows.size).toBe(pushed.length + pushedLater.length);
+    expect(shadows.get('shadow|todos|d3')).toMatchObject({ eventId: eventOf(pushedLater, 'd3').id });
     await first.close();
 
     const second = await open(name);
     await (await second.db.todos.findOne('d1').exec())!.patch({ done: true });
     await second.replicator.recordLocalChanges('todos', ['d1']);
-    expect(second.replicator.pending.all()[0]!.event).toMatchObject({ op: 'update', baseEventId: pushed[0]!.id, patch: [{ op: 'replace', path: '/done', value: true }] });
+    expect(second.replicator.pending.all()[0]!.event).toMatchObject({ op: 'update', baseEventId: eventOf(pushed, 'd1').id, patch: [{ op: 'replace', path: '/done', value: true }] });
   });
 
   it('give way to a newer server version, also when read back after a restart before the fold', async () => {
     const name = uniqueName('newer');
     const first = await open(name);
-    await first.db.todos.bulkInsert([1, 2].map((i) => ({ id: `d${i}`, title: `t${i}`, done: false })));
+    await first.db.todos.bulkInsert(withFillers(['d1', 'd2']));
     await logAll(first.db, first.replicator);
     await pushAll(first.replicator, 1);
-    // Another client deletes d1 (sequence 3): this client keeps that version, not the acknowledged one.
-    const removal: RemoteEvent = { id: 'other-delete-0001', collection: 'todos', documentId: 'd1', op: 'delete', data: { id: 'd1', title: 't1', done: false }, hlc: '999999999999999-000000-other', seq: 3, clientId: 'other' };
-    await first.replicator.applyRemote([removal], 'pull', { collections: ['todos'], seq: 3 });
+    // Another client deletes d1 (sequence 3000): this client keeps that version, not the acknowledged one.
+    const removal: RemoteEvent = { id: 'other-delete-0001', collection: 'todos', documentId: 'd1', op: 'delete', data: { id: 'd1', title: 't1', done: false }, hlc: '999999999999999-000000-other', seq: 3000, clientId: 'other' };
+    await first.replicator.applyRemote([removal], 'pull', { collections: ['todos'], seq: 3000 });
     expect(await first.db.todos.findOne('d1').exec()).toBeNull();
     const pages = [...(await first.meta.getAll<{ versions: [string, string, unknown][] }>('acked')).values()];
-    expect(pages.map((page) => page.versions.map(([, documentId]) => documentId))).toEqual([['d2']]);
+    expect(pages).toHaveLength(1);
+    const documentIds = pages[0]!.versions.map(([, documentId]) => documentId);
+    expect(documentIds).toContain('d2');
+    expect(documentIds).not.toContain('d1');
     await first.close();
 
     // Created again here after the restart: an insert on the deletion, not an update of the acknowledged version.
@@ -138,34 +161,34 @@ describe('acknowledged versions', () => {
   it('of a batch whose first entry is still pending after a crash are never overwritten by the next batch', async () => {
     const name = uniqueName('ackcoll');
     const first = await open(name);
-    await first.db.todos.bulkInsert(['d0', 'd1', 'd2'].map((id) => ({ id, title: id, done: false })));
-    await first.replicator.recordLocalChanges('todos', ['d0', 'd1', 'd2']);
+    const firstDocs = withFillers(['d0', 'd1', 'd2']);
+    await first.db.todos.bulkInsert(firstDocs);
+    await first.replicator.recordLocalChanges('todos', firstDocs.map((doc) => doc.id));
     const batch = await first.replicator.takeBatch(500);
-    expect(batch.map((e) => e.event.documentId)).toEqual(['d0', 'd1', 'd2']);
+    expect(batch.map((e) => e.event.documentId)).toEqual(firstDocs.map((doc) => doc.id));
     const pushedD1 = batch[1]!.event.id;
     // The process dies while settling the conflict, after the acknowledgements were written.
     (first.replicator as unknown as { resolveDocument: () => Promise<void> }).resolveDocument = async () => {
       throw new Error('process died');
     };
-    const results: PushResult[] = [
-      { id: batch[0]!.event.id, status: 'conflict', head: otherHead },
-      { id: batch[1]!.event.id, status: 'accepted', seq: 2 },
-      { id: batch[2]!.event.id, status: 'accepted', seq: 3 },
-    ];
+    const results: PushResult[] = batch.map((entry, i) =>
+      i === 0 ? { id: entry.event.id, status: 'conflict', head: otherHead } : { id: entry.event.id, status: 'accepted', seq: 1 + i },
+    );
     await expect(first.replicator.applyPushResults(batch, results)).rejects.toThrow('process died');
     await first.close();
 
     // After the restart, d0's entry is still the oldest, and the app wrote d3.
     const second = await open(name);
     expect(second.replicator.pending.all().map((e) => e.event.documentId)).toEqual(['d0']);
-    await second.db.todos.insert({ id: 'd3', title: 'd3', done: false });
-    await second.replicator.recordLocalChanges('todos', ['d3']);
+    const laterDocs = withFillers(['d3']);
+    await second.db.todos.bulkInsert(laterDocs);
+    await second.replicator.recordLocalChanges('todos', laterDocs.map((doc) => doc.id));
     const batch2 = await second.replicator.takeBatch(500);
-    expect(batch2.map((e) => e.event.documentId)).toEqual(['d0', 'd3']);
-    await second.replicator.applyPushResults(batch2, [
-      { id: batch2[0]!.event.id, status: 'conflict', head: otherHead },
-      { id: batch2[1]!.event.id, status: 'accepted', seq: 4 },
-    ]);
+    expect(batch2.map((e) => e.event.documentId)).toEqual(['d0', ...laterDocs.map((doc) => doc.id)]);
+    await second.replicator.applyPushResults(
+      batch2,
+      batch2.map((entry, i) => (i === 0 ? { id: entry.event.id, status: 'conflict', head: otherHead } : { id: entry.event.id, status: 'accepted', seq: 1000 + i })),
+    );
     // Idle: everything acknowledged is folded.
     while (await second.replicator.foldAcked());
     await second.close();
@@ -197,11 +220,13 @@ describe('acknowledged versions', () => {
     const replicator = new Replicator(db as unknown as RxDatabase, meta, () => strategyFor(resolver), logger);
     await replicator.load();
 
-    // d is created here and acknowledged as sequence 1.
-    await db.todos.insert({ id: 'd', title: 'original', done: false });
-    await replicator.recordLocalChanges('todos', ['d']);
-    const [created] = await replicator.takeBatch(10);
-    await replicator.applyPushResults([created!], [{ id: created!.event.id, status: 'accepted', seq: 1 }]);
+    // d is created here and acknowledged (as sequence 1) in a batch large enough to be kept as a page.
+    const created = withFillers(['d']);
+    await db.todos.bulkInsert(created);
+    await replicator.recordLocalChanges('todos', created.map((doc) => doc.id));
+    const batch = await replicator.takeBatch(500);
+    await replicator.applyPushResults(batch, batch.map((entry, i) => ({ id: entry.event.id, status: 'accepted' as const, seq: 1 + i })));
+    expect((await meta.getAll('acked')).size).toBe(1);
 
     // This client edits the title; another client meanwhile set done (sequence 2).
     await (await db.todos.findOne('d').exec())!.patch({ title: 'mine' });
@@ -213,9 +238,9 @@ describe('acknowledged versions', () => {
       head: {
         collection: 'todos',
         documentId: 'd',
-        seq: 2,
+        seq: 5000,
         eventId: 'other-done',
-        data: { id: 'd', title: 'original', done: true },
+        data: { id: 'd', title: 'd', done: true },
         deleted: false,
         hlc: formatHlc({ millis: 1, counter: 0, node: 'other' }),
         clientId: 'other',
@@ -223,8 +248,8 @@ describe('acknowledged versions', () => {
     }]);
 
     expect(round).toBe(2);
-    expect(bases[0]?.data).toEqual({ id: 'd', title: 'original', done: false });
-    expect(bases[1]?.data).toEqual({ id: 'd', title: 'original', done: false });
+    expect(bases[0]?.data).toEqual({ id: 'd', title: 'd', done: false });
+    expect(bases[1]?.data).toEqual({ id: 'd', title: 'd', done: false });
     // Both edits survive the merge: the title from here, done from the other client.
     const doc = (await db.todos.findOne('d').exec())!.toJSON();
     expect(doc).toMatchObject({ title: 'mine', done: true, priority: 1 });

@@ -84,6 +84,8 @@ const conflictId = (collection: string, documentId: string) => `conflict|${colle
 export const STATE_ID = 'state|main';
 const MAX_RESOLVE_ATTEMPTS = 5;
 const RECOVERY_PAGE = 1000;
+/** Acknowledged batches up to this size keep their shadows at once; larger ones as a page, folded when idle. */
+export const SHADOWS_AT_ONCE = 32;
 
 export class Replicator {
   readonly conflicts = new Map<string, StoredConflict>();
@@ -259,9 +261,14 @@ export class Replicator {
         rejected.set(key, { entry, error: result.error });
       }
     });
-    // One page for the whole batch, named after its first acknowledged entry: that entry leaves
-    // the log in this same write, so no later batch can start with it (keys are never reused).
-    if (acked.length > 0) writes.push(this.acked.add(`acked|${firstAcked!.key}`, acked));
+    if (acked.length <= SHADOWS_AT_ONCE) {
+      // A few documents (an app editing one at a time): their shadows straight away, no page to fold later.
+      for (const [collection, documentId, version] of acked) writes.push(...this.shadowWrite(collection, documentId, version));
+    } else {
+      // One page for the whole batch, named after its first acknowledged entry: that entry leaves
+      // the log in this same write, so no later batch can start with it (keys are never reused).
+      writes.push(this.acked.add(`acked|${firstAcked!.key}`, acked));
+    }
     if (writes.length > 0) await this.meta.write(writes);
     for (const { entry, error } of rejected.values()) await this.reject(entry, error);
     for (const [key, result] of conflicts) {
