@@ -7,7 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage } from '../shared/protocol.js';
+import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';
@@ -70,6 +70,8 @@ export class SyncEngine {
    * a pull names them (`have`) so the server does not send them again.
    */
   private readonly liveHandled = new Set<number>();
+  /** How `have` names those sequences; lowered when a server refuses the form (see pullPage). */
+  private haveForm: 'ranges' | 'sequences' | 'none' = 'ranges';
   /** Collections removed with removeCollection(), whose live events may still arrive for a moment. */
   private readonly removedCollections = new Set<string>();
   private replicator?: Replicator;
@@ -396,9 +398,8 @@ export class SyncEngine {
         if (batch.length === 0) return 0;
         try {
           const reply = await transport.push({ events: batch.map((entry) => entry.event) });
-          await replicator.applyPushResults(batch, reply.results);
-          // This client holds what the server took: a pull need not send it back.
-          for (const result of reply.results) if (result.status === 'accepted' || result.status === 'duplicate') this.liveHandled.add(result.seq);
+          // This client holds what it took of the server's answer: a pull need not send that back.
+          for (const seq of await replicator.applyPushResults(batch, reply.results)) this.liveHandled.add(seq);
           return batch.length;
         } catch (error) {
           return this.handleRefusedPush(SyncError.from(error), batch);
@@ -417,8 +418,7 @@ export class SyncEngine {
     }
     for (let [checkpoint, collections] of groups) {
       for (;;) {
-        const have = toSpans([...this.liveHandled].filter((seq) => seq > checkpoint)).slice(0, MAX_PULL_HAVE);
-        const reply = await transport.pull({ checkpoint, collections, limit: this.options.pullBatchSize, ...(have.length > 0 ? { have } : {}) });
+        const reply = await this.pullPage(transport, { checkpoint, collections, limit: this.options.pullBatchSize });
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
@@ -432,6 +432,27 @@ export class SyncEngine {
     for (const seq of this.liveHandled) if (seq <= passed) this.liveHandled.delete(seq);
     if (this.liveHandled.size > MAX_HELD_SEQUENCES) this.liveHandled.clear();
     return synced;
+  }
+
+  /**
+   * One pull page, naming the sequences after the checkpoint this client
+   * holds. `have` only saves traffic: a server that refuses the form it is
+   * named in (an earlier release took single sequences only, not ranges) is
+   * asked again in the simpler form, and from then on only in that form.
+   */
+  private async pullPage(transport: Transport, ask: PullMessage): Promise<PullReply> {
+    for (;;) {
+      const held = [...this.liveHandled].filter((seq) => seq > ask.checkpoint);
+      const have = this.haveForm === 'none' ? [] : (this.haveForm === 'ranges' ? toSpans(held) : held.sort((a, b) => a - b)).slice(0, MAX_PULL_HAVE);
+      try {
+        return await transport.pull(have.length > 0 ? { ...ask, have } : ask);
+      } catch (error) {
+        const refused = SyncError.from(error);
+        if (have.length === 0 || refused.code !== 'INVALID_MESSAGE' || !refused.fromPeer) throw error;
+        this.haveForm = this.haveForm === 'ranges' ? 'sequences' : 'none';
+        this.logger.warn({ reason: refused.message, form: this.haveForm }, 'the server refused how a pull named the sequences it holds; naming them in a simpler form from now on');
+      }
+    }
   }
 
   /**

@@ -237,7 +237,8 @@ export class Replicator {
     return batch;
   }
 
-  async applyPushResults(batch: readonly PendingEntry[], results: readonly PushResult[]): Promise<void> {
+  /** Settles a pushed batch by the server's answers; returns the sequences of the events acknowledged here. */
+  async applyPushResults(batch: readonly PendingEntry[], results: readonly PushResult[]): Promise<number[]> {
     if (results.length !== batch.length || results.some((result, i) => result.id !== batch[i]!.event.id)) {
       throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
     }
@@ -275,6 +276,8 @@ export class Replicator {
       const entry = batch.find((candidate) => docKey(candidate.event.collection, candidate.event.documentId) === key)!;
       await this.resolveDocument(entry.event.collection, entry.event.documentId, result.head ? shadowFromHead(result.head) : null);
     }
+    // Only these: an answer after a refused or conflicting event of the same document was not taken here.
+    return acked.map(([, , version]) => version.seq);
   }
 
   /** A change the server can never take (too large): set aside like a refused one. */
