@@ -62,16 +62,18 @@ const withFillers = (ids: readonly string[]) => [
 ];
 const eventOf = (events: readonly SyncEvent[], documentId: string) => events.find((event) => event.documentId === documentId)!;
 
-const otherHead: DocumentHead = {
+/** The server's head of a document, written by another client. */
+const otherHead = (documentId: string, seq: number, eventId: string, data: Record<string, unknown>): DocumentHead => ({
   collection: 'todos',
-  documentId: 'd0',
-  seq: 1,
-  eventId: 'other-insert-d0',
-  data: { id: 'd0', title: 'from elsewhere', done: false },
+  documentId,
+  seq,
+  eventId,
+  data,
   deleted: false,
   hlc: formatHlc({ millis: 1, counter: 0, node: 'other' }),
   clientId: 'other',
-};
+});
+const d0ElsewhereHead = otherHead('d0', 1, 'other-insert-d0', { id: 'd0', title: 'from elsewhere', done: false });
 
 describe('acknowledged versions', () => {
   it('are one stored page per batch, read back after a restart as the base of the next edit', async () => {
@@ -172,7 +174,7 @@ describe('acknowledged versions', () => {
       throw new Error('process died');
     };
     const results: PushResult[] = batch.map((entry, i) =>
-      i === 0 ? { id: entry.event.id, status: 'conflict', head: otherHead } : { id: entry.event.id, status: 'accepted', seq: 1 + i },
+      i === 0 ? { id: entry.event.id, status: 'conflict', head: d0ElsewhereHead } : { id: entry.event.id, status: 'accepted', seq: 1 + i },
     );
     await expect(first.replicator.applyPushResults(batch, results)).rejects.toThrow('process died');
     await first.close();
@@ -187,7 +189,7 @@ describe('acknowledged versions', () => {
     expect(batch2.map((e) => e.event.documentId)).toEqual(['d0', ...laterDocs.map((doc) => doc.id)]);
     await second.replicator.applyPushResults(
       batch2,
-      batch2.map((entry, i) => (i === 0 ? { id: entry.event.id, status: 'conflict', head: otherHead } : { id: entry.event.id, status: 'accepted', seq: 1000 + i })),
+      batch2.map((entry, i) => (i === 0 ? { id: entry.event.id, status: 'conflict', head: d0ElsewhereHead } : { id: entry.event.id, status: 'accepted', seq: 1000 + i })),
     );
     // Idle: everything acknowledged is folded.
     while (await second.replicator.foldAcked());
@@ -235,16 +237,7 @@ describe('acknowledged versions', () => {
     await replicator.applyPushResults([edit!], [{
       id: edit!.event.id,
       status: 'conflict',
-      head: {
-        collection: 'todos',
-        documentId: 'd',
-        seq: 5000,
-        eventId: 'other-done',
-        data: { id: 'd', title: 'd', done: true },
-        deleted: false,
-        hlc: formatHlc({ millis: 1, counter: 0, node: 'other' }),
-        clientId: 'other',
-      },
+      head: otherHead('d', 5000, 'other-done', { id: 'd', title: 'd', done: true }),
     }]);
 
     expect(round).toBe(2);

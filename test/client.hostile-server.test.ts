@@ -2,7 +2,9 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Server } from 'socket.io';
+import { z } from 'zod';
 import { afterEach, describe, expect, it } from 'vitest';
+import { sequenceSchema } from '../src/shared/protocol.js';
 import { startClient, waitFor, type TestClient } from './helpers.js';
 
 let httpServer: HttpServer | undefined;
@@ -74,4 +76,42 @@ it('rejects a pull answer whose checkpoint is behind the one it already has: che
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
   expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'INVALID_MESSAGE', message: expect.stringContaining('back') } });
   expect((await client.todos.find().exec()).map((doc) => doc.id)).toEqual(['x']);
+});
+
+/**
+ * A server of an earlier release, which took single sequences only in a pull's
+ * `have` (not ranges), under the same protocol version; it accepts every push.
+ */
+async function previousReleaseServer(haves: unknown[]): Promise<string> {
+  let seq = 0;
+  httpServer = createServer();
+  io = new Server(httpServer);
+  io.on('connection', (socket) => {
+    socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
+    socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: m.events.map((e) => ({ id: e.id, status: 'accepted', seq: ++seq })) }));
+    socket.on('sync:pull', (m: { checkpoint: number; have?: unknown }, ack) => {
+      haves.push(m.have);
+      if (!z.array(sequenceSchema).max(5000).optional().safeParse(m.have).success) {
+        return ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'pull message: have: expected number' } });
+      }
+      ack({ ok: true, events: [], checkpoint: seq, hasMore: false });
+    });
+  });
+  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+}
+
+it('a server of an earlier release, which takes single sequences only in a pull\'s have, is asked again with them and from then on', async () => {
+  const haves: unknown[] = [];
+  const url = await previousReleaseServer(haves);
+  const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
+  clients.push(client);
+  await client.todos.bulkInsert([{ id: 'a', title: 'a', done: false }, { id: 'b', title: 'b', done: false }]);
+  await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'both writes logged');
+  expect(await client.sync.syncNow()).toMatchObject({ success: true });
+  expect(haves).toEqual([[[1, 2]], [1, 2]]);
+  await client.todos.bulkInsert([{ id: 'c', title: 'c', done: false }, { id: 'd', title: 'd', done: false }]);
+  await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'the later writes logged');
+  expect(await client.sync.syncNow()).toMatchObject({ success: true });
+  expect(haves.slice(2)).toEqual([[3, 4]]);
 });
