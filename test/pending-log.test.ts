@@ -64,13 +64,38 @@ describe('pending log pages', () => {
     expect(log.size).toBe(0);
   });
 
-  it('rewrite the page of an updated entry with its new event, in place', () => {
+  it('update an entry in place while its page is not written yet', () => {
     const log = new PendingLog();
-    const [pageId] = stored([1, 2].map((i) => log.add(entry(keyOf(i), `d${i}`)))).keys();
+    const writes = [1, 2].map((i) => log.add(entry(keyOf(i), `d${i}`)));
     const target = log.forDocument('todos', 'd2')[0]!;
-    const event = { ...target.event, op: 'update' as const, data: { id: 'd2', title: 'new' }, patch: [] };
-    const page = stored([log.update(target, event)]).get(pageId!) as StoredPage;
-    expect(page.entries.map((e) => e.event.data)).toEqual([{ id: 'd1' }, { id: 'd2', title: 'new' }]);
+    writes.push(...log.update(target, { ...target.event, op: 'update', data: { id: 'd2', title: 'new' }, patch: [] }));
+    const pages = stored(writes);
+    expect(pages.size).toBe(1);
+    expect(([...pages.values()][0] as StoredPage).entries.map((e) => e.event.data)).toEqual([{ id: 'd1' }, { id: 'd2', title: 'new' }]);
+  });
+
+  it('move an updated entry out of a written page it shares, so that later updates rewrite it alone', () => {
+    const log = new PendingLog();
+    const first = stored([1, 2, 3].map((i) => log.add(entry(keyOf(i), `d${i}`))));
+    const target = log.forDocument('todos', 'd2')[0]!;
+    const moved = stored(log.update(target, { ...target.event, op: 'update', data: { id: 'd2', title: 'new' }, patch: [] }));
+    expect([...moved.values()].map((page) => (page as StoredPage).entries.map((e) => e.event.documentId))).toEqual([['d2'], ['d1', 'd3']]);
+    const again = stored(log.update(target, { ...target.event, data: { id: 'd2', title: 'newer' } }));
+    expect([...again.values()].map((page) => (page as StoredPage).entries.map((e) => e.event.data))).toEqual([[{ id: 'd2', title: 'newer' }]]);
+
+    // Read back in key order, once, with the later content; also if only the new page was written (a crash
+    // between the two writes), the entry's old copy in the shared page giving way to it.
+    const all = new Map([...first, ...moved, ...again]);
+    const crashed = new Map([...first, ...[...again].filter(([id]) => !first.has(id))]);
+    for (const storedPages of [all, crashed]) {
+      const reread = new PendingLog(storedPages.values() as Iterable<StoredPage>);
+      expect(reread.all().map((e) => [e.event.documentId, e.event.data.title])).toEqual([
+        ['d1', undefined],
+        ['d2', 'newer'],
+        ['d3', undefined],
+      ]);
+      expect(reread.forDocument('todos', 'd2').map((e) => e.event.data.title)).toEqual(['newer']);
+    }
   });
 
   it('read back what they stored, and entries stored one per document before pages', () => {
@@ -94,7 +119,7 @@ describe('pending log pages', () => {
     const old = entry(keyOf(1), 'd1');
     const pages = stored([before.add(old)]);
     const reread = new PendingLog(pages.values() as Iterable<StoredPage>);
-    const writes = stored([reread.remove(old), reread.update(old, { ...old.event, op: 'delete' })]);
+    const writes = stored([reread.remove(old), ...reread.update(old, { ...old.event, op: 'delete' })]);
     expect([...writes.values()].every((value) => value === undefined)).toBe(true);
     expect(reread.all().map((e) => e.event)).toEqual([old.event]);
   });

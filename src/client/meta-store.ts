@@ -112,7 +112,12 @@ export class MetaStore {
   /** Writes and deletes in one storage call; a stale revision is refreshed and retried once. */
   async write(writes: readonly MetaWrite[]): Promise<void> {
     const unique = new Map<string, MetaWrite>();
-    for (const write of writes) unique.set(write.id, write);
+    // Each document at the place of its last mention: a page rewritten after an entry moved out of
+    // it is written after the entry's new page (in case a storage does not write a batch atomically).
+    for (const write of writes) {
+      unique.delete(write.id);
+      unique.set(write.id, write);
+    }
     let rows = [...unique.values()].map((write) =>
       typeof write.value === 'function' ? { id: write.id, kind: write.kind, value: (write.value as () => unknown)() } : write,
     );

@@ -6,12 +6,12 @@ export const pendingId = (key: string) => `pending|${key}`;
 /**
  * Entries logged together are stored together, up to this many to a page:
  * a bulk write of N documents costs N / PAGE_SIZE storage writes when it is
- * logged and again when it is acknowledged, not N each. Small, because a
- * change to one unsent entry rewrites its page.
+ * logged and again when it is acknowledged, not N each. (A change to one
+ * unsent entry moves it to a page of its own: see update().)
  */
 export const PAGE_SIZE = 100;
 
-/** How the log is stored: one document per page, named by the key of the page's first entry. */
+/** How the log is stored: one document per page, named by its key (its first entry's key; for an entry moved to a page of its own, that entry's key and "+"). */
 export interface StoredPage {
   key: string;
   entries: { key: string; event: PendingEntry['event'] }[];
@@ -65,7 +65,14 @@ export class PendingLog {
         loaded.push([{ key, event, sent: key <= sentThrough || ('sent' in value && value.sent) }, page]);
       }
     }
-    for (const [entry, page] of loaded.sort(([a], [b]) => (a.key < b.key ? -1 : 1))) this.insert(entry, page);
+    // An entry stored twice (a move to a page of its own cut short, see update()): the copy in the
+    // page with the greater key is the later one.
+    loaded.sort(([a, pageA], [b, pageB]) => (a.key !== b.key ? (a.key < b.key ? -1 : 1) : pageA.key < pageB.key ? -1 : 1));
+    for (let i = 0; i < loaded.length; i++) {
+      const [entry, page] = loaded[i]!;
+      if (loaded[i + 1]?.[0].key === entry.key) continue;
+      this.insert(entry, page);
+    }
     const last = [...this.entries.keys()].pop() ?? '';
     const latest = last > sentThrough ? last : sentThrough;
     if (latest) {
@@ -136,14 +143,24 @@ export class PendingLog {
 
   /**
    * Replaces an unsent entry's event in place; it keeps its place in the log.
-   * An entry this log does not hold (read before the log was read again, when
-   * a tab took the lead) is left alone: the log read later is the truth.
+   * An entry that shares a written page with others moves to a page of its
+   * own first, so that editing one document again and again (after a bulk
+   * import made offline, say) rewrites that document's entry, not a page of
+   * a hundred. An entry this log does not hold (read before the log was read
+   * again, when a tab took the lead) is left alone: the log read later is
+   * the truth.
    */
-  update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite {
+  update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite[] {
     const page = this.pageOf.get(entry);
-    if (!page) return NO_WRITE;
+    if (!page) return [];
     entry.event = event;
-    return this.pageWrite(page);
+    if (page.open || page.entries.size === 1) return [this.pageWrite(page)];
+    page.entries.delete(entry);
+    // Its key sorts after the entry's, and so after every key of the page it leaves.
+    const own: Page = { id: pendingId(`${entry.key}+`), key: `${entry.key}+`, entries: new Set([entry]), open: false };
+    this.pageOf.set(entry, own);
+    // The new page first: a crash between the two writes leaves the entry twice, never not at all.
+    return [this.pageWrite(own), this.pageWrite(page)];
   }
 
   /**

@@ -174,7 +174,8 @@ export class Replicator {
         baseEventId: lastSent ? lastSent.event.id : (server?.eventId ?? null),
         hlc: this.clock.tickAt(writtenAt),
       });
-      writes.push(open ? this.pending.update(open, event) : this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
+      if (open) writes.push(...this.pending.update(open, event));
+      else writes.push(this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
     }
     if (loggedThrough !== undefined) {
       this.state.logged[collectionName] = loggedThrough;
