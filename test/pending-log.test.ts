@@ -123,4 +123,31 @@ describe('pending log pages', () => {
     expect([...writes.values()].every((value) => value === undefined)).toBe(true);
     expect(reread.all().map((e) => e.event)).toEqual([old.event]);
   });
+
+  it('after a move cut short by a crash, have the leader rewrite the page with the stale copy, so it never comes back', () => {
+    const storage = new Map<string, unknown>();
+    /** What MetaStore.write leaves in storage; `reached` says which rows got there before a crash. */
+    const apply = (writes: readonly MetaWrite[], reached: (id: string) => boolean = () => true) => {
+      for (const [id, value] of stored(writes)) {
+        if (!reached(id)) continue;
+        if (value === undefined) storage.delete(id);
+        else storage.set(id, value);
+      }
+    };
+    const log = new PendingLog();
+    apply([1, 2].map((i) => log.add(entry(keyOf(i), `d${i}`))));
+    const target = log.forDocument('todos', 'd1')[0]!;
+    apply(log.update(target, { ...target.event, op: 'update', data: { id: 'd1', title: 'new' } }), (id) => id.endsWith('+'));
+
+    const afterCrash = new PendingLog(storage.values() as Iterable<StoredPage>);
+    expect(afterCrash.forDocument('todos', 'd1').map((e) => e.event.data.title)).toEqual(['new']);
+    apply(afterCrash.repairs());
+    expect(afterCrash.repairs()).toEqual([]);
+    // The moved entry is sent, acknowledged and leaves the log; a restart must not bring the old copy back.
+    const moved = afterCrash.forDocument('todos', 'd1')[0]!;
+    afterCrash.markSent([moved]);
+    apply([afterCrash.remove(moved)]);
+    const reread = new PendingLog(storage.values() as Iterable<StoredPage>, afterCrash.sentThrough);
+    expect(reread.all().map((e) => e.event.documentId)).toEqual(['d2']);
+  });
 });

@@ -98,5 +98,7 @@ describe('sequence spans', () => {
       }),
     );
     expect(toSpans([5, 1, 2, 3, 9, 3])).toEqual([[1, 3], 5, 9]);
+    // Spans from elsewhere may overlap: a wide range is still found around narrower ones inside it.
+    expect([10, 55, 100, 101].map(spanSet([[1, 100], [2, 3], [50, 60]]))).toEqual([true, true, true, false]);
   });
 });

@@ -140,6 +140,8 @@ export class SyncEngine {
     // Only the leader writes the plugin's state; another tab may have led (and written) since start.
     const stored = this.db.multiInstance ? await replicator.load() : this.stateStored;
     if (!stored) await this.meta!.write([replicator.stateWrite()]);
+    const repairs = replicator.pending.repairs();
+    if (repairs.length > 0) await this.meta!.write(repairs);
     if (this.closed) return;
     this.updateStatus({ leader: true });
     for (const name of this.collections) await this.watch(name);
@@ -448,7 +450,11 @@ export class SyncEngine {
         return await transport.pull(have.length > 0 ? { ...ask, have } : ask);
       } catch (error) {
         const refused = SyncError.from(error);
-        if (have.length === 0 || refused.code !== 'INVALID_MESSAGE' || !refused.fromPeer) throw error;
+        const issues = (refused.details as { issues?: { path?: unknown }[] } | undefined)?.issues;
+        const aboutHave = Array.isArray(issues)
+          ? issues.some((issue) => typeof issue?.path === 'string' && issue.path.startsWith('have'))
+          : refused.message.includes('have');
+        if (have.length === 0 || refused.code !== 'INVALID_MESSAGE' || !refused.fromPeer || !aboutHave) throw error;
         this.haveForm = this.haveForm === 'ranges' ? 'sequences' : 'none';
         this.logger.warn({ reason: refused.message, form: this.haveForm }, 'the server refused how a pull named the sequences it holds; naming them in a simpler form from now on');
       }

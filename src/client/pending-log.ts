@@ -44,6 +44,8 @@ export class PendingLog {
   private readonly entries = new Map<string, PendingEntry>();
   private readonly byDocument = new Map<string, PendingEntry[]>();
   private readonly pageOf = new Map<PendingEntry, Page>();
+  /** Pages read back holding a stale copy of an entry moved out of them (see repairs()). */
+  private readonly stale = new Set<Page>();
   private openPage: Page | undefined;
   private lastMillis = 0;
   private counter = 0;
@@ -70,7 +72,11 @@ export class PendingLog {
     loaded.sort(([a, pageA], [b, pageB]) => (a.key !== b.key ? (a.key < b.key ? -1 : 1) : pageA.key < pageB.key ? -1 : 1));
     for (let i = 0; i < loaded.length; i++) {
       const [entry, page] = loaded[i]!;
-      if (loaded[i + 1]?.[0].key === entry.key) continue;
+      if (loaded[i + 1]?.[0].key === entry.key) {
+        // The stale copy must go from storage too, or it comes back once the moved entry leaves the log.
+        this.stale.add(page);
+        continue;
+      }
       this.insert(entry, page);
     }
     const last = [...this.entries.keys()].pop() ?? '';
@@ -80,6 +86,17 @@ export class PendingLog {
       this.lastMillis = Number(latest.slice(0, 15));
       this.counter = Number(latest.slice(16));
     }
+  }
+
+  /**
+   * The rewrites of pages read back with a stale copy of an entry that a
+   * crash kept from being removed when it moved to a page of its own. To be
+   * written by the tab that leads, before it changes the log; once.
+   */
+  repairs(): MetaWrite[] {
+    const writes = [...this.stale].map((page) => this.pageWrite(page));
+    this.stale.clear();
+    return writes;
   }
 
   get sentThrough(): string {

@@ -160,10 +160,17 @@ export function toSpans(sequences: Iterable<number>): SequenceSpan[] {
 
 /** A membership test over spans, by binary search (a range is never expanded, however wide). */
 export function spanSet(spans: readonly SequenceSpan[]): (seq: number) => boolean {
-  const ranges = spans
-    .map((span): [number, number] => (typeof span === 'number' ? [span, span] : span))
+  const sorted = spans
+    .map((span): [number, number] => (typeof span === 'number' ? [span, span] : [span[0], span[1]]))
     .filter(([first, last]) => first <= last)
     .sort((a, b) => a[0] - b[0]);
+  // Overlapping or touching ranges merged: the search below needs them disjoint.
+  const ranges: [number, number][] = [];
+  for (const range of sorted) {
+    const previous = ranges[ranges.length - 1];
+    if (previous && range[0] <= previous[1] + 1) previous[1] = Math.max(previous[1], range[1]);
+    else ranges.push(range);
+  }
   return (seq) => {
     let low = 0;
     let high = ranges.length - 1;
