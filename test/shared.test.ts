@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock, compareHlc, formatHlc, parseHlc } from '../src/shared/hlc.js';
 import { randomId } from '../src/shared/ids.js';
-import { frozenJsonCopy, withFields } from '../src/shared/json.js';
+import { frozenJsonCopy, jsonLengthBound, withFields } from '../src/shared/json.js';
 import { spanSet, toSpans } from '../src/shared/protocol.js';
 
 describe('hybrid logical clock', () => {
@@ -100,5 +100,19 @@ describe('sequence spans', () => {
     expect(toSpans([5, 1, 2, 3, 9, 3])).toEqual([[1, 3], 5, 9]);
     // Spans from elsewhere may overlap: a wide range is still found around narrower ones inside it.
     expect([10, 55, 100, 101].map(spanSet([[1, 100], [2, 3], [50, 60]]))).toEqual([true, true, true, false]);
+  });
+});
+
+describe('jsonLengthBound', () => {
+  it('is never below the length of the JSON text, whatever the value (escapes, unicode, numbers)', () => {
+    fc.assert(
+      fc.property(fc.jsonValue(), (value) => {
+        expect(jsonLengthBound(value)).toBeGreaterThanOrEqual(JSON.stringify(value).length);
+      }),
+      { numRuns: 500 },
+    );
+    for (const value of ['"\\\u0000\n', -1.2345678901234567e-308, { '"k"': [null, true, 'é😀'] }]) {
+      expect(jsonLengthBound(value)).toBeGreaterThanOrEqual(JSON.stringify(value).length);
+    }
   });
 });

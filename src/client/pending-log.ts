@@ -1,3 +1,4 @@
+import { jsonLengthBound } from '../shared/json.js';
 import { docKey, type PendingEntry } from './documents.js';
 import type { MetaWrite } from './meta-store.js';
 
@@ -132,12 +133,14 @@ export class PendingLog {
    */
   head(limit: number, skip?: (entry: PendingEntry) => boolean, maxBytes = Number.POSITIVE_INFINITY): PendingEntry[] {
     const result: PendingEntry[] = [];
+    // Never below the batch's JSON length: cheap bounds while they fit, exact lengths from there on.
     let bytes = 0;
     for (const entry of this.entries.values()) {
       if (result.length >= limit) break;
       if (skip?.(entry)) continue;
       if (maxBytes !== Number.POSITIVE_INFINITY) {
-        bytes += JSON.stringify(entry.event).length;
+        const bound = jsonLengthBound(entry.event);
+        bytes += bytes + bound <= maxBytes ? bound : JSON.stringify(entry.event).length;
         if (bytes > maxBytes && result.length > 0) break;
       }
       result.push(entry);

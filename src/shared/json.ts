@@ -47,6 +47,24 @@ export function applyPatchLenient(doc: JsonObject, patch: readonly PatchOperatio
 }
 
 /**
+ * A number never below the length of `JSON.stringify(value)`, found several
+ * times faster than the string itself: every character of a string counted
+ * as an escape (6), every number at its longest (24). For deciding whether a
+ * batch can stay under a size without serializing each event to find out.
+ */
+export function jsonLengthBound(value: unknown): number {
+  if (typeof value === 'string') return 6 * value.length + 2;
+  if (value === null || typeof value !== 'object') return 24;
+  let length = 2;
+  if (Array.isArray(value)) {
+    for (const item of value) length += jsonLengthBound(item) + 1;
+    return length;
+  }
+  for (const key of Object.keys(value)) length += 6 * key.length + 4 + jsonLengthBound((value as Record<string, unknown>)[key]);
+  return length;
+}
+
+/**
  * A deep copy of a JSON value, frozen all the way down: for values that are
  * stored once and handed out many times without copying again. Several
  * times faster than structuredClone for documents.
