@@ -90,7 +90,8 @@ export class MetaStore {
     const result = new Map<string, T>();
     if (ids.length === 0) return result;
     const docs = await this.instance.findDocumentsById([...ids], true);
-    for (const id of ids) if (!this.revisions.has(id)) this.revisions.set(id, null);
+    // Ids found missing are not remembered: most lookups are of documents that never get a record
+    // (every pulled document is looked up once), and a write reads the few it needs (loadUnknown).
     for (const doc of docs) {
       this.remember(doc);
       if (!doc._deleted) result.set(doc.id, doc.value as T);
