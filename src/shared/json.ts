@@ -64,6 +64,12 @@ export function jsonLengthBound(value: unknown): number {
   return length;
 }
 
+/** Sets a field of a copy as data: a parsed "__proto__" key assigned plainly would set the copy's prototype instead. */
+function setField(copy: JsonObject, key: string, value: unknown): void {
+  if (key === '__proto__') Object.defineProperty(copy, key, { value, enumerable: true, writable: true, configurable: true });
+  else copy[key] = value;
+}
+
 /**
  * A deep copy of a JSON value, frozen all the way down: for values that are
  * stored once and handed out many times without copying again. Several
@@ -72,13 +78,8 @@ export function jsonLengthBound(value: unknown): number {
 export function frozenJsonCopy<T>(value: T): T {
   if (value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return Object.freeze(value.map(frozenJsonCopy)) as T;
-  const copy: Record<string, unknown> = {};
-  for (const key of Object.keys(value)) {
-    const field = frozenJsonCopy((value as Record<string, unknown>)[key]);
-    // A parsed "__proto__" key is data: assigning it would set the copy's prototype instead.
-    if (key === '__proto__') Object.defineProperty(copy, key, { value: field, enumerable: true, writable: true, configurable: true });
-    else copy[key] = field;
-  }
+  const copy: JsonObject = {};
+  for (const key of Object.keys(value)) setField(copy, key, frozenJsonCopy((value as JsonObject)[key]));
   return Object.freeze(copy) as T;
 }
 
@@ -89,10 +90,7 @@ export function frozenJsonCopy<T>(value: T): T {
  */
 export function withFields<T extends object>(data: JsonObject, fields: T): JsonObject & T {
   const copy: JsonObject = {};
-  for (const key of Object.keys(data)) {
-    if (key === '__proto__') Object.defineProperty(copy, key, { value: data[key], enumerable: true, writable: true, configurable: true });
-    else copy[key] = data[key];
-  }
+  for (const key of Object.keys(data)) setField(copy, key, data[key]);
   return Object.assign(copy, fields);
 }
 
