@@ -69,7 +69,7 @@ export class SyncEngine {
    * checkpoint (applied from live messages, or its own acknowledged pushes):
    * a pull names them (`have`) so the server does not send them again.
    */
-  private readonly liveHandled = new Set<number>();
+  private readonly heldSequences = new Set<number>();
   /** How `have` names those sequences; lowered when a server refuses the form (see pullPage). */
   private haveForm: 'ranges' | 'sequences' | 'none' = 'ranges';
   /** Collections removed with removeCollection(), whose live events may still arrive for a moment. */
@@ -320,7 +320,7 @@ export class SyncEngine {
     }
     if (events.length === 0) return;
     void this.queue
-      .run(() => replicator.applyRemote(events, 'live', undefined, this.liveHandled))
+      .run(() => replicator.applyRemote(events, 'live', undefined, this.heldSequences))
       .then(() => {
         clearTimeout(this.livePullTimer);
         this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
@@ -401,7 +401,7 @@ export class SyncEngine {
         try {
           const reply = await transport.push({ events: batch.map((entry) => entry.event) });
           // This client holds what it took of the server's answer: a pull need not send that back.
-          for (const seq of await replicator.applyPushResults(batch, reply.results)) this.liveHandled.add(seq);
+          for (const seq of await replicator.applyPushResults(batch, reply.results)) this.heldSequences.add(seq);
           return batch.length;
         } catch (error) {
           return this.handleRefusedPush(SyncError.from(error), batch);
@@ -431,8 +431,8 @@ export class SyncEngine {
     }
     // What every checkpoint has passed needs no naming any more.
     const passed = Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0));
-    for (const seq of this.liveHandled) if (seq <= passed) this.liveHandled.delete(seq);
-    if (this.liveHandled.size > MAX_HELD_SEQUENCES) this.liveHandled.clear();
+    for (const seq of this.heldSequences) if (seq <= passed) this.heldSequences.delete(seq);
+    if (this.heldSequences.size > MAX_HELD_SEQUENCES) this.heldSequences.clear();
     return synced;
   }
 
@@ -444,7 +444,7 @@ export class SyncEngine {
    */
   private async pullPage(transport: Transport, ask: PullMessage): Promise<PullReply> {
     for (;;) {
-      const held = [...this.liveHandled].filter((seq) => seq > ask.checkpoint);
+      const held = [...this.heldSequences].filter((seq) => seq > ask.checkpoint);
       const have = this.haveForm === 'none' ? [] : (this.haveForm === 'ranges' ? toSpans(held) : held.sort((a, b) => a - b)).slice(0, MAX_PULL_HAVE);
       try {
         return await transport.pull(have.length > 0 ? { ...ask, have } : ask);
