@@ -490,13 +490,15 @@ export class Replicator {
         resolution.action === 'keep-local' || !remote
           ? localVersion.hlc
           : compareHlc(localVersion.hlc, remote.hlc) > 0 ? localVersion.hlc : remote.hlc;
-      writes.push(this.pending.add({
-        key: this.pending.nextKey(),
-        event: Object.assign({ id: randomId(), collection: collectionName, documentId }, change, { baseEventId: remote?.eventId ?? null, hlc }),
-        sent: false,
-      }));
+      writes.push(this.logNew(collectionName, documentId, change, remote, hlc));
     }
     await this.meta.write(writes);
+  }
+
+  /** Logs a change the plugin made itself (a settled conflict) as a new event on `remote`. */
+  private logNew(collectionName: string, documentId: string, change: Pick<SyncEvent, 'op' | 'data' | 'patch'>, remote: Shadow | null, hlc: string): MetaWrite {
+    const event: SyncEvent = Object.assign({ id: randomId(), collection: collectionName, documentId }, change, { baseEventId: remote?.eventId ?? null, hlc });
+    return this.pending.add({ key: this.pending.nextKey(), event, sent: false });
   }
 
   /** Settles a kept conflict the way the app chose. */
@@ -521,12 +523,7 @@ export class Replicator {
     const change = buildChange(remote, target);
     if (change) {
       // The app's decision is a new write, made now.
-      const hlc = this.clock.tick();
-      writes.push(this.pending.add({
-        key: this.pending.nextKey(),
-        event: Object.assign({ id: randomId(), collection: collectionName, documentId }, change, { baseEventId: remote?.eventId ?? null, hlc }),
-        sent: false,
-      }));
+      writes.push(this.logNew(collectionName, documentId, change, remote, this.clock.tick()));
     }
     this.conflicts.delete(id);
     await this.meta.write(writes);
