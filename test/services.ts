@@ -6,6 +6,7 @@
 import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
 import pg from 'pg';
+import { afterAll, beforeAll } from 'vitest';
 
 export const POSTGRES = { host: '127.0.0.1', port: 5432, user: 'postgres', adminDatabase: 'postgres' } as const;
 export const REDIS = { host: '127.0.0.1', port: 6379, url: 'redis://127.0.0.1:6379' } as const;
@@ -68,6 +69,29 @@ export async function createTestDatabase(): Promise<TestDatabase> {
     name,
     connectionString: adminConnectionString(name),
     drop: () => adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`),
+  };
+}
+
+/**
+ * For a describe block: a fresh PostgreSQL database created before its tests
+ * and dropped after them, and a fresh schema name in it on each call of
+ * `freshSchema` (tests then share the server, never state).
+ */
+export function useTestDatabase(): { readonly connectionString: string; freshSchema(prefix: string): string } {
+  let database: TestDatabase | undefined;
+  let schemas = 0;
+  beforeAll(async () => {
+    database = await createTestDatabase();
+  });
+  afterAll(async () => {
+    await database?.drop();
+  });
+  return {
+    get connectionString() {
+      if (!database) throw new Error('the test database is created in beforeAll');
+      return database.connectionString;
+    },
+    freshSchema: (prefix) => `${prefix}_${++schemas}`,
   };
 }
 

@@ -5,11 +5,11 @@
  * The MemorySyncStorage, fed the same calls sequentially, is the oracle.
  */
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
 import type { DocumentHead } from '../src/shared/protocol.js';
 import { MemorySyncStorage, PostgresSyncStorage, type IncomingEvent, type SaveResult } from '../src/server/storage/index.js';
-import { createTestDatabase, serviceReady, type TestDatabase } from './services.js';
+import { serviceReady, useTestDatabase } from './services.js';
 
 let made = 0;
 function event(documentId: string, base: string | null, fields: Partial<IncomingEvent> = {}): IncomingEvent {
@@ -54,18 +54,10 @@ function instrumentedPool(connectionString: string) {
 const postgresReady = await serviceReady('postgres');
 
 describe.skipIf(!postgresReady)('postgres: group commit', () => {
-  let database: TestDatabase;
-  beforeAll(async () => {
-    database = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await database?.drop();
-  });
-
-  let schemas = 0;
+  const database = useTestDatabase();
   async function open() {
     const { pool, counters } = instrumentedPool(database.connectionString);
-    const storage = new PostgresSyncStorage({ pool, schema: `group_${++schemas}` });
+    const storage = new PostgresSyncStorage({ pool, schema: database.freshSchema('group') });
     await storage.init();
     counters.connects = 0;
     return {

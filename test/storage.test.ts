@@ -2,11 +2,11 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type IncomingEvent, type SyncStorage } from '../src/server/storage/index.js';
 import { runStorageConformance } from './storage.conformance.js';
-import { createTestDatabase, serviceReady, type TestDatabase } from './services.js';
+import { serviceReady, useTestDatabase } from './services.js';
 
 /** Every instance opened over the same data, so cleanup closes the reopened ones too. */
 function durable(open: () => SyncStorage, removeData: () => Promise<void>) {
@@ -83,17 +83,9 @@ describe('sqlite: group commit', () => {
 const postgresReady = await serviceReady('postgres');
 
 describe.skipIf(!postgresReady)('postgres', () => {
-  let database: TestDatabase;
-  beforeAll(async () => {
-    database = await createTestDatabase();
-  });
-  afterAll(async () => {
-    await database?.drop();
-  });
-
-  let schemas = 0;
+  const database = useTestDatabase();
   runStorageConformance('postgres', async () => {
-    const schema = `conformance_${++schemas}`; // a fresh schema per test: same server, no shared state
+    const schema = database.freshSchema('conformance'); // a fresh schema per test: same server, no shared state
     return durable(
       () => new PostgresSyncStorage({ connectionString: database.connectionString, schema, poolSize: 4 }),
       async () => {},
