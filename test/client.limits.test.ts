@@ -1,17 +1,13 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { createRxDatabase } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
-import { startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('a client meeting server limits', () => {
   it('pushes in smaller batches when the server takes fewer events per push', async () => {

@@ -1,7 +1,7 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/index.js';
 import type { SyncStatus } from '../src/client/index.js';
-import { contents, freePort, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, contents, freePort, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -16,11 +16,7 @@ async function sameContents(a: TestClient, b: TestClient) {
   await waitFor(async () => JSON.stringify(await contents(a.todos)) === JSON.stringify(await contents(b.todos)), 'clients to converge');
 }
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('offline work', () => {
   it('a client that was offline pushes its offline edits and pulls what it missed', async () => {

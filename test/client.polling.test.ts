@@ -1,14 +1,10 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('useWebSockets: false', () => {
   it('has no live stream and syncs every syncInterval over long-polling', async () => {

@@ -2,8 +2,8 @@ import { addRxPlugin } from 'rxdb';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
-import { afterEach, describe, expect, it } from 'vitest';
-import { sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { closeAfterEach, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
 disableWarnings();
@@ -12,11 +12,7 @@ addRxPlugin(RxDBDevModePlugin);
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('several tabs of one database', () => {
   it('only the elected leader replicates; a write in another tab still reaches the server once', async () => {

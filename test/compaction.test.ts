@@ -1,17 +1,13 @@
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/index.js';
 import { Retention } from '../src/server/retention.js';
-import { contents, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, contents, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('compaction', () => {
   it('a client whose checkpoint predates compacted history catches up exactly, deletes included; a new client costs one event per document', async () => {

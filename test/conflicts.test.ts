@@ -1,16 +1,12 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ConflictResolution } from '../src/client/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { closeAfterEach, contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 const base: Todo = { id: 'd', title: 'base', done: false, priority: 1 };
 type Edit = (client: TestClient) => Promise<unknown>;

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { io, type Socket } from 'socket.io-client';
+import { afterEach } from 'vitest';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
 import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
@@ -40,6 +41,7 @@ export interface TestServer {
   port: number;
   server: SyncServer<any>;
   httpServer: HttpServer;
+  /** Stops it; once: a later call waits for the same stop. */
   stop(): Promise<void>;
 }
 
@@ -52,17 +54,33 @@ export async function startServer(options: Partial<SyncServerOptions<any>> = {},
   await server.start();
   await new Promise<void>((resolve) => httpServer.listen(port, '127.0.0.1', resolve));
   const actualPort = (httpServer.address() as AddressInfo).port;
+  let stopped: Promise<void> | undefined;
   return {
     url: `http://127.0.0.1:${actualPort}`,
     port: actualPort,
     server,
     httpServer,
-    async stop() {
-      await server.stop();
-      httpServer.closeAllConnections();
-      await new Promise<void>((resolve) => httpServer.close(() => resolve()));
+    stop() {
+      stopped ??= (async () => {
+        await server.stop();
+        httpServer.closeAllConnections();
+        await new Promise<void>((resolve) => httpServer.close(() => resolve()));
+      })();
+      return stopped;
     },
   };
+}
+
+/**
+ * For a test file whose tests start a server and clients: after each test,
+ * closes the clients gathered in `clients` and stops the server `server()`
+ * returns (stopping one already stopped is a no-op).
+ */
+export function closeAfterEach(clients: TestClient[], server: () => TestServer | undefined): void {
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
+    await server()?.stop();
+  });
 }
 
 /** A port nothing listens on right now (the system picks it), for a server started later. */

@@ -1,15 +1,11 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { ClientInfo } from '../src/server/index.js';
-import { startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
 
-afterEach(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.close().catch(() => undefined)));
-  await server?.stop();
-  server = undefined;
-});
+closeAfterEach(clients, () => server);
 
 describe('watching clients', () => {
   it('onClientConnect, onClientDisconnect and getClients() show each client with its user, collections, checkpoint and last activity', async () => {
