@@ -1,4 +1,5 @@
-import { docKey, type Shadow } from './documents.js';
+import { DocumentMap } from '../shared/document-map.js';
+import type { Shadow } from './documents.js';
 import type { MetaWrite } from './meta-store.js';
 
 /** How a page of acknowledged versions is stored: `[collection, documentId, version]` each. */
@@ -8,7 +9,9 @@ export interface StoredAckedPage {
 
 interface Page {
   id: string;
-  versions: Map<string, [string, string, Shadow]>;
+  versions: DocumentMap<[string, string, Shadow]>;
+  /** The write of this page (see pageWrite()); one object however often the page changes. */
+  write?: MetaWrite;
 }
 
 /**
@@ -25,11 +28,11 @@ interface Page {
  */
 export class AckedVersions {
   private readonly pages = new Map<string, Page>();
-  private readonly byDocument = new Map<string, { page: Page; version: Shadow }>();
+  private readonly byDocument = new DocumentMap<{ page: Page; version: Shadow }>();
 
   constructor(stored: Iterable<[string, StoredAckedPage]> = []) {
     for (const [id, value] of stored) {
-      const page: Page = { id, versions: new Map() };
+      const page: Page = { id, versions: new DocumentMap() };
       this.pages.set(id, page);
       for (const [collection, documentId, version] of value.versions) this.put(page, collection, documentId, version);
     }
@@ -37,7 +40,7 @@ export class AckedVersions {
   }
 
   get(collection: string, documentId: string): Shadow | undefined {
-    return this.byDocument.get(docKey(collection, documentId))?.version;
+    return this.byDocument.get(collection, documentId)?.version;
   }
 
   /**
@@ -51,7 +54,7 @@ export class AckedVersions {
   add(id: string, versions: readonly [string, string, Shadow][]): MetaWrite {
     let page = this.pages.get(id);
     if (!page) {
-      page = { id, versions: new Map() };
+      page = { id, versions: new DocumentMap() };
       this.pages.set(id, page);
     }
     for (const [collection, documentId, version] of versions) this.put(page, collection, documentId, version);
@@ -60,11 +63,10 @@ export class AckedVersions {
 
   /** Drops the document's acknowledged version: a newer one is kept elsewhere. */
   forget(collection: string, documentId: string): MetaWrite[] {
-    const key = docKey(collection, documentId);
-    const held = this.byDocument.get(key);
+    const held = this.byDocument.get(collection, documentId);
     if (!held) return [];
-    this.byDocument.delete(key);
-    held.page.versions.delete(key);
+    this.byDocument.delete(collection, documentId);
+    held.page.versions.delete(collection, documentId);
     return [this.pageWrite(held.page)];
   }
 
@@ -83,8 +85,8 @@ export class AckedVersions {
   drop(id: string): void {
     const page = this.pages.get(id);
     if (!page) return;
-    for (const key of page.versions.keys()) {
-      if (this.byDocument.get(key)?.page === page) this.byDocument.delete(key);
+    for (const [collection, documentId] of page.versions.values()) {
+      if (this.byDocument.get(collection, documentId)?.page === page) this.byDocument.delete(collection, documentId);
     }
     this.pages.delete(id);
   }
@@ -94,19 +96,19 @@ export class AckedVersions {
   }
 
   private put(page: Page, collection: string, documentId: string, version: Shadow): void {
-    const key = docKey(collection, documentId);
-    const held = this.byDocument.get(key);
+    const held = this.byDocument.get(collection, documentId);
     if (held && held.version.seq > version.seq) return;
-    if (held) held.page.versions.delete(key);
-    page.versions.set(key, [collection, documentId, version]);
-    this.byDocument.set(key, { page, version });
+    if (held) held.page.versions.delete(collection, documentId);
+    page.versions.set(collection, documentId, [collection, documentId, version]);
+    this.byDocument.set(collection, documentId, { page, version });
   }
 
   private pageWrite(page: Page): MetaWrite {
-    return {
+    page.write ??= {
       id: page.id,
       kind: 'acked',
       value: (): StoredAckedPage | undefined => (page.versions.size === 0 ? undefined : { versions: [...page.versions.values()] }),
     };
+    return page.write;
   }
 }

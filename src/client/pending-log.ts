@@ -1,5 +1,6 @@
+import { DocumentMap } from '../shared/document-map.js';
 import { jsonLengthBound } from '../shared/json.js';
-import { docKey, type PendingEntry } from './documents.js';
+import type { PendingEntry } from './documents.js';
 import type { MetaWrite } from './meta-store.js';
 
 export const pendingId = (key: string) => `pending|${key}`;
@@ -30,6 +31,8 @@ interface Page {
   entries: Set<PendingEntry>;
   /** Takes new entries until it is first written: a page is only ever filled by one storage write. */
   open: boolean;
+  /** The write of this page (see pageWrite()); one object however often the page changes. */
+  write?: MetaWrite;
 }
 
 /**
@@ -43,7 +46,7 @@ interface Page {
  */
 export class PendingLog {
   private readonly entries = new Map<string, PendingEntry>();
-  private readonly byDocument = new Map<string, PendingEntry[]>();
+  private readonly byDocument = new DocumentMap<PendingEntry[]>();
   private readonly pageOf = new Map<PendingEntry, Page>();
   /** Pages read back holding a stale copy of an entry moved out of them (see repairs()). */
   private readonly stale = new Set<Page>();
@@ -124,7 +127,7 @@ export class PendingLog {
   }
 
   forDocument(collection: string, documentId: string): readonly PendingEntry[] {
-    return this.byDocument.get(docKey(collection, documentId)) ?? [];
+    return this.byDocument.get(collection, documentId) ?? [];
   }
 
   /**
@@ -208,10 +211,11 @@ export class PendingLog {
     this.entries.delete(entry.key);
     this.pageOf.delete(entry);
     page.entries.delete(entry);
-    const key = docKey(entry.event.collection, entry.event.documentId);
-    const list = (this.byDocument.get(key) ?? []).filter((other) => other !== entry);
-    if (list.length > 0) this.byDocument.set(key, list);
-    else this.byDocument.delete(key);
+    const { collection, documentId } = entry.event;
+    const list = this.byDocument.get(collection, documentId);
+    // A new list, not a change in place: callers may hold the one forDocument() gave them.
+    if (list && list.length > 1) this.byDocument.set(collection, documentId, list.filter((other) => other !== entry));
+    else this.byDocument.delete(collection, documentId);
     return this.pageWrite(page);
   }
 
@@ -227,22 +231,23 @@ export class PendingLog {
     page.entries.add(entry);
     this.pageOf.set(entry, page);
     this.entries.set(entry.key, entry);
-    const key = docKey(entry.event.collection, entry.event.documentId);
-    const list = this.byDocument.get(key);
+    const { collection, documentId } = entry.event;
+    const list = this.byDocument.get(collection, documentId);
     if (list) list.push(entry);
-    else this.byDocument.set(key, [entry]);
+    else this.byDocument.set(collection, documentId, [entry]);
   }
 
   /** The write of a page as it will be when the write is made: deleted once it holds no entry. */
   private pageWrite(page: Page): MetaWrite {
-    return {
+    page.write ??= {
       id: page.id,
       kind: 'pending',
       value: (): StoredPage | undefined => {
         page.open = false;
         if (page.entries.size === 0) return undefined;
-        return { key: page.key, entries: [...page.entries].map(({ key, event }) => ({ key, event })) };
+        return { key: page.key, entries: Array.from(page.entries, ({ key, event }) => ({ key, event })) };
       },
     };
+    return page.write;
   }
 }

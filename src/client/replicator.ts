@@ -7,6 +7,7 @@
 import { randomId } from '../shared/ids.js';
 import { getChangedDocumentsSince, getHeightOfRevision, now, type RxCollection, type RxDatabase, type RxDocumentData } from 'rxdb';
 import { Subject } from 'rxjs';
+import { DocumentMap } from '../shared/document-map.js';
 import { SyncError, type WireError } from '../shared/errors.js';
 import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
@@ -97,7 +98,7 @@ export class Replicator {
    * over a document the plugin wrote: the base of the change, until
    * recordLocalChanges keeps it as a shadow.
    */
-  private readonly captured = new Map<string, Shadow>();
+  private readonly captured = new DocumentMap<Shadow>();
 
   /** What a database that never synced starts from; load() reads what is stored. */
   readonly state: PersistedState = { clientId: randomId(), checkpoints: {}, logged: {} };
@@ -147,9 +148,8 @@ export class Replicator {
     const writes: MetaWrite[] = [];
     let changed = 0;
     for (const documentId of ids) {
-      const key = docKey(collectionName, documentId);
-      const captured = this.captured.get(key);
-      this.captured.delete(key);
+      const captured = this.captured.size > 0 ? this.captured.get(collectionName, documentId) : undefined;
+      if (captured) this.captured.delete(collectionName, documentId);
       const current = localState(currents.get(documentId));
       const server = versions.get(documentId) ?? null;
       // The document no longer holds the server version the capture came from: keep that version.
@@ -194,8 +194,7 @@ export class Replicator {
     for (const { documentId, previousDocumentData: previous } of events) {
       if (!previous || !isSyncRevision(previous._rev)) continue;
       const stamp = stampOf(previous);
-      const key = docKey(collectionName, documentId);
-      if (stamp && !this.captured.has(key)) this.captured.set(key, Object.assign(stamp, { data: stripMeta(previous) }));
+      if (stamp && !this.captured.has(collectionName, documentId)) this.captured.set(collectionName, documentId, Object.assign(stamp, { data: stripMeta(previous) }));
     }
   }
 
@@ -250,8 +249,10 @@ export class Replicator {
     const rejected = new Map<string, { entry: PendingEntry; error: WireError }>();
     batch.forEach((entry, i) => {
       const result = results[i]!;
-      const key = docKey(entry.event.collection, entry.event.documentId);
-      if (conflicts.has(key) || rejected.has(key)) return;
+      const settled = result.status === 'accepted' || result.status === 'duplicate';
+      // A batch without conflicts or refusals (the usual one) builds no key per event.
+      const key = settled && conflicts.size + rejected.size === 0 ? '' : docKey(entry.event.collection, entry.event.documentId);
+      if (key && (conflicts.has(key) || rejected.has(key))) return;
       if (result.status === 'accepted' || result.status === 'duplicate') {
         writes.push(this.pending.remove(entry));
         firstAcked ??= entry;
@@ -655,7 +656,7 @@ export class Replicator {
     shadows ??= await this.getShadows(collectionName, ids);
     const result = new Map<string, KnownVersion>();
     for (const id of ids) {
-      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.get(docKey(collectionName, id)));
+      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.size > 0 ? this.captured.get(collectionName, id) : undefined);
       if (version) result.set(id, version);
     }
     return result;

@@ -1,8 +1,8 @@
 import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
 import { frozenJsonCopy } from '../../shared/json.js';
+import { DocumentMap } from '../../shared/document-map.js';
 import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
-const headKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
 
 /**
  * Keeps everything in process memory: for tests, demos and a single
@@ -11,7 +11,7 @@ const headKey = (collection: string, documentId: string) => `${collection}\u0000
 export class MemorySyncStorage implements SyncStorage {
   private events: StoredEvent[] = [];
   private readonly sequenceById = new Map<string, number>();
-  private readonly heads = new Map<string, DocumentHead>();
+  private readonly heads = new DocumentMap<DocumentHead>();
   /** Sequences of events that are no longer their document's head. */
   private readonly superseded = new Set<number>();
   private lastSeq = 0;
@@ -25,8 +25,7 @@ export class MemorySyncStorage implements SyncStorage {
   private saveOne(event: IncomingEvent): SaveResult {
     const previous = this.sequenceById.get(event.id);
     if (previous !== undefined) return { id: event.id, status: 'duplicate', seq: previous };
-    const key = headKey(event.collection, event.documentId);
-    const head = this.heads.get(key);
+    const head = this.heads.get(event.collection, event.documentId);
     if ((head?.eventId ?? null) !== event.baseEventId) {
       return { id: event.id, status: 'conflict', head: head ?? null };
     }
@@ -36,7 +35,7 @@ export class MemorySyncStorage implements SyncStorage {
     const stored: StoredEvent = frozenJsonCopy(Object.assign({}, event, { seq, serverTime: Date.now() }));
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
-    this.heads.set(key, Object.freeze({
+    this.heads.set(event.collection, event.documentId, Object.freeze({
       collection: event.collection,
       documentId: event.documentId,
       seq,
@@ -97,7 +96,7 @@ export class MemorySyncStorage implements SyncStorage {
   async getHeads(collection: string, documentIds: readonly string[]): Promise<DocumentHead[]> {
     const heads: DocumentHead[] = [];
     for (const id of documentIds) {
-      const head = this.heads.get(headKey(collection, id));
+      const head = this.heads.get(collection, id);
       if (head) heads.push(head);
     }
     return heads;
