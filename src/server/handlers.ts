@@ -90,36 +90,50 @@ const storableString = (value: string) => value.isWellFormed() && !value.include
  * The same event is then refused on every storage, not just on some.
  */
 function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
-  const max = ctx.options.maxDocumentDepth;
-  const where = `${event.collection}/${event.documentId}`;
-  const refuse = (what: string) => {
-    throw new SyncError('INVALID_MESSAGE', `event ${event.id} for ${where}: ${what}`);
+  // Runs for every pushed event: a walk that allocates nothing unless it refuses.
+  const refuse = (what: string): never => {
+    throw new SyncError('INVALID_MESSAGE', `event ${event.id} for ${event.collection}/${event.documentId}: ${what}`);
   };
-  for (const id of [event.id, event.documentId, event.baseEventId ?? '']) {
-    if (!storableString(id)) refuse('an id holds a NUL character or an unpaired surrogate');
+  if (!storableString(event.id) || !storableString(event.documentId) || (event.baseEventId !== null && !storableString(event.baseEventId))) {
+    refuse('an id holds a NUL character or an unpaired surrogate');
   }
-  const stack: [unknown, number][] = [[event.data, 1]];
+  const max = ctx.options.maxDocumentDepth;
+  const problem = unstorable(event.data, 1, max);
+  if (problem) problem === DEPTH ? refuseDepth(event, max) : refuse(problem);
   for (const op of event.patch ?? []) {
     if (!storableString(op.path) || (op.from !== undefined && !storableString(op.from))) refuse('a patch path holds a NUL character or an unpaired surrogate');
-    stack.push([op.value, 1]);
+    const inValue = unstorable(op.value, 1, max);
+    if (inValue) inValue === DEPTH ? refuseDepth(event, max) : refuse(inValue);
   }
-  while (stack.length > 0) {
-    const [value, depth] = stack.pop()!;
-    if (typeof value === 'string') {
-      if (!storableString(value)) refuse('a string holds a NUL character or an unpaired surrogate');
-      continue;
+}
+
+const DEPTH = 'depth';
+
+function refuseDepth(event: SyncEvent, max: number): never {
+  throw new SyncError('INVALID_MESSAGE', `document ${event.collection}/${event.documentId} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
+}
+
+/** What in `value` (at nesting `depth`) no storage could keep, or undefined when all of it can be kept. */
+function unstorable(value: unknown, depth: number, max: number): string | undefined {
+  if (typeof value === 'string') return storableString(value) ? undefined : 'a string holds a NUL character or an unpaired surrogate';
+  if (!value || typeof value !== 'object') return undefined;
+  // socket.io carries binary data too; a document is JSON, and every storage keeps JSON only.
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return 'a value is binary data, which a JSON document cannot hold';
+  if (depth > max) return DEPTH;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const problem = unstorable(value[i], depth + 1, max);
+      if (problem) return problem;
     }
-    if (!value || typeof value !== 'object') continue;
-    // socket.io carries binary data too; a document is JSON, and every storage keeps JSON only.
-    if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) refuse('a value is binary data, which a JSON document cannot hold');
-    if (depth > max) {
-      throw new SyncError('INVALID_MESSAGE', `document ${where} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
-    }
-    for (const [key, child] of Object.entries(value)) {
-      if (!storableString(key)) refuse('a key holds a NUL character or an unpaired surrogate');
-      stack.push([child, depth + 1]);
-    }
+    return undefined;
   }
+  for (const key in value) {
+    if (!Object.hasOwn(value, key)) continue;
+    if (!storableString(key)) return 'a key holds a NUL character or an unpaired surrogate';
+    const problem = unstorable((value as Record<string, unknown>)[key], depth + 1, max);
+    if (problem) return problem;
+  }
+  return undefined;
 }
 
 export async function handleSubscribe<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<SubscribeReply> {
@@ -151,12 +165,14 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const results: (PushResult | undefined)[] = new Array(events.length);
   const toSave: IncomingEvent[] = [];
   const savedIndex: number[] = [];
-  for (const [index, event] of events.entries()) {
+  for (let index = 0; index < events.length; index++) {
+    const event = events[index]!;
     try {
       assertKnownCollection(ctx, event.collection);
       assertStorable(ctx, event);
-      const head = heads.get(docKey(event.collection, event.documentId));
-      await assertMayWrite(ctx, user, event, head);
+      const head = heads.size > 0 ? heads.get(docKey(event.collection, event.documentId)) : undefined;
+      // Without an authorize hook there is nothing to wait for: no promise per event.
+      if (ctx.authorize) await assertMayWrite(ctx, user, event, head);
       // Object.assign, not a spread with more fields: a much slower path in V8, per event. Events have known keys only.
       toSave.push(Object.assign({}, ctx.redactor.keepHidden(event, head), { clientId: socket.data.clientId }));
       savedIndex.push(index);
@@ -170,7 +186,8 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const saved = toSave.length > 0 ? await saveEvents(ctx, toSave) : [];
   const accepted: StoredEvent[] = [];
   const serverTime = Date.now();
-  for (const [i, result] of saved.entries()) {
+  for (let i = 0; i < saved.length; i++) {
+    const result = saved[i]!;
     let answer: PushResult = result;
     if (result.status === 'accepted') accepted.push(Object.assign({}, toSave[i]!, { seq: result.seq, serverTime }));
     else if (result.status === 'conflict' && result.head) {
@@ -257,6 +274,18 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
 }
 
 /** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
+/**
+ * False when no socket but the sender is in the room: then a live message
+ * need not be built (for a push of thousands of events, its encoding is a
+ * good part of the push). Only without an adapter: with one, other server
+ * instances may hold readers this instance cannot see.
+ */
+function othersMayListen(ctx: ServerContext<any>, sender: SyncSocket<any>, room: string): boolean {
+  if (ctx.options.adapter) return true;
+  const members = ctx.io.of('/').adapter.rooms.get(room);
+  return members !== undefined && (members.size > 1 || !members.has(sender.id));
+}
+
 async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User>, events: StoredEvent[]): Promise<void> {
   const byCollection = new Map<string, StoredEvent[]>();
   for (const event of events) {
@@ -265,6 +294,7 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
     else byCollection.set(event.collection, [event]);
   }
   for (const [collection, list] of byCollection) {
+    if (!othersMayListen(ctx, sender, roomOf(collection))) continue;
     if (!ctx.authorize) {
       sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
       continue;
