@@ -419,12 +419,23 @@ export class SyncEngine {
       groups.set(checkpoint, [...(groups.get(checkpoint) ?? []), name]);
     }
     for (let [checkpoint, collections] of groups) {
+      const limit = this.options.pullBatchSize;
+      let next = this.pullPage(transport, { checkpoint, collections, limit });
       for (;;) {
-        const reply = await this.pullPage(transport, { checkpoint, collections, limit: this.options.pullBatchSize });
+        const reply = await next;
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
-        synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
+        // The next page is asked for before this one is written: the round trip and the server's
+        // work overlap the local write. Only the page is early; its checkpoint is kept once applied.
+        if (reply.hasMore) next = this.pullPage(transport, { checkpoint: reply.checkpoint, collections, limit });
+        try {
+          synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
+        } catch (error) {
+          // The page asked for early is dropped; its failure, if any, says nothing new.
+          if (reply.hasMore) next.catch(() => undefined);
+          throw error;
+        }
         checkpoint = reply.checkpoint;
         if (!reply.hasMore) break;
       }

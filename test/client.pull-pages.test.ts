@@ -1,0 +1,86 @@
+/**
+ * A pull of several pages asks for the next page while it writes the one it
+ * has, so that on a slow link (or with a slow local storage) the round trip
+ * overlaps the write. The checkpoint still only moves as pages are written.
+ */
+import { describe, expect, it } from 'vitest';
+import { REMOTE_CONTEXT } from '../src/client/replicator.js';
+import { closeAfterEach, contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+
+let server: TestServer | undefined;
+const clients: TestClient[] = [];
+closeAfterEach(clients, () => server);
+
+/** A server holding `count` documents written by another client. */
+async function serverWith(count: number): Promise<TestClient> {
+  server = await startServer();
+  const writer = await startClient(server.url, { autoSync: false });
+  clients.push(writer);
+  const docs = Array.from({ length: count }, (_, i) => ({ id: `doc-${String(i).padStart(3, '0')}`, title: `title ${i}`, done: i % 2 === 0 }));
+  expect((await writer.todos.bulkInsert(docs)).error).toEqual([]);
+  expect(await writer.sync.syncNow()).toMatchObject({ success: true, syncedEvents: count });
+  return writer;
+}
+
+/** Runs `around(call, write)` for each write of pulled documents into the client's collection. */
+function wrapPulledWrites(client: TestClient, around: (call: number, write: () => Promise<unknown>) => Promise<unknown>): void {
+  const instance = client.todos.internalStorageInstance;
+  const bulkWrite = instance.bulkWrite.bind(instance);
+  let calls = 0;
+  instance.bulkWrite = ((rows, context) =>
+    context === REMOTE_CONTEXT ? around(++calls, () => bulkWrite(rows, context)) : bulkWrite(rows, context)) as typeof instance.bulkWrite;
+}
+
+describe('a pull of several pages', () => {
+  it('asks for the next page before the page it has is written', async () => {
+    await serverWith(120);
+    const reader = await startClient(server!.url, { autoSync: false, pullBatchSize: 50 });
+    clients.push(reader);
+    const pulls: number[] = [];
+    server!.server.events.on('pull', () => pulls.push(performance.now()));
+    const writes: { started: number; ended: number }[] = [];
+    wrapPulledWrites(reader, async (_call, write) => {
+      const started = performance.now();
+      await sleep(150);
+      const result = await write();
+      writes.push({ started, ended: performance.now() });
+      return result;
+    });
+
+    expect(await reader.sync.syncNow()).toMatchObject({ success: true, syncedEvents: 120 });
+    expect(await reader.todos.count().exec()).toBe(120);
+    // Pages of 50, 50 and 20; each next page was answered while the page before it was being written.
+    expect(pulls).toHaveLength(3);
+    expect(writes).toHaveLength(3);
+    expect(pulls[1]).toBeLessThan(writes[0]!.ended);
+    expect(pulls[2]).toBeLessThan(writes[1]!.ended);
+  });
+
+  it('stops at the last page written when a page cannot be written, and the next run goes on from there', async () => {
+    const writer = await serverWith(120);
+    // No retries of its own: the test runs the next sync itself.
+    const reader = await startClient(server!.url, { autoSync: false, pullBatchSize: 50, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
+    clients.push(reader);
+    let failing = true;
+    const pulled: number[] = [];
+    server!.server.events.on('pull', ({ events }) => pulled.push(events));
+    wrapPulledWrites(reader, async (call, write) => {
+      if (failing && call === 2) throw new Error('the disk is full');
+      return write();
+    });
+
+    const failed = await reader.sync.syncNow();
+    expect(failed.success).toBe(false);
+    // The first page is written and kept; nothing of the page that failed, nor of the one asked for early.
+    expect(await reader.todos.count().exec()).toBe(50);
+
+    // The page asked for early is answered all the same; it is dropped.
+    await waitFor(() => pulled.length === 3, 'the third page to be answered');
+    failing = false;
+    pulled.length = 0;
+    expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+    expect(await contents(reader.todos)).toEqual(await contents(writer.todos));
+    // Picked up after the first page: its 50 documents were not sent again.
+    expect(pulled.reduce((sum, events) => sum + events, 0)).toBe(70);
+  });
+});
