@@ -19,11 +19,12 @@ import { fanOut } from './scenarios/fan-out.js';
 import { initialSync } from './scenarios/initial-sync.js';
 import { liveLatency } from './scenarios/live-latency.js';
 import { push } from './scenarios/push.js';
+import { slowLink } from './scenarios/slow-link.js';
 import { throughput } from './scenarios/throughput.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, push, liveLatency, fanOut, throughput];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, slowLink, push, liveLatency, fanOut, throughput];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {
@@ -35,6 +36,7 @@ const FULL: BenchConfig = {
   fanoutBurst: 1000,
   throughputClients: 10,
   throughputDocs: 2000,
+  slowLink: { n: 10_000, rttMs: 100, mbitPerSecond: 20 },
   runs: 3,
   timeoutMs: 180_000,
 };
@@ -47,6 +49,7 @@ const QUICK: BenchConfig = {
   fanoutWrites: 20,
   fanoutBurst: 200,
   throughputDocs: 200,
+  slowLink: { n: 2000, rttMs: 100, mbitPerSecond: 20 },
   runs: 1,
   timeoutMs: 60_000,
 };
@@ -61,6 +64,7 @@ const USAGE = `usage: npm run bench -- [options]
   --batch-size n         this project's client batchSize for pushes (default: the plugin's, 500; pulls use pullBatchSize, 2000)
   --push 10000           documents in the push scenario
   --latency-writes 300   sequential writes in the latency scenario
+  --link 10000,100,20    slow-link scenario: documents, round-trip ms, Mbit/s each way
   --rxdb-batch-size 500  RxDB replication batch size, pull and push (its own default is 100)
   --profile              write a CPU profile of every measured span to <out>/profiles
   --out bench/out        where results.json and chart.svg go
@@ -76,6 +80,7 @@ function parseConfig() {
       systems: { type: 'string' },
       push: { type: 'string' },
       'latency-writes': { type: 'string' },
+      link: { type: 'string' },
       'rxdb-batch-size': { type: 'string' },
       'batch-size': { type: 'string' },
       profile: { type: 'boolean', default: false },
@@ -100,6 +105,11 @@ function parseConfig() {
   config.runs = positive('runs', values.runs) ?? config.runs;
   config.pushCount = positive('push', values.push) ?? config.pushCount;
   config.latencyWrites = positive('latency-writes', values['latency-writes']) ?? config.latencyWrites;
+  if (values.link) {
+    const [n, rttMs, mbitPerSecond] = values.link.split(',').map((part, i) => positive(`link (part ${i + 1})`, part.trim()));
+    if (n === undefined || rttMs === undefined || mbitPerSecond === undefined) throw new Error(`--link takes documents,rtt-ms,mbit-per-second, got "${values.link}"`);
+    config.slowLink = { n, rttMs, mbitPerSecond };
+  }
   rxdbOptions.batchSize = positive('rxdb-batch-size', values['rxdb-batch-size']) ?? rxdbOptions.batchSize;
   const batchSize = positive('batch-size', values['batch-size']);
   if (batchSize !== undefined) offlineSyncOptions.batchSize = batchSize;
@@ -115,7 +125,7 @@ function parseConfig() {
   const outDir = resolve(values.out ?? join(here, 'out'));
   // Only a complete run with the standard settings replaces the chart the README shows.
   const standard =
-    !values.quick && !sizes && !values.runs && !only && !systemIds && !values.push && !values['latency-writes'] && !values['rxdb-batch-size'] && !batchSize;
+    !values.quick && !sizes && !values.runs && !only && !systemIds && !values.push && !values['latency-writes'] && !values.link && !values['rxdb-batch-size'] && !batchSize;
   return { config, scenarios, systems, outDir, profile: values.profile, publishedChart: standard ? join(here, 'chart.svg') : undefined };
 }
 

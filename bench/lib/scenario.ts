@@ -15,6 +15,8 @@ export interface BenchConfig {
   /** Pushing clients and documents per client in the throughput scenario. */
   throughputClients: number;
   throughputDocs: number;
+  /** The initial sync over a slow link: documents, added round-trip time, bandwidth of each direction. */
+  slowLink: { n: number; rttMs: number; mbitPerSecond: number };
   /** Repetitions of every timing; the median is reported. */
   runs: number;
   /** Longest wait for one measured step. */

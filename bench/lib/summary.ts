@@ -95,6 +95,12 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
   if (biggest !== undefined) {
     pair(`peak heap growth, initial sync ${kilo(biggest)}`, { scenario: 'initial-sync', n: biggest, metric: 'peak-heap' });
   }
+  const slow = find(all, { scenario: 'slow-link' });
+  if (slow) {
+    const detail = `${kilo(slow.n!)} docs, ${slow.note}`;
+    pair(`initial sync, ${detail}`, { scenario: 'slow-link', metric: 'time' }, undefined, { title: 'initial sync, slow link', detail });
+    pair(`initial sync, ${detail}, compressed`, { scenario: 'slow-link', metric: 'compressed' }, undefined, { title: 'initial sync, slow link, compressed', detail });
+  }
   const pushed = find(all, { scenario: 'push' });
   if (pushed) {
     pair(`push, ${kilo(pushed.n!)} docs`, { scenario: 'push', metric: 'time' }, { text: 'no slower', check: (a) => a >= 1 });

@@ -25,7 +25,13 @@ export const offlineSync: BenchSystem = {
   label: 'rxdb-offline-sync',
   async startServer(options = {}) {
     const httpServer = createServer();
-    const server = createSyncServer({ httpServer, logging: quiet, ...(options.storage ? { storage: options.storage } : {}) });
+    const server = createSyncServer({
+      httpServer,
+      logging: quiet,
+      ...(options.storage ? { storage: options.storage } : {}),
+      // The README's setting for slow links; socket.io-client offers the extension on its own.
+      ...(options.compress ? { socketOptions: { perMessageDeflate: { threshold: 1024 } } } : {}),
+    });
     await server.start();
     const port = await listenOnLoopback(httpServer);
     const url = `http://127.0.0.1:${port}`;
@@ -53,13 +59,15 @@ export const offlineSync: BenchSystem = {
         return written.value;
       },
       waitForWritten: (count) => written.reach(count),
-      async openClient(): Promise<BenchClient> {
+      port,
+      async openClient(options = {}): Promise<BenchClient> {
+        const serverUrl = options.port ? `http://127.0.0.1:${options.port}` : url;
         const db = await openTodoDatabase('os');
         let sync: SyncApi | undefined;
         return {
           todos: db.todos,
           async startSync() {
-            sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['todos'], logging: quiet, ...offlineSyncOptions }));
+            sync = await db.addPlugin(createSyncPlugin({ serverUrl, collections: ['todos'], logging: quiet, ...offlineSyncOptions }));
             const result = await sync.syncNow();
             if (!result.success) throw result.error;
           },

@@ -20,7 +20,7 @@ export const rxdbWebsocket: BenchSystem = {
     const serverDb = await openTodoDatabase('rxs');
     const httpServer = createServer();
     const port = await listenOnLoopback(httpServer);
-    const wsServer = startWebsocketServer({ database: serverDb, server: httpServer });
+    const wsServer = startWebsocketServer({ database: serverDb, server: httpServer, ...(options.compress ? { perMessageDeflate: { threshold: 1024 } } : {}) });
     const url = `ws://127.0.0.1:${port}`;
     const written = new Counter();
     const subscription = serverDb.todos.eventBulks$.subscribe((bulk) => written.add(bulk.events.length));
@@ -38,7 +38,9 @@ export const rxdbWebsocket: BenchSystem = {
         return written.value - seeded;
       },
       waitForWritten: (count) => written.reach(count + seeded),
-      async openClient(): Promise<BenchClient> {
+      port,
+      async openClient(options = {}): Promise<BenchClient> {
+        const clientUrl = options.port ? `ws://127.0.0.1:${options.port}` : url;
         const db = await openTodoDatabase('rxc');
         let replication: RxReplicationState<Todo, unknown> | undefined;
         return {
@@ -46,7 +48,7 @@ export const rxdbWebsocket: BenchSystem = {
           async startSync() {
             replication = await replicateWithWebsocketServer<Todo, unknown>({
               collection: db.todos,
-              url,
+              url: clientUrl,
               replicationIdentifier: 'bench',
               live: true,
               batchSize: rxdbOptions.batchSize,

@@ -12,8 +12,12 @@ export interface BenchSystem {
   readonly id: SystemId;
   /** Shown in tables and the chart. */
   readonly label: string;
-  /** A server on a random loopback port; `storage` only for systems with pluggable server storage. */
-  startServer(options?: { storage?: SyncStorage }): Promise<BenchServer>;
+  /**
+   * A server on a random loopback port; `storage` only for systems with
+   * pluggable server storage; `compress`: WebSocket permessage-deflate for
+   * messages of 1 KB and more (the clients of both systems accept it).
+   */
+  startServer(options?: { storage?: SyncStorage; compress?: boolean }): Promise<BenchServer>;
 }
 
 export interface BenchServer {
@@ -23,8 +27,10 @@ export interface BenchServer {
   readonly written: number;
   /** Resolves once clients have written at least `count` documents to the server. */
   waitForWritten(count: number): Promise<void>;
-  /** A fresh client database on memory storage, not yet syncing. */
-  openClient(): Promise<BenchClient>;
+  /** The loopback port the server listens on. */
+  readonly port: number;
+  /** A fresh client database on memory storage, not yet syncing; `port` to reach the server another way (a slow link). */
+  openClient(options?: { port?: number }): Promise<BenchClient>;
   /** A bare protocol connection that pushes prepared documents, with no local database: loads the server alone. */
   openPusher(): Promise<BenchPusher>;
   stop(): Promise<void>;
