@@ -121,6 +121,10 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
   }
   const e2e = find(all, { scenario: 'throughput', metric: 'end-to-end' });
   if (e2e) pair(`end-to-end push throughput, ${e2e.note}`, { scenario: 'throughput', metric: 'end-to-end' }, undefined, { title: 'push throughput, end to end', detail: e2e.note });
+  const converged = find(all, { scenario: 'throughput', metric: 'converged' });
+  if (converged) {
+    pair(`end-to-end, until every client holds all, ${converged.note}`, { scenario: 'throughput', metric: 'converged' }, undefined, { title: 'throughput until all clients converged', detail: converged.note });
+  }
   return rows;
 }
 

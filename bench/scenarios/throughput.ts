@@ -6,13 +6,17 @@
  *   server alone: this project on each server storage (memory, SQLite,
  *   PostgreSQL), RxDB's websocket server on its RxDB database (memory).
  * - end-to-end: real clients, connected and idle, each bulkInsert their own
- *   documents; timed until the server has stored all of them. Every client
- *   also receives everyone else's documents live, so this is mostly client
- *   work (all clients share the benchmark's one thread).
+ *   documents; timed until the server has stored all of them (`end-to-end`),
+ *   and until every client holds every client's documents (`converged`).
+ *   All clients share the benchmark's one thread, so a system that applies
+ *   other clients' documents while its own are still being pushed (this
+ *   project applies live messages as they come) pays for that before the
+ *   first mark; `converged` counts the same work for both.
  * Reported as documents per second.
  */
 import type { SyncStorage } from 'rxdb-offline-sync/server';
 import type { BenchClient, BenchPusher, BenchSystem } from '../systems/types.js';
+import { Counter } from '../lib/counter.js';
 import { makeTodos, type Todo } from '../lib/documents.js';
 import { profiled } from '../lib/profile.js';
 import { gc, withTimeout } from '../lib/runtime.js';
@@ -49,11 +53,12 @@ async function measure(
 ): Promise<void> {
   const total = batches.reduce((sum, batch) => sum + batch.length, 0);
   const rates: number[] = [];
+  const convergedRates: number[] = [];
   for (let run = 0; run < config.runs; run++) {
     const { storage, dispose } = await variant.create(run);
     const server = await system.startServer(storage ? { storage: storage as SyncStorage } : {});
     const label = `${system.label} on ${variant.name} (${mode})`;
-    let elapsed: number;
+    let elapsed = 0;
     if (mode === 'server') {
       const pushers: BenchPusher[] = await Promise.all(batches.map(() => server.openPusher()));
       gc();
@@ -76,14 +81,26 @@ async function measure(
       for (let i = 0; i < batches.length; i++) clients.push(await server.openClient());
       await Promise.all(clients.map((client) => client.startSync()));
       const copies = batches.map((batch) => batch.map((todo) => ({ ...todo, tags: [...todo.tags] })));
+      // Documents each client holds: every document is inserted once into each client, by the app or by the sync.
+      const held = clients.map((client) => {
+        const counter = new Counter();
+        const subscription = client.todos.eventBulks$.subscribe((bulk) => counter.add(bulk.events.filter((event) => event.operation === 'INSERT').length));
+        return { counter, subscription };
+      });
       gc();
       const started = performance.now();
+      let converged = 0;
       await profiled(`throughput-e2e-${system.id}-${variant.name}-run${run + 1}`, async () => {
         await Promise.all(clients.map((client, i) => client.todos.bulkInsert(copies[i]!)));
         await withTimeout(server.waitForWritten(total), config.timeoutMs, `${label}: the server to store ${total} documents`);
+        elapsed = performance.now() - started;
+        await withTimeout(Promise.all(held.map(({ counter }) => counter.reach(total))), config.timeoutMs, `${label}: every client to hold all ${total} documents`);
+        converged = performance.now() - started;
       });
-      elapsed = performance.now() - started;
+      held.forEach(({ subscription }) => subscription.unsubscribe());
       for (const client of clients) await client.close();
+      convergedRates.push((total / converged) * 1000);
+      log(`throughput converged ${system.id} ${variant.name} run ${run + 1}: ${convergedRates.at(-1)!.toFixed(0)} docs/s (${converged.toFixed(0)} ms)`);
     }
     await server.stop();
     await dispose();
@@ -101,4 +118,17 @@ async function measure(
     runs: rates,
     note: `${batches.length} clients × ${batches[0]!.length} docs`,
   });
+  if (convergedRates.length > 0) {
+    record({
+      scenario: 'throughput',
+      system: system.id,
+      storage: variant.name,
+      n: total,
+      metric: 'converged',
+      unit: 'docs/s',
+      value: median(convergedRates),
+      runs: convergedRates,
+      note: `${batches.length} clients × ${batches[0]!.length} docs`,
+    });
+  }
 }
