@@ -183,6 +183,29 @@ describe('push and pull', () => {
     await waitFor(() => todosLive.length === 2, 'the re-subscribed reader to get the notes event');
     expect(todosLive.map((e) => e.documentId)).toEqual(['t1', 'n2']);
   });
+
+  it('a push nobody else is subscribed to builds no live message; once a reader subscribes, it gets the next one', async () => {
+    server = await startServer();
+    const adapter = server.server.getIo().of('/').adapter;
+    const broadcasts: string[][] = [];
+    const broadcast = adapter.broadcast.bind(adapter);
+    adapter.broadcast = (packet, options) => {
+      broadcasts.push([...options.rooms]);
+      broadcast(packet, options);
+    };
+    const writer = await open();
+    await request(writer, MESSAGE.subscribe, { collections: ['todos'] });
+    expect(await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'alone' })] })).toMatchObject({ ok: true });
+    expect(broadcasts).toEqual([]);
+
+    const reader = await open();
+    const live = collectLive(reader);
+    await request(reader, MESSAGE.subscribe, { collections: ['todos'] });
+    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'seen' })] });
+    await waitFor(() => live.length === 1, 'the new reader to get the event');
+    expect(live[0]).toMatchObject({ documentId: 'seen' });
+    expect(broadcasts).toEqual([['collection:todos']]);
+  });
 });
 
 describe('bad input is answered, not obeyed', () => {

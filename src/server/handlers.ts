@@ -273,7 +273,6 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   return { events: visible.map(toRemoteEvent), checkpoint, hasMore };
 }
 
-/** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
 /**
  * False when no socket but the sender is in the room: then a live message
  * need not be built (for a push of thousands of events, its encoding is a
@@ -286,6 +285,7 @@ function othersMayListen(ctx: ServerContext<any>, sender: SyncSocket<any>, room:
   return members !== undefined && (members.size > 1 || !members.has(sender.id));
 }
 
+/** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
 async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User>, events: StoredEvent[]): Promise<void> {
   const byCollection = new Map<string, StoredEvent[]>();
   for (const event of events) {
