@@ -56,6 +56,38 @@ describe('a pull of several pages', () => {
     expect(pulls[2]).toBeLessThan(writes[1]!.ended);
   });
 
+  it('ends the run cleanly when the connection is lost while a page is written: no unhandled failure, no page after disable()', async () => {
+    await serverWith(120);
+    const reader = await startClient(server!.url, { autoSync: false, pullBatchSize: 50, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
+    clients.push(reader);
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      wrapPulledWrites(reader, async (call, write) => {
+        if (call === 1) {
+          // The request for the next page is in flight now; disabling drops the connection under it.
+          reader.sync.disable();
+          await sleep(200);
+        }
+        return write();
+      });
+      const result = await reader.sync.syncNow();
+      expect(result.success).toBe(false);
+      expect(['DISABLED', 'NOT_CONNECTED']).toContain(result.error?.code);
+      await sleep(100);
+      expect(unhandled).toEqual([]);
+      // The first page was written; nothing after disable().
+      expect(await reader.todos.count().exec()).toBe(50);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+    // Enabled again, the next sync (it connects: autoSync is off here) picks up after the first page.
+    reader.sync.enable();
+    expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+    expect(await reader.todos.count().exec()).toBe(120);
+  });
+
   it('stops at the last page written when a page cannot be written, and the next run goes on from there', async () => {
     const writer = await serverWith(120);
     // No retries of its own: the test runs the next sync itself.

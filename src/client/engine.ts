@@ -423,19 +423,20 @@ export class SyncEngine {
       let next = this.pullPage(transport, { checkpoint, collections, limit });
       for (;;) {
         const reply = await next;
+        // A page that arrived after disable() is not written: the run ends as it would have without it.
+        if (!this.status.enabled) throw new SyncError('DISABLED', 'sync was disabled during the pull');
         const unexpected = reply.events.find((event) => !collections.includes(event.collection));
         if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
         // The next page is asked for before this one is written: the round trip and the server's
         // work overlap the local write. Only the page is early; its checkpoint is kept once applied.
-        if (reply.hasMore) next = this.pullPage(transport, { checkpoint: reply.checkpoint, collections, limit });
-        try {
-          synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
-        } catch (error) {
-          // The page asked for early is dropped; its failure, if any, says nothing new.
-          if (reply.hasMore) next.catch(() => undefined);
-          throw error;
+        if (reply.hasMore) {
+          next = this.pullPage(transport, { checkpoint: reply.checkpoint, collections, limit });
+          // Handled from the start: it may fail while this page is written (the connection drops), and
+          // is dropped if this page fails. Its error still reaches the `await next` above.
+          next.catch(() => undefined);
         }
+        synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
         checkpoint = reply.checkpoint;
         if (!reply.hasMore) break;
       }

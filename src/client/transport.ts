@@ -175,6 +175,8 @@ export class Transport {
     try {
       raw = await (this.socket.timeout(this.options.requestTimeout) as unknown as Socket).emitWithAck(type, message);
     } catch (error) {
+      // socket.io fails a request in flight at once when the connection drops: that is no timeout.
+      if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', `the connection to the sync server was lost before it answered ${type}`);
       throw new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
     }
     const reply = parseMessage(schema, raw, `reply to ${type}`) as { ok: true } | { ok: false; error: never };
