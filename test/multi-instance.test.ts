@@ -13,7 +13,8 @@ import { createClient } from 'redis';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createSyncPlugin } from '../src/client/index.js';
 import { PostgresSyncStorage } from '../src/server/storage/index.js';
-import { contents, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { MESSAGE } from '../src/shared/protocol.js';
+import { collectLive, contents, openDatabase, rawEvent, rawSocket, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 import { REDIS, createTestDatabase, serviceReady, type TestDatabase } from './services.js';
 
 interface Instance extends TestServer {
@@ -96,6 +97,38 @@ describe.skipIf(!((await serviceReady('postgres')) && (await serviceReady('redis
     expect(await a.storage.countEvents()).toBe(3);
     expect(await contents(onA.todos)).toEqual([]);
     expect(await contents(onB.todos)).toEqual([]);
+  });
+
+  it('live messages cross instances however the adapter was set (option or socketOptions), with the writer alone on its instance', async () => {
+    const redisKey = `rxos-test-${randomBytes(6).toString('hex')}`;
+    const connections: ReturnType<typeof createClient>[] = [];
+    const adapter = async () => {
+      const pub = createClient({ url: REDIS.url });
+      const sub = pub.duplicate();
+      await Promise.all([pub.connect(), sub.connect()]);
+      connections.push(pub, sub);
+      return createAdapter(pub, sub, { key: redisKey });
+    };
+    const viaOption = await startServer({ adapter: await adapter() });
+    const viaSocketOptions = await startServer({ socketOptions: { adapter: await adapter() } as never });
+    const sockets: Awaited<ReturnType<typeof rawSocket>>[] = [];
+    try {
+      for (const [writerOn, readerOn] of [[viaOption, viaSocketOptions], [viaSocketOptions, viaOption]] as const) {
+        const writer = await rawSocket(writerOn.url);
+        const reader = await rawSocket(readerOn.url);
+        sockets.push(writer, reader);
+        const live = collectLive(reader);
+        await request(writer, MESSAGE.subscribe, { collections: ['todos'] });
+        await request(reader, MESSAGE.subscribe, { collections: ['todos'] });
+        const event = rawEvent({ documentId: `doc-${sockets.length}` });
+        expect(await request(writer, MESSAGE.push, { events: [event] })).toMatchObject({ ok: true });
+        await waitFor(() => live.some((received) => received.id === event.id), 'the reader on the other instance to get the event live', 5000);
+      }
+    } finally {
+      sockets.forEach((socket) => socket.close());
+      await Promise.allSettled([viaOption.stop(), viaSocketOptions.stop()]);
+      await Promise.allSettled(connections.map((connection) => connection.quit()));
+    }
   });
 
   it('catch-up after reconnecting to the other instance is exact', async () => {

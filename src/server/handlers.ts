@@ -1,5 +1,6 @@
 /** What the server does with each client message; the socket wiring lives in server.ts. */
 import type { Server, Socket } from 'socket.io';
+import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
@@ -276,12 +277,14 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
 /**
  * False when no socket but the sender is in the room: then a live message
  * need not be built (for a push of thousands of events, its encoding is a
- * good part of the push). Only without an adapter: with one, other server
- * instances may hold readers this instance cannot see.
+ * good part of the push). Only with socket.io's own in-memory adapter, what
+ * ever set it: any other adapter may carry the message to readers on other
+ * server instances, which this one cannot see.
  */
-function othersMayListen(ctx: ServerContext<any>, sender: SyncSocket<any>, room: string): boolean {
-  if (ctx.options.adapter) return true;
-  const members = ctx.io.of('/').adapter.rooms.get(room);
+function othersMayListen(sender: SyncSocket<any>, room: string): boolean {
+  const adapter = sender.nsp.adapter;
+  if (Object.getPrototypeOf(adapter) !== Adapter.prototype) return true;
+  const members = adapter.rooms.get(room);
   return members !== undefined && (members.size > 1 || !members.has(sender.id));
 }
 
@@ -294,7 +297,7 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
     else byCollection.set(event.collection, [event]);
   }
   for (const [collection, list] of byCollection) {
-    if (!othersMayListen(ctx, sender, roomOf(collection))) continue;
+    if (!othersMayListen(sender, roomOf(collection))) continue;
     if (!ctx.authorize) {
       sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
       continue;
