@@ -46,20 +46,38 @@ export async function startSlowLink(targetPort: number, link: LinkOptions): Prom
   };
 }
 
-/** Forwards `from` to `to` as the link would: each chunk leaves once the one before it has, and arrives half a round trip later. */
+/**
+ * Forwards `from` to `to` as the link would: each chunk leaves once the one
+ * before it has, and arrives half a round trip later. One queue per
+ * direction, drained in order by one timer: separate timers per chunk could
+ * fire out of order (Node rounds their delays to whole milliseconds and
+ * counts them from a loop time that goes stale while the thread is busy),
+ * which would corrupt the stream.
+ */
 function relay(from: Socket, to: Socket, link: LinkOptions): void {
   const bytesPerMs = (link.mbitPerSecond * 1_000_000) / 8 / 1000;
+  const queue: { chunk: Buffer | null; dueAt: number }[] = [];
   // When the link has finished sending what it was given so far.
   let linkFreeAt = 0;
-  from.on('data', (chunk) => {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const drain = () => {
+    timer = undefined;
     const now = performance.now();
-    linkFreeAt = Math.max(linkFreeAt, now) + chunk.length / bytesPerMs;
-    // Timers due later fire later, and equal ones in order: chunks arrive in the order they were sent.
-    setTimeout(() => {
-      if (!to.destroyed) to.write(chunk);
-    }, linkFreeAt + link.rttMs / 2 - now);
-  });
-  from.on('end', () => {
-    setTimeout(() => to.end(), Math.max(linkFreeAt, performance.now()) + link.rttMs / 2 - performance.now());
-  });
+    while (queue.length > 0 && queue[0]!.dueAt <= now) {
+      const { chunk } = queue.shift()!;
+      if (to.destroyed) continue;
+      if (chunk) to.write(chunk);
+      else to.end();
+    }
+    if (queue.length > 0) timer = setTimeout(drain, queue[0]!.dueAt - now);
+  };
+  const enqueue = (chunk: Buffer | null) => {
+    const now = performance.now();
+    linkFreeAt = Math.max(linkFreeAt, now) + (chunk ? chunk.length / bytesPerMs : 0);
+    queue.push({ chunk, dueAt: linkFreeAt + link.rttMs / 2 });
+    timer ??= setTimeout(drain, queue[0]!.dueAt - now);
+  };
+  from.on('data', (chunk: Buffer) => enqueue(chunk));
+  // The end of the stream travels behind its last chunk.
+  from.on('end', () => enqueue(null));
 }
