@@ -97,7 +97,7 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
   }
   const slow = find(all, { scenario: 'slow-link' });
   if (slow) {
-    const detail = `${kilo(slow.n!)} docs, ${slow.note}`;
+    const detail = `${kilo(slow.n!)} docs, ${slow.note!.replace(' round trip', ' RTT')}`;
     pair(`initial sync, ${detail}`, { scenario: 'slow-link', metric: 'time' }, undefined, { title: 'initial sync, slow link', detail });
     pair(`initial sync, ${detail}, compressed`, { scenario: 'slow-link', metric: 'compressed' }, undefined, { title: 'initial sync, slow link, compressed', detail });
   }
@@ -117,7 +117,7 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
   if (burst) pair(`fan-out burst of ${kilo(burst.n!)}, ${readers}`, { scenario: 'fanout', metric: 'burst' }, { text: 'no slower', check: (a) => a >= 1 });
   for (const storage of ['memory', 'sqlite', 'postgres']) {
     const m = find(all, { scenario: 'throughput', storage, metric: 'server' });
-    if (m) pair(`server throughput, ${m.note}, bare pushers, ${storage}`, { scenario: 'throughput', storage, metric: 'server' }, undefined, { title: `server throughput, ${storage}`, detail: `${m.note}, bare pushers` });
+    if (m) pair(`server throughput, ${m.note}, bare pushers, ${storage}`, { scenario: 'throughput', storage, metric: 'server' }, undefined, { title: `server throughput, ${storage}`, detail: `${m.note!.replace(' clients', '')}, bare pushers` });
   }
   const e2e = find(all, { scenario: 'throughput', metric: 'end-to-end' });
   if (e2e) pair(`end-to-end push throughput, ${e2e.note}`, { scenario: 'throughput', metric: 'end-to-end' }, undefined, { title: 'push throughput, end to end', detail: e2e.note });
