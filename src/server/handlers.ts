@@ -277,9 +277,9 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
 /**
  * False when no socket but the sender is in the room: then a live message
  * need not be built (for a push of thousands of events, its encoding is a
- * good part of the push). Only with socket.io's own in-memory adapter, what
- * ever set it: any other adapter may carry the message to readers on other
- * server instances, which this one cannot see.
+ * good part of the push). Only with socket.io's own in-memory adapter,
+ * however it was set: any other adapter may carry the message to readers on
+ * other server instances, which this one cannot see.
  */
 function othersMayListen(sender: SyncSocket<any>, room: string): boolean {
   const adapter = sender.nsp.adapter;
