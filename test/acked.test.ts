@@ -136,6 +136,24 @@ describe('acknowledged versions', () => {
     expect(second.replicator.pending.all()[0]!.event).toMatchObject({ op: 'update', baseEventId: eventOf(pushed, 'd1').id, patch: [{ op: 'replace', path: '/done', value: true }] });
   });
 
+  it('fold with one read of each shadow record, not one for the comparison and another for the write', async () => {
+    const { db, meta, replicator } = await open(uniqueName('foldreads'));
+    await db.todos.bulkInsert(withFillers(['d1', 'd2']));
+    await logAll(db, replicator);
+    const pushed = await pushAll(replicator, 1);
+    const instance = (meta as unknown as { instance: { findDocumentsById(ids: string[], deleted: boolean): Promise<unknown[]> } }).instance;
+    const findDocumentsById = instance.findDocumentsById.bind(instance);
+    const read: string[] = [];
+    instance.findDocumentsById = (ids, deleted) => {
+      read.push(...ids);
+      return findDocumentsById(ids, deleted);
+    };
+    expect(await replicator.foldAcked()).toBe(true);
+    expect(read.filter((id) => id.startsWith('shadow|'))).toHaveLength(pushed.length);
+    expect(new Set(read).size).toBe(read.length);
+    expect((await meta.getAll('shadow')).size).toBe(pushed.length);
+  });
+
   it('give way to a newer server version, also when read back after a restart before the fold', async () => {
     const name = uniqueName('newer');
     const first = await open(name);

@@ -86,12 +86,18 @@ export class MetaStore {
     return new MetaStore(instance as RxStorageInstance<MetaDoc, unknown, unknown>, db.token);
   }
 
-  async get<T>(ids: readonly string[]): Promise<Map<string, T>> {
+  /**
+   * The stored values of these ids. `beforeWriting`: the caller writes these
+   * ids next, so ids found missing are remembered as such and the write does
+   * not read them again.
+   */
+  async get<T>(ids: readonly string[], beforeWriting = false): Promise<Map<string, T>> {
     const result = new Map<string, T>();
     if (ids.length === 0) return result;
     const docs = await this.instance.findDocumentsById([...ids], true);
-    // Ids found missing are not remembered: most lookups are of documents that never get a record
-    // (every pulled document is looked up once), and a write reads the few it needs (loadUnknown).
+    // Otherwise ids found missing are not remembered: most lookups are of documents that never get a
+    // record (every pulled document is looked up once), and a write reads the few it needs (loadUnknown).
+    if (beforeWriting) for (const id of ids) if (!this.revisions.has(id)) this.revisions.set(id, null);
     for (const doc of docs) {
       this.remember(doc);
       if (!doc._deleted) result.set(doc.id, doc.value as T);

@@ -628,7 +628,7 @@ export class Replicator {
   async foldAcked(): Promise<boolean> {
     const page = this.acked.oldest();
     if (!page) return false;
-    const stored = await this.meta.get<Shadow>(page.versions.map(([collection, documentId]) => shadowId(collection, documentId)));
+    const stored = await this.meta.get<Shadow>(page.versions.map(([collection, documentId]) => shadowId(collection, documentId)), true);
     const writes: MetaWrite[] = [];
     for (const [collection, documentId, version] of page.versions) {
       const id = shadowId(collection, documentId);
