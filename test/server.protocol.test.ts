@@ -184,6 +184,29 @@ describe('push and pull', () => {
     expect(todosLive.map((e) => e.documentId)).toEqual(['t1', 'n2']);
   });
 
+  it('a pull sent right behind a subscription, without waiting for its answer, reads only once the socket is in the rooms', async () => {
+    server = await startServer();
+    const storage = server.server.getStorage();
+    const rooms = server.server.getIo().of('/').adapter.rooms;
+    const reader = await open();
+    await request(reader, MESSAGE.subscribe, { collections: ['notes'] });
+    const inRoomAtRead: boolean[] = [];
+    const getChangesAfter = storage.getChangesAfter.bind(storage);
+    storage.getChangesAfter = (checkpoint, options) => {
+      inRoomAtRead.push(rooms.get('collection:todos')?.has(reader.id!) ?? false);
+      return getChangesAfter(checkpoint, options);
+    };
+    // A new subscription that also leaves a collection, and the pull, sent back to back.
+    const [subscribed, pulled] = await Promise.all([
+      request(reader, MESSAGE.subscribe, { collections: ['todos'] }),
+      request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] }),
+    ]);
+    expect(subscribed).toEqual({ ok: true, collections: ['todos'] });
+    expect(pulled).toMatchObject({ ok: true });
+    expect(inRoomAtRead).toEqual([true]);
+    expect(rooms.get('collection:notes')?.has(reader.id!) ?? false).toBe(false);
+  });
+
   it('a push nobody else is subscribed to builds no live message; once a reader subscribes, it gets the next one', async () => {
     server = await startServer();
     const adapter = server.server.getIo().of('/').adapter;
