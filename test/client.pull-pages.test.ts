@@ -1,9 +1,14 @@
 /**
- * A pull of several pages asks for the next page while it writes the one it
- * has, so that on a slow link (or with a slow local storage) the round trip
- * overlaps the write. The checkpoint still only moves as pages are written.
+ * Round trips a sync run does not wait for. A pull of several pages asks for
+ * the next page while it writes the one it has, so that on a slow link (or
+ * with a slow local storage) the round trip overlaps the write; the
+ * checkpoint still only moves as pages are written. And the first run on a
+ * connection sends its pull without waiting for the subscription's answer.
  */
-import { describe, expect, it } from 'vitest';
+import { createServer, type Server as HttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Server } from 'socket.io';
+import { afterEach, describe, expect, it } from 'vitest';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { closeAfterEach, contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
@@ -114,5 +119,64 @@ describe('a pull of several pages', () => {
     expect(await contents(reader.todos)).toEqual(await contents(writer.todos));
     // Picked up after the first page: its 50 documents were not sent again.
     expect(pulled.reduce((sum, events) => sum + events, 0)).toBe(70);
+  });
+});
+
+describe('the first sync run on a connection', () => {
+  let httpServer: HttpServer | undefined;
+  let io: Server | undefined;
+  afterEach(async () => {
+    await io?.close();
+    io = undefined;
+    httpServer = undefined;
+  });
+
+  /** A fake sync server: subscriptions are answered after `subscribeDelay` ms with `subscribeReply`; pulls at once with `pullReply`. */
+  async function fakeServer(subscribeDelay: number, subscribeReply: unknown, pullReply: unknown) {
+    const seen: { what: string; at: number }[] = [];
+    httpServer = createServer();
+    io = new Server(httpServer);
+    io.on('connection', (socket) => {
+      socket.on('sync:subscribe', (_message, ack) => {
+        seen.push({ what: 'subscribe', at: performance.now() });
+        setTimeout(() => {
+          seen.push({ what: 'subscribe answered', at: performance.now() });
+          ack(subscribeReply);
+        }, subscribeDelay);
+      });
+      socket.on('sync:pull', (_message, ack) => {
+        seen.push({ what: 'pull', at: performance.now() });
+        ack(pullReply);
+      });
+    });
+    await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+    return { url: `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`, seen };
+  }
+
+  const oneEvent = {
+    ok: true,
+    events: [{ id: 'evt-00000001', collection: 'todos', documentId: 'x', op: 'insert', data: { id: 'x', title: 't', done: false }, hlc: '001700000000000-000000-s', seq: 1, clientId: 'other' }],
+    checkpoint: 1,
+    hasMore: false,
+  };
+
+  it('sends its pull without waiting for the subscription to be answered', async () => {
+    const { url, seen } = await fakeServer(300, { ok: true, collections: ['todos'] }, oneEvent);
+    const client = await startClient(url, { autoSync: false });
+    clients.push(client);
+    expect(await client.sync.syncNow()).toMatchObject({ success: true });
+    expect(seen.map((step) => step.what)).toEqual(['subscribe', 'pull', 'subscribe answered']);
+    expect(await client.todos.count().exec()).toBe(1);
+  });
+
+  it('writes nothing it pulled when the subscription is refused', async () => {
+    const refusal = { ok: false, error: { code: 'UNKNOWN_COLLECTION', message: 'unknown collection "todos"' } };
+    const { url, seen } = await fakeServer(100, refusal, oneEvent);
+    const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
+    clients.push(client);
+    const result = await client.sync.syncNow();
+    expect(result).toMatchObject({ success: false, error: { code: 'UNKNOWN_COLLECTION' } });
+    expect(seen.map((step) => step.what)).toEqual(['subscribe', 'pull', 'subscribe answered']);
+    expect(await client.todos.count().exec()).toBe(0);
   });
 });

@@ -389,9 +389,16 @@ export class SyncEngine {
     const replicator = this.requireReplicator();
     if (!transport || !this.status.enabled) throw new SyncError('DISABLED', 'sync is disabled');
     let synced = 0;
+    // Not waited for before pushing and pulling: the server takes one socket's messages in order and
+    // joins the rooms in the step that takes this one, before it reads anything for a pull sent behind
+    // it; no event falls between the two, and every (re)connection saves a round trip.
+    let subscribing: Promise<void> | undefined;
     if (want.pull && this.options.useWebSockets && !this.subscribed) {
-      await transport.subscribe({ collections: [...this.collections] });
-      this.subscribed = true;
+      subscribing = transport.subscribe({ collections: [...this.collections] }).then(() => {
+        this.subscribed = true;
+      });
+      // Handled from the start; its failure ends the run below, before any page is written.
+      subscribing.catch(() => undefined);
     }
     // Push everything before pulling: a pull then never meets an event whose fate is unknown.
     for (;;) {
@@ -421,6 +428,11 @@ export class SyncEngine {
     for (let [checkpoint, collections] of groups) {
       const limit = this.options.pullBatchSize;
       let next = this.pullPage(transport, { checkpoint, collections, limit });
+      if (subscribing) {
+        next.catch(() => undefined);
+        await subscribing;
+        subscribing = undefined;
+      }
       for (;;) {
         const reply = await next;
         // A page that arrived after disable() is not written: the run ends as it would have without it.
@@ -441,6 +453,7 @@ export class SyncEngine {
         if (!reply.hasMore) break;
       }
     }
+    await subscribing;
     // What every checkpoint has passed needs no naming any more.
     const passed = Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0));
     for (const seq of this.heldSequences) if (seq <= passed) this.heldSequences.delete(seq);
