@@ -9,8 +9,12 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Server } from 'socket.io';
 import { afterEach, describe, expect, it } from 'vitest';
+import { createRxDatabase, type RxCollection } from 'rxdb';
+import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
+import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
-import { closeAfterEach, contents, sleep, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { Transport } from '../src/client/transport.js';
+import { closeAfterEach, contents, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -122,6 +126,38 @@ describe('a pull of several pages', () => {
   });
 });
 
+describe('a collection added while the subscription is unanswered', () => {
+  it('is subscribed to all the same', async () => {
+    server = await startServer();
+    const subscribe = Transport.prototype.subscribe;
+    const sent: string[][] = [];
+    // The subscription's answer is late, so that addCollection comes while it is on its way.
+    Transport.prototype.subscribe = function (message) {
+      sent.push([...message.collections]);
+      return subscribe.call(this, message).then(async (reply) => {
+        await sleep(200);
+        return reply;
+      });
+    };
+    try {
+      const db = await createRxDatabase<{ todos: RxCollection<Todo>; notes: RxCollection<Todo> }>({ name: uniqueName('late'), storage: getRxStorageMemory() });
+      await db.addCollections({ todos: { schema: todoSchema }, notes: { schema: todoSchema } });
+      const sync = await db.addPlugin(createSyncPlugin({ serverUrl: server.url, collections: ['todos'], autoSync: false, logging: { enabled: false } }));
+      clients.push({ db: db as never, todos: db.todos, sync, name: db.name, close: () => db.close().then(() => undefined) });
+      const run = sync.syncNow();
+      await waitFor(() => sent.length === 1, 'the subscription to be sent');
+      sync.addCollection('notes');
+      expect(await run).toMatchObject({ success: true });
+      const rooms = server.server.getIo().of('/').adapter.rooms;
+      const [socketId] = [...server.server.getIo().of('/').sockets.keys()];
+      await waitFor(() => rooms.get('collection:notes')?.has(socketId!) ?? false, 'the socket to join the notes room');
+      expect(sent.at(-1)).toEqual(['todos', 'notes']);
+    } finally {
+      Transport.prototype.subscribe = subscribe;
+    }
+  });
+});
+
 describe('the first sync run on a connection', () => {
   let httpServer: HttpServer | undefined;
   let io: Server | undefined;
@@ -167,6 +203,28 @@ describe('the first sync run on a connection', () => {
     expect(await client.sync.syncNow()).toMatchObject({ success: true });
     expect(seen.map((step) => step.what)).toEqual(['subscribe', 'pull', 'subscribe answered']);
     expect(await client.todos.count().exec()).toBe(1);
+  });
+
+  it('subscribes again after a reconnection, also when the connection dropped right after the subscription was answered', async () => {
+    httpServer = createServer();
+    io = new Server(httpServer);
+    let connections = 0;
+    const subscribedOn: number[] = [];
+    io.on('connection', (socket) => {
+      const connection = ++connections;
+      socket.on('sync:subscribe', (_message, ack) => {
+        subscribedOn.push(connection);
+        ack({ ok: true, collections: ['todos'] });
+        // The answer and the end of the connection in one step.
+        if (connection === 1) socket.disconnect(true);
+      });
+      socket.on('sync:pull', (_message, ack) => ack({ ok: true, events: [], checkpoint: 0, hasMore: false }));
+      socket.on('sync:push', (_message, ack) => ack({ ok: true, results: [] }));
+    });
+    await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+    const client = await startClient(`http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`);
+    clients.push(client);
+    await waitFor(() => subscribedOn.includes(2), 'a subscription on the second connection');
   });
 
   it('writes nothing it pulled when the subscription is refused', async () => {

@@ -79,6 +79,8 @@ export class SyncEngine {
   private running?: Promise<SyncResult>;
   private want = { push: false, pull: false };
   private subscribed = false;
+  /** Moves whenever the subscription must be made again (a disconnect, a collection added or removed): a late answer to an earlier one then counts for nothing. */
+  private subscriptionEpoch = 0;
   private retryAttempt = 0;
   private retryTimer?: ReturnType<typeof setTimeout>;
   /** Events per push; lowered when the server says a batch is too large. */
@@ -148,7 +150,7 @@ export class SyncEngine {
     this.transport = new Transport(this.options, this.replicator!.clientId, {
       onConnect: () => this.onConnect(),
       onDisconnect: (reason) => {
-        this.subscribed = false;
+        this.resubscribe();
         this.updateStatus({ connected: false });
         this.logger.info({ reason }, 'disconnected from sync server');
       },
@@ -225,7 +227,7 @@ export class SyncEngine {
     this.removedCollections.delete(name);
     if (this.status.leader && this.replicator) {
       void this.watch(name).catch((error: unknown) => this.fail(error));
-      this.subscribed = false;
+      this.resubscribe();
       if (this.status.connected) void this.requestSync({ push: true, pull: true });
     }
   }
@@ -235,7 +237,7 @@ export class SyncEngine {
     this.removedCollections.add(name);
     this.subscriptions.get(name)?.unsubscribe();
     this.subscriptions.delete(name);
-    this.subscribed = false;
+    this.resubscribe();
     if (this.status.connected) void this.requestSync({ push: false, pull: true });
   }
 
@@ -384,6 +386,11 @@ export class SyncEngine {
     }
   }
 
+  private resubscribe(): void {
+    this.subscribed = false;
+    this.subscriptionEpoch++;
+  }
+
   private async runOnce(want: { push: boolean; pull: boolean }): Promise<number> {
     const transport = this.transport;
     const replicator = this.requireReplicator();
@@ -391,11 +398,15 @@ export class SyncEngine {
     let synced = 0;
     // Not waited for before pushing and pulling: the server takes one socket's messages in order and
     // joins the rooms in the step that takes this one, before it reads anything for a pull sent behind
-    // it; no event falls between the two, and every (re)connection saves a round trip.
+    // it, so no event falls between the two, and every (re)connection saves a round trip. (A server
+    // that joins later, an earlier release re-subscribing or a sharded Redis adapter, can leave an
+    // event to the next pull: late, never lost, since its sequence is past the checkpoint.)
     let subscribing: Promise<void> | undefined;
     if (want.pull && this.options.useWebSockets && !this.subscribed) {
+      const epoch = this.subscriptionEpoch;
       subscribing = transport.subscribe({ collections: [...this.collections] }).then(() => {
-        this.subscribed = true;
+        // Not if the connection dropped or the collections changed since it was sent: then it is made again.
+        if (this.subscriptionEpoch === epoch) this.subscribed = true;
       });
       // Handled from the start; its failure ends the run below, before any page is written.
       subscribing.catch(() => undefined);
