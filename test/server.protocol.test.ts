@@ -207,6 +207,19 @@ describe('push and pull', () => {
     expect(rooms.get('collection:notes')?.has(reader.id!) ?? false).toBe(false);
   });
 
+  it('of two subscriptions sent back to back, the later one decides the rooms', async () => {
+    server = await startServer();
+    const rooms = server.server.getIo().of('/').adapter.rooms;
+    const reader = await open();
+    await request(reader, MESSAGE.subscribe, { collections: ['todos', 'notes'] });
+    await Promise.all([
+      request(reader, MESSAGE.subscribe, { collections: ['todos'] }),
+      request(reader, MESSAGE.subscribe, { collections: ['todos', 'notes'] }),
+    ]);
+    expect(rooms.get('collection:notes')?.has(reader.id!) ?? false).toBe(true);
+    expect(rooms.get('collection:todos')?.has(reader.id!) ?? false).toBe(true);
+  });
+
   it('a push nobody else is subscribed to builds no live message; once a reader subscribes, it gets the next one', async () => {
     server = await startServer();
     const adapter = server.server.getIo().of('/').adapter;

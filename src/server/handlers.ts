@@ -141,15 +141,15 @@ export async function handleSubscribe<User>(ctx: ServerContext<User>, socket: Sy
   const message = parseMessage(subscribeMessageSchema, raw, 'subscribe message');
   const wanted = [...new Set(message.collections)];
   wanted.forEach((collection) => assertKnownCollection(ctx, collection));
-  // Joined first, in the step that takes the message: a pull sent right behind it (clients do not
-  // wait for this answer) reads only once the socket is in the rooms, so no event falls between.
-  const joined = socket.join(wanted.map(roomOf));
-  const previous = socket.data.collections;
-  socket.data.collections = wanted;
-  await joined;
-  for (const collection of previous) {
-    if (!wanted.includes(collection)) await socket.leave(roomOf(collection));
+  // Rooms joined and left in the step that takes the message: a pull sent right behind it (clients
+  // do not wait for this answer) reads only once the socket is in them, so no event falls between;
+  // and a later subscription, taken in a later step, always has the last word.
+  const changes = [socket.join(wanted.map(roomOf))];
+  for (const collection of socket.data.collections) {
+    if (!wanted.includes(collection)) changes.push(socket.leave(roomOf(collection)));
   }
+  socket.data.collections = wanted;
+  await Promise.all(changes);
   return { collections: wanted };
 }
 
