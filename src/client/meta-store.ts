@@ -192,7 +192,8 @@ export class MetaStore {
       .map((write) => write.id);
     if (unknown.length === 0) return;
     const docs = await this.instance.findDocumentsById(unknown, true);
-    for (const id of unknown) this.revisions.set(id, null);
+    // A write that landed while this read was awaited is known better than "missing".
+    for (const id of unknown) if (!this.revisions.has(id)) this.revisions.set(id, null);
     for (const doc of docs) this.remember(doc);
   }
 
