@@ -101,8 +101,6 @@ export interface PendingEntry {
   sent: boolean;
 }
 
-export const docKey = (collection: string, documentId: string) => `${collection}|${documentId}`;
-
 /** The app's document without RxDB's bookkeeping fields. */
 export function stripMeta(doc: RxDocumentData<unknown>): JsonObject {
   const { _meta, _rev, _attachments, _deleted, ...data } = doc as unknown as JsonObject;

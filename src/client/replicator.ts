@@ -16,7 +16,6 @@ import type { PushResult, RemoteEvent, SyncEvent } from '../shared/protocol.js';
 import {
   buildChange,
   changeBetween,
-  docKey,
   restatement,
   hasData,
   isSyncRevision,
@@ -245,24 +244,23 @@ export class Replicator {
     const writes: MetaWrite[] = [];
     const acked: [string, string, Shadow][] = [];
     let firstAcked: PendingEntry | undefined;
-    const conflicts = new Map<string, PushResult & { status: 'conflict' }>();
-    const rejected = new Map<string, { entry: PendingEntry; error: WireError }>();
+    // Documents with a conflicting or refused event in this batch: their later answers are not taken.
+    const stopped = new DocumentMap<true>();
+    const conflicts: { entry: PendingEntry; result: PushResult & { status: 'conflict' } }[] = [];
+    const rejected: { entry: PendingEntry; error: WireError }[] = [];
     batch.forEach((entry, i) => {
       const result = results[i]!;
-      const settled = result.status === 'accepted' || result.status === 'duplicate';
-      // A batch without conflicts or refusals (the usual one) builds no key per event.
-      const key = settled && conflicts.size + rejected.size === 0 ? '' : docKey(entry.event.collection, entry.event.documentId);
-      if (key && (conflicts.has(key) || rejected.has(key))) return;
+      const { collection, documentId } = entry.event;
+      if (stopped.has(collection, documentId)) return;
       if (result.status === 'accepted' || result.status === 'duplicate') {
         writes.push(this.pending.remove(entry));
         firstAcked ??= entry;
-        const { collection, documentId } = entry.event;
         acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
-      } else if (result.status === 'conflict') {
-        conflicts.set(key, result);
-      } else {
-        rejected.set(key, { entry, error: result.error });
+        return;
       }
+      stopped.set(collection, documentId, true);
+      if (result.status === 'conflict') conflicts.push({ entry, result });
+      else rejected.push({ entry, error: result.error });
     });
     if (acked.length <= SHADOWS_AT_ONCE) {
       // A few documents (an app editing one at a time): their shadows straight away, no page to fold later.
@@ -273,9 +271,8 @@ export class Replicator {
       writes.push(this.acked.add(`acked|${firstAcked!.key}`, acked));
     }
     if (writes.length > 0) await this.meta.write(writes);
-    for (const { entry, error } of rejected.values()) await this.reject(entry, error);
-    for (const [key, result] of conflicts) {
-      const entry = batch.find((candidate) => docKey(candidate.event.collection, candidate.event.documentId) === key)!;
+    for (const { entry, error } of rejected) await this.reject(entry, error);
+    for (const { entry, result } of conflicts) {
       await this.resolveDocument(entry.event.collection, entry.event.documentId, result.head ? shadowFromHead(result.head) : null);
     }
     // Only these: an answer after a refused or conflicting event of the same document was not taken here.
