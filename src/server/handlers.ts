@@ -1,6 +1,7 @@
 /** What the server does with each client message; the socket wiring lives in server.ts. */
 import type { Server, Socket } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
+import { DocumentMap } from '../shared/document-map.js';
 import { SyncError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import {
@@ -70,7 +71,6 @@ export interface ServerContext<User = unknown> {
 }
 
 export const roomOf = (collection: string) => `collection:${collection}`;
-const docKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
 
 function assertKnownCollection(ctx: ServerContext<any>, collection: string): void {
   if (ctx.options.collections && !ctx.options.collections.includes(collection)) {
@@ -175,7 +175,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     try {
       assertKnownCollection(ctx, event.collection);
       assertStorable(ctx, event);
-      const head = heads.size > 0 ? heads.get(docKey(event.collection, event.documentId)) : undefined;
+      const head = heads.get(event.collection, event.documentId);
       // Without an authorize hook there is nothing to wait for: no promise per event.
       if (ctx.authorize) await assertMayWrite(ctx, user, event, head);
       // Object.assign, not a spread with more fields: a much slower path in V8, per event. Events have known keys only.
@@ -219,8 +219,8 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
 }
 
 /** Current heads of the pushed documents, needed to authorize a write on them and to keep their hidden fields. */
-async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): Promise<Map<string, DocumentHead>> {
-  const heads = new Map<string, DocumentHead>();
+async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): Promise<DocumentMap<DocumentHead>> {
+  const heads = new DocumentMap<DocumentHead>();
   const byCollection = new Map<string, Set<string>>();
   for (const event of events) {
     if (!ctx.authorize && ctx.redactor.fieldsOf(event.collection).length === 0) continue;
@@ -231,7 +231,7 @@ async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): P
   }
   try {
     for (const [collection, ids] of byCollection) {
-      for (const head of await ctx.storage.getHeads(collection, [...ids])) heads.set(docKey(head.collection, head.documentId), head);
+      for (const head of await ctx.storage.getHeads(collection, [...ids])) heads.set(head.collection, head.documentId, head);
     }
   } catch (error) {
     ctx.emit('storage-error', { operation: 'read', error });

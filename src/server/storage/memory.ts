@@ -3,7 +3,6 @@ import { frozenJsonCopy } from '../../shared/json.js';
 import { DocumentMap } from '../../shared/document-map.js';
 import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
-
 /**
  * Keeps everything in process memory: for tests, demos and a single
  * short-lived server. Events and heads it returns are shared and frozen.
