@@ -437,10 +437,17 @@ export class SyncEngine {
       groups.set(checkpoint, [...(groups.get(checkpoint) ?? []), name]);
     }
     for (let [checkpoint, collections] of groups) {
-      const limit = this.options.pullBatchSize;
-      let next = this.pullPage(transport, { checkpoint, collections, limit });
+      // A page is asked for before the step that needs it (the first before the subscription's
+      // answer, each next one before the page before it is written), so its promise is handled from
+      // the start: it may fail meanwhile (the connection drops) or be dropped (that step failed).
+      // Its error still reaches the `await next` below.
+      const ask = (from: number) => {
+        const page = this.pullPage(transport, { checkpoint: from, collections, limit: this.options.pullBatchSize });
+        page.catch(() => undefined);
+        return page;
+      };
+      let next = ask(checkpoint);
       if (subscribing) {
-        next.catch(() => undefined);
         await subscribing;
         subscribing = undefined;
       }
@@ -453,12 +460,7 @@ export class SyncEngine {
         if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
         // The next page is asked for before this one is written: the round trip and the server's
         // work overlap the local write. Only the page is early; its checkpoint is kept once applied.
-        if (reply.hasMore) {
-          next = this.pullPage(transport, { checkpoint: reply.checkpoint, collections, limit });
-          // Handled from the start: it may fail while this page is written (the connection drops), and
-          // is dropped if this page fails. Its error still reaches the `await next` above.
-          next.catch(() => undefined);
-        }
+        if (reply.hasMore) next = ask(reply.checkpoint);
         synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
         checkpoint = reply.checkpoint;
         if (!reply.hasMore) break;
