@@ -15,7 +15,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../src/client/meta-store.js';
 import { Replicator, SHADOWS_AT_ONCE } from '../src/client/replicator.js';
 import { createLogger } from '../src/shared/logger.js';
-import type { DocumentHead, PushResult, RemoteEvent, SyncEvent } from '../src/shared/protocol.js';
+import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../src/shared/protocol.js';
 import { formatHlc } from '../src/shared/hlc.js';
 import { merge, strategyFor, type Conflict } from '../src/client/strategies/index.js';
 import { openDatabase, uniqueName } from './helpers.js';
@@ -45,7 +45,7 @@ async function open(name: string) {
 /** Logs, "pushes" and acknowledges everything pending, the server giving sequences from `firstSeq`. */
 async function pushAll(replicator: Replicator, firstSeq: number) {
   const batch = await replicator.takeBatch(500);
-  await replicator.applyPushResults(batch, batch.map((entry, i) => ({ id: entry.event.id, status: 'accepted' as const, seq: firstSeq + i })));
+  await replicator.applyPushResults(batch, batch.map((_, i) => firstSeq + i));
   return batch.map((entry) => entry.event);
 }
 
@@ -191,9 +191,7 @@ describe('acknowledged versions', () => {
     (first.replicator as unknown as { resolveDocument: () => Promise<void> }).resolveDocument = async () => {
       throw new Error('process died');
     };
-    const results: PushResult[] = batch.map((entry, i) =>
-      i === 0 ? { id: entry.event.id, status: 'conflict', head: d0ElsewhereHead } : { id: entry.event.id, status: 'accepted', seq: 1 + i },
-    );
+    const results: PushOutcome[] = batch.map((_, i) => (i === 0 ? { status: 'conflict', head: d0ElsewhereHead } : 1 + i));
     await expect(first.replicator.applyPushResults(batch, results)).rejects.toThrow('process died');
     await first.close();
 
@@ -207,7 +205,7 @@ describe('acknowledged versions', () => {
     expect(batch2.map((e) => e.event.documentId)).toEqual(['d0', ...laterDocs.map((doc) => doc.id)]);
     await second.replicator.applyPushResults(
       batch2,
-      batch2.map((entry, i) => (i === 0 ? { id: entry.event.id, status: 'conflict', head: d0ElsewhereHead } : { id: entry.event.id, status: 'accepted', seq: 1000 + i })),
+      batch2.map((_, i) => (i === 0 ? { status: 'conflict', head: d0ElsewhereHead } : 1000 + i)),
     );
     // Idle: everything acknowledged is folded.
     while (await second.replicator.foldAcked());
@@ -245,7 +243,7 @@ describe('acknowledged versions', () => {
     await db.todos.bulkInsert(created);
     await replicator.recordLocalChanges('todos', created.map((doc) => doc.id));
     const batch = await replicator.takeBatch(500);
-    await replicator.applyPushResults(batch, batch.map((entry, i) => ({ id: entry.event.id, status: 'accepted' as const, seq: 1 + i })));
+    await replicator.applyPushResults(batch, batch.map((_, i) => 1 + i));
     expect((await meta.getAll('acked')).size).toBe(1);
 
     // This client edits the title; another client meanwhile set done (sequence 2).
@@ -253,7 +251,6 @@ describe('acknowledged versions', () => {
     await replicator.recordLocalChanges('todos', ['d']);
     const [edit] = await replicator.takeBatch(10);
     await replicator.applyPushResults([edit!], [{
-      id: edit!.event.id,
       status: 'conflict',
       head: otherHead('d', 5000, 'other-done', { id: 'd', title: 'd', done: true }),
     }]);

@@ -79,13 +79,22 @@ it('rejects a pull answer whose checkpoint is behind the one it already has: che
 });
 
 /**
- * A server of an earlier release, which took single sequences only in a pull's
- * `have` (not ranges), under the same protocol version; it accepts every push.
+ * A server of an earlier release: it speaks protocol 1 only, refusing any
+ * other version the way that release did (naming the versions it speaks),
+ * and took single sequences only in a pull's `have` (not ranges), under that
+ * same version; it accepts every push, answering in protocol 1.
  */
-async function previousReleaseServer(haves: unknown[]): Promise<string> {
+async function previousReleaseServer(haves: unknown[], handshakes: unknown[] = []): Promise<string> {
   let seq = 0;
   httpServer = createServer();
   io = new Server(httpServer);
+  io.use((socket, next) => {
+    const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
+    handshakes.push(version);
+    if (version === 1) return next();
+    const message = `protocol version ${String(version)} is not supported; this server speaks 1`;
+    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, details: { supported: [1] } } }));
+  });
   io.on('connection', (socket) => {
     socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
     socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: m.events.map((e) => ({ id: e.id, status: 'accepted', seq: ++seq })) }));
@@ -103,7 +112,8 @@ async function previousReleaseServer(haves: unknown[]): Promise<string> {
 
 it('a server of an earlier release, which takes single sequences only in a pull\'s have, is asked again with them and from then on', async () => {
   const haves: unknown[] = [];
-  const url = await previousReleaseServer(haves);
+  const handshakes: unknown[] = [];
+  const url = await previousReleaseServer(haves, handshakes);
   const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
   clients.push(client);
   await client.todos.bulkInsert([{ id: 'a', title: 'a', done: false }, { id: 'b', title: 'b', done: false }]);
@@ -114,4 +124,7 @@ it('a server of an earlier release, which takes single sequences only in a pull\
   await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'the later writes logged');
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
   expect(haves.slice(2)).toEqual([[3, 4]]);
+  // It was asked in protocol 2 once, refused it, and was spoken to in protocol 1 from then on.
+  expect(handshakes).toEqual([2, 1]);
+  expect(client.sync.getStatus().error).toBeNull();
 });

@@ -12,7 +12,7 @@ import { register as globalRegistry } from 'prom-client';
 import type { Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock } from '../src/shared/hlc.js';
-import { MESSAGE, type PushReply, type SyncEvent } from '../src/shared/protocol.js';
+import { MESSAGE, type PushReplyV1, type SyncEvent } from '../src/shared/protocol.js';
 import { MemorySyncStorage, attachHealthAndMetrics, createSyncServer, type HealthReport } from '../src/server/index.js';
 import { main } from '../src/cli/program.js';
 import { serve } from '../src/cli/serve.js';
@@ -62,7 +62,7 @@ function event(documentId: string, baseEventId: string | null = null): SyncEvent
   };
 }
 
-async function push(socket: Socket, events: SyncEvent[]): Promise<PushReply> {
+async function push(socket: Socket, events: SyncEvent[]): Promise<PushReplyV1> {
   const reply = await socket.timeout(5000).emitWithAck(MESSAGE.push, { events });
   if (!reply.ok) throw new Error(`push refused: ${JSON.stringify(reply.error)}`);
   return reply;

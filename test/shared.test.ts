@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { HybridLogicalClock, compareHlc, formatHlc, parseHlc } from '../src/shared/hlc.js';
+import { HLC_PATTERN, HybridLogicalClock, PUSHED_HLC_PATTERN, compareHlc, formatHlc, parseHlc, withNode, withoutNode } from '../src/shared/hlc.js';
 import { randomId } from '../src/shared/ids.js';
 import { DocumentMap } from '../src/shared/document-map.js';
 import { frozenJsonCopy, jsonLengthBound, withFields } from '../src/shared/json.js';
@@ -46,6 +46,29 @@ describe('hybrid logical clock', () => {
     const clock = new HybridLogicalClock('a', () => 2000);
     expect(parseHlc(clock.tickAt(1500.7))).toMatchObject({ millis: 1500, counter: 0 });
     expect(parseHlc(clock.tickAt(1400))).toMatchObject({ millis: 1500, counter: 1 });
+  });
+});
+
+describe('clocks pushed without their node (protocol 2)', () => {
+  it('leave out exactly the given node, and get exactly it back', () => {
+    fc.assert(
+      fc.property(fc.nat({ max: 2 ** 40 }), fc.nat({ max: 36 ** 6 - 1 }), fc.string({ minLength: 1, maxLength: 40 }), fc.string({ minLength: 1, maxLength: 40 }), (millis, counter, node, other) => {
+        const hlc = formatHlc({ millis, counter, node });
+        const short = withoutNode(hlc, node);
+        expect(short).toMatch(PUSHED_HLC_PATTERN);
+        expect(short).not.toMatch(HLC_PATTERN);
+        expect(withNode(short, node)).toBe(hlc);
+        // Another node is never taken for this one, not even one that ends the same way.
+        if (other !== node) expect(withoutNode(hlc, other)).toBe(hlc);
+        expect(withNode(hlc, other)).toBe(hlc);
+      }),
+    );
+  });
+
+  it('keep a clock whose node only ends like the given one', () => {
+    const hlc = formatHlc({ millis: 1, counter: 2, node: 'client-abc' });
+    expect(withoutNode(hlc, 'abc')).toBe(hlc);
+    expect(withoutNode(hlc, 'c-abc')).toBe(hlc);
   });
 });
 

@@ -4,9 +4,9 @@ import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
 import { io } from 'socket.io-client';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type SyncEvent } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
-import { formatHlc } from '../../src/shared/hlc.js';
+import { formatHlc, withoutNode } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
 import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
 import { listenOnLoopback } from '../lib/listen.js';
@@ -91,18 +91,19 @@ export const offlineSync: BenchSystem = {
         return {
           async push(todos) {
             const millis = Date.now();
-            const events: SyncEvent[] = todos.map((todo) => ({
+            // As the plugin pushes them in protocol 2: no null base, the clock without this client's id.
+            const events: PushedEvent[] = todos.map((todo) => ({
               id: randomUUID(),
               collection: 'todos',
               documentId: todo.id,
               op: 'insert',
               data: { ...todo },
-              baseEventId: null,
-              hlc: formatHlc({ millis, counter: counter++, node: clientId }),
+              hlc: withoutNode(formatHlc({ millis, counter: counter++, node: clientId }), clientId),
             }));
             const reply = (await socket.emitWithAck(MESSAGE.push, { events })) as { ok: true } & PushReply | { ok: false; error: { message: string } };
             if (!reply.ok) throw new Error(`push refused: ${reply.error.message}`);
-            const refused = reply.results.filter((result) => result.status !== 'accepted');
+            // Protocol 2: each stored event is answered with its sequence, anything else names what stopped it.
+            const refused = reply.results.filter((result) => typeof result !== 'number');
             if (refused.length > 0) throw new Error(`${refused.length} pushed events were not accepted (first: ${refused[0]!.status})`);
           },
           close: () => void socket.close(),

@@ -417,9 +417,9 @@ export class SyncEngine {
         const batch = await replicator.takeBatch(this.pushBatchSize, this.options.maxBatchBytes);
         if (batch.length === 0) return 0;
         try {
-          const reply = await transport.push({ events: batch.map((entry) => entry.event) });
+          const outcomes = await transport.push(batch.map((entry) => entry.event));
           // This client holds what it took of the server's answer: a pull need not send that back.
-          for (const seq of await replicator.applyPushResults(batch, reply.results)) this.heldSequences.add(seq);
+          for (const seq of await replicator.applyPushResults(batch, outcomes)) this.heldSequences.add(seq);
           return batch.length;
         } catch (error) {
           return this.handleRefusedPush(SyncError.from(error), batch);

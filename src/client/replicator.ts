@@ -12,7 +12,7 @@ import { SyncError, type WireError } from '../shared/errors.js';
 import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import { withFields } from '../shared/json.js';
-import type { PushResult, RemoteEvent, SyncEvent } from '../shared/protocol.js';
+import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../shared/protocol.js';
 import {
   buildChange,
   changeBetween,
@@ -236,9 +236,9 @@ export class Replicator {
     return batch;
   }
 
-  /** Settles a pushed batch by the server's answers; returns the sequences of the events acknowledged here. */
-  async applyPushResults(batch: readonly PendingEntry[], results: readonly PushResult[]): Promise<number[]> {
-    if (results.length !== batch.length || results.some((result, i) => result.id !== batch[i]!.event.id)) {
+  /** Settles a pushed batch by the server's answers (one per event, in order); returns the sequences of the events acknowledged here. */
+  async applyPushResults(batch: readonly PendingEntry[], outcomes: readonly PushOutcome[]): Promise<number[]> {
+    if (outcomes.length !== batch.length) {
       throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
     }
     const writes: MetaWrite[] = [];
@@ -246,21 +246,21 @@ export class Replicator {
     let firstAcked: PendingEntry | undefined;
     // Documents with a conflicting or refused event in this batch: their later answers are not taken.
     const stopped = new DocumentMap<true>();
-    const conflicts: { entry: PendingEntry; result: PushResult & { status: 'conflict' } }[] = [];
+    const conflicts: { entry: PendingEntry; head: DocumentHead | null }[] = [];
     const rejected: { entry: PendingEntry; error: WireError }[] = [];
     batch.forEach((entry, i) => {
-      const result = results[i]!;
+      const outcome = outcomes[i]!;
       const { collection, documentId } = entry.event;
       if (stopped.has(collection, documentId)) return;
-      if (result.status === 'accepted' || result.status === 'duplicate') {
+      if (typeof outcome === 'number') {
         writes.push(this.pending.remove(entry));
         firstAcked ??= entry;
-        acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: result.seq, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
+        acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: outcome, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
         return;
       }
       stopped.set(collection, documentId, true);
-      if (result.status === 'conflict') conflicts.push({ entry, result });
-      else rejected.push({ entry, error: result.error });
+      if (outcome.status === 'conflict') conflicts.push({ entry, head: outcome.head });
+      else rejected.push({ entry, error: outcome.error });
     });
     if (acked.length <= SHADOWS_AT_ONCE) {
       // A few documents (an app editing one at a time): their shadows straight away, no page to fold later.
@@ -272,8 +272,8 @@ export class Replicator {
     }
     if (writes.length > 0) await this.meta.write(writes);
     for (const { entry, error } of rejected) await this.reject(entry, error);
-    for (const { entry, result } of conflicts) {
-      await this.resolveDocument(entry.event.collection, entry.event.documentId, result.head ? shadowFromHead(result.head) : null);
+    for (const { entry, head } of conflicts) {
+      await this.resolveDocument(entry.event.collection, entry.event.documentId, head ? shadowFromHead(head) : null);
     }
     // Only these: an answer after a refused or conflicting event of the same document was not taken here.
     return acked.map(([, , version]) => version.seq);

@@ -3,24 +3,32 @@ import { io, type Socket } from 'socket.io-client';
 import type { z } from 'zod';
 import { SyncError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
+import { withoutNode } from '../shared/hlc.js';
 import {
   MESSAGE,
   PROTOCOL_VERSION,
+  PROTOCOL_VERSIONS,
   ackSchema,
   liveMessageSchema,
   parseMessage,
   pullReplySchema,
   pushReplySchema,
+  pushReplyV1Schema,
   subscribeReplySchema,
+  toPushOutcome,
   type ClientToServerEvents,
   type LiveMessage,
   type PullMessage,
   type PullReply,
-  type PushMessage,
+  type ProtocolVersion,
+  type PushedEvent,
+  type PushOutcome,
   type PushReply,
+  type PushReplyV1,
   type ServerToClientEvents,
   type SubscribeMessage,
   type SubscribeReply,
+  type SyncEvent,
 } from '../shared/protocol.js';
 import type { ResolvedClientOptions } from './options.js';
 
@@ -33,6 +41,7 @@ export interface TransportEvents {
 }
 
 const pushAck = ackSchema(pushReplySchema);
+const pushAckV1 = ackSchema(pushReplyV1Schema);
 const pullAck = ackSchema(pullReplySchema);
 const subscribeAck = ackSchema(subscribeReplySchema);
 
@@ -41,10 +50,14 @@ export class Transport {
   private reconnectTimer?: ReturnType<typeof setTimeout>;
   private refusedAttempts = 0;
   private wanted = false;
+  /** The version spoken: this release's, until a server says it speaks only older ones. */
+  private protocol: ProtocolVersion = PROTOCOL_VERSION;
+  /** Set while the connection is being made again in an older protocol (see fallBack()). */
+  private fallingBack = false;
 
   constructor(
     private readonly options: ResolvedClientOptions,
-    clientId: string,
+    private readonly clientId: string,
     private readonly events: TransportEvents,
     private readonly logger: Logger,
   ) {
@@ -64,10 +77,10 @@ export class Transport {
       // Asked again on every connection attempt, so an expired token is replaced.
       auth: (callback) => {
         this.resolveToken().then(
-          (token) => callback({ protocolVersion: PROTOCOL_VERSION, clientId, ...(token ? { token } : {}) }),
+          (token) => callback({ protocolVersion: this.protocol, clientId, ...(token ? { token } : {}) }),
           (error: unknown) => {
             this.logger.warn({ err: error }, 'authToken function failed');
-            callback({ protocolVersion: PROTOCOL_VERSION, clientId });
+            callback({ protocolVersion: this.protocol, clientId });
           },
         );
       },
@@ -82,7 +95,9 @@ export class Transport {
       if (reason === 'io server disconnect' && this.wanted) this.scheduleReconnect();
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
-      const data = error.data as { code?: string; message?: string } | undefined;
+      const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
+      this.fallingBack = this.fallBack(data);
+      if (this.fallingBack) return;
       const syncError =
         data && typeof data.code === 'string'
           ? SyncError.fromWire(data as never)
@@ -110,6 +125,30 @@ export class Transport {
 
   get connected(): boolean {
     return this.socket.connected;
+  }
+
+  /** The protocol version this transport speaks (or tries first, before it is connected). */
+  get protocolVersion(): ProtocolVersion {
+    return this.protocol;
+  }
+
+  /**
+   * A server of an earlier release refuses this protocol version and names
+   * those it speaks: connect again at once in the newest one both speak. The
+   * transport keeps it; the next one made (a restart of the app) tries this
+   * release's version again.
+   */
+  private fallBack(refusal: { code?: string; details?: unknown } | undefined): boolean {
+    if (refusal?.code !== 'UNSUPPORTED_PROTOCOL') return false;
+    const supported = (refusal.details as { supported?: unknown } | undefined)?.supported;
+    if (!Array.isArray(supported)) return false;
+    const common = PROTOCOL_VERSIONS.filter((version) => version !== this.protocol && supported.includes(version));
+    if (common.length === 0 || !this.wanted) return false;
+    const version = Math.max(...common) as ProtocolVersion;
+    this.logger.info({ refused: this.protocol, version }, 'the server speaks an earlier protocol version; connecting in that one');
+    this.protocol = version;
+    this.socket.connect();
+    return true;
   }
 
   connect(): void {
@@ -144,6 +183,8 @@ export class Transport {
         resolve();
       };
       const onError = (error: Error & { data?: unknown }) => {
+        // Not a failure: the transport is connecting again in a protocol version the server speaks.
+        if (this.fallingBack) return;
         cleanup();
         const data = error.data as { code?: string } | undefined;
         reject(data && typeof data.code === 'string' ? SyncError.fromWire(data as never) : new SyncError('NOT_CONNECTED', `cannot reach sync server ${this.options.serverUrl}: ${error.message}`));
@@ -161,8 +202,16 @@ export class Transport {
     return this.request(MESSAGE.subscribe, message, subscribeAck);
   }
 
-  push(message: PushMessage): Promise<PushReply> {
-    return this.request(MESSAGE.push, message, pushAck);
+  /** Pushes events; resolves with one outcome per event, in order, whatever the protocol version. */
+  async push(events: readonly SyncEvent[]): Promise<PushOutcome[]> {
+    if (this.protocol === 1) {
+      const { results } = await this.request<PushReplyV1>(MESSAGE.push, { events }, pushAckV1);
+      if (results.length !== events.length || results.some((result, i) => result.id !== events[i]!.id)) throw mismatch();
+      return results.map(toPushOutcome);
+    }
+    const { results } = await this.request<PushReply>(MESSAGE.push, { events: events.map((event) => slim(event, this.clientId)) }, pushAck);
+    if (results.length !== events.length) throw mismatch();
+    return results;
   }
 
   pull(message: PullMessage): Promise<PullReply> {
@@ -200,4 +249,14 @@ export class Transport {
     if (typeof authToken === 'function') return (await authToken()) ?? undefined;
     return authToken;
   }
+}
+
+const mismatch = () => new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
+
+/** An event as protocol 2 pushes it: without a null base, and without the node of a clock that is this client's. */
+function slim(event: SyncEvent, clientId: string): PushedEvent {
+  const pushed: PushedEvent = { id: event.id, collection: event.collection, documentId: event.documentId, op: event.op, data: event.data, hlc: withoutNode(event.hlc, clientId) };
+  if (event.patch) pushed.patch = event.patch;
+  if (event.baseEventId !== null) pushed.baseEventId = event.baseEventId;
+  return pushed;
 }

@@ -14,6 +14,10 @@ import {
   type ClientToServerEvents,
   type PullReply,
   type PushReply,
+  type PushReplyV1,
+  type ProtocolVersion,
+  completePushedEvent,
+  toPushOutcome,
   type DocumentHead,
   type PushResult,
   type ServerToClientEvents,
@@ -30,6 +34,8 @@ import type { IncomingEvent, SyncStorage } from './storage/types.js';
 export interface SocketData<User = unknown> {
   user: User;
   clientId: string;
+  /** The protocol version the client spoke in its handshake; answers are in that version. */
+  protocol: ProtocolVersion;
   collections: string[];
   checkpoint: number;
   connectedAt: number;
@@ -153,7 +159,7 @@ export async function handleSubscribe<User>(ctx: ServerContext<User>, socket: Sy
   return { collections: wanted };
 }
 
-export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply> {
+export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply | PushReplyV1> {
   const started = performance.now();
   // Counted before validation, so that a huge batch is refused without checking each event.
   const count = Array.isArray((raw as { events?: unknown } | null)?.events) ? (raw as { events: unknown[] }).events.length : 0;
@@ -163,8 +169,8 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
       limit: ctx.options.maxEventsPerPush,
     });
   }
-  const { events } = parseMessage(pushMessageSchema, raw, 'push message');
-  const user = socket.data.user;
+  const { clientId, user } = socket.data;
+  const events = parseMessage(pushMessageSchema, raw, 'push message').events.map((event) => completePushedEvent(event, clientId));
   const heads = await headsOf(ctx, events);
 
   const results: (PushResult | undefined)[] = new Array(events.length);
@@ -179,7 +185,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
       // Without an authorize hook there is nothing to wait for: no promise per event.
       if (ctx.authorize) await assertMayWrite(ctx, user, event, head);
       // Object.assign, not a spread with more fields: a much slower path in V8, per event. Events have known keys only.
-      toSave.push(Object.assign({}, ctx.redactor.keepHidden(event, head), { clientId: socket.data.clientId }));
+      toSave.push(Object.assign({}, ctx.redactor.keepHidden(event, head), { clientId }));
       savedIndex.push(index);
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -215,7 +221,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   ctx.stats.rejected += counts.rejected;
   if (accepted.length > 0) await broadcast(ctx, socket, accepted);
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
-  return { results: results as PushResult[] };
+  return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
 }
 
 /** Current heads of the pushed documents, needed to authorize a write on them and to keep their hidden fields. */

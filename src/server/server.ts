@@ -169,6 +169,7 @@ export class SyncServer<User = unknown> {
     socket.data = {
       user,
       clientId: handshake.clientId,
+      protocol: handshake.protocolVersion,
       collections: [],
       checkpoint: 0,
       connectedAt: now,

@@ -35,6 +35,22 @@ export function parseHlc(value: string): HlcParts {
 
 export const HLC_PATTERN = /^\d{15}-[0-9a-z]{6}-.+$/;
 
+/** Length of a timestamp without its node: time and counter only. */
+const TIME_LENGTH = MILLIS_WIDTH + 1 + COUNTER_WIDTH;
+
+/** A timestamp as a client may push it (protocol 2): without its node when the node is the pushing client. */
+export const PUSHED_HLC_PATTERN = /^\d{15}-[0-9a-z]{6}(?:-.+)?$/;
+
+/** The timestamp without its node when the node is `node` (the pusher's own id, which the server knows); else unchanged. */
+export function withoutNode(hlc: string, node: string): string {
+  return hlc.length === TIME_LENGTH + 1 + node.length && hlc.endsWith(node) && hlc.charCodeAt(TIME_LENGTH) === 45 ? hlc.slice(0, TIME_LENGTH) : hlc;
+}
+
+/** A pushed timestamp made whole again: `node` added when it was left out. */
+export function withNode(hlc: string, node: string): string {
+  return hlc.length === TIME_LENGTH ? `${hlc}-${node}` : hlc;
+}
+
 export function compareHlc(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -5,10 +5,18 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
-import { HLC_PATTERN } from './hlc.js';
+import { HLC_PATTERN, PUSHED_HLC_PATTERN, withNode } from './hlc.js';
 
-/** Carried in the handshake; a server refuses versions it does not speak. */
-export const PROTOCOL_VERSION = 1;
+/**
+ * Carried in the handshake; a server refuses versions it does not speak and
+ * names those it does, and a client then tries the newest of those it also
+ * speaks. Version 2 pushes slimmer events and gets slimmer answers (see
+ * pushedEventSchema and pushReplySchema); everything else is as in 1.
+ */
+export const PROTOCOL_VERSION = 2;
+/** Every version this release speaks, as a server and as a client. */
+export const PROTOCOL_VERSIONS = [1, 2] as const;
+export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 
 export const MESSAGE = {
   subscribe: 'sync:subscribe',
@@ -66,6 +74,26 @@ export const syncEventSchema = z.strictObject({
 });
 export type SyncEvent = z.infer<typeof syncEventSchema>;
 
+/**
+ * A local change as it is pushed. Two fields may be shortened, to spare bytes
+ * on every event of every push: `hlc` may leave out its node when that is
+ * the pushing client's own id (the server has it from the handshake), and a
+ * null `baseEventId` may be left out. The server makes both whole again
+ * (completePushedEvent) before anything else reads the event.
+ */
+export const pushedEventSchema = syncEventSchema.extend({
+  hlc: z.string().max(256).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value'),
+  baseEventId: eventIdSchema.nullable().optional(),
+});
+export type PushedEvent = z.infer<typeof pushedEventSchema>;
+
+/** A pushed event made whole: its clock with the pusher's node, a missing base as null. */
+export function completePushedEvent(event: PushedEvent, clientId: string): SyncEvent {
+  event.hlc = withNode(event.hlc, clientId);
+  event.baseEventId ??= null;
+  return event as SyncEvent;
+}
+
 /** An event as the server stored it: stamped with its sequence and author. */
 export const storedEventSchema = syncEventSchema.extend({
   seq: sequenceSchema,
@@ -113,6 +141,7 @@ const wireErrorSchema = z.object({
   details: z.unknown().optional(),
 });
 
+/** How a protocol 1 server answers each pushed event (see pushReplySchema for protocol 2). */
 export const pushResultSchema = z.discriminatedUnion('status', [
   z.object({ id: eventIdSchema, status: z.literal('accepted'), seq: sequenceSchema }),
   z.object({ id: eventIdSchema, status: z.literal('duplicate'), seq: sequenceSchema }),
@@ -121,8 +150,29 @@ export const pushResultSchema = z.discriminatedUnion('status', [
 ]);
 export type PushResult = z.infer<typeof pushResultSchema>;
 
+/**
+ * How the server answers each pushed event in protocol 2, in the order the
+ * events were pushed: the sequence it is stored at (just accepted, or a retry
+ * of an event stored before: the same for the pusher), or what stopped it.
+ * Without the event ids and status words of protocol 1, an answer to a push
+ * of 500 events shrinks from about 38 KB to about 3.
+ */
+export const pushOutcomeSchema = z.union([
+  sequenceSchema,
+  z.object({ status: z.literal('conflict'), head: documentHeadSchema.nullable() }),
+  z.object({ status: z.literal('rejected'), error: wireErrorSchema }),
+]);
+export type PushOutcome = z.infer<typeof pushOutcomeSchema>;
+
+/** A protocol 1 result as the protocol 2 outcome it stands for. */
+export function toPushOutcome(result: PushResult): PushOutcome {
+  if (result.status === 'accepted' || result.status === 'duplicate') return result.seq;
+  if (result.status === 'conflict') return { status: 'conflict', head: result.head };
+  return { status: 'rejected', error: result.error };
+}
+
 export const handshakeSchema = z.object({
-  protocolVersion: z.literal(PROTOCOL_VERSION),
+  protocolVersion: z.literal(PROTOCOL_VERSIONS),
   clientId: clientIdSchema,
   token: z.string().max(16_384).optional(),
 });
@@ -134,7 +184,7 @@ export const subscribeMessageSchema = z.strictObject({
 export type SubscribeMessage = z.infer<typeof subscribeMessageSchema>;
 
 export const pushMessageSchema = z.strictObject({
-  events: z.array(syncEventSchema).min(1),
+  events: z.array(pushedEventSchema).min(1),
 });
 export type PushMessage = z.infer<typeof pushMessageSchema>;
 
@@ -202,8 +252,12 @@ export type PullMessage = z.infer<typeof pullMessageSchema>;
 
 export const subscribeReplySchema = z.object({ collections: z.array(collectionNameSchema) });
 export type SubscribeReply = z.infer<typeof subscribeReplySchema>;
-export const pushReplySchema = z.object({ results: z.array(pushResultSchema) });
+/** The answer to a push in protocol 2: one outcome per event, in order. */
+export const pushReplySchema = z.object({ results: z.array(pushOutcomeSchema) });
 export type PushReply = z.infer<typeof pushReplySchema>;
+/** The answer to a push in protocol 1: one result per event, in order, each naming its event. */
+export const pushReplyV1Schema = z.object({ results: z.array(pushResultSchema) });
+export type PushReplyV1 = z.infer<typeof pushReplyV1Schema>;
 export const pullReplySchema = z.object({
   events: z.array(remoteEventSchema),
   checkpoint: sequenceSchema,
@@ -221,7 +275,7 @@ export function ackSchema<T extends z.ZodObject>(reply: T) {
 
 export interface ClientToServerEvents {
   'sync:subscribe': (message: SubscribeMessage, ack: (reply: Ack<SubscribeReply>) => void) => void;
-  'sync:push': (message: PushMessage, ack: (reply: Ack<PushReply>) => void) => void;
+  'sync:push': (message: PushMessage, ack: (reply: Ack<PushReply | PushReplyV1>) => void) => void;
   'sync:pull': (message: PullMessage, ack: (reply: Ack<PullReply>) => void) => void;
 }
 

@@ -1,0 +1,130 @@
+/**
+ * Protocol 2 beside protocol 1: slimmer pushes and answers for clients of
+ * this release, the same server still serving clients of the earlier one,
+ * and both kinds of client meeting in one collection.
+ */
+import type { Socket } from 'socket.io-client';
+import { afterEach, describe, expect, it } from 'vitest';
+import { formatHlc, withNode, withoutNode } from '../src/shared/hlc.js';
+import { MESSAGE, type StoredEvent } from '../src/shared/protocol.js';
+import { contents, rawEvent, rawSocket, request, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+
+let server: TestServer | undefined;
+const sockets: Socket[] = [];
+const clients: TestClient[] = [];
+
+afterEach(async () => {
+  sockets.splice(0).forEach((socket) => socket.close());
+  await Promise.all(clients.splice(0).map((client) => client.close()));
+  await server?.stop();
+  server = undefined;
+});
+
+async function open(protocolVersion: 1 | 2, clientId = `raw-${uniqueName()}`) {
+  const socket = await rawSocket(server!.url, { protocolVersion, clientId });
+  sockets.push(socket);
+  return { socket, clientId };
+}
+
+const storedEvents = () => server!.server.getStorage().getEventsAfter(0);
+
+describe('protocol 2 pushes', () => {
+  it('complete a clock without its node with the pusher\'s id and a missing base as null, and are answered with sequences', async () => {
+    server = await startServer();
+    const { socket, clientId } = await open(2);
+    const full = formatHlc({ millis: Date.now(), counter: 0, node: clientId });
+    const { baseEventId: _, ...first } = rawEvent({ documentId: 'a', hlc: withoutNode(full, clientId) });
+    expect(first.hlc).toHaveLength(22);
+    const second = rawEvent({ documentId: 'b', hlc: formatHlc({ millis: Date.now(), counter: 1, node: clientId }) });
+
+    const reply = await request(socket, MESSAGE.push, { events: [first, second] });
+    expect(reply).toEqual({ ok: true, results: [1, 2] });
+
+    const stored = await storedEvents();
+    expect(stored.map((event) => [event.documentId, event.hlc, event.baseEventId, event.clientId])).toEqual([
+      ['a', full, null, clientId],
+      ['b', second.hlc, null, clientId],
+    ]);
+  });
+
+  it('keep a clock whose node is another client\'s (a resolution that kept a remote write\'s clock)', async () => {
+    server = await startServer();
+    const { socket } = await open(2);
+    const foreign = formatHlc({ millis: Date.now(), counter: 3, node: 'someone-else' });
+    expect(await request(socket, MESSAGE.push, { events: [rawEvent({ documentId: 'a', hlc: foreign })] })).toEqual({ ok: true, results: [1] });
+    expect((await storedEvents())[0]!.hlc).toBe(foreign);
+  });
+
+  it('answer a retry with the sequence stored first, and a conflict or refusal with what stopped it', async () => {
+    server = await startServer({ collections: ['todos'] });
+    const { socket } = await open(2);
+    const first = rawEvent({ documentId: 'a' });
+    expect((await request(socket, MESSAGE.push, { events: [first] })).results).toEqual([1]);
+
+    const stale = rawEvent({ documentId: 'a' });
+    const unknown = rawEvent({ documentId: 'b', collection: 'secrets' });
+    const reply = await request(socket, MESSAGE.push, { events: [first, stale, unknown] });
+    expect(reply.results[0]).toBe(1);
+    expect(reply.results[1]).toMatchObject({ status: 'conflict', head: { documentId: 'a', seq: 1, eventId: first.id } });
+    expect(reply.results[2]).toMatchObject({ status: 'rejected', error: { code: 'UNKNOWN_COLLECTION' } });
+    expect(reply.results[1]).not.toHaveProperty('id');
+    expect(await server.server.getStorage().countEvents()).toBe(1);
+  });
+
+  it('refuse a malformed clock as INVALID_MESSAGE and store nothing of the push', async () => {
+    server = await startServer();
+    const { socket } = await open(2);
+    for (const hlc of ['001700000000000-00000', '001700000000000-000000-', 'yesterday']) {
+      const reply = await request(socket, MESSAGE.push, { events: [rawEvent({ documentId: 'ok' }), rawEvent({ documentId: 'bad', hlc })] });
+      expect(reply).toMatchObject({ ok: false, error: { code: 'INVALID_MESSAGE' } });
+      expect(reply.error.message).toContain('events.1.hlc');
+    }
+    expect(await server.server.getStorage().countEvents()).toBe(0);
+  });
+});
+
+describe('a server speaking both versions', () => {
+  it('answers a protocol 1 client in protocol 1: each result names its event', async () => {
+    server = await startServer();
+    const { socket } = await open(1);
+    const event = rawEvent({ documentId: 'a' });
+    expect(await request(socket, MESSAGE.push, { events: [event, event] })).toEqual({
+      ok: true,
+      results: [
+        { id: event.id, status: 'accepted', seq: 1 },
+        { id: event.id, status: 'duplicate', seq: 1 },
+      ],
+    });
+  });
+
+  it('lets clients of both versions meet in one collection: each sees the other\'s writes whole', async () => {
+    server = await startServer();
+    const plugin = await startClient(server.url);
+    clients.push(plugin);
+    const old = await open(1);
+    const live: StoredEvent[] = [];
+    old.socket.on(MESSAGE.live, (message: { events: StoredEvent[] }) => live.push(...message.events));
+    await request(old.socket, MESSAGE.subscribe, { collections: ['todos'] });
+
+    await plugin.todos.insert({ id: 'from-new', title: 'written by this release', done: false });
+    await waitFor(() => live.length === 1, 'the protocol 1 client to receive the write live');
+    const clientId = live[0]!.clientId;
+    expect(clientId).not.toBe(old.clientId);
+    // The node the plugin left out on the wire is back in the clock every other client sees.
+    expect(live[0]!.hlc.endsWith(`-${clientId}`)).toBe(true);
+    expect(live[0]!.hlc).toBe(withNode(live[0]!.hlc.slice(0, 22), clientId));
+
+    const fromOld = rawEvent({ documentId: 'from-old', data: { id: 'from-old', title: 'written by an older release', done: true } });
+    expect((await request(old.socket, MESSAGE.push, { events: [fromOld] })).results[0]).toMatchObject({ status: 'accepted' });
+    await waitFor(async () => (await contents(plugin.todos)).length === 2, 'the plugin to receive the older client\'s write');
+    expect(await contents(plugin.todos)).toEqual([
+      { id: 'from-new', title: 'written by this release', done: false },
+      { id: 'from-old', title: 'written by an older release', done: true },
+    ]);
+    const pulled = await request(old.socket, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(pulled.events.map((event: StoredEvent) => [event.documentId, event.hlc.endsWith(`-${event.clientId}`)])).toEqual([
+      ['from-new', true],
+      ['from-old', false],
+    ]);
+  });
+});
