@@ -127,4 +127,30 @@ describe('a server speaking both versions', () => {
       ['from-old', false],
     ]);
   });
+
+  it('sends protocol 2 pulls without an author that is the clock\'s node, and the plugin fills it back in', async () => {
+    server = await startServer();
+    const writer = await open(2);
+    const mine = rawEvent({ documentId: 'mine', hlc: withoutNode(formatHlc({ millis: Date.now(), counter: 0, node: writer.clientId }), writer.clientId) });
+    const kept = rawEvent({ documentId: 'kept', hlc: formatHlc({ millis: Date.now(), counter: 1, node: 'someone-else' }) });
+    await request(writer.socket, MESSAGE.push, { events: [mine, kept] });
+
+    const slim = await request((await open(2)).socket, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(slim.events.map((event: StoredEvent) => [event.documentId, event.clientId])).toEqual([
+      ['mine', undefined],
+      ['kept', writer.clientId],
+    ]);
+    const whole = await request((await open(1)).socket, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    expect(whole.events.map((event: StoredEvent) => event.clientId)).toEqual([writer.clientId, writer.clientId]);
+
+    const plugin = await startClient(server.url);
+    clients.push(plugin);
+    await waitFor(async () => (await plugin.todos.find().exec()).length === 2, 'the plugin to pull both');
+    const docs = await plugin.todos.storageInstance.findDocumentsById(['mine', 'kept'], false);
+    // Each document's stamp names the author the server stored, left out on the wire or not.
+    expect(docs.map((doc) => [doc.id, (doc._meta as Record<string, unknown[]>).rxofflinesync?.[3]])).toEqual([
+      ['mine', writer.clientId],
+      ['kept', writer.clientId],
+    ]);
+  });
 });

@@ -19,6 +19,7 @@ const quiet = { enabled: false } as const;
 /** Client options the runner may set (`--batch-size`); undefined keeps the plugin's default. */
 export const offlineSyncOptions: { batchSize?: number } = {};
 const SEED_CHUNK = 5000;
+const SEED_WRITERS = 8;
 
 export const offlineSync: BenchSystem = {
   id: 'offline-sync',
@@ -41,17 +42,23 @@ export const offlineSync: BenchSystem = {
     const bench: BenchServer = {
       async seed(todos) {
         const millis = Date.now();
+        // Written by a few clients with UUIDs for ids, as the plugin makes them, so that each event's
+        // author and clock weigh on the wire what they weigh in real use.
+        const writers = Array.from({ length: SEED_WRITERS }, () => randomUUID());
         for (let start = 0; start < todos.length; start += SEED_CHUNK) {
-          const events: IncomingEvent[] = todos.slice(start, start + SEED_CHUNK).map((todo, i) => ({
-            id: randomUUID(),
-            collection: 'todos',
-            documentId: todo.id,
-            op: 'insert',
-            data: { ...todo },
-            baseEventId: null,
-            hlc: formatHlc({ millis, counter: start + i, node: 'seed' }),
-            clientId: 'seed',
-          }));
+          const events: IncomingEvent[] = todos.slice(start, start + SEED_CHUNK).map((todo, i) => {
+            const writer = writers[(start + i) % SEED_WRITERS]!;
+            return {
+              id: randomUUID(),
+              collection: 'todos',
+              documentId: todo.id,
+              op: 'insert',
+              data: { ...todo },
+              baseEventId: null,
+              hlc: formatHlc({ millis, counter: start + i, node: writer }),
+              clientId: writer,
+            };
+          });
           await server.getStorage().saveEvents(events);
         }
       },

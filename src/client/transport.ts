@@ -20,6 +20,8 @@ import {
   type LiveMessage,
   type PullMessage,
   type PullReply,
+  type WirePullReply,
+  completeRemoteEvent,
   type ProtocolVersion,
   type PushedEvent,
   type PushOutcome,
@@ -108,7 +110,8 @@ export class Transport {
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
-        this.events.onLive(parseMessage(liveMessageSchema, raw, 'live message from server'));
+        const message = parseMessage(liveMessageSchema, raw, 'live message from server');
+        this.events.onLive({ events: message.events.map(completeRemoteEvent) });
       } catch (error) {
         this.events.onServerError(SyncError.from(error));
       }
@@ -214,8 +217,9 @@ export class Transport {
     return results;
   }
 
-  pull(message: PullMessage): Promise<PullReply> {
-    return this.request(MESSAGE.pull, message, pullAck);
+  async pull(message: PullMessage): Promise<PullReply> {
+    const reply = await this.request<WirePullReply>(MESSAGE.pull, message, pullAck);
+    return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });
   }
 
   private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType): Promise<R> {

@@ -12,7 +12,7 @@ import {
   subscribeMessageSchema,
   MESSAGE,
   type ClientToServerEvents,
-  type PullReply,
+  type WirePullReply,
   type PushReply,
   type PushReplyV1,
   type ProtocolVersion,
@@ -23,6 +23,7 @@ import {
   type ServerToClientEvents,
   type StoredEvent,
   toRemoteEvent,
+  toSlimRemoteEvent,
   type SubscribeReply,
   type SyncEvent,
 } from '../shared/protocol.js';
@@ -184,8 +185,9 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
       const head = heads.get(event.collection, event.documentId);
       // Without an authorize hook there is nothing to wait for: no promise per event.
       if (ctx.authorize) await assertMayWrite(ctx, user, event, head);
-      // Object.assign, not a spread with more fields: a much slower path in V8, per event. Events have known keys only.
-      toSave.push(Object.assign({}, ctx.redactor.keepHidden(event, head), { clientId }));
+      // In place: the event is this server's own copy (the schema check made it). A spread with more
+      // fields would also be a much slower path in V8, per event.
+      toSave.push(Object.assign(ctx.redactor.keepHidden(event, head), { clientId }));
       savedIndex.push(index);
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -195,13 +197,16 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
 
   const saved = toSave.length > 0 ? await saveEvents(ctx, toSave) : [];
-  const accepted: StoredEvent[] = [];
-  const serverTime = Date.now();
+  // The stored events for live messages are made only if someone may receive them (see broadcast()).
+  const accepted: IncomingEvent[] = [];
+  const acceptedSeqs: number[] = [];
   for (let i = 0; i < saved.length; i++) {
     const result = saved[i]!;
     let answer: PushResult = result;
-    if (result.status === 'accepted') accepted.push(Object.assign({}, toSave[i]!, { seq: result.seq, serverTime }));
-    else if (result.status === 'conflict' && result.head) {
+    if (result.status === 'accepted') {
+      accepted.push(toSave[i]!);
+      acceptedSeqs.push(result.seq);
+    } else if (result.status === 'conflict' && result.head) {
       // A conflict answer carries the server's document: only what this user may read of it.
       const head = await readableHead(ctx, user, result.head);
       answer = head ? { ...result, head } : { id: result.id, status: 'rejected', error: unauthorized(toSave[i]!).toWire() };
@@ -219,7 +224,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   ctx.stats.duplicates += counts.duplicates;
   ctx.stats.conflicts += counts.conflicts;
   ctx.stats.rejected += counts.rejected;
-  if (accepted.length > 0) await broadcast(ctx, socket, accepted);
+  if (accepted.length > 0) await broadcast(ctx, socket, accepted, acceptedSeqs);
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
 }
@@ -257,7 +262,7 @@ async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
   }
 }
 
-export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PullReply> {
+export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<WirePullReply> {
   const started = performance.now();
   const message = parseMessage(pullMessageSchema, raw, 'pull message');
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
@@ -281,7 +286,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
-  return { events: visible.map(toRemoteEvent), checkpoint, hasMore };
+  return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
 }
 
 /**
@@ -298,16 +303,18 @@ function othersMayListen(sender: SyncSocket<any>, room: string): boolean {
   return members !== undefined && (members.size > 1 || !members.has(sender.id));
 }
 
-/** Sends accepted events to every other socket subscribed to their collection, on every server instance. */
-async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User>, events: StoredEvent[]): Promise<void> {
-  const byCollection = new Map<string, StoredEvent[]>();
-  for (const event of events) {
-    const list = byCollection.get(event.collection);
-    if (list) list.push(event);
-    else byCollection.set(event.collection, [event]);
+/** Sends accepted events (stored at `seqs`) to every other socket subscribed to their collection, on every server instance. */
+async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User>, accepted: readonly IncomingEvent[], seqs: readonly number[]): Promise<void> {
+  const byCollection = new Map<string, number[]>();
+  for (let i = 0; i < accepted.length; i++) {
+    const list = byCollection.get(accepted[i]!.collection);
+    if (list) list.push(i);
+    else byCollection.set(accepted[i]!.collection, [i]);
   }
-  for (const [collection, list] of byCollection) {
+  const serverTime = Date.now();
+  for (const [collection, indexes] of byCollection) {
     if (!othersMayListen(sender, roomOf(collection))) continue;
+    const list = indexes.map((i): StoredEvent => Object.assign({}, accepted[i]!, { seq: seqs[i]!, serverTime }));
     if (!ctx.authorize) {
       sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
       continue;

@@ -41,9 +41,19 @@ const TIME_LENGTH = MILLIS_WIDTH + 1 + COUNTER_WIDTH;
 /** A timestamp as a client may push it (protocol 2): without its node when the node is the pushing client. */
 export const PUSHED_HLC_PATTERN = /^\d{15}-[0-9a-z]{6}(?:-.+)?$/;
 
+/** True when `node` is the node of the (whole) timestamp `hlc`. */
+export function hasNode(hlc: string, node: string): boolean {
+  return hlc.length === TIME_LENGTH + 1 + node.length && hlc.endsWith(node) && hlc.charCodeAt(TIME_LENGTH) === 45;
+}
+
+/** The node of a whole timestamp (one that matches HLC_PATTERN). */
+export function nodeOf(hlc: string): string {
+  return hlc.slice(TIME_LENGTH + 1);
+}
+
 /** The timestamp without its node when the node is `node` (the pusher's own id, which the server knows); else unchanged. */
 export function withoutNode(hlc: string, node: string): string {
-  return hlc.length === TIME_LENGTH + 1 + node.length && hlc.endsWith(node) && hlc.charCodeAt(TIME_LENGTH) === 45 ? hlc.slice(0, TIME_LENGTH) : hlc;
+  return hasNode(hlc, node) ? hlc.slice(0, TIME_LENGTH) : hlc;
 }
 
 /** A pushed timestamp made whole again: `node` added when it was left out. */

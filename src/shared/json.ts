@@ -71,16 +71,19 @@ function setField(copy: JsonObject, key: string, value: unknown): void {
 }
 
 /**
- * A deep copy of a JSON value, frozen all the way down: for values that are
- * stored once and handed out many times without copying again. Several
- * times faster than structuredClone for documents.
+ * A deep copy of a JSON value, frozen all the way down, with `fields` added
+ * to an object's top level: for values that are stored once and handed out
+ * many times without copying again. Several times faster than
+ * structuredClone for documents.
  */
-export function frozenJsonCopy<T>(value: T): T {
-  if (value === null || typeof value !== 'object') return value;
-  if (Array.isArray(value)) return Object.freeze(value.map(frozenJsonCopy)) as T;
+export function frozenJsonCopy<T, F extends object = object>(value: T, fields?: F): T & F {
+  if (value === null || typeof value !== 'object') return value as T & F;
+  if (Array.isArray(value)) return Object.freeze(value.map((item) => frozenJsonCopy(item))) as T & F;
   const copy: JsonObject = {};
   for (const key of Object.keys(value)) setField(copy, key, frozenJsonCopy((value as JsonObject)[key]));
-  return Object.freeze(copy) as T;
+  // `fields` (the caller's own keys, plain values) join the top level: one copy, not a copy of a copy.
+  if (fields) Object.assign(copy, fields);
+  return Object.freeze(copy) as T & F;
 }
 
 /**

@@ -18,10 +18,11 @@ export class MemorySyncStorage implements SyncStorage {
   async init(): Promise<void> {}
 
   async saveEvents(events: readonly IncomingEvent[]): Promise<SaveResult[]> {
-    return events.map((event) => this.saveOne(event));
+    const serverTime = Date.now();
+    return events.map((event) => this.saveOne(event, serverTime));
   }
 
-  private saveOne(event: IncomingEvent): SaveResult {
+  private saveOne(event: IncomingEvent, serverTime: number): SaveResult {
     const previous = this.sequenceById.get(event.id);
     if (previous !== undefined) return { id: event.id, status: 'duplicate', seq: previous };
     const head = this.heads.get(event.collection, event.documentId);
@@ -31,7 +32,7 @@ export class MemorySyncStorage implements SyncStorage {
     const seq = ++this.lastSeq;
     if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
-    const stored: StoredEvent = frozenJsonCopy(Object.assign({}, event, { seq, serverTime: Date.now() }));
+    const stored: StoredEvent = frozenJsonCopy(event, { seq, serverTime });
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
     this.heads.set(event.collection, event.documentId, Object.freeze({
