@@ -84,7 +84,7 @@ it('rejects a pull answer whose checkpoint is behind the one it already has: che
  * and took single sequences only in a pull's `have` (not ranges), under that
  * same version; it accepts every push, answering in protocol 1.
  */
-async function previousReleaseServer(haves: unknown[], handshakes: unknown[] = []): Promise<string> {
+async function previousReleaseServer(haves: unknown[], handshakes: unknown[] = [], { named = true } = {}): Promise<string> {
   let seq = 0;
   httpServer = createServer();
   io = new Server(httpServer);
@@ -92,8 +92,9 @@ async function previousReleaseServer(haves: unknown[], handshakes: unknown[] = [
     const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
     handshakes.push(version);
     if (version === 1) return next();
+    // `named`: as the release did; without it, as builds did before a refusal named the versions.
     const message = `protocol version ${String(version)} is not supported; this server speaks 1`;
-    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, details: { supported: [1] } } }));
+    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, ...(named ? { details: { supported: [1] } } : {}) } }));
   });
   io.on('connection', (socket) => {
     socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
@@ -128,3 +129,76 @@ it('a server of an earlier release, which takes single sequences only in a pull\
   expect(handshakes).toEqual([2, 1]);
   expect(client.sync.getStatus().error).toBeNull();
 });
+
+it('a server that refuses protocol 2 without naming the versions it speaks is spoken to in 1', async () => {
+  const handshakes: unknown[] = [];
+  const url = await previousReleaseServer([], handshakes, { named: false });
+  const client = await startClient(url, { autoSync: false });
+  clients.push(client);
+  await client.todos.insert({ id: 'a', title: 'a', done: false });
+  expect(await client.sync.syncNow()).toMatchObject({ success: true });
+  expect(handshakes).toEqual([2, 1]);
+});
+
+it('a server that refuses every version it is asked in, naming the other, gets a few handshakes and an error, not a storm', async () => {
+  const handshakes: unknown[] = [];
+  httpServer = createServer();
+  io = new Server(httpServer);
+  io.use((socket, next) => {
+    const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
+    handshakes.push(version);
+    const message = `protocol version ${String(version)} is not supported`;
+    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, details: { supported: version === 1 ? [2] : [1] } } }));
+  });
+  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+  const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 200, useExponentialBackoff: false } });
+  clients.push(client);
+  expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'UNSUPPORTED_PROTOCOL' } });
+  await waitFor(() => client.sync.getStatus().error?.code === 'UNSUPPORTED_PROTOCOL', 'the refusal to show in the status');
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  // Down to 1 once, then only retries in 1, with the retry delay between them.
+  expect(handshakes.slice(0, 2)).toEqual([2, 1]);
+  expect(handshakes.slice(2).every((version) => version === 1)).toBe(true);
+  expect(handshakes.length).toBeLessThan(10);
+});
+
+/** A server that takes a push and answers it as `answer` says, in the protocol version the client asked for. */
+async function pushAnswerServer(answer: (events: { id: string }[], version: number) => unknown[]): Promise<string> {
+  httpServer = createServer();
+  io = new Server(httpServer);
+  io.on('connection', (socket) => {
+    const version = (socket.handshake.auth as { protocolVersion: number }).protocolVersion;
+    socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
+    socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: answer(m.events, version) }));
+    socket.on('sync:pull', (_m, ack) => ack({ ok: true, events: [], checkpoint: 0, hasMore: false }));
+  });
+  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+}
+
+describe('a push answer that does not match the push is refused, and nothing is taken as acknowledged', () => {
+  const pushTwo = async (url: string) => {
+    const client = await startClient(url, { autoSync: false });
+    clients.push(client);
+    await client.todos.bulkInsert([{ id: 'a', title: 'a', done: false }, { id: 'b', title: 'b', done: false }]);
+    await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'both writes logged');
+    expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'INVALID_MESSAGE', message: expect.stringContaining('do not match') } });
+    expect(client.sync.getStatus().pendingEvents).toBe(2);
+  };
+
+  it('protocol 2: one sequence for two events', async () => {
+    await pushTwo(await pushAnswerServer(() => [1]));
+  });
+
+  it('protocol 1: results naming other events', async () => {
+    // Refuses 2 first, so that the client speaks 1.
+    const url = await pushAnswerServer((events) => events.map((_, i) => ({ id: `another-event-${i}`, status: 'accepted', seq: i + 1 })));
+    io!.use((socket, next) => {
+      if ((socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion === 1) return next();
+      next(Object.assign(new Error('protocol 1 only'), { data: { code: 'UNSUPPORTED_PROTOCOL', message: 'protocol 1 only', details: { supported: [1] } } }));
+    });
+    await pushTwo(url);
+  });
+});
+

@@ -71,6 +71,14 @@ describe('protocol 2 pushes', () => {
     expect(await server.server.getStorage().countEvents()).toBe(1);
   });
 
+  it('answer a conflict over a document the pusher may not read as a refusal, without the document', async () => {
+    server = await startServer({ authorize: (_user, _collection, operation, document) => operation !== 'read' || document.title !== 'secret' });
+    const { socket } = await open(2);
+    await request(socket, MESSAGE.push, { events: [rawEvent({ documentId: 'a', data: { id: 'a', title: 'secret', done: false } })] });
+    const reply = await request(socket, MESSAGE.push, { events: [rawEvent({ documentId: 'a' })] });
+    expect(reply.results).toEqual([{ status: 'rejected', error: expect.objectContaining({ code: 'UNAUTHORIZED' }) }]);
+  });
+
   it('refuse a malformed clock as INVALID_MESSAGE and store nothing of the push', async () => {
     server = await startServer();
     const { socket } = await open(2);
@@ -99,6 +107,13 @@ describe('a server speaking both versions', () => {
 
   it('lets clients of both versions meet in one collection: each sees the other\'s writes whole', async () => {
     server = await startServer();
+    // What the plugin puts on the wire, before the server reads it.
+    const pushed: Record<string, unknown>[] = [];
+    server.server.getIo().on('connection', (socket) => {
+      socket.onAny((type: string, message: { events?: Record<string, unknown>[] }) => {
+        if (type === MESSAGE.push) pushed.push(...structuredClone(message.events ?? []));
+      });
+    });
     const plugin = await startClient(server.url);
     clients.push(plugin);
     const old = await open(1);
@@ -113,6 +128,10 @@ describe('a server speaking both versions', () => {
     // The node the plugin left out on the wire is back in the clock every other client sees.
     expect(live[0]!.hlc.endsWith(`-${clientId}`)).toBe(true);
     expect(live[0]!.hlc).toBe(withNode(live[0]!.hlc.slice(0, 22), clientId));
+    // It went out slim: the clock without the node, no null base.
+    expect(pushed).toHaveLength(1);
+    expect(pushed[0]!.hlc).toBe(live[0]!.hlc.slice(0, 22));
+    expect(pushed[0]).not.toHaveProperty('baseEventId');
 
     const fromOld = rawEvent({ documentId: 'from-old', data: { id: 'from-old', title: 'written by an older release', done: true } });
     expect((await request(old.socket, MESSAGE.push, { events: [fromOld] })).results[0]).toMatchObject({ status: 'accepted' });

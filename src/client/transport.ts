@@ -98,6 +98,7 @@ export class Transport {
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
       const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
+      // Decided here, by the first connect_error listener, for the others that follow (waitForConnection's).
       this.fallingBack = this.fallBack(data);
       if (this.fallingBack) return;
       const syncError =
@@ -130,24 +131,22 @@ export class Transport {
     return this.socket.connected;
   }
 
-  /** The protocol version this transport speaks (or tries first, before it is connected). */
-  get protocolVersion(): ProtocolVersion {
-    return this.protocol;
-  }
-
   /**
-   * A server of an earlier release refuses this protocol version and names
-   * those it speaks: connect again at once in the newest one both speak. The
-   * transport keeps it; the next one made (a restart of the app) tries this
-   * release's version again.
+   * A server of an earlier release refuses this protocol version, naming
+   * those it speaks (one from before versions were named only refuses):
+   * connect again at once in the newest older version both speak. Only ever
+   * down, so a refusal cannot bounce between versions; a refusal with no
+   * older version left is an error like any other, retried with backoff.
+   * The transport keeps the version it fell back to, so a server upgraded
+   * meanwhile is spoken to in the older version until the app starts again
+   * (which it serves all the same).
    */
   private fallBack(refusal: { code?: string; details?: unknown } | undefined): boolean {
-    if (refusal?.code !== 'UNSUPPORTED_PROTOCOL') return false;
+    if (refusal?.code !== 'UNSUPPORTED_PROTOCOL' || !this.wanted) return false;
     const supported = (refusal.details as { supported?: unknown } | undefined)?.supported;
-    if (!Array.isArray(supported)) return false;
-    const common = PROTOCOL_VERSIONS.filter((version) => version !== this.protocol && supported.includes(version));
-    if (common.length === 0 || !this.wanted) return false;
-    const version = Math.max(...common) as ProtocolVersion;
+    const older = PROTOCOL_VERSIONS.filter((version) => version < this.protocol && (!Array.isArray(supported) || supported.includes(version)));
+    if (older.length === 0) return false;
+    const version = Math.max(...older) as ProtocolVersion;
     this.logger.info({ refused: this.protocol, version }, 'the server speaks an earlier protocol version; connecting in that one');
     this.protocol = version;
     this.socket.connect();

@@ -87,7 +87,7 @@ export const pushedEventSchema = syncEventSchema.extend({
 });
 export type PushedEvent = z.infer<typeof pushedEventSchema>;
 
-/** A pushed event made whole: its clock with the pusher's node, a missing base as null. */
+/** A pushed event made whole, in place (it is the server's own parsed copy): its clock with the pusher's node, a missing base as null. */
 export function completePushedEvent(event: PushedEvent, clientId: string): SyncEvent {
   event.hlc = withNode(event.hlc, clientId);
   event.baseEventId ??= null;
