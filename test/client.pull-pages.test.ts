@@ -233,3 +233,32 @@ describe('the first sync run on a connection', () => {
     expect(await client.todos.count().exec()).toBe(0);
   });
 });
+
+describe('the pull that follows live messages', () => {
+  // It goes out from a sync run, whose first step waits its turn behind the live messages' writes.
+  it('is asked only once every live message received so far is applied, so that it names their events as held', async () => {
+    server = await startServer();
+    const reader = await startClient(server.url);
+    clients.push(reader);
+    expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+    // A slow device: applying a live message takes longer than the delay before the pull that follows it.
+    wrapPulledWrites(reader, async (_call, write) => {
+      await sleep(300);
+      return write();
+    });
+    let resent = 0;
+    server.server.events.on('pull', ({ events }) => (resent += events));
+
+    const writer = await startClient(server.url, { autoSync: false, batchSize: 2 });
+    clients.push(writer);
+    await writer.todos.bulkInsert(['a', 'b', 'c', 'd'].map((id) => ({ id, title: id, done: false })));
+    // Two pushes, two live messages, arriving together; the second is applied while the first's pull would be due.
+    expect(await writer.sync.syncNow()).toMatchObject({ success: true, syncedEvents: 4 });
+    await waitFor(async () => (await reader.todos.count().exec()) === 4, 'the reader to apply both live messages');
+    await waitFor(() => !reader.sync.getStatus().syncing && reader.sync.getStatus().lastSyncTime !== null, 'the reader\'s pull');
+    await sleep(300);
+    // No pull sent back what had come live: the first message's pull did not go out while the second waited.
+    expect(resent).toBe(0);
+  });
+});
+
