@@ -14,7 +14,8 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { Transport } from '../src/client/transport.js';
-import { closeAfterEach, contents, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { closeAfterEach, contents, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { MESSAGE } from '../src/shared/protocol.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -246,8 +247,14 @@ describe('the pull that follows live messages', () => {
       await sleep(300);
       return write();
     });
+    // Sequence 1 is another collection's, never sent to the reader: the live events after it leave a
+    // gap, so a pull must follow them.
+    const other = await rawSocket(server.url, { protocolVersion: 2 });
+    await request(other, MESSAGE.push, { events: [rawEvent({ collection: 'products', documentId: 'p' })] });
+    other.close();
     let resent = 0;
     server.server.events.on('pull', ({ events }) => (resent += events));
+    const synced = reader.sync.getStatus().lastSyncTime;
 
     const writer = await startClient(server.url, { autoSync: false, batchSize: 2 });
     clients.push(writer);
@@ -255,10 +262,49 @@ describe('the pull that follows live messages', () => {
     // Two pushes, two live messages, arriving together; the second is applied while the first's pull would be due.
     expect(await writer.sync.syncNow()).toMatchObject({ success: true, syncedEvents: 4 });
     await waitFor(async () => (await reader.todos.count().exec()) === 4, 'the reader to apply both live messages');
-    await waitFor(() => !reader.sync.getStatus().syncing && reader.sync.getStatus().lastSyncTime !== null, 'the reader\'s pull');
-    await sleep(300);
+    await waitFor(() => reader.sync.getStatus().lastSyncTime !== synced && !reader.sync.getStatus().syncing, 'the reader\'s pull');
     // No pull sent back what had come live: the first message's pull did not go out while the second waited.
     expect(resent).toBe(0);
+  });
+
+  it('is not asked when the live events leave no gap after the checkpoint: the checkpoint moves without it', async () => {
+    server = await startServer();
+    const pulls: { checkpoint: number; have?: unknown }[] = [];
+    server.server.getIo().on('connection', (socket) => {
+      socket.onAny((type: string, message: { checkpoint: number; have?: unknown }) => {
+        if (type === MESSAGE.pull) pulls.push(message);
+      });
+    });
+    const reader = await startClient(server.url);
+    clients.push(reader);
+    expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+    const writer = await rawSocket(server.url, { protocolVersion: 2 });
+    try {
+      const push = (collection: string, documentId: string) => request(writer, MESSAGE.push, { events: [rawEvent({ collection, documentId })] });
+      const before = pulls.length;
+
+      // Sequences 1 and 2, both sent live: nothing is missing, so no pull follows.
+      await push('todos', 'a');
+      await push('todos', 'b');
+      await waitFor(async () => (await reader.todos.count().exec()) === 2, 'both live events applied');
+      await sleep(400);
+      expect(pulls.length).toBe(before);
+      // The checkpoint moved all the same: the next pull starts after them.
+      expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+      expect(pulls.at(-1)).toMatchObject({ checkpoint: 2 });
+
+      // Sequence 3 is another collection's, never sent to this reader; 4 comes live. The gap takes a pull.
+      const afterSync = pulls.length;
+      await push('products', 'p');
+      await push('todos', 'c');
+      await waitFor(() => pulls.length > afterSync, 'the pull that closes the gap');
+      await waitFor(() => !reader.sync.getStatus().syncing, 'that pull to end');
+      expect(pulls[afterSync]).toMatchObject({ checkpoint: 2, have: [4] });
+      expect(await reader.sync.syncNow()).toMatchObject({ success: true });
+      expect(pulls.at(-1)).toMatchObject({ checkpoint: 4 });
+    } finally {
+      writer.close();
+    }
   });
 });
 

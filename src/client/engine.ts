@@ -321,12 +321,43 @@ export class SyncEngine {
       return;
     }
     if (events.length === 0) return;
+    const latest = Math.max(...events.map((event) => event.seq));
     void this.queue
-      .run(() => replicator.applyRemote(events, 'live', undefined, this.heldSequences))
-      .then(() => {
+      .run(async () => {
+        await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+        return this.moveCheckpointsThroughHeld(latest);
+      })
+      .then((moved) => {
         clearTimeout(this.livePullTimer);
-        this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
+        if (!moved) this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
       }, (error: unknown) => this.fail(error));
+  }
+
+  /**
+   * When this client holds every sequence from each checkpoint through
+   * `latest` (applied live, or its own acknowledged pushes), the checkpoints
+   * move there without asking the server: a pull would send nothing back and
+   * only move them the same way. Returns false when a sequence is missing
+   * (an event not sent live, one another server instance has not relayed
+   * yet, or one committed out of order; or a live event left to a pull to
+   * settle, for a document with a local change): then the pull that follows
+   * live messages goes out as before. A burst to many readers then costs the
+   * server no pull per reader, and no reader gets the end of a burst twice,
+   * live and in a pull that left before its live message arrived.
+   */
+  private async moveCheckpointsThroughHeld(latest: number): Promise<boolean> {
+    const replicator = this.requireReplicator();
+    let lowest = Number.POSITIVE_INFINITY;
+    for (const name of this.collections) {
+      let checkpoint = replicator.state.checkpoints[name] ?? 0;
+      while (this.heldSequences.has(checkpoint + 1)) checkpoint++;
+      if (checkpoint < latest) return false;
+      lowest = Math.min(lowest, checkpoint);
+    }
+    if (lowest === Number.POSITIVE_INFINITY) return false;
+    await replicator.moveCheckpoints(this.collections, lowest);
+    for (const seq of this.heldSequences) if (seq <= lowest) this.heldSequences.delete(seq);
+    return true;
   }
 
   // ---- sync runs -----------------------------------------------------------------

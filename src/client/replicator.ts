@@ -331,13 +331,14 @@ export class Replicator {
     for (const [collectionName, docs] of byCollection) {
       applied += await this.applyCollection(collectionName, docs, mode, handled);
     }
-    if (checkpoint) {
-      for (const name of checkpoint.collections) {
-        this.state.checkpoints[name] = Math.max(this.state.checkpoints[name] ?? 0, checkpoint.seq);
-      }
-      await this.meta.write([this.stateWrite()]);
-    }
+    if (checkpoint) await this.moveCheckpoints(checkpoint.collections, checkpoint.seq);
     return applied;
+  }
+
+  /** Moves the checkpoints of `collections` forward to `seq` (never back), durably. */
+  async moveCheckpoints(collections: Iterable<string>, seq: number): Promise<void> {
+    for (const name of collections) this.state.checkpoints[name] = Math.max(this.state.checkpoints[name] ?? 0, seq);
+    await this.meta.write([this.stateWrite()]);
   }
 
   private async applyCollection(collectionName: string, docs: Map<string, RemoteEvent[]>, mode: 'pull' | 'live', handled?: Set<number>): Promise<number> {
