@@ -44,6 +44,7 @@ const cases: [string, unknown, unknown?][] = [
   ['an event with an unknown operation', { ok: true, events: [{ ...goodEvent, op: 'explode' }], checkpoint: 1, hasMore: false }],
   ['an event for a collection it did not ask for', { ok: true, events: [{ ...goodEvent, collection: 'secrets' }], checkpoint: 1, hasMore: false }],
   ['a checkpoint that moves backwards', { ok: true, events: [], checkpoint: -5, hasMore: false }],
+  ['an event without an author whose clock\'s node is no client id', { ok: true, events: [{ ...goodEvent, clientId: undefined, hlc: `001700000000000-000000-${'x'.repeat(200)}` }], checkpoint: 1, hasMore: false }],
   ['a live message that is not a list of events', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ garbage: true }] }],
   ['a live event for a collection it did not ask for', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ ...goodEvent, collection: 'secrets' }] }],
 ];

@@ -306,5 +306,52 @@ describe('the pull that follows live messages', () => {
       writer.close();
     }
   });
+
+  it('is still asked when a later live message, out of sequence order, leaves no gap below itself but one below an earlier message', async () => {
+    // A fake server: 1-3 by the first pull; then 6 live, then 4 live (commits and relays can arrive out
+    // of order); 5 never comes live (a reader an authorize hook could not decide on, a lost relay).
+    const event = (seq: number, id: string) => ({
+      id: `event-000${seq}`, collection: 'todos', documentId: id, op: 'insert', data: { id, title: id, done: false },
+      hlc: `00170000000000${seq}-000000-other`, seq, clientId: 'other',
+    });
+    const all = ['a', 'b', 'c', 'd', 'e', 'f'].map((id, i) => event(i + 1, id));
+    let visible = 3;
+    const pulls: { checkpoint: number }[] = [];
+    const http = createServer();
+    const io = new Server(http);
+    io.on('connection', (socket) => {
+      socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
+      socket.on('sync:push', (_m, ack) => ack({ ok: true, results: [] }));
+      socket.on('sync:pull', (m: { checkpoint: number }, ack) => {
+        pulls.push(m);
+        ack({ ok: true, events: all.slice(0, visible).filter((e) => e.seq > m.checkpoint), checkpoint: visible, hasMore: false });
+      });
+    });
+    await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));
+    try {
+      const reader = await startClient(`http://127.0.0.1:${(http.address() as AddressInfo).port}`);
+      clients.push(reader);
+      await waitFor(async () => (await reader.todos.count().exec()) === 3, 'the first pull');
+      await waitFor(() => !reader.sync.getStatus().syncing, 'the first run to end');
+      const before = pulls.length;
+      visible = 6;
+      const [socket] = await io.fetchSockets();
+      socket!.emit('sync:events', { events: [all[5]] });
+      await sleep(20);
+      socket!.emit('sync:events', { events: [all[3]] });
+      // 4 follows 3 with no gap, but 5 is still missing below 6: the pull must go out all the same.
+      await waitFor(async () => (await reader.todos.count().exec()) === 6, 'the pull to bring 5', 3000);
+      expect(pulls.length).toBeGreaterThan(before);
+      expect(pulls.at(-1)).toMatchObject({ checkpoint: 3 });
+    } finally {
+      await closeFakeServer(io, http);
+    }
+  });
 });
+
+/** Stops a fake server started in a test. */
+async function closeFakeServer(io: Server, http: HttpServer): Promise<void> {
+  await io.close();
+  http.closeAllConnections();
+}
 

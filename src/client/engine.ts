@@ -43,7 +43,7 @@ export interface SyncResult {
   syncedEvents: number;
 }
 
-/** After live events arrive, a pull follows this soon to move the checkpoint past them. */
+/** After live events arrive that leave a gap after a checkpoint, a pull follows this soon to close it (see moveCheckpointsThroughHeld). */
 const LIVE_PULL_DELAY = 100;
 /** How long syncNow() waits for this tab to win leadership before saying another tab syncs. */
 const LEADERSHIP_WAIT = 3000;
@@ -70,6 +70,8 @@ export class SyncEngine {
    * a pull names them (`have`) so the server does not send them again.
    */
   private readonly heldSequences = new Set<number>();
+  /** The highest sequence received live on any connection: live events move the checkpoints only once they are all held through it. */
+  private highestLive = 0;
   /** How `have` names those sequences; lowered when a server refuses the form (see pullPage). */
   private haveForm: 'ranges' | 'sequences' | 'none' = 'ranges';
   /** Collections removed with removeCollection(), whose live events may still arrive for a moment. */
@@ -321,11 +323,11 @@ export class SyncEngine {
       return;
     }
     if (events.length === 0) return;
-    const latest = Math.max(...events.map((event) => event.seq));
+    for (const event of events) if (event.seq > this.highestLive) this.highestLive = event.seq;
     void this.queue
       .run(async () => {
         await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
-        return this.moveCheckpointsThroughHeld(latest);
+        return this.moveCheckpointsThroughHeld();
       })
       .then((moved) => {
         clearTimeout(this.livePullTimer);
@@ -334,10 +336,13 @@ export class SyncEngine {
   }
 
   /**
-   * When this client holds every sequence from each checkpoint through
-   * `latest` (applied live, or its own acknowledged pushes), the checkpoints
-   * move there without asking the server: a pull would send nothing back and
-   * only move them the same way. Returns false when a sequence is missing
+   * When this client holds every sequence from each checkpoint through the
+   * highest one received live (applied live, or its own acknowledged
+   * pushes), the checkpoints move there without asking the server: a pull
+   * would send nothing back and only move them the same way. Through the
+   * highest ever received, not just the latest message's: live messages can
+   * arrive out of sequence order, and a later one must not stand in for the
+   * pull an earlier one's gap still needs. Returns false when a sequence is missing
    * (an event not sent live, one another server instance has not relayed
    * yet, or one committed out of order; or a live event left to a pull to
    * settle, for a document with a local change): then the pull that follows
@@ -345,17 +350,21 @@ export class SyncEngine {
    * server no pull per reader, and no reader gets the end of a burst twice,
    * live and in a pull that left before its live message arrived.
    */
-  private async moveCheckpointsThroughHeld(latest: number): Promise<boolean> {
+  private async moveCheckpointsThroughHeld(): Promise<boolean> {
     const replicator = this.requireReplicator();
     let lowest = Number.POSITIVE_INFINITY;
+    let behind = false;
     for (const name of this.collections) {
-      let checkpoint = replicator.state.checkpoints[name] ?? 0;
+      const from = replicator.state.checkpoints[name] ?? 0;
+      let checkpoint = from;
       while (this.heldSequences.has(checkpoint + 1)) checkpoint++;
-      if (checkpoint < latest) return false;
+      if (checkpoint < this.highestLive) return false;
       lowest = Math.min(lowest, checkpoint);
+      behind ||= from < checkpoint;
     }
     if (lowest === Number.POSITIVE_INFINITY) return false;
-    await replicator.moveCheckpoints(this.collections, lowest);
+    // Written only when a checkpoint moves: a live message whose events were all held already costs no write.
+    if (behind) await replicator.moveCheckpoints(this.collections, lowest);
     for (const seq of this.heldSequences) if (seq <= lowest) this.heldSequences.delete(seq);
     return true;
   }

@@ -311,6 +311,7 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
     if (list) list.push(i);
     else byCollection.set(accepted[i]!.collection, [i]);
   }
+  // Only for the type: a live message leaves serverTime out (toRemoteEvent).
   const serverTime = Date.now();
   for (const [collection, indexes] of byCollection) {
     if (!othersMayListen(sender, roomOf(collection))) continue;

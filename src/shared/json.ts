@@ -81,7 +81,8 @@ export function frozenJsonCopy<T, F extends object = object>(value: T, fields?: 
   if (Array.isArray(value)) return Object.freeze(value.map((item) => frozenJsonCopy(item))) as T & F;
   const copy: JsonObject = {};
   for (const key of Object.keys(value)) setField(copy, key, frozenJsonCopy((value as JsonObject)[key]));
-  // `fields` (the caller's own keys, plain values) join the top level: one copy, not a copy of a copy.
+  // `fields` (the caller's own keys, plain values) join an object's top level: one copy, not a copy of
+  // a copy. (An array or a plain value has no top level to join: they are not added.)
   if (fields) Object.assign(copy, fields);
   return Object.freeze(copy) as T & F;
 }

@@ -138,7 +138,13 @@ export function toSlimRemoteEvent(event: StoredEvent): WireRemoteEvent {
 
 /** A received remote event with its author filled in from its clock's node where the server left it out. */
 export function completeRemoteEvent(event: WireRemoteEvent): RemoteEvent {
-  event.clientId ??= nodeOf(event.hlc);
+  if (event.clientId === undefined) {
+    const node = nodeOf(event.hlc);
+    // Held to what a client id may be, as if it had been sent.
+    const checked = clientIdSchema.safeParse(node);
+    if (!checked.success) throw new SyncError('INVALID_MESSAGE', `event ${event.id} has no author, and its clock's node is no client id: ${checked.error.issues[0]!.message}`);
+    event.clientId = node;
+  }
   return event as RemoteEvent;
 }
 

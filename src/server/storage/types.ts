@@ -1,6 +1,12 @@
 import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol.js';
 
-/** An event on its way into storage: what the client pushed, stamped with its author. */
+/**
+ * An event on its way into storage: what the client pushed, stamped with its
+ * author. The server hands storage its own parsed copy and reads only the id
+ * afterwards; a storage that keeps the object must still copy it (the memory
+ * storage keeps a frozen deep copy), since it is also the source of live
+ * messages.
+ */
 export type IncomingEvent = SyncEvent & { clientId: string };
 
 /**
