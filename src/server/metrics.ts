@@ -44,7 +44,8 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
   });
   const connections = new Counter({
     name: `${prefix}client_connections_total`,
-    help: 'Sockets that passed authentication and connected.',
+    help: 'Sockets that passed authentication and connected, by the protocol version they spoke (while any client speaks 1, a server must keep speaking it).',
+    labelNames: ['protocol'],
     registers: [registry],
   });
   const events = new Counter({
@@ -102,7 +103,7 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
     pulledEvents.inc(pull.events);
   };
   const onStorageError = (failure: { operation: 'save' | 'read' }) => storageErrors.inc({ operation: failure.operation });
-  const onConnect = () => connections.inc();
+  const onConnect = (client: { protocol: number }) => connections.inc({ protocol: String(client.protocol) });
   server.events.on('push', onPush);
   server.events.on('pull', onPull);
   server.events.on('storage-error', onStorageError);
