@@ -155,13 +155,15 @@ export class Replicator {
       if (captured && server === captured) writes.push(...this.shadowWrite(collectionName, documentId, captured));
       const entries = this.pending.forDocument(collectionName, documentId);
       const last = entries[entries.length - 1];
-      if (!changeBetween(last ? stateOfEvent(last.event) : server, current)) continue;
+      const sinceLogged = changeBetween(last ? stateOfEvent(last.event) : server, current);
+      if (!sinceLogged) continue;
       const open = last && !last.sent ? last : undefined;
-      const lastSent = [...entries].reverse().find((entry) => entry.sent);
+      const lastSent = open ? entries.findLast((entry) => entry.sent) : last;
       // The app wrote since the last logged state and ended on the version the change is based on
       // (an insert deleted again, an edit undone): still a write, and later than any the server may
       // have taken meanwhile, so it is said, or last-write-wins would lose it to an older write.
-      const change = changeBetween(lastSent ? stateOfEvent(lastSent.event) : server, current) ?? restatement(current);
+      // (From the same base as the check above, unless an unsent entry lies between: the diff once.)
+      const change = (open ? changeBetween(lastSent ? stateOfEvent(lastSent.event) : server, current) : sinceLogged) ?? restatement(current);
       changed++;
       if (!change) {
         if (open) writes.push(this.pending.remove(open));
