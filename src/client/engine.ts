@@ -365,8 +365,13 @@ export class SyncEngine {
     if (lowest === Number.POSITIVE_INFINITY) return false;
     // Written only when a checkpoint moves: a live message whose events were all held already costs no write.
     if (behind) await replicator.moveCheckpoints(this.collections, lowest);
-    for (const seq of this.heldSequences) if (seq <= lowest) this.heldSequences.delete(seq);
+    this.forgetHeldThrough(lowest);
     return true;
+  }
+
+  /** Sequences up to `seq` are behind every checkpoint now: a pull need not name them any more. */
+  private forgetHeldThrough(seq: number): void {
+    for (const held of this.heldSequences) if (held <= seq) this.heldSequences.delete(held);
   }
 
   // ---- sync runs -----------------------------------------------------------------
@@ -508,8 +513,7 @@ export class SyncEngine {
     }
     await subscribing;
     // What every checkpoint has passed needs no naming any more.
-    const passed = Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0));
-    for (const seq of this.heldSequences) if (seq <= passed) this.heldSequences.delete(seq);
+    this.forgetHeldThrough(Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0)));
     if (this.heldSequences.size > MAX_HELD_SEQUENCES) this.heldSequences.clear();
     return synced;
   }

@@ -147,7 +147,7 @@ export class Replicator {
     const writes: MetaWrite[] = [];
     let changed = 0;
     for (const documentId of ids) {
-      const captured = this.captured.size > 0 ? this.captured.get(collectionName, documentId) : undefined;
+      const captured = this.captured.get(collectionName, documentId);
       if (captured) this.captured.delete(collectionName, documentId);
       const current = localState(currents.get(documentId));
       const server = versions.get(documentId) ?? null;
@@ -656,7 +656,7 @@ export class Replicator {
     shadows ??= await this.getShadows(collectionName, ids);
     const result = new Map<string, KnownVersion>();
     for (const id of ids) {
-      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.size > 0 ? this.captured.get(collectionName, id) : undefined);
+      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.get(collectionName, id));
       if (version) result.set(id, version);
     }
     return result;

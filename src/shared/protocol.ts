@@ -10,8 +10,9 @@ import { HLC_PATTERN, PUSHED_HLC_PATTERN, hasNode, nodeOf, withNode } from './hl
 /**
  * Carried in the handshake; a server refuses versions it does not speak and
  * names those it does, and a client then tries the newest of those it also
- * speaks. Version 2 pushes slimmer events and gets slimmer answers (see
- * pushedEventSchema and pushReplySchema); everything else is as in 1.
+ * speaks. Version 2 pushes slimmer events, gets slimmer answers and pulls
+ * slimmer events (see pushedEventSchema, pushReplySchema and
+ * toSlimRemoteEvent); everything else is as in 1.
  */
 export const PROTOCOL_VERSION = 2;
 /** Every version this release speaks, as a server and as a client. */
@@ -113,7 +114,7 @@ export const remoteEventSchema = z.object({
   // Not strict: fields a later server adds are dropped, not refused.
   ...syncEventSchema.omit({ baseEventId: true, patch: true }).shape,
   seq: sequenceSchema,
-  // Left out of protocol 2 pull replies when it is the clock's node, as it nearly always is (see toRemoteEvent).
+  // Left out of protocol 2 pull replies when it is the clock's node, as it nearly always is (see toSlimRemoteEvent).
   clientId: clientIdSchema.optional(),
 });
 export type WireRemoteEvent = z.infer<typeof remoteEventSchema>;
