@@ -22,21 +22,41 @@ const goodEvent = {
   hlc: '001700000000000-000000-s', seq: 1, clientId: 'other',
 };
 
-/** A fake sync server whose pull answer and live messages are given by the test. */
-async function hostileServer(pullReply: unknown | ((call: number) => unknown), live?: unknown): Promise<string> {
-  let calls = 0;
+/** A socket.io server on a free loopback port, set up by `configure`; resolves with its URL. */
+async function fakeServer(configure: (server: Server) => void): Promise<string> {
   httpServer = createServer();
   io = new Server(httpServer);
-  io.on('connection', (socket) => {
+  configure(io);
+  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
+  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+}
+
+/**
+ * Refuses every handshake but protocol 1's the way a server of the earlier
+ * release did; `named`: naming the versions it speaks, as that release did
+ * (builds before it refused without naming them). Records each version asked.
+ */
+function speakOnlyProtocol1(server: Server, handshakes: unknown[] = [], named = true): void {
+  server.use((socket, next) => {
+    const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
+    handshakes.push(version);
+    if (version === 1) return next();
+    const message = `protocol version ${String(version)} is not supported; this server speaks 1`;
+    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, ...(named ? { details: { supported: [1] } } : {}) } }));
+  });
+}
+
+/** A fake sync server whose pull answer and live messages are given by the test. */
+function hostileServer(pullReply: unknown | ((call: number) => unknown), live?: unknown): Promise<string> {
+  let calls = 0;
+  return fakeServer((server) => server.on('connection', (socket) => {
     socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
     socket.on('sync:push', (_message, ack) => ack({ ok: true, results: [] }));
     socket.on('sync:pull', (_message, ack) => {
       ack(typeof pullReply === 'function' ? pullReply(++calls) : pullReply);
       if (live !== undefined) socket.emit('sync:events', live);
     });
-  });
-  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
-  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+  }));
 }
 
 const cases: [string, unknown, unknown?][] = [
@@ -85,31 +105,22 @@ it('rejects a pull answer whose checkpoint is behind the one it already has: che
  * and took single sequences only in a pull's `have` (not ranges), under that
  * same version; it accepts every push, answering in protocol 1.
  */
-async function previousReleaseServer(haves: unknown[], handshakes: unknown[] = [], { named = true } = {}): Promise<string> {
+function previousReleaseServer(haves: unknown[], handshakes: unknown[] = [], { named = true } = {}): Promise<string> {
   let seq = 0;
-  httpServer = createServer();
-  io = new Server(httpServer);
-  io.use((socket, next) => {
-    const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
-    handshakes.push(version);
-    if (version === 1) return next();
-    // `named`: as the release did; without it, as builds did before a refusal named the versions.
-    const message = `protocol version ${String(version)} is not supported; this server speaks 1`;
-    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, ...(named ? { details: { supported: [1] } } : {}) } }));
-  });
-  io.on('connection', (socket) => {
-    socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
-    socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: m.events.map((e) => ({ id: e.id, status: 'accepted', seq: ++seq })) }));
-    socket.on('sync:pull', (m: { checkpoint: number; have?: unknown }, ack) => {
-      haves.push(m.have);
-      if (!z.array(sequenceSchema).max(5000).optional().safeParse(m.have).success) {
-        return ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'pull message: have: expected number' } });
-      }
-      ack({ ok: true, events: [], checkpoint: seq, hasMore: false });
+  return fakeServer((server) => {
+    speakOnlyProtocol1(server, handshakes, named);
+    server.on('connection', (socket) => {
+      socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
+      socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: m.events.map((e) => ({ id: e.id, status: 'accepted', seq: ++seq })) }));
+      socket.on('sync:pull', (m: { checkpoint: number; have?: unknown }, ack) => {
+        haves.push(m.have);
+        if (!z.array(sequenceSchema).max(5000).optional().safeParse(m.have).success) {
+          return ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'pull message: have: expected number' } });
+        }
+        ack({ ok: true, events: [], checkpoint: seq, hasMore: false });
+      });
     });
   });
-  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
-  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
 }
 
 it('a server of an earlier release, which takes single sequences only in a pull\'s have, is asked again with them and from then on', async () => {
@@ -143,16 +154,14 @@ it('a server that refuses protocol 2 without naming the versions it speaks is sp
 
 it('a server that refuses every version it is asked in, naming the other, gets a few handshakes and an error, not a storm', async () => {
   const handshakes: unknown[] = [];
-  httpServer = createServer();
-  io = new Server(httpServer);
-  io.use((socket, next) => {
-    const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
-    handshakes.push(version);
-    const message = `protocol version ${String(version)} is not supported`;
-    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, details: { supported: version === 1 ? [2] : [1] } } }));
-  });
-  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
-  const url = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+  const url = await fakeServer((server) =>
+    server.use((socket, next) => {
+      const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
+      handshakes.push(version);
+      const message = `protocol version ${String(version)} is not supported`;
+      next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, details: { supported: version === 1 ? [2] : [1] } } }));
+    }),
+  );
   const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 200, useExponentialBackoff: false } });
   clients.push(client);
   expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'UNSUPPORTED_PROTOCOL' } });
@@ -164,18 +173,16 @@ it('a server that refuses every version it is asked in, naming the other, gets a
   expect(handshakes.length).toBeLessThan(10);
 });
 
-/** A server that takes a push and answers it as `answer` says, in the protocol version the client asked for. */
-async function pushAnswerServer(answer: (events: { id: string }[], version: number) => unknown[]): Promise<string> {
-  httpServer = createServer();
-  io = new Server(httpServer);
-  io.on('connection', (socket) => {
-    const version = (socket.handshake.auth as { protocolVersion: number }).protocolVersion;
-    socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
-    socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: answer(m.events, version) }));
-    socket.on('sync:pull', (_m, ack) => ack({ ok: true, events: [], checkpoint: 0, hasMore: false }));
+/** A server that takes a push and answers it as `answer` says; `protocol1Only`: refusing protocol 2 first, so that the client speaks 1. */
+function pushAnswerServer(answer: (events: { id: string }[]) => unknown[], protocol1Only = false): Promise<string> {
+  return fakeServer((server) => {
+    if (protocol1Only) speakOnlyProtocol1(server);
+    server.on('connection', (socket) => {
+      socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
+      socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: answer(m.events) }));
+      socket.on('sync:pull', (_m, ack) => ack({ ok: true, events: [], checkpoint: 0, hasMore: false }));
+    });
   });
-  await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
-  return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
 }
 
 describe('a push answer that does not match the push is refused, and nothing is taken as acknowledged', () => {
@@ -193,13 +200,7 @@ describe('a push answer that does not match the push is refused, and nothing is 
   });
 
   it('protocol 1: results naming other events', async () => {
-    // Refuses 2 first, so that the client speaks 1.
-    const url = await pushAnswerServer((events) => events.map((_, i) => ({ id: `another-event-${i}`, status: 'accepted', seq: i + 1 })));
-    io!.use((socket, next) => {
-      if ((socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion === 1) return next();
-      next(Object.assign(new Error('protocol 1 only'), { data: { code: 'UNSUPPORTED_PROTOCOL', message: 'protocol 1 only', details: { supported: [1] } } }));
-    });
-    await pushTwo(url);
+    await pushTwo(await pushAnswerServer((events) => events.map((_, i) => ({ id: `another-event-${i}`, status: 'accepted', seq: i + 1 })), true));
   });
 });
 
