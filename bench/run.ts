@@ -21,10 +21,11 @@ import { liveLatency } from './scenarios/live-latency.js';
 import { push } from './scenarios/push.js';
 import { slowLink } from './scenarios/slow-link.js';
 import { throughput } from './scenarios/throughput.js';
+import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, slowLink, push, liveLatency, fanOut, throughput];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {

@@ -25,10 +25,15 @@ export async function profiled<T>(name: string, task: () => Promise<T>): Promise
     await session.post('Profiler.setSamplingInterval', { interval: 200 });
   }
   await session.post('Profiler.start');
+  if (process.env.BENCH_HEAP) await session.post('HeapProfiler.startSampling', { samplingInterval: 4096 });
   try {
     return await task();
   } finally {
     const { profile } = await session.post('Profiler.stop');
+    if (process.env.BENCH_HEAP) {
+      const heap = await session.post('HeapProfiler.stopSampling');
+      writeFileSync(join(directory, `${name.replace(/[^a-z0-9._-]+/gi, '_')}.heapprofile`), JSON.stringify(heap.profile));
+    }
     writeFileSync(join(directory, `${name.replace(/[^a-z0-9._-]+/gi, '_')}.cpuprofile`), JSON.stringify(profile));
   }
 }

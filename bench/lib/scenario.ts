@@ -26,7 +26,7 @@ export interface BenchConfig {
 /** One reported figure: the median over `runs`. */
 export interface Measurement {
   scenario: string;
-  system: SystemId | 'local-bulkInsert';
+  system: SystemId | 'local-bulkInsert' | 'bare-socket.io';
   metric: string;
   unit: 'ms' | 'MB' | 'docs/s';
   value: number;
@@ -46,4 +46,18 @@ export interface ScenarioContext {
 export interface Scenario {
   name: string;
   run(ctx: ScenarioContext): Promise<void>;
+}
+
+/**
+ * The runs of every system, interleaved: run 1 of each system, then run 2 of
+ * each in the reverse order, and so on (A B, B A, A B). This machine's speed
+ * drifts by tens of percent over minutes; measured one system after the
+ * other, that drift lands on one side of a ratio. Interleaved, both sides
+ * meet it alike, and neither always runs first after the other's garbage.
+ */
+export function* alternating<S>(systems: readonly S[], runs: number): Generator<{ system: S; run: number }> {
+  for (let run = 0; run < runs; run++) {
+    const order = run % 2 === 0 ? systems : [...systems].reverse();
+    for (const system of order) yield { system, run };
+  }
 }

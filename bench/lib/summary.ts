@@ -73,6 +73,16 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
       met: ratio <= 4,
     });
   }
+  const pulls = find(all, { scenario: 'wire', n: targetN, metric: 'pull-pages' });
+  const alone = find(all, { scenario: 'wire', n: targetN, metric: 'documents' });
+  if (targetN !== undefined && (pulls || alone)) {
+    if (pulls) rows.push({ label: `wire: bare pulls of ${kilo(targetN)}, nothing checked or stored`, unit: 'ms', ours: pulls.value });
+    if (alone) rows.push({ label: `wire: the ${kilo(targetN)} documents alone over socket.io`, unit: 'ms', ours: alone.value });
+    // No initial sync over this protocol can take less than storing the documents plus receiving them.
+    if (pulls && floor && rxdbAtTarget) {
+      rows.push({ label: `best possible vs RxDB, ${kilo(targetN)}: RxDB ÷ (floor + bare pulls)`, unit: 'x', ours: rxdbAtTarget.value / (floor.value + pulls.value) });
+    }
+  }
   if (sizes.length >= 2) {
     const [small, big] = sizes.slice(-2) as [number, number];
     const limit = 1.25 * (big / small);

@@ -4,13 +4,13 @@ import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
 import { io } from 'socket.io-client';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent, type WirePullReply } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc, withoutNode } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
 import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
 import { listenOnLoopback } from '../lib/listen.js';
-import type { BenchClient, BenchPusher, BenchServer, BenchSystem } from './types.js';
+import type { BenchClient, BenchPuller, BenchPusher, BenchServer, BenchSystem } from './types.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
 
@@ -86,14 +86,28 @@ export const offlineSync: BenchSystem = {
           close: () => dropTodoDatabase(db),
         };
       },
+      async openPuller(): Promise<BenchPuller> {
+        const socket = await bareSocket(url, `puller-${randomUUID()}`);
+        return {
+          async pullAll(limit) {
+            let checkpoint = 0;
+            let received = 0;
+            for (;;) {
+              const reply = (await socket.emitWithAck(MESSAGE.pull, { checkpoint, collections: ['todos'], limit })) as
+                | ({ ok: true } & WirePullReply)
+                | { ok: false; error: { message: string } };
+              if (!reply.ok) throw new Error(`pull refused: ${reply.error.message}`);
+              received += reply.events.length;
+              checkpoint = reply.checkpoint;
+              if (!reply.hasMore) return received;
+            }
+          },
+          close: () => void socket.close(),
+        };
+      },
       async openPusher(): Promise<BenchPusher> {
         const clientId = `pusher-${randomUUID()}`;
-        // forceNew: a bare connection of its own, outside socket.io-client's per-URL Manager cache.
-        const socket = io(url, { forceNew: true, transports: ['websocket'], reconnection: false, auth: { protocolVersion: PROTOCOL_VERSION, clientId } });
-        await new Promise<void>((resolve, reject) => {
-          socket.once('connect', resolve);
-          socket.once('connect_error', reject);
-        });
+        const socket = await bareSocket(url, clientId);
         let counter = 0;
         return {
           async push(todos) {
@@ -125,3 +139,13 @@ export const offlineSync: BenchSystem = {
     return bench;
   },
 };
+
+/** A protocol connection of its own (forceNew: outside socket.io-client's per-URL Manager cache), in the current protocol. */
+async function bareSocket(url: string, clientId: string) {
+  const socket = io(url, { forceNew: true, transports: ['websocket'], reconnection: false, auth: { protocolVersion: PROTOCOL_VERSION, clientId } });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('connect_error', reject);
+  });
+  return socket;
+}

@@ -33,6 +33,12 @@ export interface BenchServer {
   openClient(options?: { port?: number }): Promise<BenchClient>;
   /** A bare protocol connection that pushes prepared documents, with no local database: loads the server alone. */
   openPusher(): Promise<BenchPusher>;
+  /**
+   * A bare protocol connection that pulls every event in pages, as a fresh
+   * client's first sync asks for them, and neither checks nor stores any:
+   * what the server and the wire cost alone. Only for this project.
+   */
+  openPuller?(): Promise<BenchPuller>;
   stop(): Promise<void>;
 }
 
@@ -47,6 +53,12 @@ export interface BenchClient {
    */
   settled(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface BenchPuller {
+  /** Pulls from sequence 0 in pages of `limit` until the server has no more; resolves with the number of events received. */
+  pullAll(limit: number): Promise<number>;
+  close(): void;
 }
 
 export interface BenchPusher {
