@@ -32,34 +32,54 @@ async function fakeServer(configure: (server: Server) => void): Promise<string> 
 }
 
 /**
- * Refuses every handshake but protocol 1's the way a server of the earlier
- * release did; `named`: naming the versions it speaks, as that release did
- * (builds before it refused without naming them). Records each version asked.
+ * Refuses every handshake in a version but `speaks` the way a server of an
+ * earlier release did; `named`: naming the versions it speaks, as releases
+ * since protocol 2 do (builds before refused without naming them). Records
+ * each version asked.
  */
-function speakOnlyProtocol1(server: Server, handshakes: unknown[] = [], named = true): void {
+function speakOnly(server: Server, speaks: readonly number[], handshakes: unknown[] = [], named = true): void {
   server.use((socket, next) => {
     const version = (socket.handshake.auth as { protocolVersion?: unknown }).protocolVersion;
     handshakes.push(version);
-    if (version === 1) return next();
-    const message = `protocol version ${String(version)} is not supported; this server speaks 1`;
-    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, ...(named ? { details: { supported: [1] } } : {}) } }));
+    if (speaks.includes(version as number)) return next();
+    const message = `protocol version ${String(version)} is not supported; this server speaks ${speaks.join(', ')}`;
+    next(Object.assign(new Error(message), { data: { code: 'UNSUPPORTED_PROTOCOL', message, ...(named ? { details: { supported: speaks } } : {}) } }));
   });
 }
 
-/** A fake sync server whose pull answer and live messages are given by the test. */
-function hostileServer(pullReply: unknown | ((call: number) => unknown), live?: unknown): Promise<string> {
+/**
+ * A fake sync server whose pull answer and live messages are given by the
+ * test, in the protocol version `speaks` (the client falls back to it):
+ * 2 for answers with events as objects, 3 for pull pages of rows.
+ */
+function hostileServer(pullReply: unknown | ((call: number) => unknown), live?: unknown, speaks = 2): Promise<string> {
   let calls = 0;
-  return fakeServer((server) => server.on('connection', (socket) => {
-    socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
-    socket.on('sync:push', (_message, ack) => ack({ ok: true, results: [] }));
-    socket.on('sync:pull', (_message, ack) => {
-      ack(typeof pullReply === 'function' ? pullReply(++calls) : pullReply);
-      if (live !== undefined) socket.emit('sync:events', live);
+  return fakeServer((server) => {
+    speakOnly(server, [speaks]);
+    server.on('connection', (socket) => {
+      socket.on('sync:subscribe', (_message, ack) => ack({ ok: true, collections: ['todos'] }));
+      socket.on('sync:push', (_message, ack) => ack({ ok: true, results: [] }));
+      socket.on('sync:pull', (_message, ack) => {
+        ack(typeof pullReply === 'function' ? pullReply(++calls) : pullReply);
+        if (live !== undefined) socket.emit('sync:events', live);
+      });
     });
-  }));
+  });
 }
 
-const cases: [string, unknown, unknown?][] = [
+/** A good protocol 3 pull page of one event; `row` and `page` change it. */
+const goodPage = (row: (good: unknown[]) => unknown[] = (good) => good, page: Record<string, unknown> = {}) => ({
+  ok: true,
+  collections: ['todos'],
+  nodes: ['s'],
+  events: [row(['evt-00000001', 0, 'x', 'insert', { id: 'x', title: 't', done: false }, '001700000000000-000000', 0, 1, 'other'])],
+  checkpoint: 1,
+  hasMore: false,
+  ...page,
+});
+
+/** What the client is sent, what it was sent live (if anything), and the protocol version the fake server speaks. */
+const cases: [string, unknown, unknown?, number?][] = [
   ['a pull reply with wrong types', { ok: true, events: 'nope', checkpoint: 'x', hasMore: 1 }],
   ['an event with an unknown operation', { ok: true, events: [{ ...goodEvent, op: 'explode' }], checkpoint: 1, hasMore: false }],
   ['an event for a collection it did not ask for', { ok: true, events: [{ ...goodEvent, collection: 'secrets' }], checkpoint: 1, hasMore: false }],
@@ -67,12 +87,20 @@ const cases: [string, unknown, unknown?][] = [
   ['an event without an author whose clock\'s node is no client id', { ok: true, events: [{ ...goodEvent, clientId: undefined, hlc: `001700000000000-000000-${'x'.repeat(200)}` }], checkpoint: 1, hasMore: false }],
   ['a live message that is not a list of events', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ garbage: true }] }],
   ['a live event for a collection it did not ask for', { ok: true, events: [], checkpoint: 0, hasMore: false }, { events: [{ ...goodEvent, collection: 'secrets' }] }],
+  ['a pull answer in protocol 2\'s form where 3 was spoken', { ok: true, events: [goodEvent], checkpoint: 1, hasMore: false }, undefined, 3],
+  ['a pull page row naming a collection the page does not list', goodPage((row) => row.with(1, 1)), undefined, 3],
+  ['a pull page row naming a clock node the page does not list', goodPage((row) => row.with(6, 1)), undefined, 3],
+  ['a pull page row with a whole clock where its time belongs', goodPage((row) => row.with(5, '001700000000000-000000-s')), undefined, 3],
+  ['a pull page row with more fields than a row has', goodPage((row) => [...row, 'extra']), undefined, 3],
+  ['a pull page row with an unknown operation', goodPage((row) => row.with(3, 'explode')), undefined, 3],
+  ['a pull page listing a collection it did not ask for', goodPage(undefined, { collections: ['secrets'] }), undefined, 3],
+  ['a pull page row without an author whose clock\'s node is no client id', goodPage((row) => row.slice(0, 8), { nodes: ['x'.repeat(200)] }), undefined, 3],
 ];
 
 describe('a client facing a malformed server', () => {
-  for (const [what, pullReply, live] of cases) {
+  for (const [what, pullReply, live, speaks] of cases) {
     it(`rejects ${what}: error status, nothing applied`, async () => {
-      const url = await hostileServer(pullReply, live);
+      const url = await hostileServer(pullReply, live, speaks);
       const client = await startClient(url, { autoSync: false });
       clients.push(client);
       const errors: string[] = [];
@@ -86,6 +114,15 @@ describe('a client facing a malformed server', () => {
       expect(await client.todos.count().exec()).toBe(0);
     });
   }
+});
+
+it('applies a good protocol 3 pull page, the one each refused page above differs from in one field', async () => {
+  const url = await hostileServer(goodPage(), undefined, 3);
+  const client = await startClient(url, { autoSync: false });
+  clients.push(client);
+  expect(await client.sync.syncNow()).toMatchObject({ success: true, syncedEvents: 1 });
+  expect((await client.todos.findOne('x').exec())?.title).toBe('t');
+  expect(client.sync.getStatus().error).toBeNull();
 });
 
 it('rejects a pull answer whose checkpoint is behind the one it already has: checkpoints only move forward', async () => {
@@ -108,7 +145,7 @@ it('rejects a pull answer whose checkpoint is behind the one it already has: che
 function previousReleaseServer(haves: unknown[], handshakes: unknown[] = [], { named = true } = {}): Promise<string> {
   let seq = 0;
   return fakeServer((server) => {
-    speakOnlyProtocol1(server, handshakes, named);
+    speakOnly(server, [1], handshakes, named);
     server.on('connection', (socket) => {
       socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
       socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: m.events.map((e) => ({ id: e.id, status: 'accepted', seq: ++seq })) }));
@@ -137,19 +174,20 @@ it('a server of an earlier release, which takes single sequences only in a pull\
   await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'the later writes logged');
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
   expect(haves.slice(2)).toEqual([[3, 4]]);
-  // It was asked in protocol 2 once, refused it, and was spoken to in protocol 1 from then on.
-  expect(handshakes).toEqual([2, 1]);
+  // It was asked in protocol 3 once, refused it, and was spoken to in protocol 1 (the one it named) from then on.
+  expect(handshakes).toEqual([3, 1]);
   expect(client.sync.getStatus().error).toBeNull();
 });
 
-it('a server that refuses protocol 2 without naming the versions it speaks is spoken to in 1', async () => {
+it('a server that refuses protocols 3 and 2 without naming the versions it speaks is spoken to in 1', async () => {
   const handshakes: unknown[] = [];
   const url = await previousReleaseServer([], handshakes, { named: false });
   const client = await startClient(url, { autoSync: false });
   clients.push(client);
   await client.todos.insert({ id: 'a', title: 'a', done: false });
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
-  expect(handshakes).toEqual([2, 1]);
+  // One version down at a time.
+  expect(handshakes).toEqual([3, 2, 1]);
 });
 
 it('a server that refuses every version it is asked in, naming the other, gets a few handshakes and an error, not a storm', async () => {
@@ -168,15 +206,15 @@ it('a server that refuses every version it is asked in, naming the other, gets a
   await waitFor(() => client.sync.getStatus().error?.code === 'UNSUPPORTED_PROTOCOL', 'the refusal to show in the status');
   await new Promise((resolve) => setTimeout(resolve, 500));
   // Down to 1 once, then only retries in 1, with the retry delay between them.
-  expect(handshakes.slice(0, 2)).toEqual([2, 1]);
+  expect(handshakes.slice(0, 2)).toEqual([3, 1]);
   expect(handshakes.slice(2).every((version) => version === 1)).toBe(true);
   expect(handshakes.length).toBeLessThan(10);
 });
 
-/** A server that takes a push and answers it as `answer` says; `protocol1Only`: refusing protocol 2 first, so that the client speaks 1. */
+/** A server that takes a push and answers it as `answer` says; `protocol1Only`: refusing the newer versions first, so that the client speaks 1. */
 function pushAnswerServer(answer: (events: { id: string }[]) => unknown[], protocol1Only = false): Promise<string> {
   return fakeServer((server) => {
-    if (protocol1Only) speakOnlyProtocol1(server);
+    if (protocol1Only) speakOnly(server, [1]);
     server.on('connection', (socket) => {
       socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
       socket.on('sync:push', (m: { events: { id: string }[] }, ack) => ack({ ok: true, results: answer(m.events) }));
@@ -195,7 +233,7 @@ describe('a push answer that does not match the push is refused, and nothing is 
     expect(client.sync.getStatus().pendingEvents).toBe(2);
   };
 
-  it('protocol 2: one sequence for two events', async () => {
+  it('protocol 2 and later: one sequence for two events', async () => {
     await pushTwo(await pushAnswerServer(() => [1]));
   });
 

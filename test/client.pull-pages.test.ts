@@ -15,7 +15,10 @@ import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { Transport } from '../src/client/transport.js';
 import { closeAfterEach, contents, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
-import { MESSAGE } from '../src/shared/protocol.js';
+import { MESSAGE, toPullPage, type StoredEvent } from '../src/shared/protocol.js';
+
+/** Events in the form a fake server of the current protocol pulls them in. */
+const pullPage = (events: readonly object[]) => toPullPage(events as StoredEvent[]);
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -187,7 +190,7 @@ describe('the first sync run on a connection', () => {
 
   const oneEvent = {
     ok: true,
-    events: [{ id: 'evt-00000001', collection: 'todos', documentId: 'x', op: 'insert', data: { id: 'x', title: 't', done: false }, hlc: '001700000000000-000000-s', seq: 1, clientId: 'other' }],
+    ...pullPage([{ id: 'evt-00000001', collection: 'todos', documentId: 'x', op: 'insert', data: { id: 'x', title: 't', done: false }, hlc: '001700000000000-000000-s', seq: 1, clientId: 'other' }]),
     checkpoint: 1,
     hasMore: false,
   };
@@ -324,7 +327,7 @@ describe('the pull that follows live messages', () => {
       socket.on('sync:push', (_m, ack) => ack({ ok: true, results: [] }));
       socket.on('sync:pull', (m: { checkpoint: number }, ack) => {
         pulls.push(m);
-        ack({ ok: true, events: all.slice(0, visible).filter((e) => e.seq > m.checkpoint), checkpoint: visible, hasMore: false });
+        ack({ ok: true, ...pullPage(all.slice(0, visible).filter((e) => e.seq > m.checkpoint)), checkpoint: visible, hasMore: false });
       });
     });
     await new Promise<void>((resolve) => http.listen(0, '127.0.0.1', resolve));

@@ -171,7 +171,7 @@ const overTransportLimit = (item: Message) => {
  * Sends one batch: messages on a socket that must survive them and get an
  * answer; raw frames and messages over the transport limit on one that may be dropped.
  */
-async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2): Promise<void> {
+async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2 | 3): Promise<void> {
   const socket = await rawSocket(server.url, { protocolVersion });
   const frameSocket = await rawSocket(server.url, { protocolVersion });
   try {
@@ -201,7 +201,7 @@ async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2): Pr
           // A clear refusal, never an internal failure.
           if (!reply.ok) expect(CLEAR_ERRORS, what).toContain(reply.error.code);
           // Nothing hostile may be stored: a push that got through validation has every event refused.
-          // (In protocol 2 a stored event is answered with a bare sequence number.)
+          // (In protocols 2 and 3 a stored event is answered with a bare sequence number.)
           if (reply.ok && item.type === MESSAGE.push) {
             expect(reply.results.every((r: unknown) => typeof r === 'object' && (r as { status?: unknown }).status === 'rejected'), what).toBe(true);
           }
@@ -239,8 +239,8 @@ describe('fuzz: hostile messages at a live server', () => {
       let runs = 0;
       try {
         await fc.assert(
-          // In both protocol versions: they differ in how pushes are shaped and answered.
-          fc.asyncProperty(batch, fc.constantFrom(1 as const, 2 as const), async (messages, protocolVersion) => {
+          // In every protocol version: they differ in how pushes are shaped and answered, and pulls are shaped.
+          fc.asyncProperty(batch, fc.constantFrom(1 as const, 2 as const, 3 as const), async (messages, protocolVersion) => {
             runs++;
             await attack(messages, protocolVersion);
           }),

@@ -1,12 +1,12 @@
 /**
- * Protocol 2 beside protocol 1: slimmer pushes and answers for clients of
- * this release, the same server still serving clients of the earlier one,
- * and both kinds of client meeting in one collection.
+ * Protocols 3 and 2 beside protocol 1: slimmer pushes and answers, pulls in
+ * pages of rows, the same server still serving clients of earlier releases,
+ * and clients of each version meeting in one collection.
  */
 import type { Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatHlc, withNode, withoutNode } from '../src/shared/hlc.js';
-import { MESSAGE, type StoredEvent } from '../src/shared/protocol.js';
+import { MESSAGE, fromPullPage, type PullPage, type StoredEvent } from '../src/shared/protocol.js';
 import { contents, rawEvent, rawSocket, request, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
@@ -20,7 +20,7 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function open(protocolVersion: 1 | 2, clientId = `raw-${uniqueName()}`) {
+async function open(protocolVersion: 1 | 2 | 3, clientId = `raw-${uniqueName()}`) {
   const socket = await rawSocket(server!.url, { protocolVersion, clientId });
   sockets.push(socket);
   return { socket, clientId };
@@ -171,5 +171,56 @@ describe('a server speaking both versions', () => {
       ['mine', writer.clientId],
       ['kept', writer.clientId],
     ]);
+  });
+
+  it('sends protocol 3 pulls as pages of rows, each collection and clock node listed once, that read back as the whole events', async () => {
+    server = await startServer({ collections: ['todos', 'notes'] });
+    const writers = [await open(2), await open(2)];
+    const millis = Date.now();
+    let counter = 0;
+    for (const [i, writer] of writers.entries()) {
+      const own = (collection: string, documentId: string) =>
+        rawEvent({ collection, documentId, hlc: withoutNode(formatHlc({ millis, counter: counter++, node: writer.clientId }), writer.clientId) });
+      await request(writer.socket, MESSAGE.push, { events: [own('todos', `t${i}`), own('notes', `n${i}`), own('todos', `u${i}`)] });
+    }
+    // A clock whose node is not its author (a resolution that kept a remote write's clock).
+    const kept = rawEvent({ documentId: 'kept', hlc: formatHlc({ millis, counter: counter++, node: writers[0]!.clientId }) });
+    await request(writers[1]!.socket, MESSAGE.push, { events: [kept] });
+
+    const ask = { checkpoint: 0, collections: ['todos', 'notes'] };
+    const page = (await request((await open(3)).socket, MESSAGE.pull, ask)) as PullPage & { ok: true };
+    expect(page).not.toHaveProperty('events.0.id');
+    expect(page.collections).toEqual(['todos', 'notes']);
+    expect(page.nodes).toEqual(writers.map((writer) => writer.clientId));
+    expect(page.events).toHaveLength(7);
+    // Only the row whose author is not its clock's node names it.
+    expect(page.events.map((row) => row.length)).toEqual([8, 8, 8, 8, 8, 8, 9]);
+    expect(page.events[6]![8]).toBe(writers[1]!.clientId);
+
+    const whole = await request((await open(1)).socket, MESSAGE.pull, ask);
+    expect(fromPullPage(page)).toEqual(whole.events);
+    expect(page.checkpoint).toBe(whole.checkpoint);
+    expect(page.hasMore).toBe(whole.hasMore);
+  });
+
+  it('lets the plugin, speaking protocol 3, pull pages of another client\'s writes and stamp each document with its author', async () => {
+    server = await startServer();
+    const pulls: unknown[] = [];
+    server.server.getIo().on('connection', (socket) => {
+      socket.onAny((type: string) => type === MESSAGE.pull && pulls.push(socket.handshake.auth.protocolVersion));
+    });
+    const writer = await open(2);
+    const docs = Array.from({ length: 5 }, (_, i) => rawEvent({ documentId: `d${i}`, data: { id: `d${i}`, title: `title ${i}`, done: i % 2 === 0 } }));
+    await request(writer.socket, MESSAGE.push, { events: docs });
+    const plugin = await startClient(server.url, { pullBatchSize: 2 });
+    clients.push(plugin);
+    await waitFor(async () => (await plugin.todos.find().exec()).length === 5, 'the plugin to pull all five');
+    expect(pulls.length).toBeGreaterThanOrEqual(3);
+    expect(new Set(pulls)).toEqual(new Set([3]));
+    expect((await contents(plugin.todos)).map((doc) => doc.title)).toEqual(docs.map((_, i) => `title ${i}`));
+    const stored = await plugin.todos.storageInstance.findDocumentsById(docs.map((doc) => doc.documentId), false);
+    expect(stored.map((doc) => (doc._meta as Record<string, unknown[]>).rxofflinesync?.slice(0, 4))).toEqual(
+      (await storedEvents()).map((event) => [event.seq, event.id, event.hlc, event.clientId]),
+    );
   });
 });

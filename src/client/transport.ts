@@ -11,6 +11,8 @@ import {
   ackSchema,
   liveMessageSchema,
   parseMessage,
+  fromPullPage,
+  pullPageSchema,
   pullReplySchema,
   pushReplySchema,
   pushReplyV1Schema,
@@ -19,6 +21,7 @@ import {
   type ClientToServerEvents,
   type LiveMessage,
   type PullMessage,
+  type PullPage,
   type PullReply,
   type WirePullReply,
   completeRemoteEvent,
@@ -45,6 +48,7 @@ export interface TransportEvents {
 const pushAck = ackSchema(pushReplySchema);
 const pushAckV1 = ackSchema(pushReplyV1Schema);
 const pullAck = ackSchema(pullReplySchema);
+const pullPageAck = ackSchema(pullPageSchema);
 const subscribeAck = ackSchema(subscribeReplySchema);
 
 export class Transport {
@@ -217,6 +221,10 @@ export class Transport {
   }
 
   async pull(message: PullMessage): Promise<PullReply> {
+    if (this.protocol === 3) {
+      const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck);
+      return { events: fromPullPage(page), checkpoint: page.checkpoint, hasMore: page.hasMore };
+    }
     const reply = await this.request<WirePullReply>(MESSAGE.pull, message, pullAck);
     return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });
   }
@@ -256,7 +264,7 @@ export class Transport {
 
 const mismatch = () => new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
 
-/** An event as protocol 2 pushes it: without a null base, and without the node of a clock that is this client's. */
+/** An event as protocols 2 and 3 push it: without a null base, and without the node of a clock that is this client's. */
 function slim(event: SyncEvent, clientId: string): PushedEvent {
   const pushed: PushedEvent = { id: event.id, collection: event.collection, documentId: event.documentId, op: event.op, data: event.data, hlc: withoutNode(event.hlc, clientId) };
   if (event.patch) pushed.patch = event.patch;

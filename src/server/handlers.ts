@@ -12,6 +12,7 @@ import {
   subscribeMessageSchema,
   MESSAGE,
   type ClientToServerEvents,
+  type PullPage,
   type WirePullReply,
   type PushReply,
   type PushReplyV1,
@@ -23,6 +24,7 @@ import {
   type ServerToClientEvents,
   type StoredEvent,
   toRemoteEvent,
+  toPullPage,
   toSlimRemoteEvent,
   type SubscribeReply,
   type SyncEvent,
@@ -262,7 +264,7 @@ async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
   }
 }
 
-export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<WirePullReply> {
+export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<WirePullReply | PullPage> {
   const started = performance.now();
   const message = parseMessage(pullMessageSchema, raw, 'pull message');
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
@@ -286,6 +288,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
+  if (socket.data.protocol === 3) return { ...toPullPage(visible), checkpoint, hasMore };
   return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
 }
 

@@ -38,7 +38,7 @@ export const HLC_PATTERN = /^\d{15}-[0-9a-z]{6}-.+$/;
 /** Length of a timestamp without its node: time and counter only. */
 const TIME_LENGTH = MILLIS_WIDTH + 1 + COUNTER_WIDTH;
 
-/** A timestamp as a client may push it (protocol 2): without its node when the node is the pushing client. */
+/** A timestamp as a client may push it (protocol 2 and later): without its node when the node is the pushing client. */
 export const PUSHED_HLC_PATTERN = /^\d{15}-[0-9a-z]{6}(?:-.+)?$/;
 
 /** True when `node` is the node of the (whole) timestamp `hlc`. */
@@ -49,6 +49,14 @@ export function hasNode(hlc: string, node: string): boolean {
 /** The node of a whole timestamp (one that matches HLC_PATTERN). */
 export function nodeOf(hlc: string): string {
   return hlc.slice(TIME_LENGTH + 1);
+}
+
+/** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
+export const CLOCK_TIME_PATTERN = /^\d{15}-[0-9a-z]{6}$/;
+
+/** The time and counter of a whole timestamp (one that matches HLC_PATTERN), without its node. */
+export function timeOf(hlc: string): string {
+  return hlc.slice(0, TIME_LENGTH);
 }
 
 /** The timestamp without its node when the node is `node` (the pusher's own id, which the server knows); else unchanged. */

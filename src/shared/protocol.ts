@@ -5,18 +5,20 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
-import { HLC_PATTERN, PUSHED_HLC_PATTERN, hasNode, nodeOf, withNode } from './hlc.js';
+import { CLOCK_TIME_PATTERN, HLC_PATTERN, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode } from './hlc.js';
 
 /**
  * Carried in the handshake; a server refuses versions it does not speak and
  * names those it does, and a client then tries the newest of those it also
  * speaks. Version 2 pushes slimmer events, gets slimmer answers and pulls
  * slimmer events (see pushedEventSchema, pushReplySchema and
- * toSlimRemoteEvent); everything else is as in 1.
+ * toSlimRemoteEvent); everything else is as in 1. Version 3 pulls pages in
+ * rows, with each collection name and clock node of a page listed once (see
+ * toPullPage); everything else is as in 2.
  */
-export const PROTOCOL_VERSION = 2;
+export const PROTOCOL_VERSION = 3;
 /** Every version this release speaks, as a server and as a client. */
-export const PROTOCOL_VERSIONS = [1, 2] as const;
+export const PROTOCOL_VERSIONS = [1, 2, 3] as const;
 export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 
 export const MESSAGE = {
@@ -114,7 +116,7 @@ export const remoteEventSchema = z.object({
   // Not strict: fields a later server adds are dropped, not refused.
   ...syncEventSchema.omit({ baseEventId: true, patch: true }).shape,
   seq: sequenceSchema,
-  // Left out of protocol 2 pull replies when it is the clock's node, as it nearly always is (see toSlimRemoteEvent).
+  // Left out of protocol 2 pull replies when it is the clock's node, as it nearly always is (see toSlimRemoteEvent; protocol 3 pulls rows, see toPullPage).
   clientId: clientIdSchema.optional(),
 });
 export type WireRemoteEvent = z.infer<typeof remoteEventSchema>;
@@ -147,6 +149,83 @@ export function completeRemoteEvent(event: WireRemoteEvent): RemoteEvent {
     event.clientId = node;
   }
   return event as RemoteEvent;
+}
+
+/**
+ * One event of a protocol 3 pull page, as a row: id, index of its collection
+ * in the page's `collections`, document id, operation, data, its clock's
+ * time and counter, index of its clock's node in the page's `nodes`,
+ * sequence, and (only when it is not that node) its author.
+ */
+export const pageEventSchema = z.tuple(
+  [eventIdSchema, z.number().int().nonnegative(), documentIdSchema, z.enum(OPERATIONS), jsonObjectSchema, z.string().regex(CLOCK_TIME_PATTERN, 'the time and counter of a clock'), z.number().int().nonnegative(), sequenceSchema],
+  clientIdSchema,
+);
+export type PageEvent = z.infer<typeof pageEventSchema>;
+
+/**
+ * A protocol 3 pull reply. Most of an event's bytes besides its data were
+ * its field names, its collection and its clock's node (a UUID, one of a
+ * few writers'): as rows with every name and node of the page listed once,
+ * a pulled todo takes about 230 bytes instead of 325, and the whole first
+ * sync of 50k todos costs a third less to encode, send and parse.
+ */
+export const pullPageSchema = z.object({
+  collections: z.array(collectionNameSchema),
+  // The rest of a clock after its time: at most what a 256-character clock leaves.
+  nodes: z.array(z.string().min(1).max(256 - 23)),
+  events: z.array(pageEventSchema),
+  checkpoint: sequenceSchema,
+  hasMore: z.boolean(),
+});
+export type PullPage = z.infer<typeof pullPageSchema>;
+
+/** Events as a protocol 3 pull page lists them (see pullPageSchema). */
+export function toPullPage(events: readonly StoredEvent[]): Pick<PullPage, 'collections' | 'nodes' | 'events'> {
+  const collections: string[] = [];
+  const nodes: string[] = [];
+  const collectionIndex = new Map<string, number>();
+  const nodeIndex = new Map<string, number>();
+  const indexOf = (index: Map<string, number>, list: string[], value: string) => {
+    let at = index.get(value);
+    if (at === undefined) {
+      at = list.push(value) - 1;
+      index.set(value, at);
+    }
+    return at;
+  };
+  const rows = new Array<PageEvent>(events.length);
+  for (let i = 0; i < events.length; i++) {
+    const event = events[i]!;
+    // Nearly always the author: then its id, a string met before (and hashed once), stands for the node.
+    const byAuthor = hasNode(event.hlc, event.clientId);
+    const node = byAuthor ? event.clientId : nodeOf(event.hlc);
+    const row: PageEvent = [event.id, indexOf(collectionIndex, collections, event.collection), event.documentId, event.op, event.data, timeOf(event.hlc), indexOf(nodeIndex, nodes, node), event.seq];
+    if (!byAuthor) row.push(event.clientId);
+    rows[i] = row;
+  }
+  return { collections, nodes, events: rows };
+}
+
+/** The events of a received protocol 3 pull page, whole again; a row that names no listed collection or node is refused. */
+export function fromPullPage(page: PullPage): RemoteEvent[] {
+  // A node stands for the author of the events that leave theirs out: held once to what a client id may be.
+  const authors = page.nodes.map((node) => (clientIdSchema.safeParse(node).success ? node : undefined));
+  const events = new Array<RemoteEvent>(page.events.length);
+  for (let i = 0; i < page.events.length; i++) {
+    const row = page.events[i]!;
+    const [id, collectionAt, documentId, op, data, time, nodeAt, seq, author] = row;
+    const collection = page.collections[collectionAt];
+    const node = page.nodes[nodeAt];
+    if (row.length > 9) throw new SyncError('INVALID_MESSAGE', `event ${id} of the pull page has ${row.length} fields, at most 9`);
+    if (collection === undefined || node === undefined) {
+      throw new SyncError('INVALID_MESSAGE', `event ${id} names collection ${collectionAt} and clock node ${nodeAt}, but the pull page lists ${page.collections.length} collections and ${page.nodes.length} nodes`);
+    }
+    const clientId = author ?? authors[nodeAt];
+    if (clientId === undefined) throw new SyncError('INVALID_MESSAGE', `event ${id} has no author, and its clock's node is no client id`);
+    events[i] = { id, collection, documentId, op, data, hlc: `${time}-${node}`, seq, clientId };
+  }
+  return events;
 }
 
 /** The server's current version of one document. */
