@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
 import { io } from 'socket.io-client';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent, type WirePullReply } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc, withoutNode } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
@@ -94,7 +94,7 @@ export const offlineSync: BenchSystem = {
             let received = 0;
             for (;;) {
               const reply = (await socket.emitWithAck(MESSAGE.pull, { checkpoint, collections: ['todos'], limit })) as
-                | ({ ok: true } & WirePullReply)
+                | { ok: true; events: unknown[]; checkpoint: number; hasMore: boolean }
                 | { ok: false; error: { message: string } };
               if (!reply.ok) throw new Error(`pull refused: ${reply.error.message}`);
               received += reply.events.length;
