@@ -94,6 +94,7 @@ const cases: [string, unknown, unknown?, number?][] = [
   ['a pull page row with more fields than a row has', goodPage((row) => [...row, 'extra']), undefined, 3],
   ['a pull page row with an unknown operation', goodPage((row) => row.with(3, 'explode')), undefined, 3],
   ['a pull page listing a collection it did not ask for', goodPage(undefined, { collections: ['secrets'] }), undefined, 3],
+  ['a pull page whose clock node holds a line break (no whole clock may)', goodPage(undefined, { nodes: ['evil\nnode'] }), undefined, 3],
   ['a pull page row without an author whose clock\'s node is no client id', goodPage((row) => row.slice(0, 8), { nodes: ['x'.repeat(200)] }), undefined, 3],
 ];
 

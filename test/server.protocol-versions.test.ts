@@ -206,17 +206,33 @@ describe('a server speaking both versions', () => {
   it('lets the plugin, speaking protocol 3, pull pages of another client\'s writes and stamp each document with its author', async () => {
     server = await startServer();
     const pulls: unknown[] = [];
+    const rowLengths: number[] = [];
     server.server.getIo().on('connection', (socket) => {
       socket.onAny((type: string) => type === MESSAGE.pull && pulls.push(socket.handshake.auth.protocolVersion));
+      // Acknowledgements as they leave, encoded (`3<id>[reply]`): the page as it crossed the wire.
+      socket.conn.on('packetCreate', (packet: { data?: unknown }) => {
+        if (typeof packet.data !== 'string' || !packet.data.startsWith('3')) return;
+        const [reply] = JSON.parse(packet.data.slice(packet.data.indexOf('['))) as [{ events?: unknown[][] }];
+        if (Array.isArray(reply.events?.[0])) rowLengths.push(...reply.events.map((row) => row.length));
+      });
     });
     const writer = await open(2);
-    const docs = Array.from({ length: 5 }, (_, i) => rawEvent({ documentId: `d${i}`, data: { id: `d${i}`, title: `title ${i}`, done: i % 2 === 0 } }));
+    // Clocks of the writer's own, as the plugin writes them: each row leaves its author to the node.
+    const docs = Array.from({ length: 5 }, (_, i) =>
+      rawEvent({
+        documentId: `d${i}`,
+        data: { id: `d${i}`, title: `title ${i}`, done: i % 2 === 0 },
+        hlc: withoutNode(formatHlc({ millis: Date.now(), counter: i, node: writer.clientId }), writer.clientId),
+      }),
+    );
     await request(writer.socket, MESSAGE.push, { events: docs });
     const plugin = await startClient(server.url, { pullBatchSize: 2 });
     clients.push(plugin);
     await waitFor(async () => (await plugin.todos.find().exec()).length === 5, 'the plugin to pull all five');
     expect(pulls.length).toBeGreaterThanOrEqual(3);
     expect(new Set(pulls)).toEqual(new Set([3]));
+    // Every author came from its clock's node.
+    expect(rowLengths).toEqual([8, 8, 8, 8, 8]);
     expect((await contents(plugin.todos)).map((doc) => doc.title)).toEqual(docs.map((_, i) => `title ${i}`));
     const stored = await plugin.todos.storageInstance.findDocumentsById(docs.map((doc) => doc.documentId), false);
     expect(stored.map((doc) => (doc._meta as Record<string, unknown[]>).rxofflinesync?.slice(0, 4))).toEqual(

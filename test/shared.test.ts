@@ -4,7 +4,7 @@ import { HLC_PATTERN, HybridLogicalClock, PUSHED_HLC_PATTERN, compareHlc, format
 import { randomId } from '../src/shared/ids.js';
 import { DocumentMap } from '../src/shared/document-map.js';
 import { frozenJsonCopy, jsonLengthBound, withFields } from '../src/shared/json.js';
-import { spanSet, toSpans } from '../src/shared/protocol.js';
+import { fromPullPage, pullPageSchema, spanSet, toPullPage, toSpans, type StoredEvent } from '../src/shared/protocol.js';
 
 describe('hybrid logical clock', () => {
   it('formats and parses back, and sorts as strings in clock order', () => {
@@ -69,6 +69,33 @@ describe('clocks pushed without their node (protocol 2)', () => {
     const hlc = formatHlc({ millis: 1, counter: 2, node: 'client-abc' });
     expect(withoutNode(hlc, 'abc')).toBe(hlc);
     expect(withoutNode(hlc, 'c-abc')).toBe(hlc);
+  });
+});
+
+describe('protocol 3 pull pages', () => {
+  const stored = (i: number, node: string, clientId = node, collection = 'todos'): StoredEvent => ({
+    id: `event-${i}-0000`, collection, documentId: `d${i}`, op: 'insert', data: { id: `d${i}` }, baseEventId: null,
+    hlc: formatHlc({ millis: 1_700_000_000_000 + i, counter: i, node }), seq: i, clientId, serverTime: 0,
+  });
+
+  it('read back as the events they were made of, whatever the mix of collections, nodes and authors', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.constantFrom('a', 'node-b', 'c'), fc.boolean(), fc.constantFrom('todos', 'notes')), { maxLength: 30 }),
+        (specs) => {
+          const events = specs.map(([node, own, collection], i) => stored(i + 1, node, own ? node : 'author-x', collection));
+          const page = pullPageSchema.parse({ ...structuredClone(toPullPage(events)), checkpoint: events.length, hasMore: false });
+          expect(fromPullPage(page)).toEqual(events.map(({ baseEventId: _b, serverTime: _t, ...rest }) => rest));
+          expect(page.nodes.length).toBe(new Set(specs.map(([node]) => node)).size);
+        },
+      ),
+    );
+  });
+
+  it('refuse a row that names a collection or node the page does not list, saying which', () => {
+    const page = { ...toPullPage([stored(1, 'a')]), checkpoint: 1, hasMore: false };
+    expect(() => fromPullPage({ ...page, events: [page.events[0]!.with(1, 1) as never] })).toThrow(/names collection 1 and clock node 0, but the pull page lists 1 collections and 1 nodes/);
+    expect(() => fromPullPage({ ...page, events: [page.events[0]!.with(6, 2) as never] })).toThrow(/names collection 0 and clock node 2/);
   });
 });
 

@@ -54,6 +54,9 @@ export function nodeOf(hlc: string): string {
 /** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
 export const CLOCK_TIME_PATTERN = /^\d{15}-[0-9a-z]{6}$/;
 
+/** A timestamp's node alone, as protocol 3 pull pages list it: what HLC_PATTERN takes after the counter. */
+export const CLOCK_NODE_PATTERN = /^.+$/;
+
 /** The time and counter of a whole timestamp (one that matches HLC_PATTERN), without its node. */
 export function timeOf(hlc: string): string {
   return hlc.slice(0, TIME_LENGTH);
