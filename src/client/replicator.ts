@@ -238,11 +238,12 @@ export class Replicator {
     return batch;
   }
 
-  /** Settles a pushed batch by the server's answers (one per event, in order); returns the sequences of the events acknowledged here. */
+  /**
+   * Settles a pushed batch by the server's answers, one per event, in order
+   * (Transport.push refuses an answer that does not match its events);
+   * returns the sequences of the events acknowledged here.
+   */
   async applyPushResults(batch: readonly PendingEntry[], outcomes: readonly PushOutcome[]): Promise<number[]> {
-    if (outcomes.length !== batch.length) {
-      throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
-    }
     const writes: MetaWrite[] = [];
     const acked: [string, string, Shadow][] = [];
     let firstAcked: PendingEntry | undefined;

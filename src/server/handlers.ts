@@ -108,20 +108,21 @@ function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
     refuse('an id holds a NUL character or an unpaired surrogate');
   }
   const max = ctx.options.maxDocumentDepth;
-  const problem = unstorable(event.data, 1, max);
-  if (problem) problem === DEPTH ? refuseDepth(event, max) : refuse(problem);
+  const assertValue = (value: unknown) => {
+    const problem = unstorable(value, 1, max);
+    if (problem === DEPTH) {
+      throw new SyncError('INVALID_MESSAGE', `document ${event.collection}/${event.documentId} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
+    }
+    if (problem) refuse(problem);
+  };
+  assertValue(event.data);
   for (const op of event.patch ?? []) {
     if (!storableString(op.path) || (op.from !== undefined && !storableString(op.from))) refuse('a patch path holds a NUL character or an unpaired surrogate');
-    const inValue = unstorable(op.value, 1, max);
-    if (inValue) inValue === DEPTH ? refuseDepth(event, max) : refuse(inValue);
+    assertValue(op.value);
   }
 }
 
 const DEPTH = 'depth';
-
-function refuseDepth(event: SyncEvent, max: number): never {
-  throw new SyncError('INVALID_MESSAGE', `document ${event.collection}/${event.documentId} is nested deeper than maxDocumentDepth (${max})`, { limit: max });
-}
 
 /** What in `value` (at nesting `depth`) no storage could keep, or undefined when all of it can be kept. */
 function unstorable(value: unknown, depth: number, max: number): string | undefined {

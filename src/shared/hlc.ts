@@ -33,13 +33,27 @@ export function parseHlc(value: string): HlcParts {
   };
 }
 
-export const HLC_PATTERN = /^\d{15}-[0-9a-z]{6}-.+$/;
-
 /** Length of a timestamp without its node: time and counter only. */
 const TIME_LENGTH = MILLIS_WIDTH + 1 + COUNTER_WIDTH;
 
+/** The longest timestamp the protocol carries, and so the longest node one can hold. */
+export const MAX_HLC_LENGTH = 256;
+export const MAX_NODE_LENGTH = MAX_HLC_LENGTH - TIME_LENGTH - 1;
+
+// Every clock pattern below is made of these two parts: the time and counter, and the node.
+const TIME_SOURCE = `\\d{${MILLIS_WIDTH}}-[0-9a-z]{${COUNTER_WIDTH}}`;
+const NODE_SOURCE = '.+';
+
+export const HLC_PATTERN = new RegExp(`^${TIME_SOURCE}-${NODE_SOURCE}$`);
+
 /** A timestamp as a client may push it (protocol 2 and later): without its node when the node is the pushing client. */
-export const PUSHED_HLC_PATTERN = /^\d{15}-[0-9a-z]{6}(?:-.+)?$/;
+export const PUSHED_HLC_PATTERN = new RegExp(`^${TIME_SOURCE}(?:-${NODE_SOURCE})?$`);
+
+/** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
+export const CLOCK_TIME_PATTERN = new RegExp(`^${TIME_SOURCE}$`);
+
+/** A timestamp's node alone, as protocol 3 pull pages list it. */
+export const CLOCK_NODE_PATTERN = new RegExp(`^${NODE_SOURCE}$`);
 
 /** True when `node` is the node of the (whole) timestamp `hlc`. */
 export function hasNode(hlc: string, node: string): boolean {
@@ -51,12 +65,6 @@ export function nodeOf(hlc: string): string {
   return hlc.slice(TIME_LENGTH + 1);
 }
 
-/** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
-export const CLOCK_TIME_PATTERN = /^\d{15}-[0-9a-z]{6}$/;
-
-/** A timestamp's node alone, as protocol 3 pull pages list it: what HLC_PATTERN takes after the counter. */
-export const CLOCK_NODE_PATTERN = /^.+$/;
-
 /** The time and counter of a whole timestamp (one that matches HLC_PATTERN), without its node. */
 export function timeOf(hlc: string): string {
   return hlc.slice(0, TIME_LENGTH);
@@ -64,7 +72,7 @@ export function timeOf(hlc: string): string {
 
 /** The timestamp without its node when the node is `node` (the pusher's own id, which the server knows); else unchanged. */
 export function withoutNode(hlc: string, node: string): string {
-  return hasNode(hlc, node) ? hlc.slice(0, TIME_LENGTH) : hlc;
+  return hasNode(hlc, node) ? timeOf(hlc) : hlc;
 }
 
 /** A pushed timestamp made whole again: `node` added when it was left out. */

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
-import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode } from './hlc.js';
+import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode } from './hlc.js';
 
 /**
  * Carried in the handshake; a server refuses versions it does not speak and
@@ -37,7 +37,7 @@ export const collectionNameSchema = z
 export const documentIdSchema = z.string().min(1).max(1024);
 export const eventIdSchema = z.string().min(8).max(128);
 export const clientIdSchema = z.string().min(1).max(128);
-export const hlcSchema = z.string().max(256).regex(HLC_PATTERN, 'a hybrid logical clock value');
+export const hlcSchema = z.string().max(MAX_HLC_LENGTH).regex(HLC_PATTERN, 'a hybrid logical clock value');
 export const sequenceSchema = z.number().int().nonnegative();
 /**
  * A JSON object. The keys of parsed JSON are always strings, so only the
@@ -85,7 +85,7 @@ export type SyncEvent = z.infer<typeof syncEventSchema>;
  * (completePushedEvent) before anything else reads the event.
  */
 export const pushedEventSchema = syncEventSchema.extend({
-  hlc: z.string().max(256).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value'),
+  hlc: z.string().max(MAX_HLC_LENGTH).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value'),
   baseEventId: eventIdSchema.nullable().optional(),
 });
 export type PushedEvent = z.infer<typeof pushedEventSchema>;
@@ -172,9 +172,8 @@ export type PageEvent = z.infer<typeof pageEventSchema>;
  */
 export const pullPageSchema = z.object({
   collections: z.array(collectionNameSchema),
-  // The rest of a clock after its time, held to what a node may be in a whole clock (HLC_PATTERN: no
-  // line breaks), and at most what a 256-character clock leaves.
-  nodes: z.array(z.string().min(1).max(256 - 23).regex(CLOCK_NODE_PATTERN, 'the node of a clock')),
+  // The rest of a clock after its time, held to what a node may be in a whole clock (no line breaks).
+  nodes: z.array(z.string().min(1).max(MAX_NODE_LENGTH).regex(CLOCK_NODE_PATTERN, 'the node of a clock')),
   events: z.array(pageEventSchema),
   checkpoint: sequenceSchema,
   hasMore: z.boolean(),
