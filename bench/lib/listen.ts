@@ -7,6 +7,7 @@
  */
 import type { Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { io, type Socket } from 'socket.io-client';
 
 let port = 0;
 
@@ -30,4 +31,14 @@ function listen(server: Server, wanted: number): Promise<void> {
       resolve();
     });
   });
+}
+
+/** A bare socket.io connection of its own (forceNew: outside socket.io-client's per-URL Manager cache), once connected. */
+export async function connectOwnSocket(url: string, auth?: Record<string, unknown>): Promise<Socket> {
+  const socket = io(url, { forceNew: true, transports: ['websocket'], reconnection: false, ...(auth ? { auth } : {}) });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('connect_error', reject);
+  });
+  return socket;
 }

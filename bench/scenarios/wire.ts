@@ -14,9 +14,8 @@
  */
 import { createServer } from 'node:http';
 import { Server } from 'socket.io';
-import { io } from 'socket.io-client';
 import { makeTodos, type Todo } from '../lib/documents.js';
-import { listenOnLoopback } from '../lib/listen.js';
+import { connectOwnSocket, listenOnLoopback } from '../lib/listen.js';
 import { profiled } from '../lib/profile.js';
 import { gc, withTimeout } from '../lib/runtime.js';
 import type { Scenario } from '../lib/scenario.js';
@@ -67,12 +66,8 @@ async function documentsAlone(todos: readonly Todo[], run: number, timeoutMs: nu
     });
   });
   const port = await listenOnLoopback(httpServer);
-  const client = io(`http://127.0.0.1:${port}`, { forceNew: true, transports: ['websocket'], reconnection: false });
+  const client = await connectOwnSocket(`http://127.0.0.1:${port}`);
   try {
-    await new Promise<void>((resolve, reject) => {
-      client.once('connect', resolve);
-      client.once('connect_error', reject);
-    });
     gc();
     const started = performance.now();
     const received = await profiled(`wire-documents-${todos.length}-run${run + 1}`, () =>

@@ -3,13 +3,12 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
-import { io } from 'socket.io-client';
 import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc, withoutNode } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
 import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
-import { listenOnLoopback } from '../lib/listen.js';
+import { connectOwnSocket, listenOnLoopback } from '../lib/listen.js';
 import type { BenchClient, BenchPuller, BenchPusher, BenchServer, BenchSystem } from './types.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
@@ -140,12 +139,5 @@ export const offlineSync: BenchSystem = {
   },
 };
 
-/** A protocol connection of its own (forceNew: outside socket.io-client's per-URL Manager cache), in the current protocol. */
-async function bareSocket(url: string, clientId: string) {
-  const socket = io(url, { forceNew: true, transports: ['websocket'], reconnection: false, auth: { protocolVersion: PROTOCOL_VERSION, clientId } });
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('connect_error', reject);
-  });
-  return socket;
-}
+/** A protocol connection of its own, in the current protocol. */
+const bareSocket = (url: string, clientId: string) => connectOwnSocket(url, { protocolVersion: PROTOCOL_VERSION, clientId });
