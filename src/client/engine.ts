@@ -268,11 +268,21 @@ export class SyncEngine {
     const collection = replicator.collection(name);
     // Subscribe before recovering, so that no write falls between the two.
     const subscription = collection.eventBulks$.subscribe((bulk: RxChangeEventBulk<unknown>) => {
-      if (bulk.context === REMOTE_CONTEXT || bulk.isLocal) return;
+      if (bulk.isLocal) return;
+      if (bulk.context === REMOTE_CONTEXT) {
+        replicator.notePluginWrite(name);
+        return;
+      }
       replicator.noteLocalWrites(name, bulk.events as never);
       const ids = bulk.events.map((event) => event.documentId);
+      // This tab's writes (their revision names this database instance) are logged as their events say;
+      // another tab's are read back (see localWrites).
+      const ownRevision = `-${this.db.token}`;
+      const written = bulk.events.every((event) => event.documentData._rev.endsWith(ownRevision))
+        ? replicator.localWrites(name, bulk.events as never)
+        : undefined;
       void this.queue
-        .run(() => replicator.recordLocalChanges(name, ids, bulk.checkpoint))
+        .run(() => replicator.recordLocalChanges(name, ids, bulk.checkpoint, written))
         .then(() => this.afterLocalChange(), (error: unknown) => this.fail(error));
     });
     this.subscriptions.set(name, subscription);

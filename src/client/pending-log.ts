@@ -28,11 +28,28 @@ const NO_WRITE: MetaWrite = { id: 'pending|', kind: 'pending' };
 interface Page {
   id: string;
   key: string;
-  entries: Set<PendingEntry>;
+  /** Every entry ever put in this page, in order; those whose `page` is another one (or none) left it. */
+  entries: LogEntry[];
+  /** How many of `entries` the page still holds. */
+  count: number;
   /** Takes new entries until it is first written: a page is only ever filled by one storage write. */
   open: boolean;
   /** The write of this page (see pageWrite()); one object however often the page changes. */
   write?: MetaWrite;
+}
+
+/**
+ * An entry as the log holds it. Its bookkeeping lives on the entry, not in
+ * maps beside it: a push of thousands of events adds and removes each of
+ * them once, and every map insertion and deletion counts at that scale.
+ */
+interface LogEntry extends PendingEntry {
+  /** The log holding it; an entry of a log read again since is not this log's. */
+  readonly log: PendingLog;
+  /** The page storing it; undefined once it left the log. */
+  page: Page | undefined;
+  /** jsonLengthBound() of its event, found while the event is new (and in the cache). */
+  bound: number;
 }
 
 /**
@@ -45,9 +62,12 @@ interface Page {
  * of one page in one call are one write).
  */
 export class PendingLog {
-  private readonly entries = new Map<string, PendingEntry>();
-  private readonly byDocument = new DocumentMap<PendingEntry[]>();
-  private readonly pageOf = new Map<PendingEntry, Page>();
+  /** Entries in key order, also some that left the log (`page` undefined), dropped now and then (see compact()). */
+  private order: LogEntry[] = [];
+  /** Entries before this index in `order` have all left the log. */
+  private first = 0;
+  private count = 0;
+  private readonly byDocument = new DocumentMap<LogEntry[]>();
   /** Pages read back holding a stale copy of an entry moved out of them (see repairs()). */
   private readonly stale = new Set<Page>();
   private openPage: Page | undefined;
@@ -65,7 +85,7 @@ export class PendingLog {
     this.sentKey = sentThrough;
     const loaded: [PendingEntry, Page][] = [];
     for (const value of stored) {
-      const page: Page = { id: pendingId(value.key), key: value.key, entries: new Set(), open: false };
+      const page: Page = { id: pendingId(value.key), key: value.key, entries: [], count: 0, open: false };
       const entries = 'entries' in value ? value.entries : [value];
       for (const { key, event } of entries) {
         loaded.push([{ key, event, sent: key <= sentThrough || ('sent' in value && value.sent) }, page]);
@@ -83,7 +103,7 @@ export class PendingLog {
       }
       this.insert(entry, page);
     }
-    const last = [...this.entries.keys()].pop() ?? '';
+    const last = this.order.at(-1)?.key ?? '';
     const latest = last > sentThrough ? last : sentThrough;
     if (latest) {
       // Both parts: a clock that reads the same or an earlier millisecond after a restart must not reuse a key.
@@ -123,7 +143,7 @@ export class PendingLog {
   }
 
   get size(): number {
-    return this.entries.size;
+    return this.count;
   }
 
   forDocument(collection: string, documentId: string): readonly PendingEntry[] {
@@ -138,12 +158,11 @@ export class PendingLog {
     const result: PendingEntry[] = [];
     // Never below the batch's JSON length: cheap bounds while they fit, exact lengths from there on.
     let bytes = 0;
-    for (const entry of this.entries.values()) {
-      if (result.length >= limit) break;
-      if (skip?.(entry)) continue;
+    for (let i = this.first; i < this.order.length && result.length < limit; i++) {
+      const entry = this.order[i]!;
+      if (!entry.page || skip?.(entry)) continue;
       if (maxBytes !== Number.POSITIVE_INFINITY) {
-        const bound = jsonLengthBound(entry.event);
-        bytes += bytes + bound <= maxBytes ? bound : JSON.stringify(entry.event).length;
+        bytes += bytes + entry.bound <= maxBytes ? entry.bound : JSON.stringify(entry.event).length;
         if (bytes > maxBytes && result.length > 0) break;
       }
       result.push(entry);
@@ -152,13 +171,15 @@ export class PendingLog {
   }
 
   all(): PendingEntry[] {
-    return [...this.entries.values()];
+    const result: PendingEntry[] = [];
+    for (let i = this.first; i < this.order.length; i++) if (this.order[i]!.page) result.push(this.order[i]!);
+    return result;
   }
 
-  /** Appends an entry; entries added before the next write share pages. */
+  /** Appends an entry (a copy: the log's entries are those it hands out); entries added before the next write share pages. */
   add(entry: PendingEntry): MetaWrite {
-    if (!this.openPage?.open || this.openPage.entries.size >= PAGE_SIZE) {
-      this.openPage = { id: pendingId(entry.key), key: entry.key, entries: new Set(), open: true };
+    if (!this.openPage?.open || this.openPage.count >= PAGE_SIZE) {
+      this.openPage = { id: pendingId(entry.key), key: entry.key, entries: [], count: 0, open: true };
     }
     this.insert(entry, this.openPage);
     return this.pageWrite(this.openPage);
@@ -174,14 +195,16 @@ export class PendingLog {
    * the truth.
    */
   update(entry: PendingEntry, event: PendingEntry['event']): MetaWrite[] {
-    const page = this.pageOf.get(entry);
-    if (!page) return [];
-    entry.event = event;
-    if (page.open || page.entries.size === 1) return [this.pageWrite(page)];
-    page.entries.delete(entry);
+    const held = this.held(entry);
+    if (!held) return [];
+    const page = held.page;
+    held.event = event;
+    held.bound = jsonLengthBound(event);
+    if (page.open || page.count === 1) return [this.pageWrite(page)];
+    page.count--;
     // Its key sorts after the entry's, and so after every key of the page it leaves.
-    const own: Page = { id: pendingId(`${entry.key}+`), key: `${entry.key}+`, entries: new Set([entry]), open: false };
-    this.pageOf.set(entry, own);
+    const own: Page = { id: pendingId(`${held.key}+`), key: `${held.key}+`, entries: [held], count: 1, open: false };
+    held.page = own;
     // The new page first: a crash between the two writes leaves the entry twice, never not at all.
     return [this.pageWrite(own), this.pageWrite(page)];
   }
@@ -198,7 +221,8 @@ export class PendingLog {
     const last = entries.reduce((top, entry) => (entry.key > top ? entry.key : top), this.sentKey);
     if (last === this.sentKey) return false;
     this.sentKey = last;
-    for (const entry of this.entries.values()) {
+    for (let i = this.first; i < this.order.length; i++) {
+      const entry = this.order[i]!;
       if (entry.key > last) break;
       entry.sent = true;
     }
@@ -206,16 +230,18 @@ export class PendingLog {
   }
 
   remove(entry: PendingEntry): MetaWrite {
-    const page = this.pageOf.get(entry);
-    if (!page) return NO_WRITE;
-    this.entries.delete(entry.key);
-    this.pageOf.delete(entry);
-    page.entries.delete(entry);
-    const { collection, documentId } = entry.event;
+    const held = this.held(entry);
+    if (!held) return NO_WRITE;
+    const page = held.page;
+    (held as LogEntry).page = undefined;
+    page.count--;
+    this.count--;
+    const { collection, documentId } = held.event;
     const list = this.byDocument.get(collection, documentId);
     // A new list, not a change in place: callers may hold the one forDocument() gave them.
-    if (list && list.length > 1) this.byDocument.set(collection, documentId, list.filter((other) => other !== entry));
+    if (list && list.length > 1) this.byDocument.set(collection, documentId, list.filter((other) => other !== held));
     else this.byDocument.delete(collection, documentId);
+    this.compact();
     return this.pageWrite(page);
   }
 
@@ -227,14 +253,40 @@ export class PendingLog {
     return this.all().filter(filter).map((entry) => this.remove(entry));
   }
 
-  private insert(entry: PendingEntry, page: Page): void {
-    page.entries.add(entry);
-    this.pageOf.set(entry, page);
-    this.entries.set(entry.key, entry);
-    const { collection, documentId } = entry.event;
-    const list = this.byDocument.get(collection, documentId);
+  /** The entry as this log holds it, if it does. */
+  private held(entry: PendingEntry): (LogEntry & { page: Page }) | undefined {
+    const held = entry as Partial<LogEntry>;
+    return held.log === this && held.page ? (held as LogEntry & { page: Page }) : undefined;
+  }
+
+  /** Skips the entries that left from the front, and drops them from `order` once they are most of it. */
+  private compact(): void {
+    while (this.first < this.order.length && !this.order[this.first]!.page) this.first++;
+    if (this.first > 1024 && this.first * 2 > this.order.length) {
+      this.order = this.order.slice(this.first);
+      this.first = 0;
+    } else if (this.count === 0) {
+      this.order = [];
+      this.first = 0;
+    }
+  }
+
+  private insert({ key, event, sent }: PendingEntry, page: Page): void {
+    const entry: LogEntry = { key, event, sent, log: this, page, bound: jsonLengthBound(event) };
+    page.entries.push(entry);
+    page.count++;
+    this.count++;
+    // Keys only grow (nextKey(), and a log read back is sorted): a key out of order is placed where it belongs.
+    const last = this.order.at(-1);
+    if (!last || last.key < key) this.order.push(entry);
+    else {
+      let at = this.order.length;
+      while (at > this.first && this.order[at - 1]!.key > key) at--;
+      this.order.splice(at, 0, entry);
+    }
+    const list = this.byDocument.get(event.collection, event.documentId);
     if (list) list.push(entry);
-    else this.byDocument.set(collection, documentId, [entry]);
+    else this.byDocument.set(event.collection, event.documentId, [entry]);
   }
 
   /** The write of a page as it will be when the write is made: deleted once it holds no entry. */
@@ -244,8 +296,13 @@ export class PendingLog {
       kind: 'pending',
       value: (): StoredPage | undefined => {
         page.open = false;
-        if (page.entries.size === 0) return undefined;
-        return { key: page.key, entries: Array.from(page.entries, ({ key, event }) => ({ key, event })) };
+        if (page.count === 0) {
+          page.entries = [];
+          return undefined;
+        }
+        // Entries that left the page are dropped from it for good here.
+        page.entries = page.entries.filter((entry) => entry.page === page);
+        return { key: page.key, entries: page.entries.map(({ key, event }) => ({ key, event })) };
       },
     };
     return page.write;

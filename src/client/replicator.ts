@@ -98,6 +98,13 @@ export class Replicator {
    * recordLocalChanges keeps it as a shadow.
    */
   private readonly captured = new DocumentMap<Shadow>();
+  /**
+   * Writes the plugin made to each collection's documents (any tab's, as
+   * their change events tell). A state an app write's change event carries
+   * is logged as it is only while this count has not moved since (see
+   * LocalWrites); after a plugin write it may be stale, and storage is read.
+   */
+  private readonly pluginWrites = new Map<string, number>();
 
   /** What a database that never synced starts from; load() reads what is stored. */
   readonly state: PersistedState = { clientId: randomId(), checkpoints: {}, logged: {} };
@@ -139,10 +146,12 @@ export class Replicator {
    * server already has and logs the difference. Idempotent: calling it twice,
    * or for a document the plugin itself wrote, logs nothing new.
    */
-  async recordLocalChanges(collectionName: string, documentIds: readonly string[], loggedThrough?: unknown): Promise<number> {
+  async recordLocalChanges(collectionName: string, documentIds: readonly string[], loggedThrough?: unknown, written?: LocalWrites): Promise<number> {
     const collection = this.collection(collectionName);
     const ids = [...new Set(documentIds)];
-    const currents = await this.findLocal(collection, ids);
+    const currents = written && written.pluginWrites === this.pluginWritesTo(collectionName)
+      ? new Map(written.events.map((event) => [event.documentId, event.documentData]))
+      : await this.findLocal(collection, ids);
     const versions = await this.serverVersions(collectionName, ids, currents);
     const writes: MetaWrite[] = [];
     let changed = 0;
@@ -197,6 +206,26 @@ export class Replicator {
       const stamp = stampOf(previous);
       if (stamp && !this.captured.has(collectionName, documentId)) this.captured.set(collectionName, documentId, Object.assign(stamp, { data: stripMeta(previous) }));
     }
+  }
+
+  /**
+   * The app's writes in one change event bulk, to be logged by
+   * recordLocalChanges with the states they left, unless the plugin writes
+   * to the collection first. Only for writes made in this tab: another
+   * tab's events come later than its writes, perhaps after a plugin write
+   * that replaced them.
+   */
+  localWrites(collectionName: string, events: LocalWrites['events']): LocalWrites {
+    return { events, pluginWrites: this.pluginWritesTo(collectionName) };
+  }
+
+  /** The plugin wrote to the collection (this tab, or another whose event says so). */
+  notePluginWrite(collectionName: string): void {
+    this.pluginWrites.set(collectionName, this.pluginWritesTo(collectionName) + 1);
+  }
+
+  private pluginWritesTo(collectionName: string): number {
+    return this.pluginWrites.get(collectionName) ?? 0;
   }
 
   /**
@@ -717,7 +746,13 @@ export class Replicator {
       });
     const refused = new Set<string>();
     if (writeRows.length === 0) return refused;
-    const response = await collection.internalStorageInstance.bulkWrite(writeRows as never, REMOTE_CONTEXT);
+    let response;
+    try {
+      response = await collection.internalStorageInstance.bulkWrite(writeRows as never, REMOTE_CONTEXT);
+    } finally {
+      // Once it is done: an app write noted while it ran may be one this write replaced.
+      this.notePluginWrite(collection.name);
+    }
     for (const error of response.error) {
       if (error.status === 409) refused.add(error.documentId);
       else {
@@ -728,6 +763,13 @@ export class Replicator {
     }
     return refused;
   }
+}
+
+/** See Replicator.localWrites. */
+export interface LocalWrites {
+  events: readonly { documentId: string; documentData: RxDocumentData<unknown> }[];
+  /** The count of the plugin's writes to the collection when these were noted. */
+  pluginWrites: number;
 }
 
 interface LocalWrite {
