@@ -66,7 +66,6 @@ describe("the app's writes", () => {
       documentId: 'd1',
       op: 'update',
       data: { id: 'd1', title: 'remote', done: true },
-      baseEventId: batch[0]!.event.id,
       hlc: '999999999999999-000000-other',
       seq: 2,
       clientId: 'other',

@@ -121,7 +121,11 @@ export class MetaStore {
     const unique = new Map<string, MetaWrite>();
     // Each document at the place of its last mention: a page rewritten after an entry moved out of
     // it is written after the entry's new page (in case a storage does not write a batch atomically).
+    let previous: MetaWrite | undefined;
     for (const write of writes) {
+      // A page's write comes once for each of its entries a step touched, one after another: taken once.
+      if (write === previous) continue;
+      previous = write;
       unique.delete(write.id);
       unique.set(write.id, write);
     }

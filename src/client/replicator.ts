@@ -180,10 +180,17 @@ export class Replicator {
       }
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
       const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
-      const event: SyncEvent = Object.assign({ id: open?.event.id ?? randomId(), collection: collectionName, documentId }, change, {
+      // One literal, not fields added to a smaller object: this runs for every document of a bulk write.
+      const event: SyncEvent = {
+        id: open?.event.id ?? randomId(),
+        collection: collectionName,
+        documentId,
+        op: change.op,
+        data: change.data,
         baseEventId: lastSent ? lastSent.event.id : (server?.eventId ?? null),
         hlc: this.clock.tickAt(writtenAt),
-      });
+      };
+      if (change.patch) event.patch = change.patch;
       if (open) writes.push(...this.pending.update(open, event));
       else writes.push(this.pending.add({ key: this.pending.nextKey(), event, sent: false }));
     }
@@ -287,7 +294,8 @@ export class Replicator {
       if (typeof outcome === 'number') {
         writes.push(this.pending.remove(entry));
         firstAcked ??= entry;
-        acked.push([collection, documentId, Object.assign(stateOfEvent(entry.event), { seq: outcome, eventId: entry.event.id, hlc: entry.event.hlc, clientId: this.clientId })]);
+        const { data, op, id, hlc } = entry.event;
+        acked.push([collection, documentId, { data, deleted: op === 'delete', seq: outcome, eventId: id, hlc, clientId: this.clientId }]);
         return;
       }
       stopped.set(collection, documentId, true);
