@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { PendingEntry } from '../src/client/documents.js';
 import type { MetaWrite } from '../src/client/meta-store.js';
-import { PAGE_SIZE, PendingLog, type StoredPage } from '../src/client/pending-log.js';
+import { PAGE_BYTES, PAGE_SIZE, PendingLog, type StoredPage } from '../src/client/pending-log.js';
 
 const entry = (key: string, documentId: string): PendingEntry => ({
   key,
@@ -49,6 +49,21 @@ describe('pending log pages', () => {
     // The last page was written: the next entry does not rewrite it.
     const second = stored([log.add(entry(keyOf(count + 1), 'late'))]);
     expect([...second.values()].map((page) => (page as StoredPage).entries.map((e) => e.key))).toEqual([[keyOf(count + 1)]]);
+  });
+
+  it('close a page at PAGE_BYTES of JSON, so that a page of large documents is not rewritten whole by every smaller batch', () => {
+    const log = new PendingLog();
+    // Each entry's JSON bound is about three tenths of PAGE_BYTES (a character counts as six at most).
+    const large = (i: number) => {
+      const e = entry(keyOf(i + 1), `d${i}`);
+      return { ...e, event: { ...e.event, data: { id: `d${i}`, text: 'x'.repeat(Math.floor(PAGE_BYTES / 20)) } } };
+    };
+    const pages = stored(Array.from({ length: 7 }, (_, i) => log.add(large(i))));
+    expect([...pages.values()].map((page) => (page as StoredPage).entries.length)).toEqual([3, 3, 1]);
+    // One entry larger than a page has a page of its own.
+    const huge = entry(keyOf(100), 'huge');
+    const alone = stored([log.add({ ...huge, event: { ...huge.event, data: { text: 'x'.repeat(PAGE_BYTES) } } }), log.add(entry(keyOf(101), 'small'))]);
+    expect([...alone.values()].map((page) => (page as StoredPage).entries.length)).toEqual([1, 1]);
   });
 
   it('rewrite a page without the entries removed from it, and delete it once it is empty', () => {

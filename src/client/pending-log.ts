@@ -6,12 +6,19 @@ import type { MetaWrite } from './meta-store.js';
 export const pendingId = (key: string) => `pending|${key}`;
 
 /**
- * Entries logged together are stored together, up to this many to a page:
- * a bulk write of N documents costs N / PAGE_SIZE storage writes when it is
- * logged and again when it is acknowledged, not N each. (A change to one
- * unsent entry moves it to a page of its own: see update().)
+ * Entries logged together are stored together, up to this many to a page (a
+ * push's default batch): a bulk write of N documents costs N / PAGE_SIZE
+ * storage writes when it is logged and again when it is acknowledged, not N
+ * each. (A change to one unsent entry moves it to a page of its own: see
+ * update().)
  */
-export const PAGE_SIZE = 100;
+export const PAGE_SIZE = 500;
+/**
+ * And up to about this much JSON (jsonLengthBound, so often less): a page of
+ * large documents is not rewritten whole for every smaller push batch that
+ * takes a part of it.
+ */
+export const PAGE_BYTES = 1024 * 1024;
 
 /** How the log is stored: one document per page, named by its key (its first entry's key; for an entry moved to a page of its own, that entry's key and "+"). */
 export interface StoredPage {
@@ -32,6 +39,8 @@ interface Page {
   entries: LogEntry[];
   /** How many of `entries` the page still holds. */
   count: number;
+  /** The JSON bounds of the entries put in it. */
+  bytes: number;
   /** Takes new entries until it is first written: a page is only ever filled by one storage write. */
   open: boolean;
   /** The write of this page (see pageWrite()); one object however often the page changes. */
@@ -85,7 +94,7 @@ export class PendingLog {
     this.sentKey = sentThrough;
     const loaded: [PendingEntry, Page][] = [];
     for (const value of stored) {
-      const page: Page = { id: pendingId(value.key), key: value.key, entries: [], count: 0, open: false };
+      const page: Page = { id: pendingId(value.key), key: value.key, entries: [], count: 0, bytes: 0, open: false };
       const entries = 'entries' in value ? value.entries : [value];
       for (const { key, event } of entries) {
         loaded.push([{ key, event, sent: key <= sentThrough || ('sent' in value && value.sent) }, page]);
@@ -178,11 +187,13 @@ export class PendingLog {
 
   /** Appends an entry (a copy: the log's entries are those it hands out); entries added before the next write share pages. */
   add(entry: PendingEntry): MetaWrite {
-    if (!this.openPage?.open || this.openPage.count >= PAGE_SIZE) {
-      this.openPage = { id: pendingId(entry.key), key: entry.key, entries: [], count: 0, open: true };
+    const bound = jsonLengthBound(entry.event);
+    let page = this.openPage;
+    if (!page?.open || page.count >= PAGE_SIZE || (page.count > 0 && page.bytes + bound > PAGE_BYTES)) {
+      page = this.openPage = { id: pendingId(entry.key), key: entry.key, entries: [], count: 0, bytes: 0, open: true };
     }
-    this.insert(entry, this.openPage);
-    return this.pageWrite(this.openPage);
+    this.insert(entry, page, bound);
+    return this.pageWrite(page);
   }
 
   /**
@@ -203,7 +214,7 @@ export class PendingLog {
     if (page.open || page.count === 1) return [this.pageWrite(page)];
     page.count--;
     // Its key sorts after the entry's, and so after every key of the page it leaves.
-    const own: Page = { id: pendingId(`${held.key}+`), key: `${held.key}+`, entries: [held], count: 1, open: false };
+    const own: Page = { id: pendingId(`${held.key}+`), key: `${held.key}+`, entries: [held], count: 1, bytes: held.bound, open: false };
     held.page = own;
     // The new page first: a crash between the two writes leaves the entry twice, never not at all.
     return [this.pageWrite(own), this.pageWrite(page)];
@@ -271,10 +282,11 @@ export class PendingLog {
     }
   }
 
-  private insert({ key, event, sent }: PendingEntry, page: Page): void {
-    const entry: LogEntry = { key, event, sent, log: this, page, bound: jsonLengthBound(event) };
+  private insert({ key, event, sent }: PendingEntry, page: Page, bound = jsonLengthBound(event)): void {
+    const entry: LogEntry = { key, event, sent, log: this, page, bound };
     page.entries.push(entry);
     page.count++;
+    page.bytes += entry.bound;
     this.count++;
     // Keys only grow (nextKey(), and a log read back is sorted): a key out of order is placed where it belongs.
     const last = this.order.at(-1);
