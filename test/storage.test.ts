@@ -39,6 +39,23 @@ const newEvent = (documentId: string, clientId = 'writer'): IncomingEvent => ({
 
 runStorageConformance('memory', async () => ({ storage: new MemorySyncStorage(), cleanup: async () => {} }));
 
+describe('memory', () => {
+  it('keeps its own frozen copy of each event: what the caller does with its objects afterwards changes nothing stored', async () => {
+    const storage = new MemorySyncStorage();
+    const insert = { ...newEvent('d1'), data: { id: 'd1', tags: ['a'], nested: { n: 1 } } };
+    const update = { ...newEvent('d1'), op: 'update' as const, baseEventId: insert.id, data: { id: 'd1', tags: ['b'], nested: { n: 2 } }, patch: [{ op: 'replace' as const, path: '/tags/0', value: 'b' }] };
+    await storage.saveEvents([insert, update]);
+    insert.data.tags.push('changed');
+    insert.data.nested.n = 99;
+    update.patch[0]!.value = 'changed';
+    const [first, second] = await storage.getEventsAfter(0);
+    expect(first).toMatchObject({ id: insert.id, data: { id: 'd1', tags: ['a'], nested: { n: 1 } }, seq: 1, clientId: 'writer' });
+    expect(second).toMatchObject({ id: update.id, baseEventId: insert.id, patch: [{ op: 'replace', path: '/tags/0', value: 'b' }], seq: 2 });
+    expect(Object.isFrozen(first) && Object.isFrozen(first!.data) && Object.isFrozen(second!.patch![0])).toBe(true);
+    expect(Object.keys(first!).sort()).toEqual(['baseEventId', 'clientId', 'collection', 'data', 'documentId', 'hlc', 'id', 'op', 'seq', 'serverTime']);
+  });
+});
+
 function tempSqlitePath(): { dir: string; path: string } {
   const dir = mkdtempSync(join(tmpdir(), 'rxos-sqlite-'));
   return { dir, path: join(dir, 'not-yet-created', 'sync.db') }; // the storage creates missing directories

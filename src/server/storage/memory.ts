@@ -4,6 +4,28 @@ import { DocumentMap } from '../../shared/document-map.js';
 import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
 /**
+ * The event as stored: its fields in one literal (an event has no others:
+ * the protocol's schema is strict), its data and patch deep copies, all of it
+ * frozen. Several times faster than a generic deep copy for each pushed event.
+ */
+function storedCopy(event: IncomingEvent, seq: number, serverTime: number): StoredEvent {
+  const stored: StoredEvent = {
+    id: event.id,
+    collection: event.collection,
+    documentId: event.documentId,
+    op: event.op,
+    data: frozenJsonCopy(event.data),
+    baseEventId: event.baseEventId,
+    hlc: event.hlc,
+    clientId: event.clientId,
+    seq,
+    serverTime,
+  };
+  if (event.patch !== undefined) stored.patch = frozenJsonCopy(event.patch);
+  return Object.freeze(stored);
+}
+
+/**
  * Keeps everything in process memory: for tests, demos and a single
  * short-lived server. Events and heads it returns are shared and frozen.
  */
@@ -32,7 +54,7 @@ export class MemorySyncStorage implements SyncStorage {
     const seq = ++this.lastSeq;
     if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
-    const stored: StoredEvent = frozenJsonCopy(event, { seq, serverTime });
+    const stored = storedCopy(event, seq, serverTime);
     this.events.push(stored);
     this.sequenceById.set(event.id, seq);
     this.heads.set(event.collection, event.documentId, Object.freeze({
