@@ -175,12 +175,12 @@ it('a server of an earlier release, which takes single sequences only in a pull\
   await waitFor(() => client.sync.getStatus().pendingEvents === 2, 'the later writes logged');
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
   expect(haves.slice(2)).toEqual([[3, 4]]);
-  // It was asked in protocol 3 once, refused it, and was spoken to in protocol 1 (the one it named) from then on.
-  expect(handshakes).toEqual([3, 1]);
+  // It was asked in protocol 4 once, refused it, and was spoken to in protocol 1 (the one it named) from then on.
+  expect(handshakes).toEqual([4, 1]);
   expect(client.sync.getStatus().error).toBeNull();
 });
 
-it('a server that refuses protocols 3 and 2 without naming the versions it speaks is spoken to in 1', async () => {
+it('a server that refuses protocols 4, 3 and 2 without naming the versions it speaks is spoken to in 1', async () => {
   const handshakes: unknown[] = [];
   const url = await previousReleaseServer([], handshakes, { named: false });
   const client = await startClient(url, { autoSync: false });
@@ -188,7 +188,7 @@ it('a server that refuses protocols 3 and 2 without naming the versions it speak
   await client.todos.insert({ id: 'a', title: 'a', done: false });
   expect(await client.sync.syncNow()).toMatchObject({ success: true });
   // One version down at a time.
-  expect(handshakes).toEqual([3, 2, 1]);
+  expect(handshakes).toEqual([4, 3, 2, 1]);
 });
 
 it('a server that refuses every version it is asked in, naming the other, gets a few handshakes and an error, not a storm', async () => {
@@ -207,7 +207,7 @@ it('a server that refuses every version it is asked in, naming the other, gets a
   await waitFor(() => client.sync.getStatus().error?.code === 'UNSUPPORTED_PROTOCOL', 'the refusal to show in the status');
   await new Promise((resolve) => setTimeout(resolve, 500));
   // Down to 1 once, then only retries in 1, with the retry delay between them.
-  expect(handshakes.slice(0, 2)).toEqual([3, 1]);
+  expect(handshakes.slice(0, 2)).toEqual([4, 1]);
   expect(handshakes.slice(2).every((version) => version === 1)).toBe(true);
   expect(handshakes.length).toBeLessThan(10);
 });

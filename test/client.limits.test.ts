@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { createRxDatabase } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
-import { closeAfterEach, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, eventsOnWire, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -45,9 +45,8 @@ describe('a client meeting server limits', () => {
       const [serve] = socket.listenersAny();
       socket.offAny(serve);
       socket.onAny((type: string, ...args: unknown[]) => {
-        const message = args[0] as { events?: { documentId: string }[] };
         const ack = args[args.length - 1] as (reply: unknown) => void;
-        const bad = type === 'sync:push' ? (message.events ?? []).findIndex((event) => event.documentId === 'bad') : -1;
+        const bad = type === 'sync:push' ? eventsOnWire(args[0]).findIndex((event) => event.documentId === 'bad') : -1;
         if (type === 'sync:push' && refuseAll) {
           ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'push message: not accepted' } });
         } else if (bad >= 0) {

@@ -19,8 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { Socket } from 'socket.io-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../src/server/storage/index.js';
-import { MESSAGE, type PushMessage, type PushReply, type StoredEvent } from '../src/shared/protocol.js';
-import { contents, sleep, startClient, waitFor, type TestClient, type Todo } from './helpers.js';
+import { MESSAGE, type PushReply, type StoredEvent } from '../src/shared/protocol.js';
+import { contents, eventsOnWire, sleep, startClient, waitFor, type TestClient, type Todo } from './helpers.js';
 import { createTestDatabase, serviceReady } from './services.js';
 
 const SERVER_SCRIPT = fileURLToPath(new URL('./fixtures/server-process.ts', import.meta.url));
@@ -96,7 +96,7 @@ beforeAll(() => {
   Socket.prototype.emitWithAck = async function (this: Socket, event: string, ...args: unknown[]) {
     const reply = await originalEmitWithAck.call(this, event, ...args);
     if (event === MESSAGE.push && (reply as { ok?: boolean })?.ok) {
-      const { events } = args[0] as PushMessage;
+      const events = eventsOnWire(args[0]);
       (reply as PushReply).results.forEach((result, i) => {
         if (typeof result !== 'number') return;
         acknowledged.set(events[i]!.id, events[i]!.documentId);

@@ -171,7 +171,7 @@ const overTransportLimit = (item: Message) => {
  * Sends one batch: messages on a socket that must survive them and get an
  * answer; raw frames and messages over the transport limit on one that may be dropped.
  */
-async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2 | 3): Promise<void> {
+async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2 | 3 | 4): Promise<void> {
   const socket = await rawSocket(server.url, { protocolVersion });
   const frameSocket = await rawSocket(server.url, { protocolVersion });
   try {
@@ -240,7 +240,7 @@ describe('fuzz: hostile messages at a live server', () => {
       try {
         await fc.assert(
           // In every protocol version: they differ in how pushes are shaped and answered, and pulls are shaped.
-          fc.asyncProperty(batch, fc.constantFrom(1 as const, 2 as const, 3 as const), async (messages, protocolVersion) => {
+          fc.asyncProperty(batch, fc.constantFrom(1 as const, 2 as const, 3 as const, 4 as const), async (messages, protocolVersion) => {
             runs++;
             await attack(messages, protocolVersion);
           }),

@@ -161,8 +161,8 @@ describe('metrics', () => {
     const { body: metrics, type } = await get(`${server.url}/metrics`);
     expect(type).toContain('text/plain');
     expect(sample(metrics, 'rxdb_offline_sync_connected_clients')).toBe(2);
-    // Alice's plugin speaks protocol 3; the raw socket speaks 1, as a client of an earlier release.
-    expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="3"}')).toBe(1);
+    // Alice's plugin speaks protocol 4; the raw socket speaks 1, as a client of an earlier release.
+    expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="4"}')).toBe(1);
     expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="1"}')).toBe(1);
     expect(sample(metrics, 'rxdb_offline_sync_push_events_total{result="accepted"}')).toBe(2);
     expect(sample(metrics, 'rxdb_offline_sync_push_events_total{result="duplicate"}')).toBe(1);

@@ -151,6 +151,12 @@ export async function contents(collection: RxCollection<Todo>): Promise<Todo[]> 
  */
 export const RAW_PROTOCOL = 1;
 
+/** The events of a push as they went over the wire: objects in protocols 1 to 3, rows in 4 (id first, document id third). */
+export function eventsOnWire(message: unknown): { id: string; documentId: string }[] {
+  const events = ((message ?? {}) as { events?: unknown[] }).events ?? [];
+  return events.map((event) => (Array.isArray(event) ? { id: event[0] as string, documentId: event[2] as string } : (event as { id: string; documentId: string })));
+}
+
 /** A raw protocol connection, as a hostile or hand-written client would open it. */
 export async function rawSocket(url: string, auth: Record<string, unknown> = {}): Promise<Socket> {
   const socket = io(url, {

@@ -1,12 +1,12 @@
 /**
- * Protocols 3 and 2 beside protocol 1: slimmer pushes and answers, pulls in
- * pages of rows, the same server still serving clients of earlier releases,
- * and clients of each version meeting in one collection.
+ * Protocols 4, 3 and 2 beside protocol 1: slimmer pushes and answers, pulls
+ * in pages of rows, pushes in rows, the same server still serving clients of
+ * earlier releases, and clients of each version meeting in one collection.
  */
 import type { Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { formatHlc, withNode, withoutNode } from '../src/shared/hlc.js';
-import { MESSAGE, fromPullPage, type PullPage, type StoredEvent } from '../src/shared/protocol.js';
+import { MESSAGE, fromPullPage, toPushRows, type PullPage, type StoredEvent, type SyncEvent } from '../src/shared/protocol.js';
 import { contents, rawEvent, rawSocket, request, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
@@ -20,7 +20,7 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function open(protocolVersion: 1 | 2 | 3, clientId = `raw-${uniqueName()}`) {
+async function open(protocolVersion: 1 | 2 | 3 | 4, clientId = `raw-${uniqueName()}`) {
   const socket = await rawSocket(server!.url, { protocolVersion, clientId });
   sockets.push(socket);
   return { socket, clientId };
@@ -91,6 +91,60 @@ describe('protocol 2 pushes', () => {
   });
 });
 
+describe('protocol 4 pushes', () => {
+  it('are stored as the events their rows stand for: each collection named once, the clock made whole, base and patch where given', async () => {
+    server = await startServer({ collections: ['todos', 'notes'] });
+    const { socket, clientId } = await open(4);
+    const millis = Date.now();
+    const own = (counter: number) => formatHlc({ millis, counter, node: clientId });
+    const first: SyncEvent[] = [
+      rawEvent({ documentId: 'a', hlc: own(0) }),
+      rawEvent({ collection: 'notes', documentId: 'n', hlc: own(1) }),
+      // A resolution that kept a remote write's clock: the node stays on the wire.
+      rawEvent({ documentId: 'k', hlc: formatHlc({ millis, counter: 2, node: 'someone-else' }) }),
+    ];
+    const second: SyncEvent[] = [
+      rawEvent({ documentId: 'a', op: 'update', data: { id: 'a', title: 'renamed', done: false }, patch: [{ op: 'replace', path: '/title', value: 'renamed' }], baseEventId: first[0]!.id, hlc: own(3) }),
+      rawEvent({ collection: 'notes', documentId: 'n', op: 'delete', baseEventId: first[1]!.id, hlc: own(4) }),
+    ];
+    const rows = [toPushRows(first, clientId), toPushRows(second, clientId)];
+    expect(rows.map((message) => message.collections)).toEqual([['todos', 'notes'], ['todos', 'notes']]);
+    expect(rows.map((message) => message.events.map((row) => row.length))).toEqual([[6, 6, 6], [8, 7]]);
+    expect(rows[0]!.events.map((row) => row[5])).toEqual([own(0).slice(0, 22), own(1).slice(0, 22), first[2]!.hlc]);
+
+    expect(await request(socket, MESSAGE.push, rows[0])).toEqual({ ok: true, results: [1, 2, 3] });
+    expect(await request(socket, MESSAGE.push, rows[1])).toEqual({ ok: true, results: [4, 5] });
+    // A retry is answered with the sequence stored first.
+    expect(await request(socket, MESSAGE.push, rows[1])).toEqual({ ok: true, results: [4, 5] });
+    const stored = await storedEvents();
+    expect(stored.map(({ seq: _seq, serverTime: _time, ...event }) => event)).toEqual([...first, ...second].map((event) => ({ ...event, clientId })));
+  });
+
+  it('refuse a malformed push with an error naming the row, store nothing of it, and go on serving', async () => {
+    server = await startServer();
+    const { socket, clientId } = await open(4);
+    const good = toPushRows([rawEvent({ documentId: 'ok', hlc: formatHlc({ millis: Date.now(), counter: 0, node: clientId }) })], clientId);
+    const row = good.events[0]!;
+    const refusals: [unknown, string][] = [
+      [{ collections: ['todos'], events: [row, [...row.slice(0, 1), 1, ...row.slice(2)]] }, 'events.1.1: event'],
+      [{ collections: ['todos'], events: [[...row, null, [], 'more']] }, 'events.0'],
+      [{ collections: ['todos'], events: [[row[0], 0, row[2], 'upsert', row[4], row[5]]] }, 'events.0.3'],
+      [{ collections: ['todos'], events: [[row[0], 0, row[2], 'insert', row[4], 'yesterday']] }, 'events.0.5'],
+      [{ collections: [], events: [row] }, 'collections'],
+      // Protocol 2's form, from a client that said it speaks 4.
+      [{ events: [rawEvent({ documentId: 'object' })] }, 'collections'],
+      [{ collections: ['todos'], events: [rawEvent({ documentId: 'object' })] }, 'events.0'],
+    ];
+    for (const [message, where] of refusals) {
+      const reply = await request(socket, MESSAGE.push, message);
+      expect(reply).toMatchObject({ ok: false, error: { code: 'INVALID_MESSAGE' } });
+      expect(reply.error.message).toContain(where);
+    }
+    expect(await server.server.getStorage().countEvents()).toBe(0);
+    expect(await request(socket, MESSAGE.push, good)).toEqual({ ok: true, results: [1] });
+  });
+});
+
 describe('a server speaking both versions', () => {
   it('answers a protocol 1 client in protocol 1: each result names its event', async () => {
     server = await startServer();
@@ -108,9 +162,9 @@ describe('a server speaking both versions', () => {
   it('lets clients of both versions meet in one collection: each sees the other\'s writes whole', async () => {
     server = await startServer();
     // What the plugin puts on the wire, before the server reads it.
-    const pushed: Record<string, unknown>[] = [];
+    const pushed: unknown[] = [];
     server.server.getIo().on('connection', (socket) => {
-      socket.onAny((type: string, message: { events?: Record<string, unknown>[] }) => {
+      socket.onAny((type: string, message: { events?: unknown[] }) => {
         if (type === MESSAGE.push) pushed.push(...structuredClone(message.events ?? []));
       });
     });
@@ -128,10 +182,8 @@ describe('a server speaking both versions', () => {
     // The node the plugin left out on the wire is back in the clock every other client sees.
     expect(live[0]!.hlc.endsWith(`-${clientId}`)).toBe(true);
     expect(live[0]!.hlc).toBe(withNode(live[0]!.hlc.slice(0, 22), clientId));
-    // It went out slim: the clock without the node, no null base.
-    expect(pushed).toHaveLength(1);
-    expect(pushed[0]!.hlc).toBe(live[0]!.hlc.slice(0, 22));
-    expect(pushed[0]).not.toHaveProperty('baseEventId');
+    // It went out as a row (protocol 4): the collection by its index, the clock without the node, no base.
+    expect(pushed).toEqual([[live[0]!.id, 0, 'from-new', 'insert', { id: 'from-new', title: 'written by this release', done: false }, live[0]!.hlc.slice(0, 22)]]);
 
     const fromOld = rawEvent({ documentId: 'from-old', data: { id: 'from-old', title: 'written by an older release', done: true } });
     expect((await request(old.socket, MESSAGE.push, { events: [fromOld] })).results[0]).toMatchObject({ status: 'accepted' });
@@ -203,7 +255,7 @@ describe('a server speaking both versions', () => {
     expect(page.hasMore).toBe(whole.hasMore);
   });
 
-  it('lets the plugin, speaking protocol 3, pull pages of another client\'s writes and stamp each document with its author', async () => {
+  it('lets the plugin, speaking protocol 4, pull pages (as in 3) of another client\'s writes and stamp each document with its author', async () => {
     server = await startServer();
     const pulls: unknown[] = [];
     const rowLengths: number[] = [];
@@ -230,7 +282,7 @@ describe('a server speaking both versions', () => {
     clients.push(plugin);
     await waitFor(async () => (await plugin.todos.find().exec()).length === 5, 'the plugin to pull all five');
     expect(pulls.length).toBeGreaterThanOrEqual(3);
-    expect(new Set(pulls)).toEqual(new Set([3]));
+    expect(new Set(pulls)).toEqual(new Set([4]));
     // Every author came from its clock's node.
     expect(rowLengths).toEqual([8, 8, 8, 8, 8]);
     expect((await contents(plugin.todos)).map((doc) => doc.title)).toEqual(docs.map((_, i) => `title ${i}`));

@@ -69,8 +69,8 @@ describe('authentication', () => {
     server = await startServer({ authenticate });
     const future = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION + 1, clientId: 'c1', token: 'good' });
     // It names the versions it speaks, so that a newer client can fall back to one of them.
-    expect(future.data).toMatchObject({ code: 'UNSUPPORTED_PROTOCOL', details: { supported: [1, 2, 3] } });
-    expect(future.data!.message).toContain('speaks 1, 2, 3');
+    expect(future.data).toMatchObject({ code: 'UNSUPPORTED_PROTOCOL', details: { supported: [1, 2, 3, 4] } });
+    expect(future.data!.message).toContain('speaks 1, 2, 3, 4');
 
     const noClientId = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, token: 'good' });
     expect(noClientId.data?.code).toBe('INVALID_MESSAGE');

@@ -4,7 +4,7 @@ import { HLC_PATTERN, HybridLogicalClock, PUSHED_HLC_PATTERN, compareHlc, format
 import { randomId } from '../src/shared/ids.js';
 import { DocumentMap } from '../src/shared/document-map.js';
 import { frozenJsonCopy, jsonLengthBound, withFields } from '../src/shared/json.js';
-import { fromPullPage, pullPageSchema, spanSet, toPullPage, toSpans, type StoredEvent } from '../src/shared/protocol.js';
+import { fromPullPage, fromPushRows, pullPageSchema, pushRowsMessageSchema, spanSet, toPullPage, toPushRows, toSpans, type StoredEvent, type SyncEvent } from '../src/shared/protocol.js';
 
 describe('hybrid logical clock', () => {
   it('formats and parses back, and sorts as strings in clock order', () => {
@@ -96,6 +96,33 @@ describe('protocol 3 pull pages', () => {
     const page = { ...toPullPage([stored(1, 'a')]), checkpoint: 1, hasMore: false };
     expect(() => fromPullPage({ ...page, events: [page.events[0]!.with(1, 1) as never] })).toThrow(/names collection 1 and clock node 0, but the pull page lists 1 collections and 1 nodes/);
     expect(() => fromPullPage({ ...page, events: [page.events[0]!.with(6, 2) as never] })).toThrow(/names collection 0 and clock node 2/);
+  });
+});
+
+describe('protocol 4 push rows', () => {
+  it('read back as the events they were made of, whatever the mix of collections, clocks, bases and patches', () => {
+    const pusher = 'client-1';
+    fc.assert(
+      fc.property(
+        fc.array(fc.tuple(fc.constantFrom('todos', 'notes'), fc.constantFrom(pusher, 'other'), fc.boolean(), fc.boolean(), fc.constantFrom('insert', 'update', 'delete') as fc.Arbitrary<SyncEvent['op']>), { minLength: 1, maxLength: 30 }),
+        (specs) => {
+          const events: SyncEvent[] = specs.map(([collection, node, based, patched, op], i) => ({
+            id: `event-${i}-0000`, collection, documentId: `d${i}`, op, data: { id: `d${i}`, n: i },
+            baseEventId: based ? `event-base-${i}` : null,
+            hlc: formatHlc({ millis: 1_700_000_000_000 + i, counter: i, node }),
+            ...(patched ? { patch: [{ op: 'replace' as const, path: '/n', value: i }] } : {}),
+          }));
+          const message = pushRowsMessageSchema.parse(structuredClone(toPushRows(events, pusher)));
+          expect(fromPushRows(message, pusher)).toEqual(events);
+          expect(message.collections).toEqual([...new Set(specs.map(([collection]) => collection))]);
+        },
+      ),
+    );
+  });
+
+  it('refuse a row that names a collection the push does not list, saying which', () => {
+    const message = toPushRows([{ id: 'event-1-0000', collection: 'todos', documentId: 'd1', op: 'insert', data: {}, baseEventId: null, hlc: formatHlc({ millis: 1, counter: 0, node: 'c' }) }], 'c');
+    expect(() => fromPushRows({ ...message, events: [message.events[0]!.with(1, 1) as never] }, 'c')).toThrow(/events\.0\.1: event event-1-0000 names collection 1, but the push lists 1/);
   });
 });
 

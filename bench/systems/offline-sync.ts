@@ -3,9 +3,9 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, type IncomingEvent, type PushReply, type PushedEvent } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, createSyncServer, toPushRows, type IncomingEvent, type PushReply, type SyncEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
-import { formatHlc, withoutNode } from '../../src/shared/hlc.js';
+import { formatHlc } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
 import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
 import { connectOwnSocket, listenOnLoopback } from '../lib/listen.js';
@@ -111,18 +111,19 @@ export const offlineSync: BenchSystem = {
         return {
           async push(todos) {
             const millis = Date.now();
-            // As the plugin pushes them in protocol 2: no null base, the clock without this client's id.
-            const events: PushedEvent[] = todos.map((todo) => ({
+            // As the plugin pushes them in the current protocol: rows, the clock without this client's id.
+            const events: SyncEvent[] = todos.map((todo) => ({
               id: randomUUID(),
               collection: 'todos',
               documentId: todo.id,
               op: 'insert',
               data: { ...todo },
-              hlc: withoutNode(formatHlc({ millis, counter: counter++, node: clientId }), clientId),
+              baseEventId: null,
+              hlc: formatHlc({ millis, counter: counter++, node: clientId }),
             }));
-            const reply = (await socket.emitWithAck(MESSAGE.push, { events })) as { ok: true } & PushReply | { ok: false; error: { message: string } };
+            const reply = (await socket.emitWithAck(MESSAGE.push, toPushRows(events, clientId))) as { ok: true } & PushReply | { ok: false; error: { message: string } };
             if (!reply.ok) throw new Error(`push refused: ${reply.error.message}`);
-            // Protocol 2: each stored event is answered with its sequence, anything else names what stopped it.
+            // Each stored event is answered with its sequence (protocols 2 and later), anything else names what stopped it.
             const refused = reply.results.filter((result) => typeof result !== 'number');
             if (refused.length > 0) throw new Error(`${refused.length} pushed events were not accepted (first: ${refused[0]!.status})`);
           },

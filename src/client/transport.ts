@@ -12,6 +12,7 @@ import {
   liveMessageSchema,
   parseMessage,
   fromPullPage,
+  toPushRows,
   pullPageSchema,
   pullReplySchema,
   pushReplySchema,
@@ -215,13 +216,14 @@ export class Transport {
       if (results.length !== events.length || results.some((result, i) => result.id !== events[i]!.id)) throw mismatch();
       return results.map(toPushOutcome);
     }
-    const { results } = await this.request<PushReply>(MESSAGE.push, { events: events.map((event) => slim(event, this.clientId)) }, pushAck);
+    const message = this.protocol >= 4 ? toPushRows(events, this.clientId) : { events: events.map((event) => slim(event, this.clientId)) };
+    const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck);
     if (results.length !== events.length) throw mismatch();
     return results;
   }
 
   async pull(message: PullMessage): Promise<PullReply> {
-    if (this.protocol === 3) {
+    if (this.protocol >= 3) {
       const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck);
       return { events: fromPullPage(page), checkpoint: page.checkpoint, hasMore: page.hasMore };
     }
@@ -264,7 +266,7 @@ export class Transport {
 
 const mismatch = () => new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
 
-/** An event as protocols 2 and 3 push it: without a null base, and without the node of a clock that is this client's. */
+/** An event as protocols 2 and 3 push it (4 pushes rows, see toPushRows): without a null base, and without the node of a clock that is this client's. */
 function slim(event: SyncEvent, clientId: string): PushedEvent {
   const pushed: PushedEvent = { id: event.id, collection: event.collection, documentId: event.documentId, op: event.op, data: event.data, hlc: withoutNode(event.hlc, clientId) };
   if (event.patch) pushed.patch = event.patch;

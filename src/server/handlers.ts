@@ -9,6 +9,7 @@ import {
   pullMessageSchema,
   spanSet,
   pushMessageSchema,
+  pushRowsMessageSchema,
   subscribeMessageSchema,
   MESSAGE,
   type ClientToServerEvents,
@@ -18,6 +19,7 @@ import {
   type PushReplyV1,
   type ProtocolVersion,
   completePushedEvent,
+  fromPushRows,
   toPushOutcome,
   type DocumentHead,
   type PushResult,
@@ -174,7 +176,9 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     });
   }
   const { clientId, user } = socket.data;
-  const events = parseMessage(pushMessageSchema, raw, 'push message').events.map((event) => completePushedEvent(event, clientId));
+  const events = socket.data.protocol >= 4
+    ? fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message'), clientId)
+    : parseMessage(pushMessageSchema, raw, 'push message').events.map((event) => completePushedEvent(event, clientId));
   const heads = await headsOf(ctx, events);
 
   const results: (PushResult | undefined)[] = new Array(events.length);
@@ -289,7 +293,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
-  if (socket.data.protocol === 3) return { ...toPullPage(visible), checkpoint, hasMore };
+  if (socket.data.protocol >= 3) return { ...toPullPage(visible), checkpoint, hasMore };
   return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
 }
 

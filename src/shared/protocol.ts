@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
-import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode } from './hlc.js';
+import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode, withoutNode } from './hlc.js';
 
 /**
  * Carried in the handshake; a server refuses versions it does not speak and
@@ -14,11 +14,13 @@ import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MA
  * slimmer events (see pushedEventSchema, pushReplySchema and
  * toSlimRemoteEvent); everything else is as in 1. Version 3 pulls pages in
  * rows, with each collection name and clock node of a page listed once (see
- * toPullPage); everything else is as in 2.
+ * toPullPage); everything else is as in 2. Version 4 pushes events in rows
+ * too, each collection of a push named once (see toPushRows); everything
+ * else is as in 3.
  */
-export const PROTOCOL_VERSION = 3;
+export const PROTOCOL_VERSION = 4;
 /** Every version this release speaks, as a server and as a client. */
-export const PROTOCOL_VERSIONS = [1, 2, 3] as const;
+export const PROTOCOL_VERSIONS = [1, 2, 3, 4] as const;
 export type ProtocolVersion = (typeof PROTOCOL_VERSIONS)[number];
 
 export const MESSAGE = {
@@ -84,8 +86,9 @@ export type SyncEvent = z.infer<typeof syncEventSchema>;
  * null `baseEventId` may be left out. The server makes both whole again
  * (completePushedEvent) before anything else reads the event.
  */
+const pushedHlcSchema = z.string().max(MAX_HLC_LENGTH).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value');
 export const pushedEventSchema = syncEventSchema.extend({
-  hlc: z.string().max(MAX_HLC_LENGTH).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value'),
+  hlc: pushedHlcSchema,
   baseEventId: eventIdSchema.nullable().optional(),
 });
 export type PushedEvent = z.infer<typeof pushedEventSchema>;
@@ -224,6 +227,70 @@ export function fromPullPage(page: PullPage): RemoteEvent[] {
     const clientId = author ?? authors[nodeAt];
     if (clientId === undefined) throw new SyncError('INVALID_MESSAGE', `event ${id} has no author, and its clock's node is no client id`);
     events[i] = { id, collection, documentId, op, data, hlc: `${time}-${node}`, seq, clientId };
+  }
+  return events;
+}
+
+/**
+ * One event of a protocol 4 push, as a row: id, index of its collection in
+ * the push's `collections`, document id, operation, data, clock (as
+ * protocol 2 pushes it: without the node when that is the pusher), then only
+ * when there is one the id of the event it was based on (null when there is
+ * none but a patch follows) and its patch.
+ */
+export const pushRowSchema = z.tuple([
+  eventIdSchema,
+  z.number().int().nonnegative(),
+  documentIdSchema,
+  z.enum(OPERATIONS),
+  jsonObjectSchema,
+  pushedHlcSchema,
+  eventIdSchema.nullable().optional(),
+  z.array(patchOperationSchema).optional(),
+]);
+export type PushRow = z.infer<typeof pushRowSchema>;
+
+/**
+ * A protocol 4 push. Without the field names of every event and with its
+ * collection named once, a pushed todo takes about 220 bytes instead of 280:
+ * a fifth less to send on a slow link, and to encode, mask, decode and parse.
+ */
+export const pushRowsMessageSchema = z.strictObject({
+  collections: z.array(collectionNameSchema).min(1).max(256),
+  events: z.array(pushRowSchema).min(1),
+});
+export type PushRowsMessage = z.infer<typeof pushRowsMessageSchema>;
+
+/** Events as a protocol 4 push sends them (see pushRowSchema). */
+export function toPushRows(events: readonly SyncEvent[], clientId: string): PushRowsMessage {
+  const collections: string[] = [];
+  const rows = new Array<PushRow>(events.length);
+  for (let i = 0; i < events.length; i++) {
+    const event = events[i]!;
+    let at = collections.indexOf(event.collection);
+    if (at < 0) at = collections.push(event.collection) - 1;
+    const row: PushRow = [event.id, at, event.documentId, event.op, event.data, withoutNode(event.hlc, clientId)];
+    if (event.patch) row.push(event.baseEventId, event.patch);
+    else if (event.baseEventId !== null) row.push(event.baseEventId);
+    rows[i] = row;
+  }
+  return { collections, events: rows };
+}
+
+/** The events of a received protocol 4 push, whole again (as completePushedEvent makes them); a row that names no listed collection is refused. */
+export function fromPushRows(message: PushRowsMessage, clientId: string): SyncEvent[] {
+  const events = new Array<SyncEvent>(message.events.length);
+  for (let i = 0; i < message.events.length; i++) {
+    const [id, collectionAt, documentId, op, data, hlc, baseEventId, patch] = message.events[i]!;
+    const collection = message.collections[collectionAt];
+    if (collection === undefined) {
+      throw new SyncError('INVALID_MESSAGE', `invalid push message: events.${i}.1: event ${id} names collection ${collectionAt}, but the push lists ${message.collections.length}`, {
+        issues: [{ path: `events.${i}.1`, message: `no collection ${collectionAt} in collections` }],
+      });
+    }
+    const event: SyncEvent = { id, collection, documentId, op, data, baseEventId: baseEventId ?? null, hlc: withNode(hlc, clientId) };
+    if (patch) event.patch = patch;
+    events[i] = event;
   }
   return events;
 }
@@ -384,7 +451,7 @@ export function ackSchema<T extends z.ZodObject>(reply: T) {
 
 export interface ClientToServerEvents {
   'sync:subscribe': (message: SubscribeMessage, ack: (reply: Ack<SubscribeReply>) => void) => void;
-  'sync:push': (message: PushMessage, ack: (reply: Ack<PushReply | PushReplyV1>) => void) => void;
+  'sync:push': (message: PushMessage | PushRowsMessage, ack: (reply: Ack<PushReply | PushReplyV1>) => void) => void;
   'sync:pull': (message: PullMessage, ack: (reply: Ack<WirePullReply | PullPage>) => void) => void;
 }
 
