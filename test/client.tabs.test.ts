@@ -2,7 +2,7 @@ import { addRxPlugin } from 'rxdb';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { closeAfterEach, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
@@ -29,11 +29,20 @@ describe('several tabs of one database', () => {
     expect(server.server.getClientsCount()).toBe(1);
     expect(await follower.sync.syncNow()).toMatchObject({ success: false, error: { code: 'DISABLED' } });
 
+    // The leader logs another tab's write from storage, not from the change event that reached it later.
+    const reads = vi.spyOn(leader.todos.storageInstance, 'findDocumentsById');
+    const readIds = () => reads.mock.calls.flatMap(([ids]) => ids);
     await follower.todos.insert({ id: 'from-follower', title: 'written in the other tab', done: false });
     await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the follower write to reach the server');
     await sleep(200);
     expect(await server.server.getStorage().countEvents()).toBe(1);
     expect(leader.sync.getStatus().pendingEvents).toBe(0);
+    expect(readIds()).toContain('from-follower');
+    // Its own writes it logs from their change events.
+    await leader.todos.insert({ id: 'from-leader', title: 'written in the leading tab', done: false });
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 2, 'the leader write to reach the server');
+    expect(readIds()).not.toContain('from-leader');
+    reads.mockRestore();
 
     const other = await startClient(server.url, { storage });
     clients.push(other);

@@ -75,6 +75,8 @@ export class PendingLog {
   private order: LogEntry[] = [];
   /** Entries before this index in `order` have all left the log. */
   private first = 0;
+  /** Entries from `first` on that left the log. */
+  private gone = 0;
   private count = 0;
   private readonly byDocument = new DocumentMap<LogEntry[]>();
   /** Pages read back holding a stale copy of an entry moved out of them (see repairs()). */
@@ -247,6 +249,7 @@ export class PendingLog {
     (held as LogEntry).page = undefined;
     page.count--;
     this.count--;
+    this.gone++;
     const { collection, documentId } = held.event;
     const list = this.byDocument.get(collection, documentId);
     // A new list, not a change in place: callers may hold the one forDocument() gave them.
@@ -270,14 +273,27 @@ export class PendingLog {
     return held.log === this && held.page ? (held as LogEntry & { page: Page }) : undefined;
   }
 
-  /** Skips the entries that left from the front, and drops them from `order` once they are most of it. */
+  /**
+   * Skips the entries that left from the front, and drops those that left
+   * from `order` once they are most of it: also those behind an entry that
+   * stays (one held back by a manual conflict for days, while everything
+   * logged after it is pushed and acknowledged).
+   */
   private compact(): void {
-    while (this.first < this.order.length && !this.order[this.first]!.page) this.first++;
-    if (this.first > 1024 && this.first * 2 > this.order.length) {
-      this.order = this.order.slice(this.first);
-      this.first = 0;
-    } else if (this.count === 0) {
+    while (this.first < this.order.length && !this.order[this.first]!.page) {
+      this.first++;
+      this.gone--;
+    }
+    if (this.count === 0) {
       this.order = [];
+      this.first = 0;
+      this.gone = 0;
+    } else if (this.gone > 1024 && this.gone > this.count) {
+      this.order = this.order.filter((entry, i) => i >= this.first && entry.page);
+      this.first = 0;
+      this.gone = 0;
+    } else if (this.first > 1024 && this.first * 2 > this.order.length) {
+      this.order = this.order.slice(this.first);
       this.first = 0;
     }
   }

@@ -220,7 +220,11 @@ export class Replicator {
    * recordLocalChanges with the states they left, unless the plugin writes
    * to the collection first. Only for writes made in this tab: another
    * tab's events come later than its writes, perhaps after a plugin write
-   * that replaced them.
+   * that replaced them. This relies on a storage emitting a write's change
+   * event before a later read can see the write (RxDB's memory and Dexie
+   * storages do, and the wrappers over them keep the order): a plugin write
+   * that replaced an app write read it first, so it comes after the app
+   * write's event was noted, and moves the count.
    */
   localWrites(collectionName: string, events: LocalWrites['events']): LocalWrites {
     return { events, pluginWrites: this.pluginWritesTo(collectionName) };
