@@ -39,7 +39,8 @@ describe('a client meeting server limits', () => {
   it('sets aside an event the server names as malformed, pushes everything logged after it, and retries a refusal that names none', async () => {
     server = await startServer();
     // A server that cannot take one document (say an older version with a stricter check) refuses the
-    // whole push and names the event, as the server's own validation does (details.issues[].path).
+    // whole push and names the event, as the server's own validation does (details.issues[].path; in
+    // protocol 4 the path of a row's field, here its data).
     let refuseAll = false;
     server.server.getIo().on('connection', (socket) => {
       const [serve] = socket.listenersAny();
@@ -50,7 +51,7 @@ describe('a client meeting server limits', () => {
         if (type === 'sync:push' && refuseAll) {
           ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'push message: not accepted' } });
         } else if (bad >= 0) {
-          ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'not accepted', details: { issues: [{ path: `events.${bad}.data`, message: 'not accepted' }] } } });
+          ack({ ok: false, error: { code: 'INVALID_MESSAGE', message: 'not accepted', details: { issues: [{ path: `events.${bad}.4`, message: 'not accepted' }] } } });
         } else {
           serve!(type, ...args);
         }

@@ -15,7 +15,7 @@ function storedCopy(event: IncomingEvent, seq: number, serverTime: number): Stor
     documentId: event.documentId,
     op: event.op,
     data: frozenJsonCopy(event.data),
-    baseEventId: event.baseEventId,
+    baseEventId: event.baseEventId ?? null,
     hlc: event.hlc,
     clientId: event.clientId,
     seq,
