@@ -7,9 +7,15 @@ export interface StoredAckedPage {
   versions: [string, string, Shadow][];
 }
 
+/** One acknowledged version as a page stores it. */
+type Held = [collection: string, documentId: string, version: Shadow];
+
 interface Page {
   id: string;
-  versions: DocumentMap<[string, string, Shadow]>;
+  /** Every version put in this page, in order; those no longer the document's newest left it (see live()). */
+  versions: Held[];
+  /** How many of `versions` the page still holds. */
+  count: number;
   /** The write of this page (see pageWrite()); one object however often the page changes. */
   write?: MetaWrite;
 }
@@ -28,11 +34,12 @@ interface Page {
  */
 export class AckedVersions {
   private readonly pages = new Map<string, Page>();
-  private readonly byDocument = new DocumentMap<{ page: Page; version: Shadow }>();
+  /** Each document's newest version and the page holding it: a page holds a version while this names it. */
+  private readonly byDocument = new DocumentMap<{ page: Page; held: Held }>();
 
   constructor(stored: Iterable<[string, StoredAckedPage]> = []) {
     for (const [id, value] of stored) {
-      const page: Page = { id, versions: new DocumentMap() };
+      const page: Page = { id, versions: [], count: 0 };
       this.pages.set(id, page);
       for (const [collection, documentId, version] of value.versions) this.put(page, collection, documentId, version);
     }
@@ -40,7 +47,7 @@ export class AckedVersions {
   }
 
   get(collection: string, documentId: string): Shadow | undefined {
-    return this.byDocument.get(collection, documentId)?.version;
+    return this.byDocument.get(collection, documentId)?.held[2];
   }
 
   /**
@@ -54,7 +61,7 @@ export class AckedVersions {
   add(id: string, versions: readonly [string, string, Shadow][]): MetaWrite {
     let page = this.pages.get(id);
     if (!page) {
-      page = { id, versions: new DocumentMap() };
+      page = { id, versions: [], count: 0 };
       this.pages.set(id, page);
     }
     for (const [collection, documentId, version] of versions) this.put(page, collection, documentId, version);
@@ -63,17 +70,17 @@ export class AckedVersions {
 
   /** Drops the document's acknowledged version: a newer one is kept elsewhere. */
   forget(collection: string, documentId: string): MetaWrite[] {
-    const held = this.byDocument.get(collection, documentId);
-    if (!held) return [];
+    const current = this.byDocument.get(collection, documentId);
+    if (!current) return [];
     this.byDocument.delete(collection, documentId);
-    held.page.versions.delete(collection, documentId);
-    return [this.pageWrite(held.page)];
+    current.page.count--;
+    return [this.pageWrite(current.page)];
   }
 
   /** The oldest page with the versions it still holds (empty when all were outranked), if any. */
   oldest(): { id: string; versions: [string, string, Shadow][] } | undefined {
     const page = this.pages.values().next().value as Page | undefined;
-    return page && { id: page.id, versions: [...page.versions.values()] };
+    return page && { id: page.id, versions: this.live(page).slice() };
   }
 
   /** The write that deletes a page; call drop() once it is made. */
@@ -85,9 +92,7 @@ export class AckedVersions {
   drop(id: string): void {
     const page = this.pages.get(id);
     if (!page) return;
-    for (const [collection, documentId] of page.versions.values()) {
-      if (this.byDocument.get(collection, documentId)?.page === page) this.byDocument.delete(collection, documentId);
-    }
+    for (const [collection, documentId] of this.live(page)) this.byDocument.delete(collection, documentId);
     this.pages.delete(id);
   }
 
@@ -96,18 +101,27 @@ export class AckedVersions {
   }
 
   private put(page: Page, collection: string, documentId: string, version: Shadow): void {
-    const held = this.byDocument.get(collection, documentId);
-    if (held && held.version.seq > version.seq) return;
-    if (held) held.page.versions.delete(collection, documentId);
-    page.versions.set(collection, documentId, [collection, documentId, version]);
-    this.byDocument.set(collection, documentId, { page, version });
+    const current = this.byDocument.get(collection, documentId);
+    if (current && current.held[2].seq > version.seq) return;
+    if (current) current.page.count--;
+    const held: Held = [collection, documentId, version];
+    page.versions.push(held);
+    page.count++;
+    this.byDocument.set(collection, documentId, { page, held });
+  }
+
+  /** The versions the page still holds; those that left it are dropped from it for good here. */
+  private live(page: Page): Held[] {
+    if (page.versions.length !== page.count) page.versions = page.versions.filter((held) => this.byDocument.get(held[0], held[1])?.held === held);
+    return page.versions;
   }
 
   private pageWrite(page: Page): MetaWrite {
     page.write ??= {
       id: page.id,
       kind: 'acked',
-      value: (): StoredAckedPage | undefined => (page.versions.size === 0 ? undefined : { versions: [...page.versions.values()] }),
+      // A copy: later versions are added to the page's own list, not to what was stored.
+      value: (): StoredAckedPage | undefined => (page.count === 0 ? undefined : { versions: this.live(page).slice() }),
     };
     return page.write;
   }

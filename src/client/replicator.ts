@@ -148,17 +148,20 @@ export class Replicator {
    */
   async recordLocalChanges(collectionName: string, documentIds: readonly string[], loggedThrough?: unknown, written?: LocalWrites): Promise<number> {
     const collection = this.collection(collectionName);
-    const ids = [...new Set(documentIds)];
-    const currents = written && written.pluginWrites === this.pluginWritesTo(collectionName)
-      ? new Map(written.events.map((event) => [event.documentId, event.documentData]))
-      : await this.findLocal(collection, ids);
+    const fromEvents = written !== undefined && written.pluginWrites === this.pluginWritesTo(collectionName);
+    // Each document's current state at the same index as its id. (A document named twice by one bulk
+    // is logged twice, its later state last: the loop below is idempotent.)
+    const ids = fromEvents ? written.events.map((event) => event.documentId) : [...new Set(documentIds)];
+    const currents = fromEvents ? written.events.map((event) => event.documentData) : await this.findLocal(collection, ids).then((found) => ids.map((id) => found.get(id)));
     const versions = await this.serverVersions(collectionName, ids, currents);
     const writes: MetaWrite[] = [];
     let changed = 0;
-    for (const documentId of ids) {
+    for (let i = 0; i < ids.length; i++) {
+      const documentId = ids[i]!;
+      const doc = currents[i];
       const captured = this.captured.get(collectionName, documentId);
       if (captured) this.captured.delete(collectionName, documentId);
-      const current = localState(currents.get(documentId));
+      const current = localState(doc);
       const server = versions.get(documentId) ?? null;
       // The document no longer holds the server version the capture came from: keep that version.
       if (captured && server === captured) writes.push(...this.shadowWrite(collectionName, documentId, captured));
@@ -179,7 +182,7 @@ export class Replicator {
         continue;
       }
       // The clock says when the app wrote (RxDB's write time), not when the write was logged.
-      const writtenAt = currents.get(documentId)?._meta.lwt ?? Date.now();
+      const writtenAt = doc?._meta.lwt ?? Date.now();
       // One literal, not fields added to a smaller object: this runs for every document of a bulk write.
       const event: SyncEvent = {
         id: open?.event.id ?? randomId(),
@@ -654,7 +657,8 @@ export class Replicator {
     const stored = await this.meta.get<Shadow>(ids.map((id) => shadowId(collection, id)));
     const result = new Map<string, Shadow>();
     for (const id of ids) {
-      const shadow = stored.get(shadowId(collection, id));
+      // Most lookups find none (every new document's): then no id is built again.
+      const shadow = stored.size > 0 ? stored.get(shadowId(collection, id)) : undefined;
       const acked = this.acked.get(collection, id);
       const newest = acked && (!shadow || acked.seq >= shadow.seq) ? acked : shadow;
       if (newest) result.set(id, newest);
@@ -688,17 +692,22 @@ export class Replicator {
     return new Map(docs.map((doc) => [String((doc as Record<string, unknown>)[primary]), doc as RxDocumentData<unknown>]));
   }
 
-  /** The newest server version known of each document (see newestVersion); `shadows` when already read. */
+  /**
+   * The newest server version known of each document (see newestVersion);
+   * `currents` by id, or at the index of each id; `shadows` when already read.
+   */
   private async serverVersions(
     collectionName: string,
     ids: readonly string[],
-    currents: Map<string, RxDocumentData<unknown>>,
+    currents: Map<string, RxDocumentData<unknown>> | readonly (RxDocumentData<unknown> | undefined)[],
     shadows?: Map<string, Shadow>,
   ): Promise<Map<string, KnownVersion>> {
     shadows ??= await this.getShadows(collectionName, ids);
     const result = new Map<string, KnownVersion>();
-    for (const id of ids) {
-      const version = newestVersion(shadows.get(id), currents.get(id), this.captured.get(collectionName, id));
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      const current = currents instanceof Map ? currents.get(id) : currents[i];
+      const version = newestVersion(shadows.get(id), current, this.captured.get(collectionName, id));
       if (version) result.set(id, version);
     }
     return result;
