@@ -36,6 +36,7 @@ import {
   type SubscribeReply,
   type SyncEvent,
 } from '../shared/protocol.js';
+import { isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
 import type { ResolvedClientOptions } from './options.js';
 
 export interface TransportEvents {
@@ -217,21 +218,21 @@ export class Transport {
       return results.map(toPushOutcome);
     }
     const message = this.protocol >= 4 ? toPushRows(events, this.clientId) : { events: events.map((event) => slim(event, this.clientId)) };
-    const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck);
+    const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck, isStoredPushAck);
     if (results.length !== events.length) throw mismatch();
     return results;
   }
 
   async pull(message: PullMessage): Promise<PullReply> {
     if (this.protocol >= 3) {
-      const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck);
+      const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck, isPullPageAck);
       return { events: fromPullPage(page), checkpoint: page.checkpoint, hasMore: page.hasMore };
     }
     const reply = await this.request<WirePullReply>(MESSAGE.pull, message, pullAck);
     return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });
   }
 
-  private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType): Promise<R> {
+  private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType, quick?: (value: unknown) => boolean): Promise<R> {
     if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
     let raw: unknown;
     try {
@@ -241,7 +242,7 @@ export class Transport {
       if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', `the connection to the sync server was lost before it answered ${type}`);
       throw new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
     }
-    const reply = parseMessage(schema, raw, `reply to ${type}`) as { ok: true } | { ok: false; error: never };
+    const reply = parseMessage(schema, raw, `reply to ${type}`, quick) as { ok: true } | { ok: false; error: never };
     if (!reply.ok) throw SyncError.fromWire(reply.error);
     return reply as R;
   }

@@ -31,6 +31,7 @@ import {
   type SubscribeReply,
   type SyncEvent,
 } from '../shared/protocol.js';
+import { isPushRowsMessage } from '../shared/wire-checks.js';
 import { assertMayWrite, readable, readableHead, unauthorized } from './access.js';
 import type { ResolvedServerOptions } from './options.js';
 import type { Redactor } from './redact.js';
@@ -177,7 +178,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const { clientId, user } = socket.data;
   const events = socket.data.protocol >= 4
-    ? fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message'), clientId)
+    ? fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message', isPushRowsMessage), clientId)
     : parseMessage(pushMessageSchema, raw, 'push message').events.map((event) => completePushedEvent(event, clientId));
   const heads = await headsOf(ctx, events);
 

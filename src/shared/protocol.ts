@@ -33,12 +33,15 @@ export const MESSAGE = {
 
 export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull]);
 
+export const COLLECTION_NAME_PATTERN = /^[a-zA-Z][a-zA-Z0-9_$-]{0,127}$/;
+/** Lengths of ids, shortest and longest (shared with the quick checks in wire-checks.ts). */
+export const ID_LENGTHS = { document: [1, 1024], event: [8, 128], client: [1, 128] } as const;
 export const collectionNameSchema = z
   .string()
-  .regex(/^[a-zA-Z][a-zA-Z0-9_$-]{0,127}$/, 'a collection name starts with a letter and holds letters, digits, _ $ -');
-export const documentIdSchema = z.string().min(1).max(1024);
-export const eventIdSchema = z.string().min(8).max(128);
-export const clientIdSchema = z.string().min(1).max(128);
+  .regex(COLLECTION_NAME_PATTERN, 'a collection name starts with a letter and holds letters, digits, _ $ -');
+export const documentIdSchema = z.string().min(ID_LENGTHS.document[0]).max(ID_LENGTHS.document[1]);
+export const eventIdSchema = z.string().min(ID_LENGTHS.event[0]).max(ID_LENGTHS.event[1]);
+export const clientIdSchema = z.string().min(ID_LENGTHS.client[0]).max(ID_LENGTHS.client[1]);
 export const hlcSchema = z.string().max(MAX_HLC_LENGTH).regex(HLC_PATTERN, 'a hybrid logical clock value');
 export const sequenceSchema = z.number().int().nonnegative();
 /**
@@ -51,8 +54,9 @@ const jsonObjectSchema = z.custom<Record<string, unknown>>(
   'expected a JSON object',
 );
 
+export const PATCH_OPERATIONS = ['add', 'remove', 'replace', 'move', 'copy', 'test'] as const;
 export const patchOperationSchema = z.object({
-  op: z.enum(['add', 'remove', 'replace', 'move', 'copy', 'test']),
+  op: z.enum(PATCH_OPERATIONS),
   path: z.string(),
   value: z.unknown().optional(),
   from: z.string().optional(),
@@ -462,9 +466,12 @@ export interface ServerToClientEvents {
 
 /**
  * Checks a message against its schema; a failure becomes an INVALID_MESSAGE
- * error that names the first offending field.
+ * error that names the first offending field. `quick`, one of the checks in
+ * wire-checks.ts, takes the common case without the schema: a value it
+ * passes is one the schema would return unchanged.
  */
-export function parseMessage<T extends z.ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
+export function parseMessage<T extends z.ZodType>(schema: T, value: unknown, what: string, quick?: (value: unknown) => boolean): z.infer<T> {
+  if (quick?.(value)) return value as z.infer<T>;
   const result = schema.safeParse(value);
   if (result.success) return result.data;
   const issue = result.error.issues[0]!;
