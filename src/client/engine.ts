@@ -15,9 +15,11 @@ import {
   REMOTE_CONTEXT,
   Replicator,
   type ConflictResolutionChoice,
+  type LocalWrites,
   type RejectedEvent,
   type StoredConflict,
 } from './replicator.js';
+import { PAGE_SIZE } from './pending-log.js';
 import { SerialQueue } from './serial-queue.js';
 import { strategyFor } from './strategies/index.js';
 import type { Strategy } from './strategies/types.js';
@@ -53,6 +55,8 @@ const RETRY_SMALLER = -1;
 const MAX_HELD_SEQUENCES = 250_000;
 /** Deleted metadata documents (acknowledged events) that may pile up before they are purged from storage. */
 const META_COMPACTION_THRESHOLD = 2000;
+/** Documents of a bulk of app writes logged in one step (see logBulk): a page of the pending log, and the push's default batch. */
+const LOG_STEP = PAGE_SIZE;
 
 export class SyncEngine {
   readonly status$: BehaviorSubject<SyncStatus>;
@@ -76,6 +80,8 @@ export class SyncEngine {
   private haveForm: 'ranges' | 'sequences' | 'none' = 'ranges';
   /** Collections removed with removeCollection(), whose live events may still arrive for a moment. */
   private readonly removedCollections = new Set<string>();
+  /** Per collection, the last bulk of app writes still being logged in steps, or waiting for one that is (see logBulk). */
+  private readonly logging = new Map<string, Promise<void>>();
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -180,7 +186,8 @@ export class SyncEngine {
     }
     this.transport.connect();
     try {
-      await this.transport.waitForConnection(this.options.requestTimeout);
+      // Every write made before the call is pushed by this run, also one of a bulk still being logged.
+      await Promise.all([this.transport.waitForConnection(this.options.requestTimeout), this.logged()]);
     } catch (error) {
       const syncError = SyncError.from(error);
       this.updateStatus({ error: syncError });
@@ -203,6 +210,8 @@ export class SyncEngine {
   }
 
   async clearPendingEvents(): Promise<number> {
+    // Also the writes of a bulk still being logged: every write made before the call is dropped.
+    await this.logged();
     const dropped = await this.queue.run(() => this.requireReplicator().clearPending());
     this.refreshCounts();
     return dropped;
@@ -281,13 +290,55 @@ export class SyncEngine {
       const written = bulk.events.every((event) => event.documentData._rev.endsWith(ownRevision))
         ? replicator.localWrites(name, bulk.events as never)
         : undefined;
-      void this.queue
-        .run(() => replicator.recordLocalChanges(name, ids, bulk.checkpoint, written))
-        .then(() => this.afterLocalChange(), (error: unknown) => this.fail(error));
+      this.logBulk(name, ids, bulk.checkpoint, written);
     });
     this.subscriptions.set(name, subscription);
     await this.queue.run(() => replicator.recover(name));
     this.refreshCounts();
+  }
+
+  /**
+   * Logs a bulk of the app's writes in steps of LOG_STEP documents, each a
+   * task of its own in the queue: a push of what the first steps logged goes
+   * out between the later ones, and each step's events leave the log before
+   * many more are made. (Logged in one task, a bulk of 10k took about four
+   * times as long per document: every collection of the young generation met
+   * all of its events alive and moved them, and the push waited for the
+   * last.) The bulk's checkpoint is stored with its last step only: a bulk
+   * cut off midway (a crash, close()) is logged by recover() at the next
+   * start. A bulk of a collection whose steps are still running waits for
+   * them: a later write of a document must be logged after an earlier one.
+   */
+  private logBulk(name: string, ids: readonly string[], checkpoint: unknown, written: LocalWrites | undefined): void {
+    const replicator = this.requireReplicator();
+    const step = (start: number): Promise<void> => {
+      const end = Math.min(start + LOG_STEP, ids.length);
+      const last = end === ids.length;
+      const part = written && !(start === 0 && last) ? { ...written, events: written.events.slice(start, end) } : written;
+      return this.queue
+        .run(() => replicator.recordLocalChanges(name, last && start === 0 ? ids : ids.slice(start, end), last ? checkpoint : undefined, part))
+        .then(() => {
+          this.afterLocalChange();
+          // Not after close() or once the collection is no longer synced: recover() logs the rest then.
+          if (!last && !this.closed && this.collections.has(name)) return step(end);
+        });
+    };
+    const earlier = this.logging.get(name);
+    if (!earlier && ids.length <= LOG_STEP) {
+      // One step, queued at once, as the app's small writes are: several of them go out in one push.
+      void step(0).catch((error: unknown) => this.fail(error));
+      return;
+    }
+    const logged = (earlier ? earlier.then(() => step(0)) : step(0)).catch((error: unknown) => this.fail(error));
+    this.logging.set(name, logged);
+    void logged.then(() => {
+      if (this.logging.get(name) === logged) this.logging.delete(name);
+    });
+  }
+
+  /** Resolves once every bulk of app writes noted so far is in the log (or was cut off). */
+  private async logged(): Promise<void> {
+    while (this.logging.size > 0) await Promise.all(this.logging.values());
   }
 
   private afterLocalChange(): void {
