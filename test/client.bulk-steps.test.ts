@@ -5,7 +5,8 @@
  * earlier one, a bulk cut off midway is logged at the next start, and
  * syncNow() and clearPendingEvents() take every write made before the call.
  */
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Replicator } from '../src/client/replicator.js';
 import { MemorySyncStorage } from '../src/server/storage/memory.js';
 import type { StoredEvent } from '../src/shared/protocol.js';
 import { contents, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
@@ -107,6 +108,93 @@ describe('a bulk of app writes larger than a step', () => {
     const byDocument = await storedByDocument();
     expect(byDocument.size).toBe(BULK);
     expect([...byDocument.values()].every((events) => events.length === 1 && events[0]!.op === 'insert')).toBe(true);
+  });
+
+  it('cut off by closing the database while a later write waits for it: both are pushed at the next start', async () => {
+    // The later write must not store its checkpoint past the writes the cut-off bulk left unlogged.
+    let app: TestClient | undefined;
+    let closing: Promise<void> | undefined;
+    server = await startServer({ storage: watchedStorage(() => (closing ??= app!.close())) });
+    const name = uniqueName('bulk-cut-later');
+    app = await startClient(server.url, { name });
+    await app.sync.syncNow();
+    await app.todos.bulkInsert(todos('first'));
+    await app.todos.insert({ id: 'later', title: 'written after the bulk', done: false });
+    await waitFor(() => closing !== undefined, 'the first push');
+    await closing;
+
+    const restarted = await client({ name });
+    await restarted.sync.syncNow();
+    await waitFor(async () => (await storedByDocument()).size === BULK + 1 && restarted.sync.getStatus().pendingEvents === 0, 'every write on the server');
+    expect([...(await storedByDocument()).values()].every((events) => events.length === 1)).toBe(true);
+  });
+
+  it('cut off by removing the collection while a later write waits for it: both are pushed once it is synced again', async () => {
+    let app: TestClient | undefined;
+    let removed = false;
+    server = await startServer({
+      storage: watchedStorage(() => {
+        if (removed) return;
+        removed = true;
+        app!.sync.removeCollection('todos');
+      }),
+    });
+    app = await client();
+    await app.sync.syncNow();
+    await app.todos.bulkInsert(todos('first'));
+    await app.todos.insert({ id: 'later', title: 'written after the bulk', done: false });
+    await waitFor(() => removed, 'the first push');
+    await app.sync.syncNow();
+    app.sync.addCollection('todos');
+    await waitFor(async () => (await storedByDocument()).size === BULK + 1 && app!.sync.getStatus().pendingEvents === 0, 'every write on the server');
+    expect([...(await storedByDocument()).values()].every((events) => events.length === 1)).toBe(true);
+  });
+
+  it('noted before its collection was removed and added again is not logged over a write made meanwhile', async () => {
+    let app: TestClient | undefined;
+    let rewatched = false;
+    server = await startServer({
+      storage: watchedStorage(() => {
+        if (rewatched) return;
+        rewatched = true;
+        app!.sync.removeCollection('todos');
+        // Written while the collection is not synced, so noted by no one; the bulk's later steps carry the older state.
+        void app!.todos.upsert({ id: 'd01500', title: 'newer', done: false }).then(() => app!.sync.addCollection('todos'));
+      }),
+    });
+    app = await client();
+    await app.sync.syncNow();
+    await app.todos.bulkInsert(todos('first'));
+    await waitFor(() => rewatched && app!.sync.getCollections().includes('todos'), 'the collection to be synced again');
+    await waitFor(async () => (await storedByDocument()).size === BULK && app!.sync.getStatus().pendingEvents === 0, 'every write on the server');
+    await app.sync.syncNow();
+    const events = (await storedByDocument()).get('d01500')!;
+    expect(events.at(-1)!.data.title).toBe('newer');
+    expect((await contents(app.todos)).find((todo) => todo.id === 'd01500')!.title).toBe('newer');
+  });
+
+  it('cut off by a failed step while a later write waits for it: both are pushed at the next start', async () => {
+    server = await startServer();
+    const name = uniqueName('bulk-failed-step');
+    const app = await startClient(server.url, { name });
+    await app.sync.syncNow();
+    const record = Replicator.prototype.recordLocalChanges;
+    let calls = 0;
+    const failing = vi.spyOn(Replicator.prototype, 'recordLocalChanges').mockImplementation(function (this: Replicator, ...args) {
+      // The bulk's second step fails, as a storage write might.
+      if (++calls === 2) return Promise.reject(new Error('the storage refused the write'));
+      return record.apply(this, args);
+    });
+    await app.todos.bulkInsert(todos('first'));
+    await app.todos.insert({ id: 'later', title: 'written after the bulk', done: false });
+    await waitFor(async () => (await storedByDocument()).has('later'), 'the later write on the server');
+    failing.mockRestore();
+    await app.close();
+
+    const restarted = await client({ name });
+    await restarted.sync.syncNow();
+    await waitFor(async () => (await storedByDocument()).size === BULK + 1 && restarted.sync.getStatus().pendingEvents === 0, 'every write on the server');
+    expect([...(await storedByDocument()).values()].every((events) => events.length === 1)).toBe(true);
   });
 
   it('is pushed whole by a syncNow() called right after the write', async () => {

@@ -82,6 +82,8 @@ export class SyncEngine {
   private readonly removedCollections = new Set<string>();
   /** Per collection, the last bulk of app writes still being logged in steps, or waiting for one that is (see logBulk). */
   private readonly logging = new Map<string, Promise<void>>();
+  /** Collections with app writes noted but not logged, until recover() runs for them (see logBulk). */
+  private readonly unlogged = new Set<string>();
   private replicator?: Replicator;
   private transport?: Transport;
   private running?: Promise<SyncResult>;
@@ -211,8 +213,7 @@ export class SyncEngine {
 
   async clearPendingEvents(): Promise<number> {
     // Also the writes of a bulk still being logged: every write made before the call is dropped.
-    await this.logged();
-    const dropped = await this.queue.run(() => this.requireReplicator().clearPending());
+    const dropped = await this.afterLogging(() => this.requireReplicator().clearPending());
     this.refreshCounts();
     return dropped;
   }
@@ -290,10 +291,19 @@ export class SyncEngine {
       const written = bulk.events.every((event) => event.documentData._rev.endsWith(ownRevision))
         ? replicator.localWrites(name, bulk.events as never)
         : undefined;
-      this.logBulk(name, ids, bulk.checkpoint, written);
+      this.logBulk(name, ids, bulk.checkpoint, written, subscription);
     });
     this.subscriptions.set(name, subscription);
-    await this.queue.run(() => replicator.recover(name));
+    await this.queue.run(async () => {
+      // What a cut-off bulk left is after the stored checkpoint: recovered here, checkpoints may move again.
+      this.unlogged.delete(name);
+      try {
+        await replicator.recover(name);
+      } catch (error) {
+        this.unlogged.add(name);
+        throw error;
+      }
+    });
     this.refreshCounts();
   }
 
@@ -304,23 +314,40 @@ export class SyncEngine {
    * many more are made. (Logged in one task, a bulk of 10k took about four
    * times as long per document: every collection of the young generation met
    * all of its events alive and moved them, and the push waited for the
-   * last.) The bulk's checkpoint is stored with its last step only: a bulk
-   * cut off midway (a crash, close()) is logged by recover() at the next
-   * start. A bulk of a collection whose steps are still running waits for
+   * last.) A bulk of a collection whose steps are still running waits for
    * them: a later write of a document must be logged after an earlier one.
+   *
+   * The bulk's checkpoint is stored with its last step only, and not while
+   * the collection has writes that were noted but not logged (`unlogged`):
+   * a bulk cut off midway (close(), removeCollection(), a failed step) leaves
+   * its rest to recover(), which starts from the stored checkpoint when the
+   * collection is next watched. A collection removed and added again is
+   * watched anew: a bulk noted before stops, and recover() logs the rest.
    */
-  private logBulk(name: string, ids: readonly string[], checkpoint: unknown, written: LocalWrites | undefined): void {
+  private logBulk(name: string, ids: readonly string[], checkpoint: unknown, written: LocalWrites | undefined, watching: Subscription): void {
     const replicator = this.requireReplicator();
     const step = (start: number): Promise<void> => {
+      if (this.closed || this.subscriptions.get(name) !== watching) {
+        this.unlogged.add(name);
+        return Promise.resolve();
+      }
       const end = Math.min(start + LOG_STEP, ids.length);
       const last = end === ids.length;
-      const part = written && !(start === 0 && last) ? { ...written, events: written.events.slice(start, end) } : written;
+      const whole = start === 0 && last;
+      const part = written && !whole ? { ...written, events: written.events.slice(start, end) } : written;
       return this.queue
-        .run(() => replicator.recordLocalChanges(name, last && start === 0 ? ids : ids.slice(start, end), last ? checkpoint : undefined, part))
+        .run(async () => {
+          try {
+            await replicator.recordLocalChanges(name, whole ? ids : ids.slice(start, end), last && !this.unlogged.has(name) ? checkpoint : undefined, part);
+          } catch (error) {
+            // Marked in the task, before the queue goes on to a later bulk's last step.
+            this.unlogged.add(name);
+            throw error;
+          }
+        })
         .then(() => {
           this.afterLocalChange();
-          // Not after close() or once the collection is no longer synced: recover() logs the rest then.
-          if (!last && !this.closed && this.collections.has(name)) return step(end);
+          if (!last) return step(end);
         });
     };
     const earlier = this.logging.get(name);
@@ -336,9 +363,15 @@ export class SyncEngine {
     });
   }
 
-  /** Resolves once every bulk of app writes noted so far is in the log (or was cut off). */
+  /** Resolves once no bulk of app writes noted so far is being logged (each is logged, or was cut off). */
   private async logged(): Promise<void> {
     while (this.logging.size > 0) await Promise.all(this.logging.values());
+  }
+
+  /** Queues `task` once no bulk is being logged, in the same step as the last look: no bulk's steps fall on both sides of it. */
+  private async afterLogging<T>(task: () => Promise<T>): Promise<T> {
+    while (this.logging.size > 0) await Promise.all(this.logging.values());
+    return this.queue.run(task);
   }
 
   private afterLocalChange(): void {
