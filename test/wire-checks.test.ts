@@ -8,8 +8,8 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
-import { ackSchema, parseMessage, pullPageSchema, pushReplySchema, pushRowsMessageSchema } from '../src/shared/protocol.js';
-import { isPullPageAck, isPushRowsMessage, isStoredPushAck } from '../src/shared/wire-checks.js';
+import { ackSchema, liveMessageSchema, parseMessage, pullPageSchema, pushReplySchema, pushRowsMessageSchema } from '../src/shared/protocol.js';
+import { isLiveMessage, isPullPageAck, isPushRowsMessage, isStoredPushAck } from '../src/shared/wire-checks.js';
 import type { z } from 'zod';
 
 const eventId = fc.oneof(fc.uuid(), fc.string({ minLength: 8, maxLength: 128 }));
@@ -65,6 +65,17 @@ const pullPageAck = fc
     }),
   );
 
+const liveMessage = fc.record({
+  events: fc.array(
+    fc.tuple(eventId, collection, documentId, operation, data, fc.tuple(time, node), fc.nat({ max: 2 ** 40 }), fc.option(fc.string({ minLength: 1, maxLength: 128 }))).map(([id, name, doc, op, body, [t, n], seq, author]) => {
+      const event: Record<string, unknown> = { id, collection: name, documentId: doc, op, data: body, hlc: `${t}-${n}`, seq };
+      if (author !== null) event.clientId = author;
+      return event;
+    }),
+    { minLength: 1, maxLength: 4 },
+  ),
+});
+
 /** Every place in a value where a mutation can happen: the value itself and each nested object or array. */
 function containers(value: unknown, found: (Record<string, unknown> | unknown[])[] = []): (Record<string, unknown> | unknown[])[] {
   if (typeof value === 'object' && value !== null) {
@@ -110,6 +121,7 @@ const cases = [
   { name: 'protocol 4 push', quick: isPushRowsMessage, schema: pushRowsMessageSchema as z.ZodType, valid: pushRows as fc.Arbitrary<unknown> },
   { name: 'answer to a push with every event stored', quick: isStoredPushAck, schema: ackSchema(pushReplySchema), valid: pushAck as fc.Arbitrary<unknown> },
   { name: 'protocol 3 pull page', quick: isPullPageAck, schema: ackSchema(pullPageSchema), valid: pullPageAck as fc.Arbitrary<unknown> },
+  { name: 'live message', quick: isLiveMessage, schema: liveMessageSchema as z.ZodType, valid: liveMessage as fc.Arbitrary<unknown> },
 ];
 
 describe('quick checks of the bulk messages', () => {

@@ -36,7 +36,7 @@ import {
   type SubscribeReply,
   type SyncEvent,
 } from '../shared/protocol.js';
-import { isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
+import { isLiveMessage, isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
 import type { ResolvedClientOptions } from './options.js';
 
 export interface TransportEvents {
@@ -117,7 +117,7 @@ export class Transport {
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
-        const message = parseMessage(liveMessageSchema, raw, 'live message from server');
+        const message = parseMessage(liveMessageSchema, raw, 'live message from server', isLiveMessage);
         this.events.onLive({ events: message.events.map(completeRemoteEvent) });
       } catch (error) {
         this.events.onServerError(SyncError.from(error));

@@ -1,6 +1,7 @@
 /**
- * Quick checks of the three messages that carry events in bulk: a protocol 4
- * push, the answer to a push, and a protocol 3 pull page. The schemas in
+ * Quick checks of the messages that carry events in bulk: a protocol 4
+ * push, the answer to a push, a protocol 3 pull page, and a live message
+ * (one reaches every reader of a collection). The schemas in
  * protocol.ts stay the one definition of each message: a check here answers
  * true only for a value its schema accepts and returns unchanged, and
  * anything else (a conflict in an answer, an unknown field, a bad row) goes
@@ -9,7 +10,7 @@
  * time and a sixth of what it allocates (test/wire-checks.test.ts holds
  * each check to its schema on valid and broken messages alike).
  */
-import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN } from './hlc.js';
+import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN } from './hlc.js';
 import { COLLECTION_NAME_PATTERN, ID_LENGTHS, OPERATIONS, PATCH_OPERATIONS } from './protocol.js';
 
 const OPERATION_SET: ReadonlySet<unknown> = new Set(OPERATIONS);
@@ -99,6 +100,27 @@ export function isPullPageAck(value: unknown): boolean {
     if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isRecord(data)) return false;
     if (typeof time !== 'string' || !CLOCK_TIME_PATTERN.test(time) || !isCount(nodeAt) || !isCount(seq)) return false;
     for (let i = 8; i < row.length; i++) if (!isClientId(row[i])) return false;
+  }
+  return true;
+}
+
+const REMOTE_EVENT_KEYS = ['id', 'collection', 'documentId', 'op', 'data', 'hlc', 'seq'] as const;
+const REMOTE_EVENT_KEYS_WITH_AUTHOR = [...REMOTE_EVENT_KEYS, 'clientId'] as const;
+
+/** A live message that liveMessageSchema takes as it is: whole events, each with its author or without. */
+export function isLiveMessage(value: unknown): boolean {
+  if (!isRecord(value) || !hasExactly(value, ['events'])) return false;
+  const events = value.events;
+  if (!Array.isArray(events) || events.length === 0) return false;
+  for (const event of events) {
+    if (!isRecord(event)) return false;
+    const withAuthor = Object.hasOwn(event, 'clientId');
+    if (!hasExactly(event, withAuthor ? REMOTE_EVENT_KEYS_WITH_AUTHOR : REMOTE_EVENT_KEYS)) return false;
+    if (withAuthor && !isClientId(event.clientId)) return false;
+    const { id, collection, documentId, op, data, hlc, seq } = event;
+    if (!isEventId(id) || typeof collection !== 'string' || !COLLECTION_NAME_PATTERN.test(collection)) return false;
+    if (!isDocumentId(documentId) || !isOperation(op) || !isRecord(data) || !isCount(seq)) return false;
+    if (typeof hlc !== 'string' || hlc.length > MAX_HLC_LENGTH || !HLC_PATTERN.test(hlc)) return false;
   }
   return true;
 }
