@@ -104,6 +104,32 @@ describe('last-write-wins', () => {
     expect(docs).toEqual([]);
     expect(serverHead!.deleted).toBe(true);
   });
+  it('a write the server already holds the same state of still keeps its later clock there: an older write arriving after it loses', async () => {
+    const { a, b } = await pair('last-write-wins');
+    const c = await startClient(server!.url, { conflictResolution: 'last-write-wins' });
+    clients.push(c);
+    await waitFor(async () => (await c.todos.findOne('d').exec()) !== null, 'c to get the seed');
+    b.sync.disable();
+    c.sync.disable();
+    // a deletes (online), then b edits and c deletes, both offline, b earlier than c.
+    await remove(a);
+    await settled(a);
+    await sleep(5);
+    await patch({ title: 'b, earlier than c' })(b);
+    await sleep(5);
+    await remove(c);
+    await waitFor(() => b.sync.getStatus().pendingEvents > 0 && c.sync.getStatus().pendingEvents > 0, 'both offline writes logged');
+    // c comes back first: its delete meets a's, the same state. b's edit comes back last.
+    c.sync.enable();
+    await settled(c);
+    b.sync.enable();
+    await settled(b);
+    for (const client of [a, b, c]) await client.sync.syncNow();
+    const [head] = await serverStorage().getHeads('todos', ['d']);
+    expect(head).toMatchObject({ deleted: true });
+    for (const client of [a, b, c]) expect(await contents(client.todos), client.name).toEqual([]);
+  });
+
   it('two inserts of the same primary key: the later insert wins', async () => {
     const { a, b } = await pair('last-write-wins', null);
     const { docs } = await concurrently(

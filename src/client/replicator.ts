@@ -489,7 +489,15 @@ export class Replicator {
       ...(remote ? this.shadowWrite(collectionName, documentId, remote) : this.shadowDelete(collectionName, documentId)),
     ];
     if (statesEqual(local, remote)) {
-      await this.meta.write([...writes, ...settle()]);
+      writes.push(...settle());
+      // The same state on both sides, but written here later than the server's version: said again on
+      // top of it with this client's clock. Dropped, it would leave the server's older clock on the
+      // document, and a write made elsewhere in between (earlier, but reaching the server later)
+      // would stand over it under last-write-wins, though this one was the last.
+      const localHlc = lastEntry?.event.hlc;
+      const restated = remote && localHlc && compareHlc(localHlc, remote.hlc) > 0 ? restatement(local) : null;
+      if (restated) writes.push(this.logNew(collectionName, documentId, restated, remote, localHlc!));
+      await this.meta.write(writes);
       return;
     }
     const localVersion: DocumentVersion = {
