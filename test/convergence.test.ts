@@ -21,6 +21,7 @@ const SEED = process.env.FC_SEED ? Number(process.env.FC_SEED) : Date.now() % 2 
 type Command =
   | { kind: 'put'; client: number; doc: string; done: boolean }
   | { kind: 'remove'; client: number; doc: string }
+  | { kind: 'bulk'; client: number; docs: string[]; done: boolean }
   | { kind: 'offline'; client: number }
   | { kind: 'online'; client: number }
   | { kind: 'restart'; client: number }
@@ -33,6 +34,8 @@ const doc = fc.constantFrom(...DOC_IDS);
 const command: fc.Arbitrary<Command> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ kind: fc.constant('put' as const), client, doc, done: fc.boolean() }) },
   { weight: 2, arbitrary: fc.record({ kind: fc.constant('remove' as const), client, doc }) },
+  // Several documents in one write: with pushes of two, a bulk of three or four is logged in steps.
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('bulk' as const), client, docs: fc.shuffledSubarray(DOC_IDS, { minLength: 2 }), done: fc.boolean() }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('offline' as const), client }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('online' as const), client }) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('restart' as const), client }) },
@@ -63,7 +66,7 @@ async function run(commands: Command[], conflictResolution: ConflictResolution) 
   };
   server = await startServer({ storage });
   const names = Array.from({ length: CLIENTS }, () => uniqueName('conv'));
-  const options = { conflictResolution, syncInterval: 200 };
+  const options = { conflictResolution, syncInterval: 200, batchSize: 2 };
   const clients: TestClient[] = [];
   const offline = new Set<number>();
   for (const name of names) clients.push(await startClient(server.url, { name, ...options }));
@@ -80,6 +83,14 @@ async function run(commands: Command[], conflictResolution: ConflictResolution) 
           await c.todos.upsert(data);
           lastWrite.set(cmd.doc, data);
           await sleep(2); // distinct write times
+          break;
+        }
+        case 'bulk': {
+          const c = clients[cmd.client]!;
+          const docs = cmd.docs.map((id): Todo => ({ id, title: `w${writeCount++}-c${cmd.client}`, done: cmd.done }));
+          await c.todos.bulkUpsert(docs);
+          for (const data of docs) lastWrite.set(data.id, data);
+          await sleep(2);
           break;
         }
         case 'remove': {

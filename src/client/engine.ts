@@ -55,8 +55,6 @@ const RETRY_SMALLER = -1;
 const MAX_HELD_SEQUENCES = 250_000;
 /** Deleted metadata documents (acknowledged events) that may pile up before they are purged from storage. */
 const META_COMPACTION_THRESHOLD = 2000;
-/** Documents of a bulk of app writes logged in one step (see logBulk): a page of the pending log, and the push's default batch. */
-const LOG_STEP = PAGE_SIZE;
 
 export class SyncEngine {
   readonly status$: BehaviorSubject<SyncStatus>;
@@ -308,10 +306,10 @@ export class SyncEngine {
   }
 
   /**
-   * Logs a bulk of the app's writes in steps of LOG_STEP documents, each a
-   * task of its own in the queue: a push of what the first steps logged goes
-   * out between the later ones, and each step's events leave the log before
-   * many more are made. (Logged in one task, a bulk of 10k took about four
+   * Logs a bulk of the app's writes a push batch at a time (at most a page
+   * of the log, 500), each step a task of its own in the queue: a push of
+   * what the first steps logged goes out between the later ones, and each
+   * step's events leave the log before many more are made. (Logged in one task, a bulk of 10k took about four
    * times as long per document: every collection of the young generation met
    * all of its events alive and moved them, and the push waited for the
    * last.) A bulk of a collection whose steps are still running waits for
@@ -326,12 +324,13 @@ export class SyncEngine {
    */
   private logBulk(name: string, ids: readonly string[], checkpoint: unknown, written: LocalWrites | undefined, watching: Subscription): void {
     const replicator = this.requireReplicator();
+    const size = Math.min(this.pushBatchSize, PAGE_SIZE);
     const step = (start: number): Promise<void> => {
       if (this.closed || this.subscriptions.get(name) !== watching) {
         this.unlogged.add(name);
         return Promise.resolve();
       }
-      const end = Math.min(start + LOG_STEP, ids.length);
+      const end = Math.min(start + size, ids.length);
       const last = end === ids.length;
       const whole = start === 0 && last;
       const part = written && !whole ? { ...written, events: written.events.slice(start, end) } : written;
@@ -351,7 +350,7 @@ export class SyncEngine {
         });
     };
     const earlier = this.logging.get(name);
-    if (!earlier && ids.length <= LOG_STEP) {
+    if (!earlier && ids.length <= size) {
       // One step, queued at once, as the app's small writes are: several of them go out in one push.
       void step(0).catch((error: unknown) => this.fail(error));
       return;
