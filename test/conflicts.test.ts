@@ -142,6 +142,36 @@ describe('last-write-wins', () => {
 });
 
 describe('server-wins, client-wins, merge', () => {
+  for (const strategy of ['server-wins', 'manual'] as const) {
+    it(`${strategy}: a change the server already holds the same state of is dropped, not pushed again over a later write made on it`, async () => {
+      const { a, b } = await pair(strategy);
+      const c = await startClient(server!.url, { conflictResolution: strategy });
+      clients.push(c);
+      await waitFor(async () => (await c.todos.findOne('d').exec()) !== null, 'c to get the seed');
+      b.sync.disable();
+      // a deletes online and c sees it; b deletes too, offline and later; c then creates the document again, offline.
+      await remove(a);
+      await settled(a);
+      await waitFor(async () => (await c.todos.findOne('d').exec()) === null, 'c to see the delete');
+      c.sync.disable();
+      await sleep(5);
+      await remove(b);
+      await sleep(5);
+      await c.todos.insert({ ...base, title: 'created again by c' });
+      await waitFor(() => b.sync.getStatus().pendingEvents > 0 && c.sync.getStatus().pendingEvents > 0, 'both offline writes logged');
+      // b's delete meets a's: the same state, nothing to push. c's write, made on a's delete, then meets no conflict.
+      b.sync.enable();
+      await settled(b);
+      c.sync.enable();
+      await settled(c);
+      for (const client of [a, b, c]) await client.sync.syncNow();
+      const [head] = await serverStorage().getHeads('todos', ['d']);
+      expect(head).toMatchObject({ deleted: false, data: { title: 'created again by c' } });
+      expect(c.sync.getConflicts()).toEqual([]);
+      for (const client of [a, b, c]) expect((await contents(client.todos)).map((todo) => todo.title), client.name).toEqual(['created again by c']);
+    });
+  }
+
   it('server-wins keeps what reached the server first', async () => {
     const { a, b } = await pair('server-wins');
     const { docs } = await concurrently(a, b, patch({ title: 'a' }), patch({ title: 'b' }));

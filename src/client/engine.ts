@@ -324,7 +324,8 @@ export class SyncEngine {
    */
   private logBulk(name: string, ids: readonly string[], checkpoint: unknown, written: LocalWrites | undefined, watching: Subscription): void {
     const replicator = this.requireReplicator();
-    const size = Math.min(this.pushBatchSize, PAGE_SIZE);
+    // The configured batch, not one lowered after a refusal: one oversized document must not leave every later bulk logged one by one.
+    const size = Math.min(this.options.batchSize, PAGE_SIZE);
     const step = (start: number): Promise<void> => {
       if (this.closed || this.subscriptions.get(name) !== watching) {
         this.unlogged.add(name);

@@ -41,6 +41,7 @@ import type { MetaStore, MetaWrite } from './meta-store.js';
 import { AckedVersions, type StoredAckedPage } from './acked.js';
 import { PendingLog, type StoredPending } from './pending-log.js';
 import type { DocumentVersion, Strategy } from './strategies/types.js';
+import { ordersByClock } from './strategies/index.js';
 
 /** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
 export const REMOTE_CONTEXT = 'rxdb-offline-sync-remote';
@@ -490,12 +491,15 @@ export class Replicator {
     ];
     if (statesEqual(local, remote)) {
       writes.push(...settle());
-      // The same state on both sides, but written here later than the server's version: said again on
-      // top of it with this client's clock. Dropped, it would leave the server's older clock on the
-      // document, and a write made elsewhere in between (earlier, but reaching the server later)
-      // would stand over it under last-write-wins, though this one was the last.
+      // The same state on both sides, but written here later than the server's version: under a
+      // strategy that orders writes by clock, said again on top of it with this client's clock.
+      // Dropped, it would leave the server's older clock on the document, and a write made elsewhere
+      // in between (earlier, but reaching the server later) would stand over it, though this one was
+      // the last. (The other strategies drop the local side here: the server's version stands as it
+      // is, and a later write made on it meets no conflict of this client's making.)
       const localHlc = lastEntry?.event.hlc;
-      const restated = remote && localHlc && compareHlc(localHlc, remote.hlc) > 0 ? restatement(local) : null;
+      const restate = remote && localHlc && ordersByClock(this.strategyFor(collectionName)) && compareHlc(localHlc, remote.hlc) > 0;
+      const restated = restate ? restatement(local) : null;
       if (restated) writes.push(this.logNew(collectionName, documentId, restated, remote, localHlc!));
       await this.meta.write(writes);
       return;

@@ -33,6 +33,11 @@ export function customStrategy(resolver: ConflictResolver): Strategy {
   };
 }
 
+/** Strategies that order writes by their clocks: a write's clock must reach the server even when its state already has. */
+export function ordersByClock(strategy: Strategy): boolean {
+  return strategy === lastWriteWins || strategy === merge;
+}
+
 export function strategyFor(choice: StrategyName | ConflictResolver): Strategy {
   return typeof choice === 'function' ? customStrategy(choice) : BUILT_IN[choice];
 }
