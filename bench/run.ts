@@ -39,6 +39,7 @@ const FULL: BenchConfig = {
   throughputDocs: 2000,
   slowLink: { n: 10_000, rttMs: 100, mbitPerSecond: 20 },
   runs: 3,
+  shortRuns: 9,
   timeoutMs: 180_000,
 };
 
@@ -52,6 +53,7 @@ const QUICK: BenchConfig = {
   throughputDocs: 200,
   slowLink: { n: 2000, rttMs: 100, mbitPerSecond: 20 },
   runs: 1,
+  shortRuns: 1,
   timeoutMs: 60_000,
 };
 
@@ -59,7 +61,7 @@ const USAGE = `usage: npm run bench -- [options]
 
   --quick                small sizes, one run each (under a minute)
   --sizes 10000,50000    initial-sync sizes (also env BENCH_N)
-  --runs 3               repetitions of each timing; medians are reported
+  --runs 3               repetitions of each timing (push and fanout: 9 unless given); medians are reported
   --only a,b             scenarios to run: ${SCENARIOS.map((s) => s.name).join(', ')}
   --systems a,b          systems to run: ${SYSTEMS.map((s) => s.id).join(', ')}
   --batch-size n         this project's client batchSize for pushes (default: the plugin's, 500; pulls use pullBatchSize, 2000)
@@ -104,6 +106,7 @@ function parseConfig() {
   const sizes = values.sizes ?? process.env.BENCH_N;
   if (sizes) config.sizes = sizes.split(',').map((size) => positive('sizes', size.trim().replace(/_/g, ''))!).sort((a, b) => a - b);
   config.runs = positive('runs', values.runs) ?? config.runs;
+  config.shortRuns = positive('runs', values.runs) ?? config.shortRuns;
   config.pushCount = positive('push', values.push) ?? config.pushCount;
   config.latencyWrites = positive('latency-writes', values['latency-writes']) ?? config.latencyWrites;
   if (values.link) {
@@ -159,9 +162,9 @@ async function main(): Promise<void> {
   // JIT warm-up for both systems and the floor, so that the first measured run does not pay for it. The
   // push warms up at its full size, twice: a push of 500 left much of its path (logging, the pending log,
   // the server's storage) to be optimized during the measured runs, which then fell run by run.
-  const warmup = (overrides: Partial<BenchConfig>): ScenarioContext => ({ config: { ...QUICK, sizes: [2000], pushCount: 500, runs: 1, ...overrides }, systems: SYSTEMS, record: () => {}, log: () => {} });
+  const warmup = (overrides: Partial<BenchConfig>): ScenarioContext => ({ config: { ...QUICK, sizes: [2000], pushCount: 500, runs: 1, shortRuns: 1, ...overrides }, systems: SYSTEMS, record: () => {}, log: () => {} });
   for (const scenario of [bulkInsertFloor, initialSync]) await scenario.run(warmup({}));
-  await push.run(warmup({ pushCount: config.pushCount, runs: 2 }));
+  await push.run(warmup({ pushCount: config.pushCount, shortRuns: 2 }));
   log('warm-up done');
 
   const ctx: ScenarioContext = {

@@ -19,6 +19,12 @@ export interface BenchConfig {
   slowLink: { n: number; rttMs: number; mbitPerSecond: number };
   /** Repetitions of every timing; the median is reported. */
   runs: number;
+  /**
+   * Repetitions of the short alternating scenarios (push, fan-out): a run
+   * takes a second or so, and single runs move by a fifth or more, so more
+   * of them steady the median at little cost.
+   */
+  shortRuns: number;
   /** Longest wait for one measured step. */
   timeoutMs: number;
 }

@@ -23,7 +23,7 @@ export const fanOut: Scenario = {
     const allResults = new Map<SystemId, { p50: number[]; p99: number[]; burst: number[] }>(
       systems.map((system) => [system.id, { p50: [], p99: [], burst: [] }]),
     );
-    for (const { system, run } of alternating(systems, config.runs)) {
+    for (const { system, run } of alternating(systems, config.shortRuns)) {
       const results = allResults.get(system.id)!;
       const server = await system.startServer();
       const writer = await server.openClient();

@@ -18,7 +18,7 @@ export const push: Scenario = {
     const n = config.pushCount;
     const todos = makeTodos(n, 'push');
     const results = new Map<SystemId, { times: number[]; settledTimes: number[] }>(systems.map((system) => [system.id, { times: [], settledTimes: [] }]));
-    for (const { system, run } of alternating(systems, config.runs)) {
+    for (const { system, run } of alternating(systems, config.shortRuns)) {
       const { times, settledTimes } = results.get(system.id)!;
       const server = await system.startServer();
       const client = await server.openClient();
