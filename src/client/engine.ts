@@ -309,11 +309,12 @@ export class SyncEngine {
    * Logs a bulk of the app's writes a push batch at a time (at most a page
    * of the log, 500), each step a task of its own in the queue: a push of
    * what the first steps logged goes out between the later ones, and each
-   * step's events leave the log before many more are made. (Logged in one task, a bulk of 10k took about four
-   * times as long per document: every collection of the young generation met
-   * all of its events alive and moved them, and the push waited for the
-   * last.) A bulk of a collection whose steps are still running waits for
-   * them: a later write of a document must be logged after an earlier one.
+   * step's events leave the log before many more are made. (Logged in one
+   * task, a bulk of 10k took about four times as long per document: every
+   * collection of the young generation met all of its events alive and
+   * moved them, and the push waited for the last.) A bulk of a collection
+   * whose steps are still running waits for them: a later write of a
+   * document must be logged after an earlier one.
    *
    * The bulk's checkpoint is stored with its last step only, and not while
    * the collection has writes that were noted but not logged (`unlogged`):
@@ -370,8 +371,11 @@ export class SyncEngine {
 
   /** Queues `task` once no bulk is being logged, in the same step as the last look: no bulk's steps fall on both sides of it. */
   private async afterLogging<T>(task: () => Promise<T>): Promise<T> {
-    while (this.logging.size > 0) await Promise.all(this.logging.values());
-    return this.queue.run(task);
+    for (;;) {
+      await this.logged();
+      // A bulk may have started since logged() last looked: then it is waited for too.
+      if (this.logging.size === 0) return this.queue.run(task);
+    }
   }
 
   private afterLocalChange(): void {
