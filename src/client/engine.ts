@@ -292,15 +292,10 @@ export class SyncEngine {
       this.logBulk(name, ids, bulk.checkpoint, written, subscription);
     });
     this.subscriptions.set(name, subscription);
-    await this.queue.run(async () => {
+    await this.queue.run(() => {
       // What a cut-off bulk left is after the stored checkpoint: recovered here, checkpoints may move again.
       this.unlogged.delete(name);
-      try {
-        await replicator.recover(name);
-      } catch (error) {
-        this.unlogged.add(name);
-        throw error;
-      }
+      return this.unloggedIfFailed(name, () => replicator.recover(name));
     });
     this.refreshCounts();
   }
@@ -337,15 +332,11 @@ export class SyncEngine {
       const whole = start === 0 && last;
       const part = written && !whole ? { ...written, events: written.events.slice(start, end) } : written;
       return this.queue
-        .run(async () => {
-          try {
-            await replicator.recordLocalChanges(name, whole ? ids : ids.slice(start, end), last && !this.unlogged.has(name) ? checkpoint : undefined, part);
-          } catch (error) {
-            // Marked in the task, before the queue goes on to a later bulk's last step.
-            this.unlogged.add(name);
-            throw error;
-          }
-        })
+        .run(() =>
+          this.unloggedIfFailed(name, () =>
+            replicator.recordLocalChanges(name, whole ? ids : ids.slice(start, end), last && !this.unlogged.has(name) ? checkpoint : undefined, part),
+          ),
+        )
         .then(() => {
           this.afterLocalChange();
           if (!last) return step(end);
@@ -362,6 +353,20 @@ export class SyncEngine {
     void logged.then(() => {
       if (this.logging.get(name) === logged) this.logging.delete(name);
     });
+  }
+
+  /**
+   * Runs a step that logs app writes; if it fails, the collection is marked
+   * `unlogged`, inside the queue task, before the queue goes on to a later
+   * bulk's last step (which then stores no checkpoint).
+   */
+  private async unloggedIfFailed(name: string, work: () => Promise<unknown>): Promise<void> {
+    try {
+      await work();
+    } catch (error) {
+      this.unlogged.add(name);
+      throw error;
+    }
   }
 
   /** Resolves once no bulk of app writes noted so far is being logged (each is logged, or was cut off). */

@@ -3,6 +3,11 @@ import type { z } from 'zod';
 import { SyncError } from './errors.js';
 
 export type JsonObject = Record<string, unknown>;
+
+/** An object that is not an array or null: the shape of a JSON object (parsed JSON has string keys only). */
+export function isJsonObject(value: unknown): value is JsonObject {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
 /** One RFC 6902 JSON patch operation, as it travels on the wire. */
 export interface PatchOperation {
   op: 'add' | 'remove' | 'replace' | 'move' | 'copy' | 'test';

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
+import { isJsonObject } from './json.js';
 import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode, withoutNode } from './hlc.js';
 
 /**
@@ -49,10 +50,7 @@ export const sequenceSchema = z.number().int().nonnegative();
  * shape is checked, not each key: a record schema would walk (and copy)
  * every document of every pull and push.
  */
-const jsonObjectSchema = z.custom<Record<string, unknown>>(
-  (value) => typeof value === 'object' && value !== null && !Array.isArray(value),
-  'expected a JSON object',
-);
+const jsonObjectSchema = z.custom<Record<string, unknown>>(isJsonObject, 'expected a JSON object');
 
 export const PATCH_OPERATIONS = ['add', 'remove', 'replace', 'move', 'copy', 'test'] as const;
 export const patchOperationSchema = z.object({

@@ -11,15 +11,12 @@
  * each check to its schema on valid and broken messages alike).
  */
 import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN } from './hlc.js';
+import { isJsonObject } from './json.js';
 import { COLLECTION_NAME_PATTERN, ID_LENGTHS, OPERATIONS, PATCH_OPERATIONS } from './protocol.js';
 
 const OPERATION_SET: ReadonlySet<unknown> = new Set(OPERATIONS);
 const PATCH_OPS: ReadonlySet<unknown> = new Set(PATCH_OPERATIONS);
 const PATCH_KEYS: ReadonlySet<string> = new Set(['op', 'path', 'value', 'from']);
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
-}
 
 /** A plain object with exactly these keys: a schema would drop any other (or refuse it). */
 function hasExactly(value: Record<string, unknown>, keys: readonly string[]): boolean {
@@ -41,17 +38,23 @@ const isEventId = (value: unknown) => isString(value, ...ID_LENGTHS.event);
 const isDocumentId = (value: unknown) => isString(value, ...ID_LENGTHS.document);
 const isClientId = (value: unknown) => isString(value, ...ID_LENGTHS.client);
 const isOperation = (value: unknown) => OPERATION_SET.has(value);
+const isCollectionName = (value: unknown) => typeof value === 'string' && COLLECTION_NAME_PATTERN.test(value);
+
+/** A clock no longer than the protocol carries, of the form `pattern` says. */
+function isClock(value: unknown, pattern: RegExp): boolean {
+  return typeof value === 'string' && value.length <= MAX_HLC_LENGTH && pattern.test(value);
+}
 
 function isCollectionList(value: unknown, min: number, max: number): value is string[] {
   if (!Array.isArray(value) || value.length < min || value.length > max) return false;
-  for (const name of value) if (typeof name !== 'string' || !COLLECTION_NAME_PATTERN.test(name)) return false;
+  for (const name of value) if (!isCollectionName(name)) return false;
   return true;
 }
 
 function isPatch(value: unknown): boolean {
   if (!Array.isArray(value)) return false;
   for (const operation of value) {
-    if (!isRecord(operation) || !PATCH_OPS.has(operation.op) || typeof operation.path !== 'string') return false;
+    if (!isJsonObject(operation) || !PATCH_OPS.has(operation.op) || typeof operation.path !== 'string') return false;
     for (const key of Object.keys(operation)) if (!PATCH_KEYS.has(key)) return false;
     if (Object.hasOwn(operation, 'from') && typeof operation.from !== 'string') return false;
   }
@@ -60,15 +63,15 @@ function isPatch(value: unknown): boolean {
 
 /** A push in protocol 4 rows that pushRowsMessageSchema takes as it is. */
 export function isPushRowsMessage(value: unknown): boolean {
-  if (!isRecord(value) || !hasExactly(value, ['collections', 'events'])) return false;
+  if (!isJsonObject(value) || !hasExactly(value, ['collections', 'events'])) return false;
   if (!isCollectionList(value.collections, 1, 256)) return false;
   const rows = value.events;
   if (!Array.isArray(rows) || rows.length === 0) return false;
   for (const row of rows) {
     if (!Array.isArray(row) || row.length < 6 || row.length > 8) return false;
     const [id, collectionAt, documentId, op, data, hlc] = row;
-    if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isRecord(data)) return false;
-    if (typeof hlc !== 'string' || hlc.length > MAX_HLC_LENGTH || !PUSHED_HLC_PATTERN.test(hlc)) return false;
+    if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isJsonObject(data)) return false;
+    if (!isClock(hlc, PUSHED_HLC_PATTERN)) return false;
     if (row.length >= 7 && row[6] !== null && !isEventId(row[6])) return false;
     if (row.length === 8 && !isPatch(row[7])) return false;
   }
@@ -77,7 +80,7 @@ export function isPushRowsMessage(value: unknown): boolean {
 
 /** A successful answer to a push, protocol 2 and later, in which every event was stored (pushReplySchema with `ok: true`). */
 export function isStoredPushAck(value: unknown): boolean {
-  if (!isRecord(value) || value.ok !== true || !hasExactly(value, ['ok', 'results'])) return false;
+  if (!isJsonObject(value) || value.ok !== true || !hasExactly(value, ['ok', 'results'])) return false;
   const results = value.results;
   if (!Array.isArray(results)) return false;
   for (const result of results) if (!isCount(result)) return false;
@@ -86,7 +89,7 @@ export function isStoredPushAck(value: unknown): boolean {
 
 /** A successful protocol 3 pull page that pullPageSchema (with `ok: true`) takes as it is. */
 export function isPullPageAck(value: unknown): boolean {
-  if (!isRecord(value) || value.ok !== true || !hasExactly(value, ['ok', 'collections', 'nodes', 'events', 'checkpoint', 'hasMore'])) return false;
+  if (!isJsonObject(value) || value.ok !== true || !hasExactly(value, ['ok', 'collections', 'nodes', 'events', 'checkpoint', 'hasMore'])) return false;
   if (!isCount(value.checkpoint) || typeof value.hasMore !== 'boolean') return false;
   if (!isCollectionList(value.collections, 0, Infinity)) return false;
   const nodes = value.nodes;
@@ -97,7 +100,7 @@ export function isPullPageAck(value: unknown): boolean {
   for (const row of rows) {
     if (!Array.isArray(row) || row.length < 8) return false;
     const [id, collectionAt, documentId, op, data, time, nodeAt, seq] = row;
-    if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isRecord(data)) return false;
+    if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isJsonObject(data)) return false;
     if (typeof time !== 'string' || !CLOCK_TIME_PATTERN.test(time) || !isCount(nodeAt) || !isCount(seq)) return false;
     for (let i = 8; i < row.length; i++) if (!isClientId(row[i])) return false;
   }
@@ -109,18 +112,17 @@ const REMOTE_EVENT_KEYS_WITH_AUTHOR = [...REMOTE_EVENT_KEYS, 'clientId'] as cons
 
 /** A live message that liveMessageSchema takes as it is: whole events, each with its author or without. */
 export function isLiveMessage(value: unknown): boolean {
-  if (!isRecord(value) || !hasExactly(value, ['events'])) return false;
+  if (!isJsonObject(value) || !hasExactly(value, ['events'])) return false;
   const events = value.events;
   if (!Array.isArray(events) || events.length === 0) return false;
   for (const event of events) {
-    if (!isRecord(event)) return false;
+    if (!isJsonObject(event)) return false;
     const withAuthor = Object.hasOwn(event, 'clientId');
     if (!hasExactly(event, withAuthor ? REMOTE_EVENT_KEYS_WITH_AUTHOR : REMOTE_EVENT_KEYS)) return false;
     if (withAuthor && !isClientId(event.clientId)) return false;
     const { id, collection, documentId, op, data, hlc, seq } = event;
-    if (!isEventId(id) || typeof collection !== 'string' || !COLLECTION_NAME_PATTERN.test(collection)) return false;
-    if (!isDocumentId(documentId) || !isOperation(op) || !isRecord(data) || !isCount(seq)) return false;
-    if (typeof hlc !== 'string' || hlc.length > MAX_HLC_LENGTH || !HLC_PATTERN.test(hlc)) return false;
+    if (!isEventId(id) || !isCollectionName(collection) || !isDocumentId(documentId) || !isOperation(op)) return false;
+    if (!isJsonObject(data) || !isCount(seq) || !isClock(hlc, HLC_PATTERN)) return false;
   }
   return true;
 }
