@@ -111,8 +111,9 @@ function parseConfig() {
   const config: BenchConfig = { ...(values.quick ? QUICK : FULL) };
   const sizes = values.sizes ?? process.env.BENCH_N;
   if (sizes) config.sizes = sizes.split(',').map((size) => positive('sizes', size.trim().replace(/_/g, ''))!).sort((a, b) => a - b);
-  config.runs = positive('runs', values.runs) ?? config.runs;
-  config.shortRuns = positive('runs', values.runs) ?? config.shortRuns;
+  const runs = positive('runs', values.runs);
+  config.runs = runs ?? config.runs;
+  config.shortRuns = runs ?? config.shortRuns;
   config.pushCount = positive('push', values.push) ?? config.pushCount;
   config.latencyWrites = positive('latency-writes', values['latency-writes']) ?? config.latencyWrites;
   if (values.link) {
@@ -190,7 +191,7 @@ async function runHere(config: BenchConfig, scenarios: readonly Scenario[], syst
   // JIT warm-up for both systems and the floor, so that the first measured run does not pay for it. The
   // push warms up at its full size, twice: a push of 500 left much of its path (logging, the pending log,
   // the server's storage) to be optimized during the measured runs, which then fell run by run.
-  const warmup = (overrides: Partial<BenchConfig>): ScenarioContext => ({ config: { ...QUICK, sizes: [2000], pushCount: 500, runs: 1, shortRuns: 1, ...overrides }, systems: SYSTEMS, record: () => {}, log: () => {} });
+  const warmup = (overrides: Partial<BenchConfig>): ScenarioContext => ({ config: { ...QUICK, sizes: [2000], pushCount: 500, runs: 1, ...overrides }, systems: SYSTEMS, record: () => {}, log: () => {} });
   for (const scenario of [bulkInsertFloor, initialSync]) await scenario.run(warmup({}));
   await push.run(warmup({ pushCount: config.pushCount, shortRuns: 2 }));
   log('warm-up done');
@@ -237,7 +238,7 @@ async function main(): Promise<void> {
   const rows = summarize(measurements);
   console.log(`\n${summaryTable(rows, labels)}\n`);
   const seconds = (performance.now() - started) / 1000;
-  const subtitle = `${info.machine.cpus} × ${info.machine.cpuModel}, Node ${info.machine.node}; memory storage, loopback, one process per scenario`;
+  const subtitle = `${info.machine.cpus} × ${info.machine.cpuModel}, Node ${info.machine.node}; memory storage, loopback, ${isolated ? 'one process per scenario' : 'one process'}`;
   const chart = renderChart(rows, labels, subtitle);
   writeFileSync(join(outDir, 'chart.svg'), chart);
   writeFileSync(join(outDir, 'results.json'), `${JSON.stringify({ ...info, seconds, measurements, summary: rows }, null, 2)}\n`);
