@@ -5,6 +5,8 @@
  * and conflicts. Being a storage instance and not a collection, it does not
  * count against RxDB's open-collection limit.
  */
+import { sha256 } from '@noble/hashes/sha2';
+import { bytesToHex } from '@noble/hashes/utils';
 import {
   createRevision,
   fillWithDefaultSettings,
@@ -21,26 +23,74 @@ import { SyncError } from '../shared/errors.js';
 export type MetaKind = 'state' | 'pending' | 'shadow' | 'acked' | 'conflict' | 'rejected';
 
 interface MetaDoc {
+  /** The id, or for an id longer than MAX_STORED_ID, `#` and its SHA-256 (see storedId). */
   id: string;
   kind: MetaKind;
   value: unknown;
+  /** The whole id, where `id` is its hash. */
+  fullId?: string;
 }
 
 const META_COLLECTION = 'rxdb-offline-sync-meta';
 const WRITE_CONTEXT = 'rxdb-offline-sync-meta';
 
-const META_SCHEMA: RxJsonSchema<RxDocumentData<MetaDoc>> = fillWithDefaultSettings<MetaDoc>({
-  version: 0,
-  primaryKey: 'id',
-  type: 'object',
-  properties: {
-    id: { type: 'string', maxLength: 2048 },
-    kind: { type: 'string', maxLength: 16 },
-    value: { type: 'object' },
-  },
-  required: ['id', 'kind', 'value'],
-  indexes: ['kind'],
-});
+/**
+ * The longest id stored as it is. Storages that index strings pad every
+ * indexed id to the schema's maxLength (RxDB's memory storage and the
+ * storages built on it, three indexes per document), so a bound for the
+ * rare long id (a document id may have 1024 characters) would make every
+ * shadow cost kilobytes. Nearly every id is far shorter: `shadow|todos|`
+ * and a UUID is 49 characters.
+ */
+export const MAX_STORED_ID = 128;
+
+/** The id a document is stored under: the id itself, or a digest of it when it is longer than MAX_STORED_ID. */
+export function storedId(id: string): string {
+  // No id of the plugin's starts with '#': each starts with its kind.
+  return id.length <= MAX_STORED_ID ? id : `#${bytesToHex(sha256(id))}`;
+}
+
+function metaSchema(version: 0 | 1): RxJsonSchema<RxDocumentData<MetaDoc>> {
+  return fillWithDefaultSettings<MetaDoc>({
+    version,
+    primaryKey: 'id',
+    type: 'object',
+    properties: {
+      id: { type: 'string', maxLength: version === 0 ? 2048 : MAX_STORED_ID },
+      kind: { type: 'string', maxLength: 16 },
+      value: { type: 'object' },
+      // The store of version 0 had no fullId.
+      ...(version === 0 ? {} : { fullId: { type: 'string' } }),
+    } as RxJsonSchema<MetaDoc>['properties'],
+    required: ['id', 'kind', 'value'],
+    indexes: ['kind'],
+  });
+}
+
+export const META_SCHEMA = metaSchema(1);
+/**
+ * The store of releases before ids were bounded: ids of up to 2048
+ * characters, every one stored as it is. Copied into the current one once
+ * (see migrate), then removed.
+ */
+export const META_SCHEMA_V0 = metaSchema(0);
+/** Written into the current store once everything of the old one is in it. */
+export const MIGRATED_ID = 'state|migrated';
+
+const MIGRATION_PAGE = 1000;
+
+/** The plugin's storage instance of this schema (exported for tests). */
+export function openInstance(db: RxDatabase, schema: RxJsonSchema<RxDocumentData<MetaDoc>>): Promise<RxStorageInstance<MetaDoc, unknown, unknown>> {
+  return db.storage.createStorageInstance<MetaDoc>({
+    databaseInstanceToken: db.token,
+    databaseName: db.name,
+    collectionName: META_COLLECTION,
+    schema,
+    options: {},
+    multiInstance: db.multiInstance,
+    devMode: false,
+  }) as Promise<RxStorageInstance<MetaDoc, unknown, unknown>>;
+}
 
 /** Kinds the engine reads in full with getAll() when it starts. */
 const LOADED_WHOLE: ReadonlySet<MetaKind> = new Set(['pending', 'acked', 'conflict', 'rejected', 'state']);
@@ -74,16 +124,51 @@ export class MetaStore {
   ) {}
 
   static async open(db: RxDatabase): Promise<MetaStore> {
-    const instance = await db.storage.createStorageInstance<MetaDoc>({
-      databaseInstanceToken: db.token,
-      databaseName: db.name,
-      collectionName: META_COLLECTION,
-      schema: META_SCHEMA,
-      options: {},
-      multiInstance: db.multiInstance,
-      devMode: false,
-    });
-    return new MetaStore(instance as RxStorageInstance<MetaDoc, unknown, unknown>, db.token);
+    const store = new MetaStore(await openInstance(db, META_SCHEMA), db.token);
+    await store.migrate(db);
+    return store;
+  }
+
+  /**
+   * Copies the store of an earlier release (META_SCHEMA_V0) into this one,
+   * once, then marks this one (MIGRATED_ID) and removes the old one. Every
+   * document is inserted, never written over one this store has: a copy cut
+   * short by a crash is finished by the next start, and one made by two tabs
+   * at once, or by a tab that lags behind another that has finished and
+   * written since, changes nothing the other wrote.
+   */
+  private async migrate(db: RxDatabase): Promise<void> {
+    if (await this.migrated()) return;
+    const old = await openInstance(db, META_SCHEMA_V0);
+    try {
+      for (let after = ''; ; ) {
+        const selector = { _deleted: false, id: { $gt: after } };
+        const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
+        const { documents } = await old.query(query);
+        if (documents.length === 0 || (await this.migrated())) break;
+        await this.insert(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
+        after = documents[documents.length - 1]!.id;
+      }
+      await this.insert([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
+    } catch (error) {
+      await old.close().catch(() => undefined);
+      // Another tab finished first and removed the old store while this one read it.
+      if (await this.migrated()) return;
+      throw error;
+    }
+    await old.remove().catch(() => undefined);
+  }
+
+  private async migrated(): Promise<boolean> {
+    return (await this.instance.findDocumentsById([MIGRATED_ID], false)).length > 0;
+  }
+
+  /** Stores documents this store does not have; one it has is left as it is. */
+  private async insert(writes: readonly { id: string; kind: MetaKind; value: unknown }[]): Promise<void> {
+    const rows = writes.map((write) => ({ document: this.document(write.id, write.kind, write.value, false, undefined) }));
+    const response = await this.instance.bulkWrite(rows, WRITE_CONTEXT);
+    const failed = response.error.find((error) => error.status !== 409);
+    if (failed) throw new SyncError('STORAGE_ERROR', `could not copy sync metadata ${failed.documentId} (status ${failed.status})`);
   }
 
   /**
@@ -94,13 +179,13 @@ export class MetaStore {
   async get<T>(ids: readonly string[], beforeWriting = false): Promise<Map<string, T>> {
     const result = new Map<string, T>();
     if (ids.length === 0) return result;
-    const docs = await this.instance.findDocumentsById([...ids], true);
+    const docs = await this.instance.findDocumentsById(ids.map(storedId), true);
     // Otherwise ids found missing are not remembered: most lookups are of documents that never get a
     // record (every pulled document is looked up once), and a write reads the few it needs (loadUnknown).
     if (beforeWriting) for (const id of ids) if (!this.revisions.has(id)) this.revisions.set(id, null);
     for (const doc of docs) {
       this.remember(doc);
-      if (!doc._deleted) result.set(doc.id, doc.value as T);
+      if (!doc._deleted) result.set(doc.fullId ?? doc.id, doc.value as T);
     }
     return result;
   }
@@ -111,7 +196,7 @@ export class MetaStore {
     const result = new Map<string, T>();
     for (const doc of documents) {
       this.remember(doc);
-      result.set(doc.id, doc.value as T);
+      result.set(doc.fullId ?? doc.id, doc.value as T);
     }
     return result;
   }
@@ -151,7 +236,7 @@ export class MetaStore {
         this.remember(row.document);
         if (row.document._deleted) this.deletedSinceCompaction++;
       }
-      rows = rows.filter((write) => failed.has(write.id));
+      rows = rows.filter((write) => failed.has(storedId(write.id)));
     }
     if (rows.length > 0) throw new SyncError('STORAGE_ERROR', `sync metadata kept changing under us: ${rows.map((r) => r.id).join(', ')}`);
   }
@@ -172,18 +257,16 @@ export class MetaStore {
     const deleting = write.value === undefined;
     if (deleting && (!previous || previous._deleted)) return [];
     const previousDoc: RxDocumentData<MetaDoc> | undefined = previous
-      ? { id: write.id, value: {}, _attachments: {}, ...previous }
+      ? { id: storedId(write.id), value: {}, _attachments: {}, ...previous }
       : undefined;
-    const document: RxDocumentData<MetaDoc> = {
-      id: write.id,
-      kind: write.kind,
-      value: deleting ? {} : write.value,
-      _deleted: deleting,
-      _attachments: {},
-      _meta: { lwt: now() },
-      _rev: createRevision(this.token, previousDoc),
-    };
-    return [{ previous: previousDoc, document }];
+    return [{ previous: previousDoc, document: this.document(write.id, write.kind, deleting ? {} : write.value, deleting, previousDoc) }];
+  }
+
+  private document(id: string, kind: MetaKind, value: unknown, deleted: boolean, previous: RxDocumentData<MetaDoc> | undefined): RxDocumentData<MetaDoc> {
+    const stored = storedId(id);
+    const document: RxDocumentData<MetaDoc> = { id: stored, kind, value, _deleted: deleted, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(this.token, previous) };
+    if (stored !== id) document.fullId = id;
+    return document;
   }
 
   /**
@@ -195,13 +278,13 @@ export class MetaStore {
       .filter((write) => !this.revisions.has(write.id) && !LOADED_WHOLE.has(write.kind))
       .map((write) => write.id);
     if (unknown.length === 0) return;
-    const docs = await this.instance.findDocumentsById(unknown, true);
+    const docs = await this.instance.findDocumentsById(unknown.map(storedId), true);
     // A write that landed while this read was awaited is known better than "missing".
     for (const id of unknown) if (!this.revisions.has(id)) this.revisions.set(id, null);
     for (const doc of docs) this.remember(doc);
   }
 
   private remember(doc: RxDocumentData<MetaDoc>): void {
-    this.revisions.set(doc.id, { _rev: doc._rev, _deleted: doc._deleted, _meta: doc._meta, kind: doc.kind });
+    this.revisions.set(doc.fullId ?? doc.id, { _rev: doc._rev, _deleted: doc._deleted, _meta: doc._meta, kind: doc.kind });
   }
 }
