@@ -1,10 +1,11 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
+import { addRxPlugin, createRevision, createRxDatabase, normalizeMangoQuery, now, prepareQuery, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { io, type Socket } from 'socket.io-client';
 import { afterEach } from 'vitest';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
+import { META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, openInstance } from '../src/client/meta-store.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
 import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
 import { formatHlc } from '../src/shared/hlc.js';
@@ -245,4 +246,26 @@ export async function silentPollingClient(url: string, auth: Record<string, unkn
     if (answer.split('\x1e').some((packet) => packet !== '2')) throw new Error(`namespace connection refused: ${answer}`);
   }
   throw new Error('namespace connection not answered');
+}
+
+/**
+ * Puts a closed database's sync store back as releases before bounded ids
+ * left it (schema version 0, see meta-store.ts); the kinds of what it moved.
+ */
+export async function toEarlierLayout(name: string, storage?: RxStorage<any, any>): Promise<string[]> {
+  const db = (await openDatabase(name, false, storage)) as unknown as RxDatabase;
+  try {
+    const current = await openInstance(db, META_SCHEMA);
+    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
+    const docs = (await current.query(query)).documents.filter((doc) => doc.id !== MIGRATED_ID);
+    const old = await openInstance(db, META_SCHEMA_V0);
+    const rows = docs.map(({ id, kind, value }) => ({ document: { id, kind, value, _deleted: false, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(db.token) } }));
+    const { error } = await old.bulkWrite(rows, 'test');
+    if (error.length > 0) throw new Error(`could not write the earlier layout: ${JSON.stringify(error[0])}`);
+    await old.close();
+    await current.remove();
+    return docs.map((doc) => doc.kind);
+  } finally {
+    await db.close();
+  }
 }

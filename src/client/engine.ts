@@ -134,6 +134,8 @@ export class SyncEngine {
   /** Opens the plugin's storage and, once this tab leads, starts logging and syncing. */
   async start(): Promise<void> {
     this.meta = await MetaStore.open(this.db);
+    // A store of an earlier release is copied by the tab that leads (see lead()); a single one leads now.
+    if (!this.db.multiInstance) await this.meta.upgrade();
     this.replicator = new Replicator(this.db, this.meta, (name) => this.strategyFor(name), this.logger);
     this.stateStored = await this.replicator.load();
     this.replicator.conflicts$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
@@ -148,6 +150,7 @@ export class SyncEngine {
     if (this.closed) return;
     const replicator = this.requireReplicator();
     // Only the leader writes the plugin's state; another tab may have led (and written) since start.
+    if (this.db.multiInstance) await this.meta!.upgrade();
     const stored = this.db.multiInstance ? await replicator.load() : this.stateStored;
     if (!stored) await this.meta!.write([replicator.stateWrite()]);
     const repairs = replicator.pending.repairs();

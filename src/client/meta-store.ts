@@ -46,8 +46,17 @@ export const MAX_STORED_ID = 128;
 
 /** The id a document is stored under: the id itself, or a digest of it when it is longer than MAX_STORED_ID. */
 export function storedId(id: string): string {
+  if (id.length <= MAX_STORED_ID) return id;
+  // The digest of the UTF-16 code units, big-endian: as UTF-8, ids that differ only in lone
+  // surrogates (each encoded as U+FFFD) would have the same digest.
+  const units = new Uint8Array(id.length * 2);
+  for (let i = 0; i < id.length; i++) {
+    const unit = id.charCodeAt(i);
+    units[2 * i] = unit >> 8;
+    units[2 * i + 1] = unit & 0xff;
+  }
   // No id of the plugin's starts with '#': each starts with its kind.
-  return id.length <= MAX_STORED_ID ? id : `#${bytesToHex(sha256(id))}`;
+  return `#${bytesToHex(sha256(units))}`;
 }
 
 function metaSchema(version: 0 | 1): RxJsonSchema<RxDocumentData<MetaDoc>> {
@@ -71,13 +80,14 @@ export const META_SCHEMA = metaSchema(1);
 /**
  * The store of releases before ids were bounded: ids of up to 2048
  * characters, every one stored as it is. Copied into the current one once
- * (see migrate), then removed.
+ * (see upgrade), then removed.
  */
 export const META_SCHEMA_V0 = metaSchema(0);
 /** Written into the current store once everything of the old one is in it. */
 export const MIGRATED_ID = 'state|migrated';
 
 const MIGRATION_PAGE = 1000;
+const KINDS: readonly MetaKind[] = ['state', 'pending', 'acked', 'shadow', 'conflict', 'rejected'];
 
 /** The plugin's storage instance of this schema (exported for tests). */
 export function openInstance(db: RxDatabase, schema: RxJsonSchema<RxDocumentData<MetaDoc>>): Promise<RxStorageInstance<MetaDoc, unknown, unknown>> {
@@ -119,44 +129,47 @@ export class MetaStore {
   deletedSinceCompaction = 0;
 
   private constructor(
+    private readonly db: RxDatabase,
     private readonly instance: RxStorageInstance<MetaDoc, unknown, unknown>,
-    private readonly token: string,
   ) {}
 
+  /** Opens the current store; upgrade() copies an earlier release's into it. */
   static async open(db: RxDatabase): Promise<MetaStore> {
-    const store = new MetaStore(await openInstance(db, META_SCHEMA), db.token);
-    await store.migrate(db);
-    return store;
+    return new MetaStore(db, await openInstance(db, META_SCHEMA));
   }
 
   /**
    * Copies the store of an earlier release (META_SCHEMA_V0) into this one,
-   * once, then marks this one (MIGRATED_ID) and removes the old one. Every
-   * document is inserted, never written over one this store has: a copy cut
-   * short by a crash is finished by the next start, and one made by two tabs
-   * at once, or by a tab that lags behind another that has finished and
-   * written since, changes nothing the other wrote.
+   * once: removes the old one, then marks this one (MIGRATED_ID). Only the
+   * tab that leads calls it, so no tab of an earlier release is still writing
+   * the old store, and no other tab of this one copies beside it. Every
+   * document is inserted, never written over one this store has, so a copy
+   * cut short by a crash is finished by the next start. The old store is
+   * removed before the mark: a crash between the two leaves no old store
+   * behind (the next start finds an empty one, removes it and marks).
    */
-  private async migrate(db: RxDatabase): Promise<void> {
+  async upgrade(): Promise<void> {
     if (await this.migrated()) return;
-    const old = await openInstance(db, META_SCHEMA_V0);
+    const old = await openInstance(this.db, META_SCHEMA_V0);
     try {
-      for (let after = ''; ; ) {
-        const selector = { _deleted: false, id: { $gt: after } };
-        const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
-        const { documents } = await old.query(query);
-        if (documents.length === 0 || (await this.migrated())) break;
-        await this.insert(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
-        after = documents[documents.length - 1]!.id;
+      // Kind by kind, so that each page is read through the store's [kind, id] index.
+      for (const kind of KINDS) {
+        for (let after = ''; ; ) {
+          const selector = { _deleted: false, kind, id: { $gt: after } };
+          const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
+          const { documents } = await old.query(query);
+          // A tab that lost the lead while frozen here does not copy over what the next leader has done since.
+          if (documents.length === 0 || (await this.migrated())) break;
+          await this.insert(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
+          after = documents[documents.length - 1]!.id;
+        }
       }
-      await this.insert([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
+      await old.remove();
     } catch (error) {
       await old.close().catch(() => undefined);
-      // Another tab finished first and removed the old store while this one read it.
-      if (await this.migrated()) return;
       throw error;
     }
-    await old.remove().catch(() => undefined);
+    await this.insert([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
   }
 
   private async migrated(): Promise<boolean> {
@@ -194,11 +207,14 @@ export class MetaStore {
     const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { kind, _deleted: false } as never, sort: [{ id: 'asc' }] }));
     const { documents } = await this.instance.query(query);
     const result = new Map<string, T>();
+    let digests = false;
     for (const doc of documents) {
       this.remember(doc);
+      digests ||= doc.fullId !== undefined;
       result.set(doc.fullId ?? doc.id, doc.value as T);
     }
-    return result;
+    // In the order of the ids themselves, as callers list them (conflicts, for one).
+    return digests ? new Map([...result].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : result;
   }
 
   /** Writes and deletes in one storage call; a stale revision is refreshed and retried once. */
@@ -264,7 +280,7 @@ export class MetaStore {
 
   private document(id: string, kind: MetaKind, value: unknown, deleted: boolean, previous: RxDocumentData<MetaDoc> | undefined): RxDocumentData<MetaDoc> {
     const stored = storedId(id);
-    const document: RxDocumentData<MetaDoc> = { id: stored, kind, value, _deleted: deleted, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(this.token, previous) };
+    const document: RxDocumentData<MetaDoc> = { id: stored, kind, value, _deleted: deleted, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(this.db.token, previous) };
     if (stored !== id) document.fullId = id;
     return document;
   }
