@@ -3,7 +3,7 @@ import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
 import { describe, expect, it, vi } from 'vitest';
-import { META_SCHEMA, META_SCHEMA_V0, openInstance } from '../src/client/meta-store.js';
+import { MetaStore, META_SCHEMA, META_SCHEMA_V0, openInstance } from '../src/client/meta-store.js';
 import { closeAfterEach, openDatabase, sleep, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
@@ -29,6 +29,13 @@ describe('several tabs of one database', () => {
     expect(follower.sync.getStatus().leader).toBe(false);
     expect(server.server.getClientsCount()).toBe(1);
     expect(await follower.sync.syncNow()).toMatchObject({ success: false, error: { code: 'DISABLED' } });
+    // The calls that change the log are the leader's too: it keeps the log and writes it over.
+    const started = Date.now();
+    await expect(follower.sync.clearPendingEvents()).rejects.toMatchObject({ code: 'DISABLED', message: expect.stringContaining('another tab') });
+    await expect(follower.sync.clearRejectedEvents()).rejects.toMatchObject({ code: 'DISABLED' });
+    await expect(follower.sync.resolveConflict('conflict|todos|none', 'keep-local')).rejects.toMatchObject({ code: 'DISABLED' });
+    // Told at once: the election is over.
+    expect(Date.now() - started).toBeLessThan(1000);
 
     // The leader logs another tab's write from storage, not from the change event that reached it later.
     const reads = vi.spyOn(leader.todos.storageInstance, 'findDocumentsById');
@@ -115,5 +122,23 @@ describe('several tabs of one database', () => {
     expect(await server.server.getStorage().countEvents()).toBe(2);
     expect(await rawCount(META_SCHEMA_V0)).toBe(0);
     expect(new Set((await server.server.getStorage().getEventsAfter(0)).map((event) => event.clientId)).size).toBe(1);
+  });
+
+  it('a tab elected later whose storage fails to prepare reports it and tries again, then syncs', async () => {
+    server = await startServer();
+    const failing = vi.spyOn(MetaStore.prototype, 'upgrade').mockRejectedValueOnce(new Error('the disk is full'));
+    try {
+      const tab = await startClient(server.url, { name: uniqueName('retry'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }), retry: { maxRetries: 5, retryDelay: 100, useExponentialBackoff: false } });
+      clients.push(tab);
+      await waitFor(() => tab.sync.getStatus().error?.message.includes('the disk is full') ?? false, 'the failure to be reported');
+      expect(tab.sync.getStatus().leader).toBe(false);
+      await waitFor(() => tab.sync.getStatus().leader && tab.sync.getStatus().connected, 'the tab to lead after all');
+      expect(tab.sync.getStatus().error).toBeNull();
+      expect(failing).toHaveBeenCalledTimes(2);
+      await tab.todos.insert({ id: 'after', title: 'written after the retry', done: false });
+      await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write to reach the server');
+    } finally {
+      failing.mockRestore();
+    }
   });
 });

@@ -7,9 +7,9 @@
  *
  * A store written by an earlier release (the same documents, ids of up to
  * 2048 characters, schema version 0) is copied into the current one at the
- * first start, then removed: nothing written offline before the upgrade is
- * lost or pushed twice, and a copy cut short is finished by the next start
- * without writing over what the current store has.
+ * first start (in the tab that leads), then removed: nothing written
+ * offline before the upgrade is lost or pushed twice, and a copy cut short
+ * starts over from the old store as it is then.
  */
 import { createRevision, createRxDatabase, now, normalizeMangoQuery, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
@@ -176,23 +176,43 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     await again.close();
   });
 
-  it('a copy cut short is finished by the next start, and leaves alone what the current store has', async () => {
+  it('a copy cut short starts over: what it left is dropped, and the old store is copied as it is now', async () => {
     const db = await database();
     const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
     const docs = Array.from({ length: 2500 }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
     await seed(db, old, docs);
     await old.close();
-    // The first page got there, and one of its documents changed since (as only a finished copy allows).
+    // The first page got there; then a tab of the earlier release led, changed one of its records
+    // and settled a conflict the cut-off copy had taken along.
     const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
-    await seed(db, current, docs.slice(0, 1000).map((doc, i) => (i === 10 ? { ...doc, value: { seq: 5000 } } : doc)));
+    const settled: Raw = { id: 'conflict|todos|d00003', kind: 'conflict', value: { id: 'conflict|todos|d00003' } };
+    await seed(db, current, [...docs.slice(0, 1000).map((doc, i) => (i === 10 ? { ...doc, value: { seq: 5000 } } : doc)), settled]);
     await current.close();
 
     const meta = await MetaStore.open(db);
     await meta.upgrade();
-    const read = await meta.get<{ seq: number }>(docs.map((doc) => doc.id));
+    const read = await meta.get<{ seq: number }>([...docs.map((doc) => doc.id), settled.id]);
     expect(read.size).toBe(2500);
-    expect(read.get(docs[10]!.id)).toEqual({ seq: 5000 });
+    expect(read.get(docs[10]!.id)).toEqual(docs[10]!.value);
     expect(read.get(docs[2499]!.id)).toEqual(docs[2499]!.value);
+    expect(await meta.getAll('conflict')).toEqual(new Map());
+  });
+
+  it('a store closed while it copies stops, and the next start copies everything', async () => {
+    const db = await database();
+    const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
+    const docs = Array.from({ length: 3000 }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
+    await seed(db, old, docs);
+    await old.close();
+    const first = await MetaStore.open(db);
+    const copying = first.upgrade();
+    await first.close();
+    await expect(copying).rejects.toMatchObject({ code: 'CLOSED' });
+
+    const next = await MetaStore.open(db);
+    await next.upgrade();
+    expect((await next.get(docs.map((doc) => doc.id))).size).toBe(3000);
+    expect((await next.getAll('state')).has(MIGRATED_ID)).toBe(true);
   });
 
   it('once marked done, an old store is not read again', async () => {

@@ -141,20 +141,16 @@ export class SyncEngine {
     this.replicator.conflicts$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.replicator.rejected$.subscribe(() => this.refreshCounts(this.standingError() ?? undefined));
     this.refreshCounts();
-    this.ready = this.db.multiInstance ? this.db.waitForLeadership().then(() => this.lead()) : this.lead();
+    // A single tab's failure fails start(); a tab elected later has no caller to fail: it reports and tries again.
+    this.ready = this.db.multiInstance ? this.db.waitForLeadership().then(() => this.lead()).catch((error: unknown) => this.fail(error)) : this.lead();
     // A single-tab database leads at once; wait so that the caller sees recovered writes counted.
     if (!this.db.multiInstance) await this.ready;
   }
 
   private async lead(): Promise<void> {
     if (this.closed) return;
-    const replicator = this.requireReplicator();
-    // Only the leader writes the plugin's state; another tab may have led (and written) since start.
-    if (this.db.multiInstance) await this.meta!.upgrade();
-    const stored = this.db.multiInstance ? await replicator.load() : this.stateStored;
-    if (!stored) await this.meta!.write([replicator.stateWrite()]);
-    const repairs = replicator.pending.repairs();
-    if (repairs.length > 0) await this.meta!.write(repairs);
+    if (this.db.multiInstance) await this.prepareUntilDone();
+    else await this.prepare();
     if (this.closed) return;
     this.updateStatus({ leader: true });
     for (const name of this.collections) await this.watch(name);
@@ -173,6 +169,38 @@ export class SyncEngine {
       },
     }, this.logger);
     if (this.status.enabled && this.options.autoSync) this.goOnline();
+  }
+
+  /** What the leader reads and writes of the plugin's storage before it logs and syncs. */
+  private async prepare(): Promise<void> {
+    const replicator = this.requireReplicator();
+    // Only the leader writes the plugin's state; another tab may have led (and written) since start.
+    if (this.db.multiInstance) await this.meta!.upgrade();
+    const stored = this.db.multiInstance ? await replicator.load() : this.stateStored;
+    if (!stored) await this.meta!.write([replicator.stateWrite()]);
+    const repairs = replicator.pending.repairs();
+    if (repairs.length > 0) await this.meta!.write(repairs);
+  }
+
+  /**
+   * prepare() in a tab elected after start, which has no caller to fail:
+   * a failure (its storage refusing a write, say) is reported in the status
+   * and tried again, as a failed sync is, until it succeeds or the tab closes.
+   */
+  private async prepareUntilDone(): Promise<void> {
+    const { retryDelay, useExponentialBackoff } = this.options.retry;
+    for (let attempt = 0; !this.closed; attempt++) {
+      try {
+        await this.prepare();
+        if (attempt > 0) this.updateStatus({ error: this.standingError() });
+        return;
+      } catch (error) {
+        this.fail(error);
+        const delay = Math.min(retryDelay * 2 ** (useExponentialBackoff ? attempt : 0), 60_000);
+        // Not kept waiting for by Node once the app is done; close() ends the loop at its next turn.
+        await new Promise((resolve) => (setTimeout(resolve, delay) as { unref?: () => void }).unref?.());
+      }
+    }
   }
 
   // ---- public API ----------------------------------------------------------------
@@ -213,6 +241,7 @@ export class SyncEngine {
   }
 
   async clearPendingEvents(): Promise<number> {
+    await this.requireLeader('clearPendingEvents');
     // Also the writes of a bulk still being logged: every write made before the call is dropped.
     const dropped = await this.afterLogging(() => this.requireReplicator().clearPending());
     this.refreshCounts();
@@ -224,6 +253,7 @@ export class SyncEngine {
   }
 
   async resolveConflict(id: string, choice: ConflictResolutionChoice): Promise<void> {
+    await this.requireLeader('resolveConflict');
     await this.queue.run(() => this.requireReplicator().resolveConflict(id, choice));
     this.refreshCounts();
     this.afterLocalChange();
@@ -752,10 +782,27 @@ export class SyncEngine {
 
   /** Forgets the refused changes (after the app has shown them); returns how many there were. */
   async clearRejectedEvents(): Promise<number> {
+    await this.requireLeader('clearRejectedEvents');
     const count = await this.queue.run(() => this.requireReplicator().clearRejected());
     this.updateStatus({ error: this.standingError() });
     this.refreshCounts();
     return count;
+  }
+
+  /**
+   * The calls that change the plugin's log run in the leading tab only: the
+   * leader keeps the log in memory and writes it over, so another tab's
+   * changes to it would be lost or would clobber the leader's. A tab still
+   * being elected is waited for, as in syncNow().
+   */
+  private async requireLeader(action: string): Promise<void> {
+    if (this.status.leader) return;
+    const elector = this.db.multiInstance ? this.db.leaderElector() : undefined;
+    const elsewhere = elector !== undefined && !elector.isLeader && (await elector.hasLeader());
+    if (!elsewhere) await Promise.race([this.ready, new Promise((resolve) => (setTimeout(resolve, LEADERSHIP_WAIT) as { unref?: () => void }).unref?.())]);
+    if (!this.status.leader) {
+      throw new SyncError('DISABLED', `${action}() changes the sync log, which only the leading tab keeps: another tab of this database leads; call it there (getStatus().leader)`);
+    }
   }
 
   private requireReplicator(): Replicator {

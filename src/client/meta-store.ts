@@ -127,6 +127,9 @@ export class MetaStore {
   private readonly revisions = new Map<string, Revision | null>();
   /** Deletions written since the last compact(): they stay in storage as tombstones until then. */
   deletedSinceCompaction = 0;
+  private closed = false;
+  /** The copy from an earlier release, while it runs. */
+  private upgrading?: Promise<void>;
 
   private constructor(
     private readonly db: RxDatabase,
@@ -141,26 +144,43 @@ export class MetaStore {
   /**
    * Copies the store of an earlier release (META_SCHEMA_V0) into this one,
    * once: removes the old one, then marks this one (MIGRATED_ID). Only the
-   * tab that leads calls it, so no tab of an earlier release is still writing
-   * the old store, and no other tab of this one copies beside it. Every
-   * document is inserted, never written over one this store has, so a copy
-   * cut short by a crash is finished by the next start. The old store is
+   * tab that leads calls it: no tab of an earlier release leads and writes
+   * the old store meanwhile, and no other tab of this one copies beside it.
+   * Nothing else writes this store before the mark, so what it holds then
+   * is what a copy cut short left, from a snapshot the old store may have
+   * moved on from since (a tab of the earlier release may have led in
+   * between): it is dropped, and the copy starts over. The old store is
    * removed before the mark: a crash between the two leaves no old store
    * behind (the next start finds an empty one, removes it and marks).
    */
   async upgrade(): Promise<void> {
+    const run = this.copyEarlier();
+    this.upgrading = run;
+    try {
+      await run;
+    } finally {
+      this.upgrading = undefined;
+    }
+  }
+
+  private async copyEarlier(): Promise<void> {
     if (await this.migrated()) return;
+    for (const kind of KINDS) {
+      const left = await this.getAll(kind);
+      if (left.size > 0) await this.write([...left.keys()].map((id) => ({ id, kind })));
+    }
     const old = await openInstance(this.db, META_SCHEMA_V0);
     try {
       // Kind by kind, so that each page is read through the store's [kind, id] index.
       for (const kind of KINDS) {
         for (let after = ''; ; ) {
+          if (this.closed) throw new SyncError('CLOSED', 'closed while copying the sync metadata of an earlier release');
           const selector = { _deleted: false, kind, id: { $gt: after } };
           const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
           const { documents } = await old.query(query);
-          // A tab that lost the lead while frozen here does not copy over what the next leader has done since.
+          // A tab that lost the lead while frozen here does not copy over what a leader of this release did since.
           if (documents.length === 0 || (await this.migrated())) break;
-          await this.insert(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
+          await this.write(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
           after = documents[documents.length - 1]!.id;
         }
       }
@@ -169,19 +189,11 @@ export class MetaStore {
       await old.close().catch(() => undefined);
       throw error;
     }
-    await this.insert([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
+    await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
   }
 
   private async migrated(): Promise<boolean> {
     return (await this.instance.findDocumentsById([MIGRATED_ID], false)).length > 0;
-  }
-
-  /** Stores documents this store does not have; one it has is left as it is. */
-  private async insert(writes: readonly { id: string; kind: MetaKind; value: unknown }[]): Promise<void> {
-    const rows = writes.map((write) => ({ document: this.document(write.id, write.kind, write.value, false, undefined) }));
-    const response = await this.instance.bulkWrite(rows, WRITE_CONTEXT);
-    const failed = response.error.find((error) => error.status !== 409);
-    if (failed) throw new SyncError('STORAGE_ERROR', `could not copy sync metadata ${failed.documentId} (status ${failed.status})`);
   }
 
   /**
@@ -264,7 +276,10 @@ export class MetaStore {
     for (const [id, revision] of this.revisions) if (revision?._deleted) this.revisions.set(id, null);
   }
 
+  /** Closes the store; a copy from an earlier release under way stops at its next page, to start over next time. */
   async close(): Promise<void> {
+    this.closed = true;
+    await this.upgrading?.catch(() => undefined);
     await this.instance.close();
   }
 
