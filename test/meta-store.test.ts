@@ -45,6 +45,15 @@ async function seed(db: RxDatabase, instance: Instance, docs: readonly Raw[]): P
   expect(error).toEqual([]);
 }
 
+/** A store of the earlier layout holding `count` shadows; the shadows. */
+async function earlierStore(db: RxDatabase, count: number): Promise<Raw[]> {
+  const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
+  const docs = Array.from({ length: count }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
+  await seed(db, old, docs);
+  await old.close();
+  return docs;
+}
+
 const shadow = (collection: string, documentId: string, seq: number): Raw => ({ id: `shadow|${collection}|${documentId}`, kind: 'shadow', value: { seq, data: { title: documentId.slice(0, 8) } } });
 
 describe('ids longer than the stored bound', () => {
@@ -178,10 +187,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
 
   it('a copy cut short starts over: what it left is dropped, and the old store is copied as it is now', async () => {
     const db = await database();
-    const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
-    const docs = Array.from({ length: 2500 }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
-    await seed(db, old, docs);
-    await old.close();
+    const docs = await earlierStore(db, 2500);
     // The first page got there; then a tab of the earlier release led, changed one of its records
     // and settled a conflict the cut-off copy had taken along.
     const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
@@ -200,10 +206,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
 
   it('a store closed while it copies stops, and the next start copies everything', async () => {
     const db = await database();
-    const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
-    const docs = Array.from({ length: 3000 }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
-    await seed(db, old, docs);
-    await old.close();
+    const docs = await earlierStore(db, 3000);
     const first = await MetaStore.open(db);
     const copying = first.upgrade();
     await first.close();
