@@ -128,10 +128,13 @@ describe('several tabs of one database', () => {
     server = await startServer();
     const failing = vi.spyOn(MetaStore.prototype, 'upgrade').mockRejectedValueOnce(new Error('the disk is full'));
     try {
-      const tab = await startClient(server.url, { name: uniqueName('retry'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }), retry: { maxRetries: 5, retryDelay: 100, useExponentialBackoff: false } });
+      const tab = await startClient(server.url, { name: uniqueName('retry'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }), retry: { maxRetries: 5, retryDelay: 1000, useExponentialBackoff: false } });
       clients.push(tab);
       await waitFor(() => tab.sync.getStatus().error?.message.includes('the disk is full') ?? false, 'the failure to be reported');
       expect(tab.sync.getStatus().leader).toBe(false);
+      // This tab leads: asked meanwhile, it says what failed, not that another tab leads.
+      expect(await tab.sync.syncNow()).toMatchObject({ success: false, error: { message: expect.stringContaining('the disk is full') } });
+      await expect(tab.sync.clearPendingEvents()).rejects.toThrow(/the disk is full/);
       await waitFor(() => tab.sync.getStatus().leader && tab.sync.getStatus().connected, 'the tab to lead after all');
       expect(tab.sync.getStatus().error).toBeNull();
       expect(failing).toHaveBeenCalledTimes(2);
@@ -139,6 +142,28 @@ describe('several tabs of one database', () => {
       await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write to reach the server');
     } finally {
       failing.mockRestore();
+    }
+  });
+
+  it('the elected tab, while a long first copy runs, is waited for by syncNow() and clearPendingEvents()', async () => {
+    server = await startServer();
+    const upgrade = MetaStore.prototype.upgrade;
+    const slow = vi.spyOn(MetaStore.prototype, 'upgrade').mockImplementation(async function (this: MetaStore) {
+      await sleep(3500);
+      return upgrade.call(this);
+    });
+    try {
+      const tab = await startClient(server.url, { name: uniqueName('slow'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }) });
+      clients.push(tab);
+      await tab.todos.insert({ id: 'early', title: 'written while the store is prepared', done: false });
+      expect(tab.sync.getStatus().leader).toBe(false);
+      expect(await tab.sync.syncNow()).toMatchObject({ success: true });
+      expect(tab.sync.getStatus().leader).toBe(true);
+      expect(await server.server.getStorage().countEvents()).toBe(1);
+      expect(await tab.sync.clearPendingEvents()).toBe(0);
+      expect(slow).toHaveBeenCalledTimes(1);
+    } finally {
+      slow.mockRestore();
     }
   });
 });

@@ -204,6 +204,18 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     expect(await meta.getAll('conflict')).toEqual(new Map());
   });
 
+  it('a copy complete but not marked (the old store removed, then a crash) is kept and marked', async () => {
+    const db = await database();
+    const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
+    const docs: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, shadow('todos', 'd1', 1)];
+    await seed(db, current, docs);
+    await current.close();
+    const meta = await MetaStore.open(db);
+    await meta.upgrade();
+    expect(await meta.get(docs.map((doc) => doc.id))).toEqual(new Map(docs.map((doc) => [doc.id, doc.value])));
+    expect((await meta.getAll('state')).has(MIGRATED_ID)).toBe(true);
+  });
+
   it('a store closed while it copies stops, and the next start copies everything', async () => {
     const db = await database();
     const docs = await earlierStore(db, 3000);

@@ -49,6 +49,13 @@ export interface SyncResult {
 const LIVE_PULL_DELAY = 100;
 /** How long syncNow() waits for this tab to win leadership before saying another tab syncs. */
 const LEADERSHIP_WAIT = 3000;
+const LEADERSHIP_POLL = 100;
+
+/** A wait that does not keep Node running once the app is done. */
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => (setTimeout(resolve, ms) as { unref?: () => void }).unref?.());
+}
+
 /** Said by a push step whose batch was refused for its size: the batch size is now smaller, push again. */
 const RETRY_SMALLER = -1;
 /** Sequences held for `have` at most; beyond, they are dropped and a pull may send some documents again. */
@@ -188,7 +195,6 @@ export class SyncEngine {
    * and tried again, as a failed sync is, until it succeeds or the tab closes.
    */
   private async prepareUntilDone(): Promise<void> {
-    const { retryDelay, useExponentialBackoff } = this.options.retry;
     for (let attempt = 0; !this.closed; attempt++) {
       try {
         await this.prepare();
@@ -196,9 +202,8 @@ export class SyncEngine {
         return;
       } catch (error) {
         this.fail(error);
-        const delay = Math.min(retryDelay * 2 ** (useExponentialBackoff ? attempt : 0), 60_000);
-        // Not kept waiting for by Node once the app is done; close() ends the loop at its next turn.
-        await new Promise((resolve) => (setTimeout(resolve, delay) as { unref?: () => void }).unref?.());
+        // close() ends the loop at its next turn.
+        await sleep(this.backoff(attempt));
       }
     }
   }
@@ -208,13 +213,11 @@ export class SyncEngine {
   async syncNow(): Promise<SyncResult> {
     if (this.closed) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
     if (!this.status.enabled) return { success: false, error: new SyncError('DISABLED', 'sync is disabled: call enable() first'), syncedEvents: 0 };
-    if (!this.status.leader) {
-      // Right after start a single process may still be winning its election; a follower tab waits no longer than this.
-      await Promise.race([this.ready, new Promise((resolve) => setTimeout(resolve, LEADERSHIP_WAIT))]);
-    }
-    if (!this.status.leader || !this.transport) {
-      return { success: false, error: new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it'), syncedEvents: 0 };
-    }
+    const notLeading = await this.whenLeading();
+    if (notLeading) return { success: false, error: notLeading, syncedEvents: 0 };
+    // Elected and prepared: the rest of lead() (watching, the transport) follows at once.
+    if (!this.transport) await this.ready;
+    if (!this.transport) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
     this.transport.connect();
     try {
       // Every write made before the call is pushed by this run, also one of a bulk still being logged.
@@ -729,17 +732,22 @@ export class SyncEngine {
   }
 
   private scheduleRetry(retryAfterMs?: number): void {
-    const { maxRetries, retryDelay, useExponentialBackoff } = this.options.retry;
+    const { maxRetries } = this.options.retry;
     // A retry already scheduled stands: a burst of failing runs must not use up the budget at once.
     if (this.retryTimer !== undefined) return;
     if (this.retryAttempt >= maxRetries || !this.status.enabled || !this.status.connected || this.closed) return;
-    const exponent = useExponentialBackoff ? this.retryAttempt : 0;
-    const backoff = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
+    const backoff = this.backoff(this.retryAttempt);
     this.retryAttempt++;
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       void this.requestSync({ push: true, pull: true });
     }, Math.max(backoff, retryAfterMs ?? 0));
+  }
+
+  /** The wait before retry number `attempt` (from 0): the configured delay, doubled each time if so set, with jitter. */
+  private backoff(attempt: number): number {
+    const { retryDelay, useExponentialBackoff } = this.options.retry;
+    return Math.min(retryDelay * 2 ** (useExponentialBackoff ? attempt : 0), 60_000) * (0.5 + Math.random());
   }
 
   // ---- helpers -------------------------------------------------------------------
@@ -790,19 +798,37 @@ export class SyncEngine {
   }
 
   /**
+   * Undefined once this tab leads and has prepared its storage; otherwise
+   * why not. A tab still being elected is waited for (LEADERSHIP_WAIT at
+   * most), and so is the elected tab while it prepares (a first copy of an
+   * earlier release's store takes a while), unless it has reported that
+   * preparing failed.
+   */
+  private async whenLeading(): Promise<SyncError | undefined> {
+    const elector = this.db.multiInstance ? this.db.leaderElector() : undefined;
+    for (let waited = 0; !this.status.leader; waited += LEADERSHIP_POLL) {
+      if (this.closed) return new SyncError('CLOSED', 'the database is closed');
+      if (elector?.isLeader) {
+        if (this.status.error) return this.status.error;
+      } else if (waited >= LEADERSHIP_WAIT || (elector && (await elector.hasLeader()))) {
+        return new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it');
+      }
+      await Promise.race([this.ready, sleep(LEADERSHIP_POLL)]);
+    }
+    return undefined;
+  }
+
+  /**
    * The calls that change the plugin's log run in the leading tab only: the
    * leader keeps the log in memory and writes it over, so another tab's
-   * changes to it would be lost or would clobber the leader's. A tab still
-   * being elected is waited for, as in syncNow().
+   * changes to it would be lost or would clobber the leader's.
    */
   private async requireLeader(action: string): Promise<void> {
-    if (this.status.leader) return;
-    const elector = this.db.multiInstance ? this.db.leaderElector() : undefined;
-    const elsewhere = elector !== undefined && !elector.isLeader && (await elector.hasLeader());
-    if (!elsewhere) await Promise.race([this.ready, new Promise((resolve) => (setTimeout(resolve, LEADERSHIP_WAIT) as { unref?: () => void }).unref?.())]);
-    if (!this.status.leader) {
+    const notLeading = await this.whenLeading();
+    if (notLeading?.code === 'DISABLED') {
       throw new SyncError('DISABLED', `${action}() changes the sync log, which only the leading tab keeps: another tab of this database leads; call it there (getStatus().leader)`);
     }
+    if (notLeading) throw notLeading;
   }
 
   private requireReplicator(): Replicator {

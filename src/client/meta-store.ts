@@ -146,12 +146,13 @@ export class MetaStore {
    * once: removes the old one, then marks this one (MIGRATED_ID). Only the
    * tab that leads calls it: no tab of an earlier release leads and writes
    * the old store meanwhile, and no other tab of this one copies beside it.
-   * Nothing else writes this store before the mark, so what it holds then
-   * is what a copy cut short left, from a snapshot the old store may have
-   * moved on from since (a tab of the earlier release may have led in
-   * between): it is dropped, and the copy starts over. The old store is
-   * removed before the mark: a crash between the two leaves no old store
-   * behind (the next start finds an empty one, removes it and marks).
+   * Nothing else writes this store before the mark, so while the old store
+   * holds anything, what this one holds is what a copy cut short left, from
+   * a snapshot the old store may have moved on from since (a tab of the
+   * earlier release may have led in between): it is dropped, and the copy
+   * starts over. The old store is removed before the mark: a crash between
+   * the two leaves a complete copy and an empty old store, which the next
+   * start removes before it marks.
    */
   async upgrade(): Promise<void> {
     const run = this.copyEarlier();
@@ -165,12 +166,9 @@ export class MetaStore {
 
   private async copyEarlier(): Promise<void> {
     if (await this.migrated()) return;
-    for (const kind of KINDS) {
-      const left = await this.getAll(kind);
-      if (left.size > 0) await this.write([...left.keys()].map((id) => ({ id, kind })));
-    }
     const old = await openInstance(this.db, META_SCHEMA_V0);
     try {
+      let started = false;
       // Kind by kind, so that each page is read through the store's [kind, id] index.
       for (const kind of KINDS) {
         for (let after = ''; ; ) {
@@ -180,6 +178,8 @@ export class MetaStore {
           const { documents } = await old.query(query);
           // A tab that lost the lead while frozen here does not copy over what a leader of this release did since.
           if (documents.length === 0 || (await this.migrated())) break;
+          if (!started) await this.dropCopyCutShort();
+          started = true;
           await this.write(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
           after = documents[documents.length - 1]!.id;
         }
@@ -190,6 +190,21 @@ export class MetaStore {
       throw error;
     }
     await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
+  }
+
+  /**
+   * Empties this store before a copy while the old one holds anything:
+   * what it holds then is what an earlier copy cut short left. (When the old
+   * store is empty, this one is complete: the crash came after the old store
+   * was removed and before the mark, or there was nothing to copy.)
+   */
+  private async dropCopyCutShort(): Promise<void> {
+    for (const kind of KINDS) {
+      const left = await this.getAll(kind);
+      if (left.size === 0) continue;
+      if (await this.migrated()) throw new SyncError('STORAGE_ERROR', 'another tab finished copying the sync metadata of an earlier release meanwhile');
+      await this.write([...left.keys()].map((id) => ({ id, kind })));
+    }
   }
 
   private async migrated(): Promise<boolean> {
