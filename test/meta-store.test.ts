@@ -13,7 +13,7 @@
  */
 import { createRevision, createRxDatabase, now, normalizeMangoQuery, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createSyncPlugin, type SyncApi } from '../src/client/index.js';
 import { MAX_STORED_ID, META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, MetaStore, openInstance, storedId, type MetaKind } from '../src/client/meta-store.js';
 import { closeAfterEach, contents, openDatabase, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
@@ -214,6 +214,46 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     await meta.upgrade();
     expect(await meta.get(docs.map((doc) => doc.id))).toEqual(new Map(docs.map((doc) => [doc.id, doc.value])));
     expect((await meta.getAll('state')).has(MIGRATED_ID)).toBe(true);
+  });
+
+  it('a copy marked done whose old store was not removed yet (a crash between the two): the old store is removed, nothing copied again', async () => {
+    const db = await database();
+    const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
+    const copied: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, { id: MIGRATED_ID, kind: 'state', value: { from: 0, at: 1, removed: false } }];
+    await seed(db, current, copied);
+    await current.close();
+    // A tab of the earlier release led meanwhile and logged into the old store; its writes are in the
+    // app's collections, where recover() finds them.
+    const written = await earlierStore(db, 3);
+    const meta = await MetaStore.open(db);
+    await meta.upgrade();
+    expect(await meta.get(written.map((doc) => doc.id))).toEqual(new Map());
+    expect(await meta.get(['state|main'])).toEqual(new Map([['state|main', copied[0]!.value]]));
+    expect((await meta.getAll<{ removed: boolean }>('state')).get(MIGRATED_ID)?.removed).toBe(true);
+    const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
+    expect(await rawDocs(old, META_SCHEMA_V0)).toEqual([]);
+    await old.close();
+  });
+
+  it('the mark failing to be written, then a tab of the earlier release leading: nothing either logged is lost', async () => {
+    const db = await database();
+    const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
+    const before: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, { id: 'pending|000001', kind: 'pending', value: { entries: [] } }];
+    await seed(db, old, before);
+    await old.close();
+    const write = MetaStore.prototype.write;
+    const failing = vi.spyOn(MetaStore.prototype, 'write').mockImplementation(async function (this: MetaStore, writes) {
+      if (writes.some((w) => w.id === MIGRATED_ID)) throw new Error('the disk is full');
+      return write.call(this, writes);
+    });
+    await expect((await MetaStore.open(db)).upgrade()).rejects.toThrow('the disk is full');
+    failing.mockRestore();
+    // The earlier release leads again and logs one more page into the old store.
+    const after = await earlierStore(db, 1);
+
+    const meta = await MetaStore.open(db);
+    await meta.upgrade();
+    expect(await meta.get([...before, ...after].map((doc) => doc.id))).toEqual(new Map([...before, ...after].map((doc) => [doc.id, doc.value])));
   });
 
   it('a store closed while it copies stops, and the next start copies everything', async () => {

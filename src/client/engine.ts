@@ -217,7 +217,11 @@ export class SyncEngine {
     if (notLeading) return { success: false, error: notLeading, syncedEvents: 0 };
     // Elected and prepared: the rest of lead() (watching, the transport) follows at once.
     if (!this.transport) await this.ready;
-    if (!this.transport) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
+    if (!this.transport) {
+      // Closed meanwhile, or lead() failed after preparing (its error is in the status).
+      const error = this.closed ? new SyncError('CLOSED', 'the database is closed') : (this.status.error ?? new SyncError('INTERNAL', 'this tab leads but could not start syncing'));
+      return { success: false, error, syncedEvents: 0 };
+    }
     this.transport.connect();
     try {
       // Every write made before the call is pushed by this run, also one of a bulk still being logged.

@@ -83,8 +83,13 @@ export const META_SCHEMA = metaSchema(1);
  * (see upgrade), then removed.
  */
 export const META_SCHEMA_V0 = metaSchema(0);
-/** Written into the current store once everything of the old one is in it. */
+/** Written into the current store once everything of the old one is in it; `removed` once the old one is gone. */
 export const MIGRATED_ID = 'state|migrated';
+interface Mark {
+  from: 0;
+  at: number;
+  removed: boolean;
+}
 
 const MIGRATION_PAGE = 1000;
 const KINDS: readonly MetaKind[] = ['state', 'pending', 'acked', 'shadow', 'conflict', 'rejected'];
@@ -143,16 +148,18 @@ export class MetaStore {
 
   /**
    * Copies the store of an earlier release (META_SCHEMA_V0) into this one,
-   * once: removes the old one, then marks this one (MIGRATED_ID). Only the
+   * once: marks this one (MIGRATED_ID), then removes the old one. Only the
    * tab that leads calls it: no tab of an earlier release leads and writes
    * the old store meanwhile, and no other tab of this one copies beside it.
    * Nothing else writes this store before the mark, so while the old store
    * holds anything, what this one holds is what a copy cut short left, from
    * a snapshot the old store may have moved on from since (a tab of the
    * earlier release may have led in between): it is dropped, and the copy
-   * starts over. The old store is removed before the mark: a crash between
-   * the two leaves a complete copy and an empty old store, which the next
-   * start removes before it marks.
+   * starts over. Once marked, nothing is copied again: a crash before the
+   * old store is removed leaves the mark saying so, and the next start
+   * removes it. (A tab of the earlier release that leads after the mark
+   * logs into the old store, but the writes are in the app's collections,
+   * where recover() finds them past this store's checkpoints.)
    */
   async upgrade(): Promise<void> {
     const run = this.copyEarlier();
@@ -165,50 +172,54 @@ export class MetaStore {
   }
 
   private async copyEarlier(): Promise<void> {
-    if (await this.migrated()) return;
+    const mark = await this.mark();
+    if (mark?.removed) return;
     const old = await openInstance(this.db, META_SCHEMA_V0);
     try {
-      let started = false;
-      // Kind by kind, so that each page is read through the store's [kind, id] index.
-      for (const kind of KINDS) {
-        for (let after = ''; ; ) {
-          if (this.closed) throw new SyncError('CLOSED', 'closed while copying the sync metadata of an earlier release');
-          const selector = { _deleted: false, kind, id: { $gt: after } };
-          const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
-          const { documents } = await old.query(query);
-          // A tab that lost the lead while frozen here does not copy over what a leader of this release did since.
-          if (documents.length === 0 || (await this.migrated())) break;
-          if (!started) await this.dropCopyCutShort();
-          started = true;
-          await this.write(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
-          after = documents[documents.length - 1]!.id;
-        }
-      }
+      if (!mark) await this.copyFrom(old);
+      await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now(), removed: false } satisfies Mark }]);
       await old.remove();
     } catch (error) {
       await old.close().catch(() => undefined);
       throw error;
     }
-    await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now() } }]);
+    await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now(), removed: true } satisfies Mark }]);
+  }
+
+  private async copyFrom(old: RxStorageInstance<MetaDoc, unknown, unknown>): Promise<void> {
+    let started = false;
+    // Kind by kind, so that each page is read through the store's [kind, id] index.
+    for (const kind of KINDS) {
+      for (let after = ''; ; ) {
+        if (this.closed) throw new SyncError('CLOSED', 'closed while copying the sync metadata of an earlier release');
+        const selector = { _deleted: false, kind, id: { $gt: after } };
+        const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
+        const { documents } = await old.query(query);
+        if (documents.length === 0) break;
+        // A tab that lost the lead while frozen here does not copy over what a leader of this release did since.
+        if (await this.mark()) throw new SyncError('STORAGE_ERROR', 'another tab finished copying the sync metadata of an earlier release meanwhile');
+        if (!started) await this.dropCopyCutShort();
+        started = true;
+        await this.write(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
+        after = documents[documents.length - 1]!.id;
+      }
+    }
   }
 
   /**
-   * Empties this store before a copy while the old one holds anything:
-   * what it holds then is what an earlier copy cut short left. (When the old
-   * store is empty, this one is complete: the crash came after the old store
-   * was removed and before the mark, or there was nothing to copy.)
+   * Empties this store before a copy: what it holds before the mark is what
+   * an earlier copy cut short left.
    */
   private async dropCopyCutShort(): Promise<void> {
     for (const kind of KINDS) {
       const left = await this.getAll(kind);
-      if (left.size === 0) continue;
-      if (await this.migrated()) throw new SyncError('STORAGE_ERROR', 'another tab finished copying the sync metadata of an earlier release meanwhile');
-      await this.write([...left.keys()].map((id) => ({ id, kind })));
+      if (left.size > 0) await this.write([...left.keys()].map((id) => ({ id, kind })));
     }
   }
 
-  private async migrated(): Promise<boolean> {
-    return (await this.instance.findDocumentsById([MIGRATED_ID], false)).length > 0;
+  private async mark(): Promise<Mark | undefined> {
+    const [doc] = await this.instance.findDocumentsById([MIGRATED_ID], false);
+    return doc?.value as Mark | undefined;
   }
 
   /**
