@@ -91,6 +91,17 @@ describe('ids longer than the stored bound', () => {
     await raw.close();
   });
 
+  it('a long id another process wrote meanwhile is written over after one refused attempt', async () => {
+    const db = await database();
+    const id = `conflict|todos|${'w'.repeat(300)}`;
+    const first = await MetaStore.open(db);
+    // Loaded whole at start, conflicts are not read before a write: the second store's first attempt is refused.
+    const second = await MetaStore.open(db);
+    await first.write([{ id, kind: 'conflict', value: { n: 1 } }]);
+    await second.write([{ id, kind: 'conflict', value: { n: 2 } }]);
+    expect(await first.get([id])).toEqual(new Map([[id, { n: 2 }]]));
+  });
+
   it('ids that differ only in lone surrogates get digests of their own', async () => {
     const stem = `shadow|todos|${'s'.repeat(200)}`;
     const a = `${stem}\ud800`;

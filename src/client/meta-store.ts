@@ -276,21 +276,22 @@ export class MetaStore {
       const writeRows = rows.flatMap((write) => this.toRow(write));
       if (writeRows.length === 0) return;
       const response = await this.instance.bulkWrite(writeRows, WRITE_CONTEXT);
+      // By the ids themselves, not the stored ones.
       const failed = new Set<string>();
       for (const error of response.error) {
         if (error.status === 409 && error.documentInDb) {
           this.remember(error.documentInDb);
-          failed.add(error.documentId);
+          failed.add(error.documentInDb.fullId ?? error.documentId);
         } else {
           throw new SyncError('STORAGE_ERROR', `could not write sync metadata ${error.documentId} (status ${error.status})`);
         }
       }
       for (const row of writeRows) {
-        if (failed.has(row.document.id)) continue;
+        if (failed.has(row.document.fullId ?? row.document.id)) continue;
         this.remember(row.document);
         if (row.document._deleted) this.deletedSinceCompaction++;
       }
-      rows = rows.filter((write) => failed.has(storedId(write.id)));
+      rows = rows.filter((write) => failed.has(write.id));
     }
     if (rows.length > 0) throw new SyncError('STORAGE_ERROR', `sync metadata kept changing under us: ${rows.map((r) => r.id).join(', ')}`);
   }
@@ -313,17 +314,19 @@ export class MetaStore {
     const previous = this.revisions.get(write.id) ?? undefined;
     const deleting = write.value === undefined;
     if (deleting && (!previous || previous._deleted)) return [];
-    const previousDoc: RxDocumentData<MetaDoc> | undefined = previous
-      ? { id: storedId(write.id), value: {}, _attachments: {}, ...previous }
-      : undefined;
-    return [{ previous: previousDoc, document: this.document(write.id, write.kind, deleting ? {} : write.value, deleting, previousDoc) }];
-  }
-
-  private document(id: string, kind: MetaKind, value: unknown, deleted: boolean, previous: RxDocumentData<MetaDoc> | undefined): RxDocumentData<MetaDoc> {
-    const stored = storedId(id);
-    const document: RxDocumentData<MetaDoc> = { id: stored, kind, value, _deleted: deleted, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(this.db.token, previous) };
-    if (stored !== id) document.fullId = id;
-    return document;
+    const id = storedId(write.id);
+    const previousDoc: RxDocumentData<MetaDoc> | undefined = previous ? { id, value: {}, _attachments: {}, ...previous } : undefined;
+    const document: RxDocumentData<MetaDoc> = {
+      id,
+      kind: write.kind,
+      value: deleting ? {} : write.value,
+      _deleted: deleting,
+      _attachments: {},
+      _meta: { lwt: now() },
+      _rev: createRevision(this.db.token, previousDoc),
+    };
+    if (id !== write.id) document.fullId = write.id;
+    return [{ previous: previousDoc, document }];
   }
 
   /**
