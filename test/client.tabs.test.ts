@@ -1,10 +1,10 @@
-import { addRxPlugin, normalizeMangoQuery, prepareQuery, type RxDatabase } from 'rxdb';
+import { addRxPlugin, type RxDatabase } from 'rxdb';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
 import { describe, expect, it, vi } from 'vitest';
 import { MetaStore, META_SCHEMA, META_SCHEMA_V0, openInstance } from '../src/client/meta-store.js';
-import { closeAfterEach, openDatabase, sleep, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, metaRecords, openDatabase, sleep, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
 disableWarnings();
@@ -105,8 +105,7 @@ describe('several tabs of one database', () => {
     expect(tab.sync.getStatus().leader).toBe(false);
     const rawCount = async (schema: typeof META_SCHEMA) => {
       const instance = await openInstance(tab.db as unknown as RxDatabase, schema);
-      const query = prepareQuery(schema, normalizeMangoQuery(schema, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
-      const count = (await instance.query(query)).documents.length;
+      const count = (await metaRecords(instance, schema)).length;
       await instance.close();
       return count;
     };

@@ -1,11 +1,11 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { addRxPlugin, createRevision, createRxDatabase, normalizeMangoQuery, now, prepareQuery, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
+import { addRxPlugin, createRevision, createRxDatabase, normalizeMangoQuery, now, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxJsonSchema, type RxStorage, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { io, type Socket } from 'socket.io-client';
 import { afterEach } from 'vitest';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
-import { META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, openInstance } from '../src/client/meta-store.js';
+import { META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, openInstance, type MetaKind } from '../src/client/meta-store.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
 import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
 import { formatHlc } from '../src/shared/hlc.js';
@@ -248,6 +248,27 @@ export async function silentPollingClient(url: string, auth: Record<string, unkn
   throw new Error('namespace connection not answered');
 }
 
+/** A record of the plugin's storage as it is stored (see meta-store.ts). */
+export interface MetaRecord {
+  id: string;
+  kind: MetaKind;
+  value: unknown;
+  fullId?: string;
+}
+
+/** Every live record of one of the plugin's storage instances, by stored id. */
+export async function metaRecords(instance: RxStorageInstance<any, unknown, unknown>, schema = META_SCHEMA): Promise<RxDocumentData<MetaRecord>[]> {
+  const query = prepareQuery(schema, normalizeMangoQuery(schema, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
+  return (await instance.query(query)).documents as RxDocumentData<MetaRecord>[];
+}
+
+/** Inserts records into one of the plugin's storage instances, as a release would have written them. */
+export async function seedMeta(db: RxDatabase, instance: RxStorageInstance<any, unknown, unknown>, records: readonly MetaRecord[]): Promise<void> {
+  const rows = records.map((record) => ({ document: { ...record, _deleted: false, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(db.token) } }));
+  const { error } = await instance.bulkWrite(rows, 'test');
+  if (error.length > 0) throw new Error(`could not seed the plugin's storage: ${JSON.stringify(error[0])}`);
+}
+
 /**
  * Puts a closed database's sync store back as releases before bounded ids
  * left it (schema version 0, see meta-store.ts); the kinds of what it moved.
@@ -256,15 +277,12 @@ export async function toEarlierLayout(name: string, storage?: RxStorage<any, any
   const db = (await openDatabase(name, false, storage)) as unknown as RxDatabase;
   try {
     const current = await openInstance(db, META_SCHEMA);
-    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
-    const docs = (await current.query(query)).documents.filter((doc) => doc.id !== MIGRATED_ID);
+    const records = (await metaRecords(current)).filter((record) => record.id !== MIGRATED_ID);
     const old = await openInstance(db, META_SCHEMA_V0);
-    const rows = docs.map(({ id, kind, value }) => ({ document: { id, kind, value, _deleted: false, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(db.token) } }));
-    const { error } = await old.bulkWrite(rows, 'test');
-    if (error.length > 0) throw new Error(`could not write the earlier layout: ${JSON.stringify(error[0])}`);
+    await seedMeta(db, old, records.map(({ id, kind, value }) => ({ id, kind, value })));
     await old.close();
     await current.remove();
-    return docs.map((doc) => doc.kind);
+    return records.map((record) => record.kind);
   } finally {
     await db.close();
   }

@@ -11,14 +11,14 @@
  * offline before the upgrade is lost or pushed twice, and a copy cut short
  * starts over from the old store as it is then.
  */
-import { createRevision, createRxDatabase, now, normalizeMangoQuery, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxStorageInstance } from 'rxdb';
+import { createRxDatabase, type RxCollection, type RxDatabase, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createSyncPlugin, type SyncApi } from '../src/client/index.js';
-import { MAX_STORED_ID, META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, MetaStore, openInstance, storedId, type MetaKind } from '../src/client/meta-store.js';
-import { closeAfterEach, contents, openDatabase, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { MAX_STORED_ID, META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, MetaStore, openInstance, storedId } from '../src/client/meta-store.js';
+import { closeAfterEach, contents, metaRecords, openDatabase, seedMeta, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type MetaRecord, type TestClient, type TestServer } from './helpers.js';
 
-type Raw = { id: string; kind: MetaKind; value: unknown; fullId?: string };
+type Raw = MetaRecord;
 type Instance = RxStorageInstance<Raw, unknown, unknown>;
 
 const databases: { close(): Promise<unknown> }[] = [];
@@ -32,24 +32,11 @@ async function database(name = uniqueName('meta')) {
   return db as unknown as RxDatabase;
 }
 
-/** Every live document of a raw instance, by id. */
-async function rawDocs(instance: Instance, schema = META_SCHEMA): Promise<RxDocumentData<Raw>[]> {
-  const query = prepareQuery(schema, normalizeMangoQuery(schema, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
-  return (await instance.query(query)).documents as RxDocumentData<Raw>[];
-}
-
-/** Inserts documents into a raw instance as a release would have written them. */
-async function seed(db: RxDatabase, instance: Instance, docs: readonly Raw[]): Promise<void> {
-  const rows = docs.map((doc) => ({ document: { ...doc, _deleted: false, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(db.token) } }));
-  const { error } = await instance.bulkWrite(rows, 'test');
-  expect(error).toEqual([]);
-}
-
 /** A store of the earlier layout holding `count` shadows; the shadows. */
 async function earlierStore(db: RxDatabase, count: number): Promise<Raw[]> {
   const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
   const docs = Array.from({ length: count }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i));
-  await seed(db, old, docs);
+  await seedMeta(db, old, docs);
   await old.close();
   return docs;
 }
@@ -74,7 +61,7 @@ describe('ids longer than the stored bound', () => {
     expect([...(await meta.getAll('shadow')).keys()].sort()).toEqual([long1, long2, atBound].sort());
 
     const raw = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
-    const stored = await rawDocs(raw);
+    const stored = await metaRecords(raw);
     for (const doc of stored) expect(doc.id.length).toBeLessThanOrEqual(MAX_STORED_ID);
     expect(stored.filter((doc) => doc.kind === 'shadow').map((doc) => doc.fullId ?? doc.id).sort()).toEqual([long1, long2, atBound].sort());
     expect(stored.find((doc) => doc.id === atBound)?.fullId).toBeUndefined();
@@ -85,7 +72,7 @@ describe('ids longer than the stored bound', () => {
     expect(await later.get([long1, long2])).toEqual(new Map([[long1, { n: 10 }]]));
     await later.compact();
     // long2 is gone for good, tombstone and all.
-    const left = await rawDocs(raw);
+    const left = await metaRecords(raw);
     expect(left.map((doc) => doc.fullId ?? doc.id).sort()).toEqual([long1, atBound].sort());
     expect(left.find((doc) => doc.fullId === long1)?.value).toEqual({ n: 10 });
     await raw.close();
@@ -153,7 +140,7 @@ describe('ids longer than the stored bound', () => {
       const a2 = await start(aName);
       expect(a2.sync.getConflicts()).toMatchObject([conflict!]);
       const raw = (await openInstance(a2.db, META_SCHEMA)) as unknown as Instance;
-      const stored = await rawDocs(raw);
+      const stored = await metaRecords(raw);
       await raw.close();
       expect(Math.max(...stored.map((doc) => doc.id.length))).toBeLessThanOrEqual(MAX_STORED_ID);
       expect(stored.filter((doc) => doc.fullId).map((doc) => doc.kind).sort()).toEqual(['conflict', 'shadow']);
@@ -183,7 +170,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
       ...Array.from({ length: 2500 }, (_, i) => shadow('todos', `d${String(i).padStart(5, '0')}`, i)),
       { id: LONG, kind: 'shadow', value: { seq: 99 } },
     ];
-    await seed(db, old, docs);
+    await seedMeta(db, old, docs);
     await old.close();
 
     const meta = await MetaStore.open(db);
@@ -192,7 +179,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     expect(await meta.get(docs.map((doc) => doc.id))).toEqual(new Map(docs.map((doc) => [doc.id, doc.value])));
     expect((await meta.getAll('state')).get(MIGRATED_ID)).toBeDefined();
     const again = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
-    expect(await rawDocs(again, META_SCHEMA_V0)).toEqual([]);
+    expect(await metaRecords(again, META_SCHEMA_V0)).toEqual([]);
     await again.close();
   });
 
@@ -203,7 +190,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     // and settled a conflict the cut-off copy had taken along.
     const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
     const settled: Raw = { id: 'conflict|todos|d00003', kind: 'conflict', value: { id: 'conflict|todos|d00003' } };
-    await seed(db, current, [...docs.slice(0, 1000).map((doc, i) => (i === 10 ? { ...doc, value: { seq: 5000 } } : doc)), settled]);
+    await seedMeta(db, current, [...docs.slice(0, 1000).map((doc, i) => (i === 10 ? { ...doc, value: { seq: 5000 } } : doc)), settled]);
     await current.close();
 
     const meta = await MetaStore.open(db);
@@ -219,7 +206,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     const db = await database();
     const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
     const docs: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, shadow('todos', 'd1', 1)];
-    await seed(db, current, docs);
+    await seedMeta(db, current, docs);
     await current.close();
     const meta = await MetaStore.open(db);
     await meta.upgrade();
@@ -231,7 +218,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     const db = await database();
     const current = (await openInstance(db, META_SCHEMA)) as unknown as Instance;
     const copied: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, { id: MIGRATED_ID, kind: 'state', value: { from: 0, at: 1, removed: false } }];
-    await seed(db, current, copied);
+    await seedMeta(db, current, copied);
     await current.close();
     // A tab of the earlier release led meanwhile and logged into the old store; its writes are in the
     // app's collections, where recover() finds them.
@@ -242,7 +229,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     expect(await meta.get(['state|main'])).toEqual(new Map([['state|main', copied[0]!.value]]));
     expect((await meta.getAll<{ removed: boolean }>('state')).get(MIGRATED_ID)?.removed).toBe(true);
     const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
-    expect(await rawDocs(old, META_SCHEMA_V0)).toEqual([]);
+    expect(await metaRecords(old, META_SCHEMA_V0)).toEqual([]);
     await old.close();
   });
 
@@ -250,7 +237,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     const db = await database();
     const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
     const before: Raw[] = [{ id: 'state|main', kind: 'state', value: { clientId: 'c1', checkpoints: {}, logged: {} } }, { id: 'pending|000001', kind: 'pending', value: { entries: [] } }];
-    await seed(db, old, before);
+    await seedMeta(db, old, before);
     await old.close();
     const write = MetaStore.prototype.write;
     const failing = vi.spyOn(MetaStore.prototype, 'write').mockImplementation(async function (this: MetaStore, writes) {
@@ -286,7 +273,7 @@ describe('a store of the earlier layout (ids of up to 2048 characters)', () => {
     await (await MetaStore.open(db)).upgrade();
     // An old store that, say, could not be removed.
     const old = (await openInstance(db, META_SCHEMA_V0)) as unknown as Instance;
-    await seed(db, old, [shadow('todos', 'stale', 1)]);
+    await seedMeta(db, old, [shadow('todos', 'stale', 1)]);
     await old.close();
     const meta = await MetaStore.open(db);
     await meta.upgrade();
