@@ -30,6 +30,7 @@ export const MESSAGE = {
   pull: 'sync:pull',
   live: 'sync:events',
   error: 'sync:error',
+  welcome: 'sync:welcome',
 } as const;
 
 export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull]);
@@ -451,6 +452,23 @@ export function ackSchema<T extends z.ZodObject>(reply: T) {
   return z.union([reply.extend({ ok: z.literal(true) }), z.object({ ok: z.literal(false), error: wireErrorSchema })]);
 }
 
+/**
+ * The server's first message on every connection, before any reply: the
+ * limits it holds each message to, so that a client never sends one the
+ * server would drop, and its clock, so that a device whose own clock is wrong
+ * stamps its changes with a time the server accepts.
+ */
+export const welcomeMessageSchema = z.object({
+  serverTime: z.number(),
+  limits: z.object({
+    /** Largest message the server reads, in bytes of JSON; a larger one is refused or drops the connection. */
+    maxPayloadBytes: z.number().int().positive(),
+    maxEventsPerPush: z.number().int().positive(),
+    maxPullLimit: z.number().int().positive(),
+  }),
+});
+export type WelcomeMessage = z.infer<typeof welcomeMessageSchema>;
+
 export interface ClientToServerEvents {
   'sync:subscribe': (message: SubscribeMessage, ack: (reply: Ack<SubscribeReply>) => void) => void;
   'sync:push': (message: PushMessage | PushRowsMessage, ack: (reply: Ack<PushReply | PushReplyV1>) => void) => void;
@@ -460,6 +478,7 @@ export interface ClientToServerEvents {
 export interface ServerToClientEvents {
   'sync:events': (message: LiveMessage) => void;
   'sync:error': (error: WireError) => void;
+  'sync:welcome': (message: WelcomeMessage) => void;
 }
 
 /**
