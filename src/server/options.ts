@@ -79,6 +79,27 @@ export const rateLimitSchema = z.strictObject({
   maxPerUser: z.number().int().positive().optional(),
   /** Text of the RATE_LIMITED error the client gets. */
   message: z.string().min(1).default('too many messages, slow down'),
+  /**
+   * Messages one connection may go on sending in a window after it was told
+   * RATE_LIMITED (default: `max`); past them it is disconnected. A client that
+   * waits for its answers never gets there.
+   */
+  maxRefused: z.number().int().nonnegative().optional(),
+});
+
+/**
+ * On by default, far above what a client that waits for its answers sends (a
+ * pull or push a round trip, one after another; an offline backlog goes in
+ * pushes of hundreds of events), far below a flood.
+ */
+export const DEFAULT_RATE_LIMIT = { windowMs: 1000, max: 300, maxPerUser: 1500 } as const;
+
+export const loginLimitSchema = z.strictObject({
+  windowMs: z.number().int().positive().default(60_000),
+  /** Failed logins on one connection before it is closed. */
+  perConnection: z.number().int().positive().default(5),
+  /** Failed logins from one remote address per window; past them, logins from it are refused unheard until the window ends. */
+  perAddress: z.number().int().positive().default(30),
 });
 
 export const serverOptionsSchema = z.strictObject({
@@ -117,8 +138,14 @@ export const serverOptionsSchema = z.strictObject({
   defaultPullLimit: z.number().int().positive().default(1000),
   /** Deepest nesting of objects and arrays a pushed document may have (deeper events are rejected). */
   maxDocumentDepth: z.number().int().positive().max(1000).default(64),
-  /** Messages per window, per connection and per user; over it a message is answered RATE_LIMITED. Per server instance. */
-  rateLimit: rateLimitSchema.optional(),
+  /** Messages per window, per connection and per user; over it a message is answered RATE_LIMITED. Per server instance; `false` turns it off. */
+  rateLimit: z.union([z.literal(false), rateLimitSchema]).default(() => rateLimitSchema.parse(DEFAULT_RATE_LIMIT)),
+  /** Failed logins per connection and per remote address; `false` turns the limit off. */
+  loginLimit: z.union([z.literal(false), loginLimitSchema]).default(loginLimitSchema.parse({})),
+  /** Messages of one connection that may wait behind the one being served; one more disconnects it (TOO_MANY_REQUESTS). */
+  maxQueuedMessages: z.number().int().positive().default(16),
+  /** Bytes of replies and live messages one connection may leave unread; more disconnects it (SLOW_CONSUMER). */
+  maxUnsentBytes: z.number().int().positive().default(32 * 1024 * 1024),
   /** Connections one user may hold at once on this server instance; more are refused with TOO_MANY_CONNECTIONS. */
   maxConnectionsPerUser: z.number().int().positive().optional(),
   /** Names a user for per-user limits (default: a string or number user itself, or an object user's `id`). */
@@ -151,6 +178,7 @@ export type ResolvedServerOptions<User = unknown> = Omit<z.output<typeof serverO
 };
 
 export type RateLimitOptions = z.output<typeof rateLimitSchema>;
+export type LoginLimitOptions = z.output<typeof loginLimitSchema>;
 export type SensitiveFields = z.output<typeof serverOptionsSchema>['sensitiveFields'];
 
 export function resolveServerOptions<User>(options: SyncServerOptions<User>): ResolvedServerOptions<User> {

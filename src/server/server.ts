@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { Server } from 'socket.io';
+import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { CLIENT_MESSAGES, MESSAGE, type Ack } from '../shared/protocol.js';
@@ -15,7 +16,8 @@ import {
   type SyncIo,
   type SyncSocket,
 } from './handlers.js';
-import { RateLimiter, UserConnections, defaultUserKey } from './limits.js';
+import { ConnectionGuard, type EngineConnection } from './guard.js';
+import { LoginLimiter, RateLimiter, UserConnections, defaultUserKey } from './limits.js';
 import { resolveServerOptions, type ResolvedServerOptions, type SyncServerOptions } from './options.js';
 import { Redactor } from './redact.js';
 import { MemorySyncStorage } from './storage/memory.js';
@@ -28,10 +30,20 @@ export type ClientInfo<User = unknown> = SocketData<User> & { socketId: string }
 /** Headroom above maxPayloadBytes so an oversized push reaches our check and gets a reply, not a dropped socket. */
 const TRANSPORT_HEADROOM = 2;
 
+/** Why the server dropped a connection on its own: the code it sent the client. */
+export type DropReason = 'TOO_MANY_REQUESTS' | 'SLOW_CONSUMER' | 'REPLACED';
+
 export interface SyncServerEvents<User = unknown> extends ServerEvents {
   'client-connect': [ClientInfo<User>];
   'client-disconnect': [ClientInfo<User> & { reason: string }];
+  /** A connection the server closed for what it did (a flood, unread replies) or because the same client connected again. */
+  'client-dropped': [{ clientId: string; reason: DropReason }];
+  /** A login refused: `limited` when the login limit refused it before `authenticate` was asked. */
+  'login-failed': [{ address: string; limited: boolean }];
 }
+
+/** How often every connection's unsent bytes are looked at (replies are also checked as they are sent). */
+const UNSENT_SWEEP_MS = 1000;
 
 export class SyncServer<User = unknown> {
   /** Reports pushes, pulls, storage errors and client connections (for metrics and hooks). */
@@ -44,6 +56,10 @@ export class SyncServer<User = unknown> {
   private readonly stats: ServerStats = { accepted: 0, duplicates: 0, conflicts: 0, rejected: 0, invalidMessages: 0 };
   private readonly redactor: Redactor;
   private readonly limiter?: RateLimiter;
+  private readonly logins?: LoginLimiter;
+  private readonly guards = new Map<string, ConnectionGuard>();
+  private sweepTimer?: ReturnType<typeof setInterval>;
+  private warnedNoUserKey = false;
   private readonly connections = new UserConnections();
   private ready?: Promise<void>;
   private stopped = false;
@@ -57,6 +73,7 @@ export class SyncServer<User = unknown> {
     this.logger = createLogger(this.options.logging, 'rxdb-offline-sync:server');
     this.redactor = new Redactor(this.options.sensitiveFields);
     if (this.options.rateLimit) this.limiter = new RateLimiter(this.options.rateLimit);
+    if (this.options.loginLimit) this.logins = new LoginLimiter(this.options.loginLimit);
     const { heartbeatInterval, clientTimeout } = this.options;
     this.io = new Server({
       maxHttpBufferSize: this.options.maxPayloadBytes * TRANSPORT_HEADROOM,
@@ -86,6 +103,10 @@ export class SyncServer<User = unknown> {
   start(): Promise<void> {
     if (this.ready) return this.ready;
     this.io.attach(this.options.httpServer);
+    this.sweepTimer = setInterval(() => {
+      for (const guard of this.guards.values()) guard.checkUnsent();
+    }, UNSENT_SWEEP_MS);
+    this.sweepTimer.unref?.();
     this.ready = this.storage.init().then(() => {
       if (this.options.retention) {
         this.retention = new Retention(this.storage, retentionOptionsSchema.parse(this.options.retention), this.logger);
@@ -105,6 +126,7 @@ export class SyncServer<User = unknown> {
     if (this.stopped) return;
     this.stopped = true;
     this.retention?.stop();
+    clearInterval(this.sweepTimer);
     this.io.disconnectSockets(true);
     this.io.engine?.close();
     await Promise.allSettled([...this.io._nsps.values()].map((nsp) => nsp.adapter.close()));
@@ -146,7 +168,7 @@ export class SyncServer<User = unknown> {
   private async admit(socket: SyncSocket<User>): Promise<void> {
     if (!this.ready) throw new SyncError('INTERNAL', 'sync server is not started: call start()');
     await this.ready;
-    const { handshake, user, expiresAt } = await admit(socket, this.options.authenticate);
+    const { handshake, user, expiresAt } = await this.authenticate(socket);
     const userKey = this.userKeyOf(user);
     const max = this.options.maxConnectionsPerUser;
     // Counted and reserved in one synchronous step, so that parallel handshakes cannot both slip under the limit.
@@ -179,8 +201,29 @@ export class SyncServer<User = unknown> {
     };
   }
 
+  /** The handshake and `authenticate`, within the login limit. */
+  private async authenticate(socket: SyncSocket<User>) {
+    const address = socket.handshake.address;
+    try {
+      this.logins?.assertMayTry(socket.conn, address);
+    } catch (error) {
+      this.events.emit('login-failed', { address, limited: true });
+      throw error;
+    }
+    try {
+      return await admit(socket, this.options.authenticate);
+    } catch (error) {
+      if (SyncError.from(error).code === 'UNAUTHENTICATED' && this.options.authenticate) {
+        this.events.emit('login-failed', { address, limited: false });
+        // The refusal is sent first; the connection, which may try again, goes once it has used up its tries.
+        if (this.logins?.failed(socket.conn, address)) setImmediate(() => socket.conn.close());
+      }
+      throw error;
+    }
+  }
+
   private userKeyOf(user: User): string | undefined {
-    const perUser = this.options.maxConnectionsPerUser !== undefined || this.options.rateLimit !== undefined;
+    const perUser = this.options.maxConnectionsPerUser !== undefined || this.options.rateLimit !== false;
     if (!perUser) return undefined;
     let key: string | undefined;
     try {
@@ -188,7 +231,10 @@ export class SyncServer<User = unknown> {
     } catch (error) {
       throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
     }
-    if (key === undefined) this.logger.warn('per-user limits do not apply to a user without a key: give the userKey option');
+    if (key === undefined && this.options.authenticate && !this.warnedNoUserKey) {
+      this.warnedNoUserKey = true;
+      this.logger.warn('per-user limits do not apply to users without a key: give the userKey option');
+    }
     return key;
   }
 
@@ -210,6 +256,22 @@ export class SyncServer<User = unknown> {
     socket.conn.on('packet', meter.onPacket);
     const info = () => ({ socketId: socket.id, ...socket.data });
     this.events.emit('client-connect', info());
+    const guard = new ConnectionGuard({ maxQueued: this.options.maxQueuedMessages, maxUnsentBytes: this.options.maxUnsentBytes }, socket.conn as unknown as EngineConnection, (reason) => {
+      log.warn({ code: reason.code, reason: reason.message }, 'connection dropped');
+      this.events.emit('client-dropped', { clientId: socket.data.clientId, reason: reason.code as DropReason });
+      socket.emit(MESSAGE.error, reason.toWire());
+      socket.disconnect(true);
+    });
+    this.guards.set(socket.id, guard);
+    this.replaceEarlierConnections(socket);
+    socket.emit(MESSAGE.welcome, {
+      serverTime: Date.now(),
+      limits: {
+        maxPayloadBytes: this.options.maxPayloadBytes,
+        maxEventsPerPush: this.options.maxEventsPerPush,
+        maxPullLimit: this.options.maxPullLimit,
+      },
+    });
     const handlers = {
       [MESSAGE.subscribe]: handleSubscribe,
       [MESSAGE.push]: handlePush,
@@ -238,6 +300,7 @@ export class SyncServer<User = unknown> {
         } catch (error) {
           log.error({ err: error, type: event }, 'could not send a reply');
         }
+        guard.checkUnsent();
       };
       const reply = (error: SyncError) => {
         this.stats.invalidMessages += error.code === 'INVALID_MESSAGE' ? 1 : 0;
@@ -246,7 +309,11 @@ export class SyncServer<User = unknown> {
       const type = String(event).slice(0, 128);
       const limited = this.limiter?.check(socket.id, socket.data.userKey);
       if (limited) {
-        reply(limited);
+        if (limited.flooding) {
+          guard.fail(new SyncError('TOO_MANY_REQUESTS', 'went on sending while rate limited: the connection is closed', (limited.error.details ?? {}) as Record<string, unknown>));
+        } else {
+          reply(limited.error);
+        }
         return;
       }
       // Stringified only when the frames that carried it do not already prove it small enough.
@@ -266,22 +333,50 @@ export class SyncServer<User = unknown> {
         reply(new SyncError('INVALID_MESSAGE', `message "${event}" needs an acknowledgement callback`, { type: event }));
         return;
       }
-      handlers[event]!(ctx, socket, args[0]).then(
-        (result) => send({ ok: true, ...result }),
-        (error: unknown) => {
-          const syncError = SyncError.from(error);
-          if (syncError.code === 'INTERNAL') log.error({ err: error, type: event }, 'message failed');
-          else log.info({ code: syncError.code, reason: syncError.message, type: event }, 'message refused');
-          reply(syncError);
-        },
+      // In turn: one message of this connection at a time, so one socket cannot queue unbounded work.
+      guard.enqueue(() =>
+        handlers[event]!(ctx, socket, args[0]).then(
+          (result) => send({ ok: true, ...result }),
+          (error: unknown) => {
+            const syncError = SyncError.from(error);
+            if (syncError.code === 'INTERNAL') log.error({ err: error, type: event }, 'message failed');
+            else log.info({ code: syncError.code, reason: syncError.message, type: event }, 'message refused');
+            reply(syncError);
+          },
+        ),
       );
     });
     socket.on('disconnect', (reason) => {
+      guard.close();
+      this.guards.delete(socket.id);
       socket.conn.off('packet', meter.onPacket);
       this.limiter?.forgetConnection(socket.id);
       log.debug({ reason }, 'client disconnected');
       this.events.emit('client-disconnect', { ...info(), reason });
     });
+  }
+
+  /**
+   * One live connection per client id: an earlier one, on this instance or
+   * (through the adapter) another, is a link that dropped without closing or
+   * a copy of the device, and the new connection replaces it.
+   */
+  private replaceEarlierConnections(socket: SyncSocket<User>): void {
+    const room = `client:${socket.data.clientId}`;
+    const reason = new SyncError('REPLACED', 'another connection with the same client id replaced this one').toWire();
+    for (const earlier of this.io.of('/').adapter.rooms.get(room) ?? []) {
+      const other = this.io.of('/').sockets.get(earlier);
+      if (!other || other.id === socket.id) continue;
+      this.events.emit('client-dropped', { clientId: socket.data.clientId, reason: 'REPLACED' });
+      other.emit(MESSAGE.error, reason);
+      other.disconnect(true);
+    }
+    void socket.join(room);
+    // Other instances hear it through the adapter; with socket.io's own adapter there are none.
+    if (Object.getPrototypeOf(this.io.of('/').adapter) !== Adapter.prototype) {
+      this.io.in(room).except(socket.id).emit(MESSAGE.error, reason);
+      this.io.in(room).except(socket.id).disconnectSockets(true);
+    }
   }
 }
 

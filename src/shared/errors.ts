@@ -11,6 +11,14 @@ export const ERROR_CODES = [
   'TOO_MANY_EVENTS',
   'RATE_LIMITED',
   'TOO_MANY_CONNECTIONS',
+  /** The connection sent more than the server serves (a flood): it is disconnected. */
+  'TOO_MANY_REQUESTS',
+  /** The connection did not read its replies and they passed the server's bound: it is disconnected. */
+  'SLOW_CONSUMER',
+  /** Another connection with the same client id replaced this one. */
+  'REPLACED',
+  /** The client id belongs to another user. */
+  'CLIENT_ID_TAKEN',
   'TOKEN_EXPIRED',
   'STORAGE_ERROR',
   'CONFLICT_RESOLVER_FAILED',

@@ -108,13 +108,27 @@ export function deepClone<T>(value: T): T {
 }
 
 /**
+ * For a value that fits no branch of a union (`false | { ... }`), the issue of
+ * the branch it came closest to: an object given where `false | object` is
+ * allowed is reported by what is wrong inside it, not as "Invalid input".
+ */
+function innermost(issue: z.core.$ZodIssue): z.core.$ZodIssue {
+  if (issue.code !== 'invalid_union' || issue.errors.length === 0) return issue;
+  const typeMismatch = (issues: z.core.$ZodIssue[]) => issues[0]?.path.length === 0 && (issues[0].code === 'invalid_type' || issues[0].code === 'invalid_value');
+  const branch = issue.errors.find((issues) => issues.length > 0 && !typeMismatch(issues));
+  if (!branch) return issue;
+  const inner = innermost(branch[0]!);
+  return { ...inner, path: [...issue.path, ...inner.path] };
+}
+
+/**
  * Validates an options object with a zod schema. The error names the option
  * and the value it got, e.g. `invalid option retry.maxRetries: -1 (...)`.
  */
 export function parseOptions<T extends z.ZodType>(schema: T, value: unknown, what: string): z.infer<T> {
   const result = schema.safeParse(value);
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
+  const issue = innermost(result.error.issues[0]!);
   const path = issue.path.join('.');
   let got: unknown = value;
   for (const key of issue.path) got = got && typeof got === 'object' ? (got as JsonObject)[key as string] : undefined;
