@@ -5,7 +5,7 @@ import { Server } from 'socket.io';
 import { z } from 'zod';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sequenceSchema } from '../src/shared/protocol.js';
-import { startClient, waitFor, type TestClient } from './helpers.js';
+import { bareSyncIo, startClient, waitFor, type TestClient } from './helpers.js';
 
 let httpServer: HttpServer | undefined;
 let io: Server | undefined;
@@ -25,7 +25,7 @@ const goodEvent = {
 /** A socket.io server on a free loopback port, set up by `configure`; resolves with its URL. */
 async function fakeServer(configure: (server: Server) => void): Promise<string> {
   httpServer = createServer();
-  io = new Server(httpServer);
+  io = bareSyncIo(httpServer);
   configure(io);
   await new Promise<void>((resolve) => httpServer!.listen(0, '127.0.0.1', resolve));
   return `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;

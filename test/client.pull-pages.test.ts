@@ -14,7 +14,7 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { Transport } from '../src/client/transport.js';
-import { closeAfterEach, contents, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { bareSyncIo, closeAfterEach, contents, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 import { MESSAGE, toPullPage, type StoredEvent } from '../src/shared/protocol.js';
 
 /** Events in the form a fake server of the current protocol pulls them in. */
@@ -170,7 +170,7 @@ describe('the first sync run on a connection', () => {
   async function fakeServer(subscribeDelay: number, subscribeReply: unknown, pullReply: unknown) {
     const seen: { what: string; at: number }[] = [];
     httpServer = createServer();
-    io = new Server(httpServer);
+    io = bareSyncIo(httpServer);
     io.on('connection', (socket) => {
       socket.on('sync:subscribe', (_message, ack) => {
         seen.push({ what: 'subscribe', at: performance.now() });
@@ -206,7 +206,7 @@ describe('the first sync run on a connection', () => {
 
   it('subscribes again after a reconnection, also when the connection dropped right after the subscription was answered', async () => {
     httpServer = createServer();
-    io = new Server(httpServer);
+    io = bareSyncIo(httpServer);
     let connections = 0;
     const subscribedOn: number[] = [];
     io.on('connection', (socket) => {
@@ -321,7 +321,7 @@ describe('the pull that follows live messages', () => {
     let visible = 3;
     const pulls: { checkpoint: number }[] = [];
     const http = createServer();
-    const io = new Server(http);
+    const io = bareSyncIo(http);
     io.on('connection', (socket) => {
       socket.on('sync:subscribe', (_m, ack) => ack({ ok: true, collections: ['todos'] }));
       socket.on('sync:push', (_m, ack) => ack({ ok: true, results: [] }));

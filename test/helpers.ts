@@ -2,6 +2,7 @@ import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { addRxPlugin, createRevision, createRxDatabase, normalizeMangoQuery, now, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxJsonSchema, type RxStorage, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
+import { Server as SocketIoServer } from 'socket.io';
 import { io, type Socket } from 'socket.io-client';
 import { afterEach } from 'vitest';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
@@ -286,4 +287,17 @@ export async function toEarlierLayout(name: string, storage?: RxStorage<any, any
   } finally {
     await db.close();
   }
+}
+
+/**
+ * A bare socket.io server on `http` for a test that plays the sync server
+ * itself: it welcomes each connection as a sync server does (the client
+ * sends nothing before the welcome), with generous limits.
+ */
+export function bareSyncIo(http: HttpServer): SocketIoServer {
+  const server = new SocketIoServer(http);
+  server.on('connection', (socket) => {
+    socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000 } });
+  });
+  return server;
 }

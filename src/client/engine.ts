@@ -5,6 +5,7 @@
  */
 import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
+import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol.js';
@@ -23,7 +24,7 @@ import { PAGE_SIZE } from './pending-log.js';
 import { SerialQueue } from './serial-queue.js';
 import { strategyFor } from './strategies/index.js';
 import type { Strategy } from './strategies/types.js';
-import { Transport } from './transport.js';
+import { Transport, type Welcome } from './transport.js';
 
 export interface SyncStatus {
   enabled: boolean;
@@ -100,6 +101,8 @@ export class SyncEngine {
   private retryTimer?: ReturnType<typeof setTimeout>;
   /** Events per push; lowered when the server says a batch is too large. */
   private pushBatchSize: number;
+  /** Bytes per push: maxBatchBytes, or less when the server's welcome names a lower limit. */
+  private pushBatchBytes: number;
   private intervalTimer?: ReturnType<typeof setInterval>;
   private livePullTimer?: ReturnType<typeof setTimeout>;
   private closed = false;
@@ -112,6 +115,7 @@ export class SyncEngine {
     this.logger = createLogger(options.logging, 'rxdb-offline-sync:client');
     this.collections = new Set(options.collections);
     this.pushBatchSize = options.batchSize;
+    this.pushBatchBytes = options.maxBatchBytes;
     this.status$ = new BehaviorSubject<SyncStatus>({
       enabled: true,
       connected: false,
@@ -162,7 +166,7 @@ export class SyncEngine {
     this.updateStatus({ leader: true });
     for (const name of this.collections) await this.watch(name);
     this.transport = new Transport(this.options, this.replicator!.clientId, {
-      onConnect: () => this.onConnect(),
+      onConnect: (welcome) => this.onConnect(welcome),
       onDisconnect: (reason) => {
         this.resubscribe();
         this.updateStatus({ connected: false });
@@ -223,6 +227,8 @@ export class SyncEngine {
       return { success: false, error, syncedEvents: 0 };
     }
     this.transport.connect();
+    // The app asked now: what is left of a reconnection's backoff is not waited out.
+    this.transport.connectNow();
     try {
       // Every write made before the call is pushed by this run, also one of a bulk still being logged.
       await Promise.all([this.transport.waitForConnection(this.options.requestTimeout), this.logged()]);
@@ -449,9 +455,12 @@ export class SyncEngine {
     this.updateStatus({ connected: false });
   }
 
-  private onConnect(): void {
+  private onConnect({ limits }: Welcome): void {
     this.logger.info({ serverUrl: this.options.serverUrl }, 'connected to sync server');
     this.retryAttempt = 0;
+    // Never a message the server would refuse for its size: its limits bound every push from here on.
+    this.pushBatchSize = Math.min(this.options.batchSize, limits.maxEventsPerPush);
+    this.pushBatchBytes = Math.min(this.options.maxBatchBytes, limits.maxPayloadBytes);
     this.updateStatus({ connected: true, error: this.standingError() });
     if (this.options.autoSync) void this.requestSync({ push: true, pull: true });
   }
@@ -602,7 +611,7 @@ export class SyncEngine {
     // Push everything before pulling: a pull then never meets an event whose fate is unknown.
     for (;;) {
       const pushed = await this.queue.run(async () => {
-        const batch = await replicator.takeBatch(this.pushBatchSize, this.options.maxBatchBytes);
+        const batch = await replicator.takeBatch(this.pushBatchSize, this.pushBatchBytes);
         if (batch.length === 0) return 0;
         try {
           const outcomes = await transport.push(batch.map((entry) => entry.event));
@@ -748,10 +757,10 @@ export class SyncEngine {
     }, Math.max(backoff, retryAfterMs ?? 0));
   }
 
-  /** The wait before retry number `attempt` (from 0): the configured delay, doubled each time if so set, with jitter. */
+  /** The wait before retry number `attempt` (from 0): the transport's reconnection backoff, with the same options. */
   private backoff(attempt: number): number {
-    const { retryDelay, useExponentialBackoff } = this.options.retry;
-    return Math.min(retryDelay * 2 ** (useExponentialBackoff ? attempt : 0), 60_000) * (0.5 + Math.random());
+    const { retryDelay, maxDelay, useExponentialBackoff } = this.options.retry;
+    return backoffDelay(attempt, { base: retryDelay, max: maxDelay, exponential: useExponentialBackoff });
   }
 
   // ---- helpers -------------------------------------------------------------------

@@ -27,10 +27,13 @@ export const clientOptionsSchema = z.strictObject({
   retry: z
     .strictObject({
       maxRetries: z.number().int().nonnegative().default(5),
+      /** The first wait before connecting again or retrying, in ms; doubled per attempt when exponential. */
       retryDelay: z.number().int().positive().default(1000),
+      /** The longest wait between attempts, in ms: a server or network that returns is found again within it. */
+      maxDelay: z.number().int().positive().default(2000),
       useExponentialBackoff: z.boolean().default(true),
     })
-    .default({ maxRetries: 5, retryDelay: 1000, useExponentialBackoff: true }),
+    .default({ maxRetries: 5, retryDelay: 1000, maxDelay: 2000, useExponentialBackoff: true }),
   logging: loggingOptionsSchema,
   /** Events per push message. */
   batchSize: z.number().int().positive().max(5000).default(500),

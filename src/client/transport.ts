@@ -35,12 +35,23 @@ import {
   type SubscribeMessage,
   type SubscribeReply,
   type SyncEvent,
+  type WelcomeMessage,
+  welcomeMessageSchema,
 } from '../shared/protocol.js';
+import { backoffDelay } from '../shared/backoff.js';
+import { utf8Length } from '../shared/json.js';
 import { isLiveMessage, isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
 import type { ResolvedClientOptions } from './options.js';
 
+/** What the server said when this connection began: its limits, and how far this device's clock is from its own. */
+export interface Welcome {
+  limits: WelcomeMessage['limits'];
+  /** The server's time minus this device's, in ms, as of the welcome (half the handshake's round trip off at most). */
+  clockOffset: number;
+}
+
 export interface TransportEvents {
-  onConnect(): void;
+  onConnect(welcome: Welcome): void;
   onDisconnect(reason: string): void;
   onConnectError(error: SyncError): void;
   onLive(message: LiveMessage): void;
@@ -53,15 +64,25 @@ const pullAck = ackSchema(pullReplySchema);
 const pullPageAck = ackSchema(pullPageSchema);
 const subscribeAck = ackSchema(subscribeReplySchema);
 
+/** A connection that stayed up this long was a real one: the next drop starts the backoff from its first step again. */
+export const STABLE_CONNECTION_MS = 10_000;
+/** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
+const FRAMING_BYTES = 64;
+
 export class Transport {
   private readonly socket: Socket<ServerToClientEvents, ClientToServerEvents>;
   private reconnectTimer?: ReturnType<typeof setTimeout>;
-  private refusedAttempts = 0;
+  private welcomeTimer?: ReturnType<typeof setTimeout>;
+  /** Reconnections since the last connection that stayed up STABLE_CONNECTION_MS: the step of the backoff. */
+  private attempts = 0;
+  private connectedAt = 0;
   private wanted = false;
+  /** Set once the server's welcome arrived on the current connection: only then is it ready for requests. */
+  private welcome?: Welcome;
+  private readonly waiters = new Set<{ resolve(): void; reject(error: SyncError): void }>();
+  private readonly detach: (() => void)[] = [];
   /** The version spoken: this release's, until a server says it speaks only older ones. */
   private protocol: ProtocolVersion = PROTOCOL_VERSION;
-  /** Set while the connection is being made again in an older protocol (see fallBack()). */
-  private fallingBack = false;
 
   constructor(
     private readonly options: ResolvedClientOptions,
@@ -69,7 +90,6 @@ export class Transport {
     private readonly events: TransportEvents,
     private readonly logger: Logger,
   ) {
-    const { retryDelay, useExponentialBackoff } = options.retry;
     this.socket = io(options.serverUrl, {
       path: options.path,
       autoConnect: false,
@@ -77,11 +97,9 @@ export class Transport {
       // would keep this transport, the engine and the closed database alive.
       forceNew: true,
       transports: options.useWebSockets ? ['websocket'] : ['polling'],
-      // socket.io's own reconnection: exponential backoff with jitter, forever.
-      reconnection: true,
-      reconnectionDelay: retryDelay,
-      reconnectionDelayMax: useExponentialBackoff ? Math.max(retryDelay, 30_000) : retryDelay,
-      randomizationFactor: 0.5,
+      // Every reconnection, whatever ended the connection before (a dead link, a server that
+      // dropped this client, a refused handshake), goes through one backoff: scheduleReconnect().
+      reconnection: false,
       // Asked again on every connection attempt, so an expired token is replaced.
       auth: (callback) => {
         this.resolveToken().then(
@@ -94,26 +112,47 @@ export class Transport {
       },
     });
     this.socket.on('connect', () => {
-      this.refusedAttempts = 0;
-      this.events.onConnect();
+      // Not ready until the welcome: the limits it names bound the first push.
+      clearTimeout(this.welcomeTimer);
+      this.welcomeTimer = setTimeout(() => {
+        this.logger.warn({ timeoutMs: options.requestTimeout }, 'the sync server sent no welcome; connecting again');
+        this.drop(new SyncError('TIMEOUT', `the sync server sent no welcome within ${options.requestTimeout} ms`));
+      }, options.requestTimeout);
+    });
+    this.socket.on(MESSAGE.welcome, (raw: unknown) => {
+      clearTimeout(this.welcomeTimer);
+      let message: WelcomeMessage;
+      try {
+        message = parseMessage(welcomeMessageSchema, raw, 'welcome message from server');
+      } catch (error) {
+        this.drop(SyncError.from(error));
+        return;
+      }
+      this.welcome = { limits: message.limits, clockOffset: message.serverTime - Date.now() };
+      this.connectedAt = Date.now();
+      for (const waiter of this.waiters) waiter.resolve();
+      this.waiters.clear();
+      this.events.onConnect(this.welcome);
     });
     this.socket.on('disconnect', (reason) => {
-      this.events.onDisconnect(reason);
-      // A server-side disconnect (for instance an expired token) is not retried by socket.io itself.
-      if (reason === 'io server disconnect' && this.wanted) this.scheduleReconnect();
+      clearTimeout(this.welcomeTimer);
+      const wasReady = this.welcome !== undefined;
+      this.welcome = undefined;
+      if (wasReady && Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempts = 0;
+      if (wasReady) this.events.onDisconnect(reason);
+      if (this.wanted) this.scheduleReconnect();
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
       const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
-      // Decided here, by the first connect_error listener, for the others that follow (waitForConnection's).
-      this.fallingBack = this.fallBack(data);
-      if (this.fallingBack) return;
+      if (this.fallBack(data)) return;
       const syncError =
         data && typeof data.code === 'string'
           ? SyncError.fromWire(data as never)
           : new SyncError('NOT_CONNECTED', `cannot reach sync server ${options.serverUrl}: ${error.message}`);
+      for (const waiter of this.waiters) waiter.reject(syncError);
+      this.waiters.clear();
       this.events.onConnectError(syncError);
-      // A refusal by the server's middleware is final for socket.io; we retry with backoff and a fresh token.
-      if (!this.socket.active && this.wanted) this.scheduleReconnect();
+      if (this.wanted) this.scheduleReconnect();
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
@@ -125,16 +164,52 @@ export class Transport {
     });
     this.socket.on(MESSAGE.error, (raw: unknown) => {
       const wire = raw as { code?: unknown; message?: unknown };
-      this.events.onServerError(
-        typeof wire?.message === 'string' && typeof wire.code === 'string'
-          ? SyncError.fromWire(wire as never)
-          : new SyncError('INVALID_MESSAGE', 'malformed error message from server'),
-      );
+      const error = typeof wire?.message === 'string' && typeof wire.code === 'string'
+        ? SyncError.fromWire(wire as never)
+        : new SyncError('INVALID_MESSAGE', 'malformed error message from server');
+      // Another connection with this client id took over (a copy of this device's storage, say):
+      // connecting again would only take it back, and the two would replace each other forever.
+      // The app's syncNow() or enable() connects again on purpose.
+      if (error.code === 'REPLACED') this.wanted = false;
+      this.events.onServerError(error);
     });
+    this.watchBrowser();
   }
 
+  /**
+   * The browser knows sooner than any heartbeat: `offline` closes the
+   * connection at once (the status says so, and requests fail instead of
+   * waiting out their timeout), and `online` or the page becoming visible
+   * again (a phone unlocked, a laptop woken) connects at once, skipping
+   * whatever wait the backoff had left.
+   */
+  private watchBrowser(): void {
+    const target = globalThis as unknown as Partial<Pick<Window, 'addEventListener' | 'removeEventListener'>> & { document?: Document };
+    if (typeof target.addEventListener !== 'function' || typeof target.removeEventListener !== 'function') return;
+    const listen = (on: { addEventListener: Window['addEventListener']; removeEventListener: Window['removeEventListener'] }, type: string, listener: () => void) => {
+      on.addEventListener(type, listener);
+      this.detach.push(() => on.removeEventListener(type, listener));
+    };
+    listen(target as Window, 'offline', () => {
+      this.drop(new SyncError('NOT_CONNECTED', 'the browser reports no network'));
+    });
+    listen(target as Window, 'online', () => this.connectNow());
+    const document = target.document;
+    if (document && typeof document.addEventListener === 'function') {
+      listen(document as unknown as Window, 'visibilitychange', () => {
+        if (document.visibilityState === 'visible') this.connectNow();
+      });
+    }
+  }
+
+  /** Connected, and welcomed: ready for requests. */
   get connected(): boolean {
-    return this.socket.connected;
+    return this.socket.connected && this.welcome !== undefined;
+  }
+
+  /** The current connection's welcome (undefined while not connected). */
+  get serverWelcome(): Welcome | undefined {
+    return this.welcome;
   }
 
   /**
@@ -159,50 +234,77 @@ export class Transport {
     return true;
   }
 
+  /** Connects, and keeps connecting after every drop, through the backoff. */
   connect(): void {
     this.wanted = true;
-    if (!this.socket.connected && !this.socket.active) this.socket.connect();
+    if (!this.socket.connected && this.reconnectTimer === undefined) this.socket.connect();
+  }
+
+  /**
+   * Connects now if not connected, skipping what is left of the backoff:
+   * the app asked (syncNow), or the browser says the network is back.
+   */
+  connectNow(): void {
+    if (!this.wanted || this.socket.connected) return;
+    clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = undefined;
+    this.socket.connect();
   }
 
   disconnect(): void {
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
+    clearTimeout(this.welcomeTimer);
+    this.reconnectTimer = undefined;
     this.socket.disconnect();
+    // A connection still being made (or waiting for its welcome) is closed too.
+    if (this.socket.io._readyState !== 'closed') this.socket.io.engine.close();
+    const error = new SyncError('DISABLED', 'disconnected on purpose');
+    for (const waiter of this.waiters) waiter.reject(error);
+    this.waiters.clear();
   }
 
   /** Disconnects for good and lets go of every listener. */
   close(): void {
     this.disconnect();
+    for (const detach of this.detach.splice(0)) detach();
     this.socket.removeAllListeners();
     this.socket.io.removeAllListeners();
   }
 
-  /** Resolves once connected; rejects on the next failed attempt or after `timeout` ms. */
+  /**
+   * Closes the connection as dead (a request or the welcome timed out, the
+   * browser went offline): socket.io fails the requests in flight at once,
+   * the status says disconnected, and the backoff starts connecting again.
+   */
+  private drop(reason: SyncError): void {
+    this.logger.info({ code: reason.code, reason: reason.message }, 'closing the connection to the sync server');
+    for (const waiter of this.waiters) waiter.reject(reason);
+    this.waiters.clear();
+    // Closing the engine ends in 'disconnect' (or 'connect_error'), which schedules the next attempt.
+    if (this.socket.io._readyState !== 'closed') this.socket.io.engine.close();
+    else if (this.wanted) this.scheduleReconnect();
+  }
+
+  /** Resolves once connected and welcomed; rejects on the next failed attempt or after `timeout` ms. */
   waitForConnection(timeout: number): Promise<void> {
-    if (this.socket.connected) return Promise.resolve();
+    if (this.connected) return Promise.resolve();
     return new Promise((resolve, reject) => {
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.socket.off('connect', onConnect);
-        this.socket.off('connect_error', onError);
-      };
-      const onConnect = () => {
-        cleanup();
-        resolve();
-      };
-      const onError = (error: Error & { data?: unknown }) => {
-        // Not a failure: the transport is connecting again in a protocol version the server speaks.
-        if (this.fallingBack) return;
-        cleanup();
-        const data = error.data as { code?: string } | undefined;
-        reject(data && typeof data.code === 'string' ? SyncError.fromWire(data as never) : new SyncError('NOT_CONNECTED', `cannot reach sync server ${this.options.serverUrl}: ${error.message}`));
+      const waiter = {
+        resolve: () => {
+          clearTimeout(timer);
+          resolve();
+        },
+        reject: (error: SyncError) => {
+          clearTimeout(timer);
+          reject(error);
+        },
       };
       const timer = setTimeout(() => {
-        cleanup();
+        this.waiters.delete(waiter);
         reject(new SyncError('NOT_CONNECTED', `not connected to ${this.options.serverUrl} within ${timeout} ms`));
       }, timeout);
-      this.socket.on('connect', onConnect);
-      this.socket.on('connect_error', onError);
+      this.waiters.add(waiter);
     });
   }
 
@@ -218,6 +320,7 @@ export class Transport {
       return results.map(toPushOutcome);
     }
     const message = this.protocol >= 4 ? toPushRows(events, this.clientId) : { events: events.map((event) => slim(event, this.clientId)) };
+    this.assertFits(message);
     const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck, isStoredPushAck);
     if (results.length !== events.length) throw mismatch();
     return results;
@@ -232,29 +335,51 @@ export class Transport {
     return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });
   }
 
+  /**
+   * Refuses, before sending, a push the server would not read: its size in
+   * UTF-8 bytes, as the server measures it, against the limit its welcome
+   * named. Over it, socket.io on the server may drop the whole connection,
+   * and the push would go out again on every reconnection. Measured exactly
+   * only when a cheap bound (3 bytes per UTF-16 unit) does not settle it.
+   */
+  private assertFits(message: unknown): void {
+    const limit = this.welcome?.limits.maxPayloadBytes;
+    if (limit === undefined) return;
+    const json = JSON.stringify([message]);
+    if (json.length * 3 + FRAMING_BYTES <= limit) return;
+    const bytes = utf8Length(json);
+    if (bytes + FRAMING_BYTES > limit) {
+      throw new SyncError('PAYLOAD_TOO_LARGE', `a push of ${bytes} bytes exceeds the server's maxPayloadBytes (${limit})`, { bytes, limit });
+    }
+  }
+
   private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType, quick?: (value: unknown) => boolean): Promise<R> {
-    if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
+    if (!this.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
     let raw: unknown;
     try {
       raw = await (this.socket.timeout(this.options.requestTimeout) as unknown as Socket).emitWithAck(type, message);
     } catch (error) {
       // socket.io fails a request in flight at once when the connection drops: that is no timeout.
       if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', `the connection to the sync server was lost before it answered ${type}`);
-      throw new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
+      // A link that dropped without closing looks like this: it is torn down, and connecting again starts now.
+      const timeout = new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
+      this.drop(timeout);
+      throw timeout;
     }
     const reply = parseMessage(schema, raw, `reply to ${type}`, quick) as { ok: true } | { ok: false; error: never };
     if (!reply.ok) throw SyncError.fromWire(reply.error);
     return reply as R;
   }
 
+  /** The one way back after a drop or a refusal: jittered, growing with each attempt, capped at retry.maxDelay. */
   private scheduleReconnect(): void {
-    clearTimeout(this.reconnectTimer);
-    const { retryDelay, useExponentialBackoff } = this.options.retry;
-    const exponent = useExponentialBackoff ? Math.min(this.refusedAttempts, 10) : 0;
-    const delay = Math.min(retryDelay * 2 ** exponent, 60_000) * (0.5 + Math.random());
-    this.refusedAttempts++;
+    if (this.reconnectTimer !== undefined) return;
+    const { retryDelay, maxDelay, useExponentialBackoff } = this.options.retry;
+    const delay = backoffDelay(this.attempts, { base: retryDelay, max: maxDelay, exponential: useExponentialBackoff });
+    this.attempts++;
     this.reconnectTimer = setTimeout(() => {
-      if (this.wanted && !this.socket.connected && !this.socket.active) this.socket.connect();
+      this.reconnectTimer = undefined;
+      if (this.wanted && !this.socket.connected) this.socket.connect();
     }, delay);
   }
 

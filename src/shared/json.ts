@@ -139,3 +139,19 @@ export function parseOptions<T extends z.ZodType>(schema: T, value: unknown, wha
     { option: path, value: got },
   );
 }
+
+/** The UTF-8 length of a string, in bytes, without encoding it (an unpaired surrogate counts 3, as TextEncoder writes U+FFFD). */
+export function utf8Length(text: string): number {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const code = text.charCodeAt(i);
+    if (code < 0x80) continue;
+    if (code < 0x800) bytes += 1;
+    else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      // A pair: 2 UTF-16 units, 4 bytes.
+      bytes += 2;
+      i++;
+    } else bytes += 2;
+  }
+  return bytes;
+}
