@@ -4,7 +4,7 @@
  * and an app's own metrics stay its own). Fed from `syncServer.events`.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { SyncServer } from './server.js';
+import type { DropReason, SyncServer } from './server.js';
 
 export interface SyncMetricsOptions {
   /** Prefix of every metric name. Default `rxdb_offline_sync_`. */
@@ -27,6 +27,7 @@ export interface SyncMetrics {
 /** Histogram buckets in seconds, from 1 ms (a memory-storage push) to 10 s (a stalled database). */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const PUSH_RESULTS = ['accepted', 'duplicate', 'conflict', 'rejected'] as const;
+const DROP_REASONS: readonly DropReason[] = ['TOO_MANY_REQUESTS', 'SLOW_CONSUMER', 'REPLACED'];
 
 export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsOptions = {}): SyncMetrics {
   const prefix = options.prefix ?? 'rxdb_offline_sync_';
@@ -91,6 +92,21 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
     },
   });
 
+  const dropped = new Counter({
+    name: `${prefix}dropped_connections_total`,
+    help: 'Connections the server closed to protect the others, by reason: TOO_MANY_REQUESTS (a queue or rate flood), SLOW_CONSUMER (replies left unread), REPLACED (a newer connection with its client id).',
+    labelNames: ['reason'],
+    registers: [registry],
+  });
+  for (const reason of DROP_REASONS) dropped.inc({ reason }, 0);
+  const failedLogins = new Counter({
+    name: `${prefix}failed_logins_total`,
+    help: 'Handshakes refused by authentication, and (limited="true") those refused unheard because the connection or its address used up its tries.',
+    labelNames: ['limited'],
+    registers: [registry],
+  });
+  for (const limited of ['true', 'false']) failedLogins.inc({ limited }, 0);
+
   const onPush = (push: { durationMs: number; accepted: number; duplicates: number; conflicts: number; rejected: number }) => {
     pushDuration.observe(push.durationMs / 1000);
     events.inc({ result: 'accepted' }, push.accepted);
@@ -104,10 +120,14 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
   };
   const onStorageError = (failure: { operation: 'save' | 'read' }) => storageErrors.inc({ operation: failure.operation });
   const onConnect = (client: { protocol: number }) => connections.inc({ protocol: String(client.protocol) });
+  const onDropped = (drop: { reason: DropReason }) => dropped.inc({ reason: drop.reason });
+  const onLoginFailed = (failure: { limited: boolean }) => failedLogins.inc({ limited: String(failure.limited) });
   server.events.on('push', onPush);
   server.events.on('pull', onPull);
   server.events.on('storage-error', onStorageError);
   server.events.on('client-connect', onConnect);
+  server.events.on('client-dropped', onDropped);
+  server.events.on('login-failed', onLoginFailed);
 
   return {
     registry,
@@ -118,6 +138,8 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
       server.events.off('pull', onPull);
       server.events.off('storage-error', onStorageError);
       server.events.off('client-connect', onConnect);
+      server.events.off('client-dropped', onDropped);
+      server.events.off('login-failed', onLoginFailed);
     },
   };
 }
