@@ -3,10 +3,80 @@
  * than its sources, then runs `rxdb-offline-sync serve` with SQLite under
  * ./data, serving the app on the same port. Extra arguments go to the CLI:
  * `npm start -- --port 4000 --storage memory`.
+ *
+ * A signal to this process or to tsx (which relays it) shuts the server down
+ * gracefully. One sent to npm alone reaches us only if the shell npm runs the
+ * script line in passes it on, and dash (Debian's sh) does not: it dies of
+ * SIGTERM without forwarding it, and holds SIGINT until its child ends. So the
+ * server also stops when the npm process that started it, or anything between
+ * it and us, is gone.
  */
-import { readdirSync, statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { main } from '../src/cli/program.js';
+
+/** A process as /proc shows it; the start time tells a process from a later one that reuses its pid. */
+interface ProcessRecord {
+  pid: number;
+  ppid: number;
+  startTime: string;
+}
+
+function readProcess(pid: number): ProcessRecord | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name in parentheses may hold spaces and parentheses; the fields after the last ')' are fixed.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (fields[0] === 'Z' || fields[0] === 'X') return undefined; // dead, not yet reaped
+    return { pid, ppid: Number(fields[1]), startTime: fields[19]! };
+  } catch {
+    return undefined;
+  }
+}
+
+function environmentOf(pid: number): string[] {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * The processes from our parent up to the package manager that ran this
+ * script: npm gives every process it starts for a script the script's
+ * command as npm_lifecycle_script, so the first ancestor without it is npm.
+ * Empty when npm did not start us or /proc cannot tell (not Linux).
+ */
+function launchChain(): ProcessRecord[] {
+  const script = process.env.npm_lifecycle_script;
+  if (script === undefined) return [];
+  const marker = `npm_lifecycle_script=${script}`;
+  const chain: ProcessRecord[] = [];
+  for (let pid = process.ppid; pid > 1 && chain.length < 8; ) {
+    const record = readProcess(pid);
+    if (!record) return [];
+    chain.push(record);
+    if (!environmentOf(pid).includes(marker)) return chain;
+    pid = record.ppid;
+  }
+  return [];
+}
+
+/** Treats the end of any process in the chain as a SIGTERM, so the server shuts down as it does on one. */
+function stopWhenLauncherGoes(chain: ProcessRecord[]): void {
+  if (chain.length === 0) return;
+  const timer = setInterval(() => {
+    const gone = chain.find((expected) => readProcess(expected.pid)?.startTime !== expected.startTime);
+    if (!gone) return;
+    clearInterval(timer);
+    console.error(`npm start: npm, or a process between it and this server (pid ${gone.pid}), is gone; shutting down`);
+    process.kill(process.pid, 'SIGTERM');
+  }, 250);
+  timer.unref(); // never what keeps the process alive
+}
+
+stopWhenLauncherGoes(launchChain());
 
 const root = join(import.meta.dirname, '..');
 const appRoot = join(root, 'examples', 'todo-app');

@@ -7,7 +7,7 @@ import { createLogger, type Logger } from '../shared/logger.js';
 import { createHealthAndMetrics } from '../server/http.js';
 import { createSyncServer, type SyncServer } from '../server/server.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../server/storage/index.js';
-import type { StorageSpec } from './args.js';
+import { describeStorage, type StorageSpec } from './args.js';
 import { createStaticHandler } from './static.js';
 
 export type CliLogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -47,17 +47,75 @@ export function createStorage(spec: StorageSpec): SyncStorage {
   }
 }
 
+/** Opens storage before anything listens: a database that cannot be reached at start is fatal, with one line that names it. */
+async function openStorage(storage: SyncStorage, spec: StorageSpec): Promise<void> {
+  try {
+    await storage.init();
+  } catch (error) {
+    throw new Error(`cannot open storage ${describeStorage(spec)}: ${messageOf(error)}`, { cause: error });
+  }
+}
+
+/**
+ * A Redis client that gives up on its first connection attempt (so an
+ * unreachable Redis at start is fatal) but, once connected, retries for as
+ * long as an outage lasts, logging its start and its end once each.
+ */
+function redisClient(url: string, role: 'publisher' | 'subscriber', logger: Logger) {
+  let connectedOnce = false;
+  let down = false;
+  const client = createClient({
+    url,
+    socket: {
+      // Returning the cause ends connect() with it; a number is the delay before the next attempt.
+      reconnectStrategy: (retries, cause) => (connectedOnce ? Math.min(2 ** retries * 50, 2000) + Math.floor(Math.random() * 200) : cause),
+    },
+  });
+  client.on('error', (error: unknown) => {
+    // Before the first connection, connect() reports the failure; afterwards every retry fails alike until Redis is back.
+    if (!connectedOnce || down) return;
+    down = true;
+    logger.error({ err: error, role }, 'redis unreachable; retrying');
+  });
+  client.on('ready', () => {
+    if (down) logger.info({ role }, 'redis reachable again');
+    connectedOnce = true;
+    down = false;
+  });
+  return client;
+}
+
+/**
+ * How long connecting to Redis at start may take. The client's own connect
+ * timeout (5 s) covers only TCP; this also ends the wait on a listener that
+ * accepts and never answers, such as a port forward with nothing behind it.
+ */
+const REDIS_START_TIMEOUT_MS = 10_000;
+
 async function connectRedis(url: string, logger: Logger) {
-  const pub = createClient({ url });
-  const sub = pub.duplicate();
-  for (const client of [pub, sub]) client.on('error', (error: unknown) => logger.error({ err: error }, 'redis error'));
-  await Promise.all([pub.connect(), sub.connect()]);
+  const pub = redisClient(url, 'publisher', logger);
+  const sub = redisClient(url, 'subscriber', logger);
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), REDIS_START_TIMEOUT_MS);
+  });
+  const results = await Promise.race([Promise.allSettled([pub.connect(), sub.connect()]), timedOut]);
+  clearTimeout(timer);
+  const failure = results ? results.find((result) => result.status === 'rejected')?.reason : new Error(`no answer within ${REDIS_START_TIMEOUT_MS / 1000} s`);
+  if (failure !== undefined) {
+    for (const client of [pub, sub]) if (client.isOpen) client.destroy();
+    throw new Error(`cannot connect to Redis at ${new URL(url).host}: ${messageOf(failure)}`, { cause: failure });
+  }
   return {
     adapter: createAdapter(pub, sub),
     close: async () => {
       await Promise.allSettled([pub.quit(), sub.quit()]);
     },
   };
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
 }
 
 function closeHttp(httpServer: HttpServer): Promise<void> {
@@ -81,6 +139,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   };
 
   try {
+    await openStorage(storage, options.storage);
     const redis = options.redis ? await connectRedis(options.redis, logger) : undefined;
     if (redis) cleanups.push(redis.close);
 
