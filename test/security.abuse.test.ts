@@ -119,6 +119,16 @@ describe('floods from one socket', () => {
     expect((await pull(good)).ok).toBe(true);
   });
 
+  it('messages over maxPayloadBytes: each is answered PAYLOAD_TOO_LARGE, and a stream of them drops the connection', async () => {
+    server = await startServer({ maxPayloadBytes: 16 * 1024 });
+    const { socket } = await connect();
+    const reason = dropped(socket);
+    const oversized = { checkpoint: 0, collections: ['todos'], padding: 'x'.repeat(20 * 1024) };
+    for (let i = 0; i < 3; i++) expect((await request(socket, MESSAGE.pull, oversized)).error).toMatchObject({ code: 'PAYLOAD_TOO_LARGE' });
+    socket.emit(MESSAGE.pull, oversized, () => undefined);
+    expect(await reason).toMatchObject({ code: 'TOO_MANY_REQUESTS' });
+  });
+
   it('defaults never limit a real client: an offline backlog of 5,000 writes and 50 pulls a second pass', async () => {
     server = await startServer();
     const { socket } = await connect();

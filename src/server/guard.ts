@@ -12,17 +12,27 @@ export interface GuardLimits {
   maxUnsentBytes: number;
 }
 
+/**
+ * Messages over maxPayloadBytes one connection may send before it is
+ * dropped. The client never sends one (the welcome names the limit); each
+ * costs the server a full parse, so a stream of them is a flood.
+ */
+export const MAX_OVERSIZED = 3;
+
+const WS_CLOSED = 3;
+
 /** The part of an engine.io connection the guard reads: its queue of packets and its transport. */
 export interface EngineConnection {
   writeBuffer?: { data?: unknown }[];
-  transport?: { socket?: { bufferedAmount?: number; terminate?: () => void } };
+  transport?: { socket?: { bufferedAmount?: number; readyState?: number; terminate?: () => void; _socket?: { pause?: () => void } } };
   readyState?: string;
 }
 
 export class ConnectionGuard {
   private readonly queue: (() => Promise<void>)[] = [];
   private serving = false;
-  private closed = false;
+  private isClosed = false;
+  private oversized = 0;
 
   constructor(
     private readonly limits: GuardLimits,
@@ -31,9 +41,14 @@ export class ConnectionGuard {
     private readonly drop: (reason: SyncError) => void,
   ) {}
 
+  /** True once dropped or disconnected: nothing more of this connection is served. */
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
   /** Serves `task` after the messages before it; drops the connection instead when too many wait. */
   enqueue(task: () => Promise<void>): void {
-    if (this.closed) return;
+    if (this.isClosed) return;
     if (this.queue.length >= this.limits.maxQueued) {
       this.fail(
         new SyncError('TOO_MANY_REQUESTS', `more than ${this.limits.maxQueued} messages waited for an answer: wait for each answer before sending more`, {
@@ -46,9 +61,16 @@ export class ConnectionGuard {
     if (!this.serving) void this.serve();
   }
 
+  /** Counts a message refused for its size; drops the connection past MAX_OVERSIZED. True when it did. */
+  refusedOversized(limit: number): boolean {
+    if (++this.oversized <= MAX_OVERSIZED) return false;
+    this.fail(new SyncError('TOO_MANY_REQUESTS', `more than ${MAX_OVERSIZED} messages over maxPayloadBytes (${limit}): the connection is closed`, { limit }));
+    return true;
+  }
+
   /** Drops the connection when its unsent replies pass the bound; true when it did. */
   checkUnsent(): boolean {
-    if (this.closed) return true;
+    if (this.isClosed) return true;
     const bytes = unsentBytes(this.conn, this.limits.maxUnsentBytes);
     if (bytes <= this.limits.maxUnsentBytes) return false;
     this.fail(
@@ -62,26 +84,41 @@ export class ConnectionGuard {
 
   /** Drops the connection with `reason` (a flood seen elsewhere, for instance by the rate limit). */
   fail(reason: SyncError): void {
-    if (this.closed) return;
+    if (this.isClosed) return;
     this.close();
+    // Not one more frame of a flood is read and decoded: what the peer still has in flight stays in the kernel.
+    this.conn.transport?.socket?._socket?.pause?.();
     this.drop(reason);
-    // A peer that reads nothing would hold the closing handshake and its unsent bytes for ws's 30 s.
+    // A peer that reads nothing would hold the closing handshake and its unsent bytes for ws's 30 s
+    // (engine.io calls the connection closed as soon as it asked the WebSocket to close).
+    const ws = this.conn.transport?.socket;
     const timer = setTimeout(() => {
-      if (this.conn.readyState !== 'closed') this.conn.transport?.socket?.terminate?.();
+      if (ws?.readyState !== WS_CLOSED) ws?.terminate?.();
     }, 1000);
     timer.unref?.();
   }
 
   /** Stops serving: what waits is dropped. */
   close(): void {
-    this.closed = true;
+    this.isClosed = true;
     this.queue.length = 0;
   }
 
+  /**
+   * Serves the queue in order, handing the event loop back between
+   * messages: a handler that never waits for I/O (memory storage) resolves
+   * in microtasks, and without the turn a connection with sixteen pushes
+   * queued would be served all sixteen before any other connection's
+   * message is read. So each connection gets a message per turn, and the
+   * wait of any other is about one message's work, not a queue's.
+   */
   private async serve(): Promise<void> {
     this.serving = true;
     try {
-      for (let task = this.queue.shift(); task && !this.closed; task = this.queue.shift()) await task();
+      for (let task = this.queue.shift(); task && !this.isClosed; task = this.queue.shift()) {
+        await task();
+        if (this.queue.length > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      }
     } finally {
       this.serving = false;
     }

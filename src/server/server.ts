@@ -290,6 +290,8 @@ export class SyncServer<User = unknown> {
 
     // One listener for every message, so that unknown types, missing acks and limits are answered too.
     socket.onAny((event: string, ...args: unknown[]) => {
+      // Dropped: what was already read of its flood is not answered.
+      if (guard.closed) return;
       socket.data.lastSeen = Date.now();
       const ack = typeof args[args.length - 1] === 'function' ? (args.pop() as (reply: Ack<object>) => void) : undefined;
       // A reply that cannot be encoded must not become an unhandled rejection that takes the process down.
@@ -321,7 +323,7 @@ export class SyncServer<User = unknown> {
       if (meter.bound() > limit) {
         const bytes = payloadBytes(args);
         if (bytes > limit) {
-          reply(new SyncError('PAYLOAD_TOO_LARGE', `message "${type}" of ${bytes} bytes exceeds maxPayloadBytes (${limit})`, { type, bytes, limit }));
+          if (!guard.refusedOversized(limit)) reply(new SyncError('PAYLOAD_TOO_LARGE', `message "${type}" of ${bytes} bytes exceeds maxPayloadBytes (${limit})`, { type, bytes, limit }));
           return;
         }
       }
