@@ -5,8 +5,9 @@
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
-import type { DocumentHead, StoredEvent } from '../src/shared/protocol.js';
+import { MAX_DOCUMENT_ID_BYTES, isClientId, isDocumentId, type DocumentHead, type StoredEvent } from '../src/shared/protocol.js';
 import { MemorySyncStorage } from '../src/server/storage/memory.js';
+import { documentBytes } from '../src/server/storage/size.js';
 import type { IncomingEvent, SaveResult, SyncStorage } from '../src/server/storage/types.js';
 
 export interface StorageUnderTest {
@@ -441,6 +442,119 @@ export function runStorageConformance(name: string, makeStorage: () => Promise<S
       expect(await storage.getLatestSequence()).toBe(a3);
       const [c1] = await saveAccepted(makeEvent({ documentId: 'c' }));
       expect(c1).toBeGreaterThan(a3!);
+    });
+
+    it('keeps the longest document ids the protocol allows, of any script, in the longest collection name, exactly', async () => {
+      // At the byte bound in every width of UTF-8: 1, 3 and 4 bytes a character.
+      const longest = ['x'.repeat(MAX_DOCUMENT_ID_BYTES), `${'日'.repeat(341)}x`, '😀'.repeat(MAX_DOCUMENT_ID_BYTES / 4), `${'é'.repeat(511)}xx`];
+      const collection = `c${'x'.repeat(127)}`;
+      for (const id of longest) {
+        expect(isDocumentId(id)).toBe(true);
+        expect(Buffer.byteLength(id)).toBe(MAX_DOCUMENT_ID_BYTES);
+      }
+      const inserts = longest.map((documentId) => makeEvent({ documentId, collection }));
+      const seqs = await saveAccepted(...inserts);
+      const updates = longest.map((documentId, i) => makeEvent({ documentId, collection, base: inserts[i]!.id, op: 'update' }));
+      const updateSeqs = await saveAccepted(...updates);
+
+      expect(withoutTime(await storage.getEventsAfter(0))).toEqual([...inserts, ...updates].map((event, i) => stored(event, [...seqs, ...updateSeqs][i]!)));
+      expect(withoutTime(await storage.getChangesAfter(0, { collections: [collection] }))).toEqual(updates.map((event, i) => stored(event, updateSeqs[i]!)));
+      const heads = await storage.getHeads(collection, longest);
+      expect(heads.map((head) => [head.documentId, head.eventId])).toEqual(updates.map((event) => [event.documentId, event.id]));
+      // Conflicts are found on these ids too: the index holds them whole.
+      const stale = makeEvent({ documentId: longest[1]!, collection, base: inserts[1]!.id });
+      expect(await storage.saveEvents([stale])).toEqual([{ id: stale.id, status: 'conflict', head: heads[1] }]);
+    });
+
+    it('gives back odd characters exactly: line breaks, emoji, CJK, right-to-left text and marks, in ids, clocks and documents', async () => {
+      const documentIds = ['line\nbreak', 'tab\tand\r\nCRLF', 'emoji 😀👩‍💻', '日本語の文書', 'עברית ‏ العربية', '\u202eevil.exe', 'zero\u200bwidth', ' spaced ', '\ufeffbom', 'a/b\\c"d\'e'];
+      const clientIds = ['日本の端末', 'phone 😀', 'טלפון', '\u202eclient', 'naïve-ünïcödé'];
+      for (const clientId of clientIds) expect(isClientId(clientId)).toBe(true);
+      const events = documentIds.map((documentId, i) =>
+        makeEvent({
+          documentId,
+          clientId: clientIds[i % clientIds.length],
+          data: { id: documentId, 'key\nwith break': 'value\r\n', '鍵': ['値', '😀', { 'עמק': 'שווה ‏' }], '\u202e': '\u2028\u2029', nested: { '': '', emoji: '👩‍👩‍👧‍👦' } },
+        }),
+      );
+      const seqs = await saveAccepted(...events);
+      const expected = events.map((event, i) => stored(event, seqs[i]!));
+      expect(withoutTime(await storage.getEventsAfter(0))).toEqual(expected);
+      expect(withoutTime(await storage.getChangesAfter(0))).toEqual(expected);
+      const heads = await storage.getHeads('todos', documentIds);
+      expect(heads.map((head) => [head.documentId, head.data, head.hlc, head.clientId])).toEqual(events.map((event) => [event.documentId, event.data, event.hlc, event.clientId]));
+      // Ids that differ only in ways some comparisons ignore (case, normalization, width) are different documents.
+      const lookalikes = ['Straße', 'STRASSE', 'strasse', 'e\u0301', '\u00e9', 'ｆｕｌｌ', 'full'];
+      const lookalikeEvents = lookalikes.map((documentId) => makeEvent({ documentId }));
+      await saveAccepted(...lookalikeEvents);
+      expect((await storage.getHeads('todos', lookalikes)).map((head) => head.documentId)).toEqual(lookalikes);
+    });
+
+    it('bounds a page of changes in bytes: pages hold what fits, a document larger than a page comes alone, and every change comes once', async () => {
+      const sizes = [10, 200, 5000, 30, 30, 30, 9000, 40, 1, 700];
+      const events = sizes.map((size, i) => makeEvent({ documentId: `sized-${i}`, data: { id: `sized-${i}`, text: 'é'.repeat(size) } }));
+      const notes = makeEvent({ documentId: 'other', collection: 'notes', data: { text: 'x'.repeat(20_000) } });
+      await saveAccepted(...events.slice(0, 5), notes, ...events.slice(5));
+      const bytes = new Map(events.map((event) => [event.id, documentBytes(event.data)]));
+
+      for (const maxBytes of [1, 100, 5200, 12_000, 1_000_000]) {
+        for (const limit of [3, 1000]) {
+          const seen: string[] = [];
+          let checkpoint = 0;
+          for (;;) {
+            const page = await storage.getChangesAfter(checkpoint, { collections: ['todos'], limit, maxBytes });
+            if (page.length === 0) {
+              expect(page.cutByBytes ?? false).toBe(false);
+              break;
+            }
+            const pageBytes = page.reduce((sum, event) => sum + bytes.get(event.id)!, 0);
+            // What fits, or one document alone, however large.
+            expect(page.length === 1 || pageBytes <= maxBytes, `maxBytes ${maxBytes}: a page of ${pageBytes}`).toBe(true);
+            expect(page.length).toBeLessThanOrEqual(limit);
+            // Cut by bytes exactly when the next change would not have fit and the limit was not reached.
+            const next = events[events.findIndex((event) => event.id === page.at(-1)!.id) + 1];
+            const shouldCut = page.length < limit && next !== undefined && pageBytes + bytes.get(next.id)! > maxBytes;
+            expect(page.cutByBytes ?? false, `maxBytes ${maxBytes}, limit ${limit}, after ${checkpoint}`).toBe(shouldCut);
+            seen.push(...page.map((event) => event.id));
+            checkpoint = page.at(-1)!.seq;
+            if (page.length < limit && !page.cutByBytes) break;
+          }
+          expect(seen).toEqual(events.map((event) => event.id));
+        }
+      }
+      // Without maxBytes, a page is bounded by count alone and never marked.
+      const all = await storage.getChangesAfter(0);
+      expect(all).toHaveLength(11);
+      expect(all.cutByBytes ?? false).toBe(false);
+    });
+
+    it('claims a client id for the first user that uses it: later claims get that user, the same user again is fine', async () => {
+      expect(await storage.claimClient('device-1', 'ana')).toBe('ana');
+      expect(await storage.claimClient('device-1', 'ana')).toBe('ana');
+      expect(await storage.claimClient('device-1', 'bob')).toBe('ana');
+      expect(await storage.claimClient('device-2', 'bob')).toBe('bob');
+      expect(await storage.claimClient('device-1', 'ana')).toBe('ana');
+      expect(await storage.claimClient('日本の端末 😀', 'ユーザー')).toBe('ユーザー');
+      expect(await storage.claimClient('日本の端末 😀', 'ana')).toBe('ユーザー');
+      // Claims many at once, on the same id: exactly one user wins, and everyone is told the same one.
+      const users = Array.from({ length: 12 }, (_, i) => `user-${i}`);
+      const answers = await Promise.all(users.map((user) => storage.claimClient('contested', user)));
+      expect(new Set(answers).size).toBe(1);
+      expect(users).toContain(answers[0]);
+      // What no storage could keep is refused by every storage alike, and records nothing.
+      await expect(storage.claimClient('bad\nid', 'ana')).rejects.toThrow();
+      await expect(storage.claimClient('device-3', 'nul\u0000key')).rejects.toThrow();
+      await expect(storage.claimClient('device-3', 'lone \ud800')).rejects.toThrow();
+      expect(await storage.claimClient('device-3', 'carl')).toBe('carl');
+    });
+
+    it('keeps client id claims across close and reopen', async (context) => {
+      if (!current.reopen) return context.skip('this storage is not durable');
+      expect(await storage.claimClient('device-1', 'ana')).toBe('ana');
+      await storage.close();
+      storage = await current.reopen();
+      await storage.init();
+      expect(await storage.claimClient('device-1', 'bob')).toBe('ana');
     });
 
     it('lets exactly one of many concurrent pushes on the same base win', async () => {

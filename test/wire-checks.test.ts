@@ -7,15 +7,45 @@
  */
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { formatHlc } from '../src/shared/hlc.js';
-import { ackSchema, liveMessageSchema, parseMessage, pullPageSchema, pushReplySchema, pushRowsMessageSchema } from '../src/shared/protocol.js';
+import { MAX_NODE_LENGTH, formatHlc, isClockNode } from '../src/shared/hlc.js';
+import {
+  MAX_DOCUMENT_ID_BYTES,
+  ackSchema,
+  clientIdSchema,
+  clockNodeSchema,
+  documentIdSchema,
+  eventIdSchema,
+  hlcSchema,
+  isClientId,
+  isDocumentId,
+  isEventId,
+  isHlc,
+  liveMessageSchema,
+  parseMessage,
+  pullPageSchema,
+  pushedEventProblem,
+  pushReplySchema,
+  pushRowsMessageSchema,
+  syncEventSchema,
+  type SyncEvent,
+} from '../src/shared/protocol.js';
 import { isLiveMessage, isPullPageAck, isPushRowsMessage, isStoredPushAck } from '../src/shared/wire-checks.js';
 import type { z } from 'zod';
 
-const eventId = fc.oneof(fc.uuid(), fc.string({ minLength: 8, maxLength: 128 }));
-const documentId = fc.oneof(fc.string({ minLength: 1, maxLength: 40 }), fc.constant('x'.repeat(1024)));
+/** Characters ids are made of in the wild and at the edges: ASCII, accents, CJK (3 bytes), emoji (a surrogate pair, 4 bytes), RTL text and marks. */
+const textUnit = fc.oneof(
+  { weight: 4, arbitrary: fc.string({ unit: 'grapheme-ascii', minLength: 1, maxLength: 1 }) },
+  { weight: 1, arbitrary: fc.constantFrom('é', '日', '本', '😀', '👩‍💻', 'ש', 'ل', '\u200f', '\u202e', '\ufeff', '\u00a0', ' ', '-') },
+);
+const text = (minLength: number, maxLength: number) => fc.array(textUnit, { minLength, maxLength }).map((units) => units.join(''));
+const eventId = fc.oneof(fc.uuid(), text(8, 40).filter((id) => id.length <= 128));
+/** Document ids, the longest among them: 1024 bytes of ASCII, of CJK (341 characters), of emoji (256 pairs), and of newlines. */
+const documentId = fc.oneof(
+  text(1, 40),
+  fc.constantFrom('x'.repeat(MAX_DOCUMENT_ID_BYTES), '日'.repeat(341) + 'x', '😀'.repeat(256), '\n'.repeat(MAX_DOCUMENT_ID_BYTES), 'line\nbreak\ttab'),
+);
 const collection = fc.stringMatching(/^[a-zA-Z][a-zA-Z0-9_$-]{0,20}$/);
-const node = fc.oneof(fc.uuid(), fc.string({ minLength: 1, maxLength: 30 }).filter((s) => !/[\n\r\u2028\u2029]/.test(s)));
+const node = fc.oneof(fc.uuid(), text(1, 30).filter((s) => s.length <= MAX_NODE_LENGTH));
 const time = fc.record({ millis: fc.nat({ max: 2 ** 45 }), counter: fc.nat({ max: 36 ** 6 - 1 }) }).map((t) => formatHlc({ ...t, node: 'n' }).slice(0, -2));
 const data = fc.dictionary(fc.string({ maxLength: 8 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 5 });
 const operation = fc.constantFrom('insert', 'update', 'delete');
@@ -85,9 +115,16 @@ function containers(value: unknown, found: (Record<string, unknown> | unknown[])
   return found;
 }
 
+/** Strings no id may be, and strings at the edges of what one may be. */
+const oddStrings = [
+  'a\nb', 'x\u0000y', 'lone \ud800', '\udc00 lone', '\u2028', 'tab\t', '\u007f', '\u0085',
+  '日'.repeat(342), '日'.repeat(341) + 'xy', '😀'.repeat(257), '\n'.repeat(1025), 'é'.repeat(512), 'é'.repeat(513),
+  '000000000000001-000000-a\nb', '000000000000001-000000-\ud800', '000000000000001-000000-', '000000000000001-000000-😀',
+];
 const replacement = fc.oneof(
   fc.jsonValue({ maxDepth: 2 }),
   fc.constantFrom(-1, 1.5, 2 ** 53, Number.NaN, Infinity, null, undefined, '', 'x'.repeat(7), 'x'.repeat(129), 'x'.repeat(1025), 'bad name', 'insert', '000000000000001-000000', [], {}),
+  fc.constantFrom(...oddStrings),
 );
 
 /** A valid message broken in one random place (a field replaced, removed or added, an element appended or dropped), as received. */
@@ -172,5 +209,76 @@ describe('quick checks of the bulk messages', () => {
     const page = { ok: true, collections: [], nodes: [], events: [], checkpoint: 0, hasMore: false, later: 1 };
     expect(isPullPageAck(page)).toBe(false);
     expect(parseMessage(ackSchema(pullPageSchema), page, 'reply', isPullPageAck)).not.toHaveProperty('later');
+  });
+});
+
+/** Any string: of any code units (lone surrogates and controls included), of id characters, and the odd ones. */
+const anyString = fc.oneof(
+  fc.string({ unit: 'binary', maxLength: 40 }),
+  fc.string({ unit: fc.integer({ min: 0, max: 0xffff }).map((code) => String.fromCharCode(code)), maxLength: 20 }),
+  text(0, 60),
+  fc.constantFrom(...oddStrings, 'x'.repeat(MAX_DOCUMENT_ID_BYTES), '日'.repeat(341), '😀'.repeat(256), 'x'.repeat(128), 'x'.repeat(233), 'x'.repeat(234)),
+);
+
+describe('the identifier predicates and their schemas', () => {
+  const pairs: [string, (value: unknown) => boolean, z.ZodType][] = [
+    ['document id', isDocumentId, documentIdSchema],
+    ['event id', isEventId, eventIdSchema],
+    ['client id', isClientId, clientIdSchema],
+    ['clock node', isClockNode, clockNodeSchema],
+    ['clock', isHlc, hlcSchema],
+  ];
+  for (const [name, predicate, schema] of pairs) {
+    it(`${name}: the predicate and the schema give the same verdict on any string`, () => {
+      fc.assert(
+        fc.property(fc.oneof(anyString, fc.tuple(time, anyString).map(([t, n]) => `${t}-${n}`)), (value) => {
+          expect(predicate(value), JSON.stringify(value)).toBe(schema.safeParse(value).success);
+        }),
+        { seed: 17, numRuns: 3000 },
+      );
+    });
+  }
+
+  it('holds document ids to their bytes of UTF-8, not their characters', () => {
+    expect(isDocumentId('x'.repeat(1024))).toBe(true);
+    expect(isDocumentId('x'.repeat(1025))).toBe(false);
+    expect(isDocumentId('日'.repeat(341))).toBe(true); // 1023 bytes
+    expect(isDocumentId('日'.repeat(342))).toBe(false); // 1026 bytes, 342 characters
+    expect(isDocumentId('😀'.repeat(256))).toBe(true); // 1024 bytes, 512 UTF-16 units
+    expect(documentIdSchema.safeParse('日'.repeat(342)).error?.issues[0]?.message).toBe('a document id is at most 1024 bytes of UTF-8; this one has 1026');
+    fc.assert(
+      fc.property(anyString, (value) => {
+        if (isDocumentId(value)) expect(Buffer.byteLength(value, 'utf8')).toBeLessThanOrEqual(MAX_DOCUMENT_ID_BYTES);
+      }),
+      { seed: 19, numRuns: 2000 },
+    );
+  });
+
+  it('keeps NUL and unpaired surrogates out of every id, and control characters out of client ids and clocks', () => {
+    for (const bad of ['x\u0000yzzzzzzz', 'lone \ud800zzzzz', '\udc00 lonezzzzz']) {
+      expect(isDocumentId(bad) || isEventId(bad) || isClientId(bad) || isClockNode(bad), JSON.stringify(bad)).toBe(false);
+    }
+    for (const fine of ['line\nbreak', 'tab\tbed', '日本語', 'emoji 😀', 'עברית', '\u202eevil']) expect(isDocumentId(fine), fine).toBe(true);
+    for (const bad of ['a\nb', 'a\rb', 'tab\t', '\u007f', '\u0085', '\u2028', '\u2029']) expect(isClientId(bad), JSON.stringify(bad)).toBe(false);
+    for (const fine of ['日本語', 'emoji 😀', 'עברית', 'client with spaces', '6f1c-uuid']) expect(isClientId(fine), fine).toBe(true);
+    const refusal = clientIdSchema.safeParse('phone\nof-ana').error!.issues[0]!.message;
+    expect(refusal).toContain('a client id is the node of a clock');
+    expect(refusal).toContain('U+000A at index 5, a line break');
+  });
+
+  it('holds each pushed event, made whole, to syncEventSchema: what the shape of a push leaves open, pushedEventProblem checks', () => {
+    const event = fc
+      .record({ id: eventId, collection, documentId: fc.oneof(documentId, anyString), op: operation, data, hlc: fc.tuple(time, fc.oneof(node, anyString)).map(([t, n]) => `${t}-${n}`), baseEventId: fc.option(eventId) })
+      .map((fields) => fields as SyncEvent);
+    let refused = 0;
+    fc.assert(
+      fc.property(event, (value) => {
+        const problem = pushedEventProblem(value);
+        if (problem) refused++;
+        expect(problem === undefined, JSON.stringify(value)).toBe(syncEventSchema.safeParse(value).success);
+      }),
+      { seed: 23, numRuns: 2000 },
+    );
+    expect(refused).toBeGreaterThan(200);
   });
 });

@@ -42,18 +42,66 @@ export const MAX_NODE_LENGTH = MAX_HLC_LENGTH - TIME_LENGTH - 1;
 
 // Every clock pattern below is made of these two parts: the time and counter, and the node.
 const TIME_SOURCE = `\\d{${MILLIS_WIDTH}}-[0-9a-z]{${COUNTER_WIDTH}}`;
-const NODE_SOURCE = '.+';
+/**
+ * A character of a node: anything but a control character (C0, DEL, C1), a
+ * line or paragraph separator, or half of a surrogate pair without its other
+ * half. A node is a client id, which every storage keeps and every log line
+ * shows as it is; PostgreSQL refuses NUL and SQLite would store a lone
+ * surrogate altered. The two branches never match the same text, so the
+ * pattern runs in linear time.
+ */
+const NODE_CHAR = '(?:[^\\u0000-\\u001f\\u007f-\\u009f\\u2028\\u2029\\ud800-\\udfff]|[\\ud800-\\udbff][\\udc00-\\udfff])';
+const NODE_SOURCE = `${NODE_CHAR}+`;
 
 export const HLC_PATTERN = new RegExp(`^${TIME_SOURCE}-${NODE_SOURCE}$`);
 
 /** A timestamp as a client may push it (protocol 2 and later): without its node when the node is the pushing client. */
 export const PUSHED_HLC_PATTERN = new RegExp(`^${TIME_SOURCE}(?:-${NODE_SOURCE})?$`);
 
+/**
+ * The shape of a pushed timestamp, whatever its node (if any, not empty) holds: a push is read
+ * by this, and each event's whole clock is then held to HLC_PATTERN on its
+ * own, so that one event with a bad node is refused alone.
+ */
+export const PUSHED_HLC_SHAPE = new RegExp(`^${TIME_SOURCE}(?:-[\\s\\S]+)?$`);
+
 /** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
 export const CLOCK_TIME_PATTERN = new RegExp(`^${TIME_SOURCE}$`);
 
 /** A timestamp's node alone, as protocol 3 pull pages list it. */
 export const CLOCK_NODE_PATTERN = new RegExp(`^${NODE_SOURCE}$`);
+
+/** A node of a clock: 1 to MAX_NODE_LENGTH characters of CLOCK_NODE_PATTERN. */
+export function isClockNode(value: unknown): value is string {
+  return typeof value === 'string' && value.length >= 1 && value.length <= MAX_NODE_LENGTH && CLOCK_NODE_PATTERN.test(value);
+}
+
+/** What a clock node may not hold, in words for error messages. */
+export const NODE_RULE = 'may not hold control characters (such as a line break), line or paragraph separators, or unpaired surrogates';
+
+/** What keeps `value` from being a whole clock (HLC_PATTERN, at most MAX_HLC_LENGTH characters), in words; undefined when it is one. */
+export function clockProblem(value: string): string | undefined {
+  if (value.length > MAX_HLC_LENGTH) return `a clock has at most ${MAX_HLC_LENGTH} characters; this one has ${value.length}`;
+  if (HLC_PATTERN.test(value)) return undefined;
+  const node = PUSHED_HLC_SHAPE.test(value) ? nodeProblem(nodeOf(value)) : undefined;
+  if (node) return `the node of a clock ${NODE_RULE}; this one ${node}`;
+  return 'a hybrid logical clock value: 15 digits of milliseconds, -, 6 base-36 digits of counter, -, node';
+}
+
+/** What keeps `node` from being the node of a clock (the first character that may not be in one, and where), or undefined. */
+export function nodeProblem(node: string): string | undefined {
+  for (let i = 0; i < node.length; i++) {
+    const code = node.charCodeAt(i);
+    const at = `U+${code.toString(16).toUpperCase().padStart(4, '0')} at index ${i}`;
+    if (code <= 0x1f || (code >= 0x7f && code <= 0x9f)) return `holds a control character (${at}${code === 0x0a || code === 0x0d ? ', a line break' : ''})`;
+    if (code === 0x2028 || code === 0x2029) return `holds a line or paragraph separator (${at})`;
+    if (code >= 0xd800 && code <= 0xdfff) {
+      if (code <= 0xdbff && (node.charCodeAt(i + 1) & 0xfc00) === 0xdc00) i++;
+      else return `holds half of a surrogate pair without its other half (${at})`;
+    }
+  }
+  return undefined;
+}
 
 /** True when `node` is the node of the (whole) timestamp `hlc`. */
 export function hasNode(hlc: string, node: string): boolean {

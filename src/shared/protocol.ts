@@ -5,8 +5,8 @@
  */
 import { z } from 'zod';
 import { ERROR_CODES, SyncError, type WireError } from './errors.js';
-import { isJsonObject } from './json.js';
-import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN, hasNode, nodeOf, timeOf, withNode, withoutNode } from './hlc.js';
+import { isJsonObject, utf8Length } from './json.js';
+import { CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, NODE_RULE, PUSHED_HLC_SHAPE, clockProblem, hasNode, isClockNode, nodeOf, nodeProblem, timeOf, withNode, withoutNode } from './hlc.js';
 
 /**
  * Carried in the handshake; a server refuses versions it does not speak and
@@ -35,16 +35,95 @@ export const MESSAGE = {
 
 export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull]);
 
+// ---- Identifiers: the one definition of each, for the server on input and the client on replies.
+// Each predicate below is what its schema checks (the schemas are built on them), and the quick checks
+// of wire-checks.ts use the same predicates.
+
 export const COLLECTION_NAME_PATTERN = /^[a-zA-Z][a-zA-Z0-9_$-]{0,127}$/;
-/** Lengths of ids, shortest and longest (shared with the quick checks in wire-checks.ts). */
-export const ID_LENGTHS = { document: [1, 1024], event: [8, 128], client: [1, 128] } as const;
+/** Lengths of event and client ids, shortest and longest, in characters (UTF-16 code units). */
+export const ID_LENGTHS = { event: [8, 128], client: [1, 128] } as const;
+/**
+ * The longest document id, in bytes of UTF-8, the form every storage keeps
+ * and indexes it in: 1024 ASCII characters, 341 of CJK. PostgreSQL indexes
+ * a document by its collection (at most 128 bytes) and id, and one index
+ * entry holds at most 2704 bytes.
+ */
+export const MAX_DOCUMENT_ID_BYTES = 1024;
+
+/**
+ * True when every storage keeps `text` as it is: no NUL character
+ * (PostgreSQL refuses it in text and jsonb) and no half of a surrogate pair
+ * without its other half (a UTF-8 store, SQLite or PostgreSQL, cannot
+ * encode one; SQLite would keep U+FFFD instead).
+ */
+export function isStorableText(text: string): boolean {
+  return wellFormed(text) && !text.includes('\u0000');
+}
+
+/** String.prototype.isWellFormed where the runtime has it (not before Safari 16.4, which field tablets still run). */
+const wellFormed: (text: string) => boolean =
+  typeof ''.isWellFormed === 'function'
+    ? (text) => text.isWellFormed()
+    : (text) => {
+        for (let i = 0; i < text.length; i++) {
+          const code = text.charCodeAt(i);
+          if (code < 0xd800 || code > 0xdfff) continue;
+          if (code > 0xdbff || i + 1 === text.length || (text.charCodeAt(i + 1) & 0xfc00) !== 0xdc00) return false;
+          i++;
+        }
+        return true;
+      };
+const NOT_STORABLE = 'holds a NUL character or an unpaired surrogate (half of a surrogate pair without its other half), which not every storage can keep';
+
+export const isCollectionName = (value: unknown): value is string => typeof value === 'string' && COLLECTION_NAME_PATTERN.test(value);
+
+/** At most MAX_DOCUMENT_ID_BYTES of UTF-8; counted only for an id long enough to be over (a UTF-16 unit is at most 3 bytes). */
+const withinDocumentIdBytes = (id: string) => id.length * 3 <= MAX_DOCUMENT_ID_BYTES || utf8Length(id) <= MAX_DOCUMENT_ID_BYTES;
+
+export function isDocumentId(value: unknown): value is string {
+  return typeof value === 'string' && value.length >= 1 && withinDocumentIdBytes(value) && isStorableText(value);
+}
+
+export function isEventId(value: unknown): value is string {
+  return typeof value === 'string' && value.length >= ID_LENGTHS.event[0] && value.length <= ID_LENGTHS.event[1] && isStorableText(value);
+}
+
+/** A client id is the node of every clock its client writes (the server stamps it into pushed clocks): a clock node of at most 128 characters. */
+export function isClientId(value: unknown): value is string {
+  return isClockNode(value) && value.length <= ID_LENGTHS.client[1];
+}
+
+/** A whole clock: time, counter and a node (see hlc.ts), at most MAX_HLC_LENGTH characters. */
+export function isHlc(value: unknown): value is string {
+  return typeof value === 'string' && value.length <= MAX_HLC_LENGTH && HLC_PATTERN.test(value);
+}
+
+/** Why `value` is not `min` to `max` characters long, or undefined. (Lengths here are in UTF-16 code units, as `length` counts them, not in zod's code points.) */
+function lengthProblem(what: string, value: string, min: number, max: number): string | undefined {
+  if (value.length < min) return `${what} has at least ${min} characters; this one has ${value.length}`;
+  if (value.length > max) return `${what} has at most ${max} characters (UTF-16 code units); this one has ${value.length}`;
+  return undefined;
+}
+const nodeIssue = (what: string, node: string, max: number) =>
+  lengthProblem(what, node, 1, max) ?? `${what} is the node of a clock, which ${NODE_RULE}; this one ${nodeProblem(node)}`;
+
 export const collectionNameSchema = z
   .string()
   .regex(COLLECTION_NAME_PATTERN, 'a collection name starts with a letter and holds letters, digits, _ $ -');
-export const documentIdSchema = z.string().min(ID_LENGTHS.document[0]).max(ID_LENGTHS.document[1]);
-export const eventIdSchema = z.string().min(ID_LENGTHS.event[0]).max(ID_LENGTHS.event[1]);
-export const clientIdSchema = z.string().min(ID_LENGTHS.client[0]).max(ID_LENGTHS.client[1]);
-export const hlcSchema = z.string().max(MAX_HLC_LENGTH).regex(HLC_PATTERN, 'a hybrid logical clock value');
+export const documentIdSchema = z.string().refine(isDocumentId, {
+  error: (issue) => {
+    const id = issue.input as string;
+    if (id.length === 0) return 'a document id is not empty';
+    if (!withinDocumentIdBytes(id)) return `a document id is at most ${MAX_DOCUMENT_ID_BYTES} bytes of UTF-8; this one has ${utf8Length(id)}`;
+    return `a document id ${NOT_STORABLE}`;
+  },
+});
+export const eventIdSchema = z.string().refine(isEventId, {
+  error: (issue) => lengthProblem('an event id', issue.input as string, ...ID_LENGTHS.event) ?? `an event id ${NOT_STORABLE}`,
+});
+export const clientIdSchema = z.string().refine(isClientId, { error: (issue) => nodeIssue('a client id', issue.input as string, ID_LENGTHS.client[1]) });
+export const clockNodeSchema = z.string().refine(isClockNode, { error: (issue) => nodeIssue('a node', issue.input as string, MAX_NODE_LENGTH) });
+export const hlcSchema = z.string().refine(isHlc, { error: (issue) => clockProblem(issue.input as string) });
 export const sequenceSchema = z.number().int().nonnegative();
 /**
  * A JSON object. The keys of parsed JSON are always strings, so only the
@@ -88,13 +167,31 @@ export type SyncEvent = z.infer<typeof syncEventSchema>;
  * the pushing client's own id (the server has it from the handshake), and a
  * null `baseEventId` may be left out. The server makes both whole again
  * (completePushedEvent) before anything else reads the event.
+ *
+ * A push is read by its shape: the document id and the clock's node, which
+ * differ from event to event, are only strings here, and each event made
+ * whole is then held to syncEventSchema on its own (pushedEventProblem), so
+ * that an event with a bad one is refused alone and the rest of its push is
+ * stored.
  */
-const pushedHlcSchema = z.string().max(MAX_HLC_LENGTH).regex(PUSHED_HLC_PATTERN, 'a hybrid logical clock value');
+const pushedHlcSchema = z.string().regex(PUSHED_HLC_SHAPE, 'a hybrid logical clock value: 15 digits of milliseconds, -, 6 base-36 digits of counter, then - and the node unless it is the pusher');
 export const pushedEventSchema = syncEventSchema.extend({
+  documentId: z.string(),
   hlc: pushedHlcSchema,
   baseEventId: eventIdSchema.nullable().optional(),
 });
 export type PushedEvent = z.infer<typeof pushedEventSchema>;
+
+/**
+ * What keeps a pushed event, made whole, from being one syncEventSchema
+ * takes, as `path: reason`; undefined when nothing does. Only the fields a
+ * push's shape leaves open are looked at: the document id and the clock.
+ */
+export function pushedEventProblem(event: SyncEvent): { path: string; message: string } | undefined {
+  if (!isDocumentId(event.documentId)) return { path: 'documentId', message: documentIdSchema.safeParse(event.documentId).error?.issues[0]?.message ?? 'not a document id' };
+  if (!isHlc(event.hlc)) return { path: 'hlc', message: clockProblem(event.hlc) ?? 'not a clock' };
+  return undefined;
+}
 
 /** A pushed event made whole, in place (it is the server's own parsed copy): its clock with the pusher's node, a missing base as null. */
 export function completePushedEvent(event: PushedEvent, clientId: string): SyncEvent {
@@ -178,8 +275,8 @@ export type PageEvent = z.infer<typeof pageEventSchema>;
  */
 export const pullPageSchema = z.object({
   collections: z.array(collectionNameSchema),
-  // The rest of a clock after its time, held to what a node may be in a whole clock (no line breaks).
-  nodes: z.array(z.string().min(1).max(MAX_NODE_LENGTH).regex(CLOCK_NODE_PATTERN, 'the node of a clock')),
+  // The rest of a clock after its time, held to what a node may be in a whole clock.
+  nodes: z.array(clockNodeSchema),
   events: z.array(pageEventSchema),
   checkpoint: sequenceSchema,
   hasMore: z.boolean(),
@@ -216,7 +313,7 @@ export function toPullPage(events: readonly StoredEvent[]): Pick<PullPage, 'coll
 /** The events of a received protocol 3 pull page, whole again; a row that names no listed collection or node is refused. */
 export function fromPullPage(page: PullPage): RemoteEvent[] {
   // A node stands for the author of the events that leave theirs out: held once to what a client id may be.
-  const authors = page.nodes.map((node) => (clientIdSchema.safeParse(node).success ? node : undefined));
+  const authors = page.nodes.map((node) => (isClientId(node) ? node : undefined));
   const events = new Array<RemoteEvent>(page.events.length);
   for (let i = 0; i < page.events.length; i++) {
     const row = page.events[i]!;
@@ -244,7 +341,8 @@ export function fromPullPage(page: PullPage): RemoteEvent[] {
 export const pushRowSchema = z.tuple([
   eventIdSchema,
   z.number().int().nonnegative(),
-  documentIdSchema,
+  // Only the shape, as in pushedEventSchema: each event is held to syncEventSchema on its own.
+  z.string(),
   z.enum(OPERATIONS),
   jsonObjectSchema,
   pushedHlcSchema,
@@ -465,7 +563,11 @@ export const welcomeMessageSchema = z.object({
     maxPayloadBytes: z.number().int().positive(),
     maxEventsPerPush: z.number().int().positive(),
     maxPullLimit: z.number().int().positive(),
+    /** How far ahead of serverTime, in ms, an event's clock may run (null: any). */
+    maxClockDrift: z.number().int().positive().nullable(),
   }),
+  /** How often the server pings, in ms: a client that hears nothing for much longer takes the link for dead. */
+  heartbeatInterval: z.number().int().positive(),
 });
 export type WelcomeMessage = z.infer<typeof welcomeMessageSchema>;
 

@@ -10,9 +10,9 @@
  * time and a sixth of what it allocates (test/wire-checks.test.ts holds
  * each check to its schema on valid and broken messages alike).
  */
-import { CLOCK_NODE_PATTERN, CLOCK_TIME_PATTERN, HLC_PATTERN, MAX_HLC_LENGTH, MAX_NODE_LENGTH, PUSHED_HLC_PATTERN } from './hlc.js';
+import { CLOCK_TIME_PATTERN, PUSHED_HLC_SHAPE, isClockNode } from './hlc.js';
 import { isJsonObject } from './json.js';
-import { COLLECTION_NAME_PATTERN, ID_LENGTHS, OPERATIONS, PATCH_OPERATIONS } from './protocol.js';
+import { OPERATIONS, PATCH_OPERATIONS, isClientId, isCollectionName, isDocumentId, isEventId, isHlc } from './protocol.js';
 
 const OPERATION_SET: ReadonlySet<unknown> = new Set(OPERATIONS);
 const PATCH_OPS: ReadonlySet<unknown> = new Set(PATCH_OPERATIONS);
@@ -26,24 +26,11 @@ function hasExactly(value: Record<string, unknown>, keys: readonly string[]): bo
   return true;
 }
 
-function isString(value: unknown, min: number, max: number): value is string {
-  return typeof value === 'string' && value.length >= min && value.length <= max;
-}
-
 function isCount(value: unknown): value is number {
   return Number.isSafeInteger(value) && (value as number) >= 0;
 }
 
-const isEventId = (value: unknown) => isString(value, ...ID_LENGTHS.event);
-const isDocumentId = (value: unknown) => isString(value, ...ID_LENGTHS.document);
-const isClientId = (value: unknown) => isString(value, ...ID_LENGTHS.client);
 const isOperation = (value: unknown) => OPERATION_SET.has(value);
-const isCollectionName = (value: unknown) => typeof value === 'string' && COLLECTION_NAME_PATTERN.test(value);
-
-/** A clock no longer than the protocol carries, of the form `pattern` says. */
-function isClock(value: unknown, pattern: RegExp): boolean {
-  return typeof value === 'string' && value.length <= MAX_HLC_LENGTH && pattern.test(value);
-}
 
 function isCollectionList(value: unknown, min: number, max: number): value is string[] {
   if (!Array.isArray(value) || value.length < min || value.length > max) return false;
@@ -70,8 +57,9 @@ export function isPushRowsMessage(value: unknown): boolean {
   for (const row of rows) {
     if (!Array.isArray(row) || row.length < 6 || row.length > 8) return false;
     const [id, collectionAt, documentId, op, data, hlc] = row;
-    if (!isEventId(id) || !isCount(collectionAt) || !isDocumentId(documentId) || !isOperation(op) || !isJsonObject(data)) return false;
-    if (!isClock(hlc, PUSHED_HLC_PATTERN)) return false;
+    // The document id and the clock's node only by their shape, as pushRowSchema reads them (see pushedEventSchema).
+    if (!isEventId(id) || !isCount(collectionAt) || typeof documentId !== 'string' || !isOperation(op) || !isJsonObject(data)) return false;
+    if (typeof hlc !== 'string' || !PUSHED_HLC_SHAPE.test(hlc)) return false;
     if (row.length >= 7 && row[6] !== null && !isEventId(row[6])) return false;
     if (row.length === 8 && !isPatch(row[7])) return false;
   }
@@ -94,7 +82,7 @@ export function isPullPageAck(value: unknown): boolean {
   if (!isCollectionList(value.collections, 0, Infinity)) return false;
   const nodes = value.nodes;
   if (!Array.isArray(nodes)) return false;
-  for (const node of nodes) if (!isString(node, 1, MAX_NODE_LENGTH) || !CLOCK_NODE_PATTERN.test(node)) return false;
+  for (const node of nodes) if (!isClockNode(node)) return false;
   const rows = value.events;
   if (!Array.isArray(rows)) return false;
   for (const row of rows) {
@@ -122,7 +110,7 @@ export function isLiveMessage(value: unknown): boolean {
     if (withAuthor && !isClientId(event.clientId)) return false;
     const { id, collection, documentId, op, data, hlc, seq } = event;
     if (!isEventId(id) || !isCollectionName(collection) || !isDocumentId(documentId) || !isOperation(op)) return false;
-    if (!isJsonObject(data) || !isCount(seq) || !isClock(hlc, HLC_PATTERN)) return false;
+    if (!isJsonObject(data) || !isCount(seq) || !isHlc(hlc)) return false;
   }
   return true;
 }

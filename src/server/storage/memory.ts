@@ -1,7 +1,9 @@
 import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
 import { frozenJsonCopy } from '../../shared/json.js';
 import { DocumentMap } from '../../shared/document-map.js';
-import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+import { assertClaimable } from './claims.js';
+import { changesPage, documentBytes } from './size.js';
+import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
 /**
  * The event as stored: its fields in one literal (an event has no others:
@@ -36,6 +38,10 @@ export class MemorySyncStorage implements SyncStorage {
   /** Sequences of events that are no longer their document's head. */
   private readonly superseded = new Set<number>();
   private lastSeq = 0;
+  /** The size of each stored document as pages count it, measured when a page first needs it. */
+  private readonly sizes = new WeakMap<StoredEvent, number>();
+  /** The user key of each claimed client id. */
+  private readonly owners = new Map<string, string>();
 
   async init(): Promise<void> {}
 
@@ -81,17 +87,29 @@ export class MemorySyncStorage implements SyncStorage {
     return result;
   }
 
-  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<ChangesPage> {
     const limit = options.limit ?? Number.POSITIVE_INFINITY;
+    const maxBytes = options.maxBytes ?? Number.POSITIVE_INFINITY;
     const collections = options.collections ? new Set(options.collections) : undefined;
     const result: StoredEvent[] = [];
+    let bytes = 0;
     for (let i = this.firstIndexAfter(checkpoint); i < this.events.length && result.length < limit; i++) {
       const event = this.events[i]!;
       if (collections && !collections.has(event.collection)) continue;
       if (this.superseded.has(event.seq)) continue;
+      if (maxBytes !== Number.POSITIVE_INFINITY) {
+        bytes += this.sizeOf(event);
+        if (bytes > maxBytes && result.length > 0) return changesPage(result, true);
+      }
       result.push(event);
     }
     return result;
+  }
+
+  private sizeOf(event: StoredEvent): number {
+    let size = this.sizes.get(event);
+    if (size === undefined) this.sizes.set(event, (size = documentBytes(event.data)));
+    return size;
   }
 
   async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
@@ -130,6 +148,14 @@ export class MemorySyncStorage implements SyncStorage {
 
   async countEvents(): Promise<number> {
     return this.events.length;
+  }
+
+  async claimClient(clientId: string, userKey: string): Promise<string> {
+    assertClaimable(clientId, userKey);
+    const owner = this.owners.get(clientId);
+    if (owner !== undefined) return owner;
+    this.owners.set(clientId, userKey);
+    return userKey;
   }
 
   async close(): Promise<void> {}

@@ -3,7 +3,9 @@ import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
 import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
-import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+import { assertClaimable } from './claims.js';
+import { changesPage, jsonTextBytes } from './size.js';
+import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
 const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,39}$/, 'letters, digits and _, starting with a letter or _');
 const optionsSchema = z
@@ -34,7 +36,7 @@ const INIT_LOCK = 0x5258_4f49; // "RXOI"
 const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
 /** An incoming event as encodeIncoming() writes it: the event columns but the sequence and server time. */
 const INCOMING_RECORD =
-  'id text, collection text, document_id text, op text, data jsonb, patch jsonb, base_event_id text, hlc text, client_id text';
+  'id text, collection text, document_id text, op text, data jsonb, patch jsonb, base_event_id text, hlc text, client_id text, data_bytes integer';
 const INCOMING_NAMES = INCOMING_RECORD.split(', ').map((column) => column.split(' ')[0]).join(', ');
 const HEAD_COLUMNS = 'collection, document_id, seq, event_id, data, deleted, hlc, client_id';
 /** Calls joining one group commit stop being added once it holds this many events (a bigger call goes alone). */
@@ -74,7 +76,17 @@ interface PendingSave {
 
 function buildSql(schema: string, prefix: string) {
   const q = (name: string) => `"${schema}"."${prefix}${name}"`;
-  const [events, heads, seq, compacted] = [q('events'), q('heads'), q('seq'), q('compacted')];
+  const [events, heads, seq, compacted, clients] = [q('events'), q('heads'), q('seq'), q('compacted'), q('clients')];
+  const eventColumns = EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ');
+  // Where a page bounded in bytes ends ($3): from the sizes kept beside the events, without reading a document;
+  // the first change is taken whatever its size. `cut` says a change was left out for its bytes.
+  const changesWithin = (inCollections: string) => `WITH sized AS (
+      SELECT h.seq, sum(e.data_bytes) OVER (ORDER BY h.seq ROWS UNBOUNDED PRECEDING) AS total, row_number() OVER (ORDER BY h.seq) AS n
+      FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
+      WHERE h.seq > $1 ${inCollections} ORDER BY h.seq LIMIT $2
+    )
+    SELECT ${eventColumns}, EXISTS (SELECT 1 FROM sized WHERE n > 1 AND total > $3) AS cut
+    FROM sized s JOIN ${events} e ON e.seq = s.seq WHERE s.n = 1 OR s.total <= $3 ORDER BY s.seq`;
   const selectEvents = `SELECT ${EVENT_COLUMNS} FROM ${events} WHERE seq > $1 AND client_id IS DISTINCT FROM $2`;
   return {
     createTables: `
@@ -85,6 +97,7 @@ function buildSql(schema: string, prefix: string) {
         collection text NOT NULL,
         document_id text NOT NULL,
         op text NOT NULL,
+        data_bytes integer NOT NULL, -- the size of data as pull pages count it (size.ts)
         data jsonb NOT NULL,
         patch jsonb,
         base_event_id text,
@@ -110,7 +123,12 @@ function buildSql(schema: string, prefix: string) {
         seq bigint NOT NULL
       );
       -- heads are never deleted, so max(heads.seq) is the last committed sequence, even after clearEventsBefore.
-      CREATE INDEX IF NOT EXISTS "${prefix}heads_seq" ON ${heads} (seq);`,
+      CREATE INDEX IF NOT EXISTS "${prefix}heads_seq" ON ${heads} (seq);
+      -- The first user of each client id (claimClient).
+      CREATE TABLE IF NOT EXISTS ${clients} (
+        client_id text PRIMARY KEY,
+        user_key text NOT NULL
+      );`,
     schemaExists: 'SELECT 1 FROM pg_namespace WHERE nspname = $1',
     createSchema: `CREATE SCHEMA IF NOT EXISTS "${schema}"`,
     // One statement, two kinds of rows: known event ids (collection IS NULL) and the current heads of the documents.
@@ -133,8 +151,8 @@ function buildSql(schema: string, prefix: string) {
         FROM block b, ROWS FROM (jsonb_to_recordset($1::jsonb) AS (head text, ${INCOMING_RECORD})) WITH ORDINALITY AS x(head, ${INCOMING_NAMES}, ord)
       ),
       appended AS (
-        INSERT INTO ${events} (${EVENT_COLUMNS})
-        SELECT seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, $3::bigint FROM input
+        INSERT INTO ${events} (${EVENT_COLUMNS}, data_bytes)
+        SELECT seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, $3::bigint, data_bytes FROM input
       ),
       moved AS (
         UPDATE ${heads} h SET seq = i.seq, event_id = i.id, data = i.data, deleted = i.op = 'delete', hlc = i.hlc, client_id = i.client_id
@@ -148,10 +166,19 @@ function buildSql(schema: string, prefix: string) {
     eventsAfter: `${selectEvents} ORDER BY seq LIMIT $3`,
     eventsAfterIn: `${selectEvents} AND collection = ANY($4::text[]) ORDER BY seq LIMIT $3`,
     heads: `SELECT ${HEAD_COLUMNS} FROM ${heads} WHERE collection = $1 AND document_id = ANY($2::text[])`,
-    changesAfter: `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
+    changesAfter: `SELECT ${eventColumns} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
       WHERE h.seq > $1 ORDER BY h.seq LIMIT $2`,
-    changesAfterIn: `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
+    changesAfterIn: `SELECT ${eventColumns} FROM ${heads} h JOIN ${events} e ON e.seq = h.seq
       WHERE h.seq > $1 AND h.collection = ANY($3::text[]) ORDER BY h.seq LIMIT $2`,
+    changesWithin: changesWithin(''),
+    changesWithinIn: changesWithin('AND h.collection = ANY($4::text[])'),
+    // Inserted, or else the claim before it. A claim committed while this statement ran is not in its snapshot:
+    // then it answers nothing, and `owner` (a statement of its own) reads it.
+    claim: `WITH claimed AS (
+        INSERT INTO ${clients} (client_id, user_key) VALUES ($1, $2) ON CONFLICT (client_id) DO NOTHING RETURNING user_key
+      )
+      SELECT user_key FROM claimed UNION ALL SELECT user_key FROM ${clients} WHERE client_id = $1`,
+    owner: `SELECT user_key FROM ${clients} WHERE client_id = $1`,
     // Superseded events only: a head event is the document's current version (or its tombstone).
     clearBefore: `WITH cleared AS (
         DELETE FROM ${events} e WHERE e.seq < $1 AND NOT EXISTS (SELECT 1 FROM ${heads} h WHERE h.seq = e.seq) RETURNING id, seq
@@ -232,13 +259,20 @@ export class PostgresSyncStorage implements SyncStorage {
     return this.readEvents(checkpoint, collections, undefined, clientId);
   }
 
-  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
-    const { collections, limit } = options;
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<ChangesPage> {
+    const { collections, limit, maxBytes } = options;
     if (collections?.length === 0 || (limit !== undefined && limit <= 0)) {
       await this.ready();
       return [];
     }
     const pgLimit = limit === undefined ? null : Math.ceil(limit);
+    if (maxBytes !== undefined) {
+      const params = [checkpoint, pgLimit, Math.floor(maxBytes)];
+      const page = collections
+        ? await this.query<EventRow & { cut: boolean }>('read changes', this.sql.changesWithinIn, [...params, [...collections]])
+        : await this.query<EventRow & { cut: boolean }>('read changes', this.sql.changesWithin, params);
+      return changesPage(page.rows.map(decodeEvent), page.rows[0]?.cut ?? false);
+    }
     const result = collections
       ? await this.query<EventRow>('read changes', this.sql.changesAfterIn, [checkpoint, pgLimit, [...collections]])
       : await this.query<EventRow>('read changes', this.sql.changesAfter, [checkpoint, pgLimit]);
@@ -269,6 +303,14 @@ export class PostgresSyncStorage implements SyncStorage {
   async countEvents(): Promise<number> {
     const result = await this.query<{ n: string }>('count events', this.sql.count, []);
     return Number(result.rows[0]!.n);
+  }
+
+  async claimClient(clientId: string, userKey: string): Promise<string> {
+    assertClaimable(clientId, userKey);
+    const claimed = await this.query<{ user_key: string }>('claim client id', this.sql.claim, [clientId, userKey]);
+    const owner = claimed.rows[0] ?? (await this.query<{ user_key: string }>('claim client id', this.sql.owner, [clientId])).rows[0];
+    if (!owner) throw new SyncError('STORAGE_ERROR', `cannot claim client id ${clientId}: the claim was neither recorded nor found`);
+    return owner.user_key;
   }
 
   async close(): Promise<void> {
@@ -547,17 +589,20 @@ const headKey = (collection: string, documentId: string) => `${collection}\u0000
 
 /** An incoming event as one element of the append statement's JSON array (INCOMING_RECORD). */
 function encodeIncoming(event: IncomingEvent): string {
-  return JSON.stringify({
+  // The document encoded once, for the array and for its size.
+  const data = JSON.stringify(event.data);
+  const rest = JSON.stringify({
     id: event.id,
     collection: event.collection,
     document_id: event.documentId,
     op: event.op,
-    data: event.data,
     patch: event.patch ?? null,
     base_event_id: event.baseEventId,
     hlc: event.hlc,
     client_id: event.clientId,
+    data_bytes: jsonTextBytes(data),
   });
+  return `${rest.slice(0, -1)},"data":${data}}`;
 }
 
 function decodeEvent(row: EventRow): StoredEvent {

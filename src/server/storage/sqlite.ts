@@ -5,7 +5,9 @@ import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
 import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
-import type { EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+import { assertClaimable } from './claims.js';
+import { changesPage, jsonTextBytes } from './size.js';
+import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
 const optionsSchema = z.strictObject({
   /** The database file; its directory is created when missing. `:memory:` for a throwaway database. */
@@ -20,6 +22,8 @@ const SCHEMA = `
     collection TEXT NOT NULL,
     document_id TEXT NOT NULL,
     op TEXT NOT NULL,
+    -- The size of data as pull pages count it (size.ts). Before data: reading it never reads a large document's overflow pages.
+    data_bytes INTEGER NOT NULL,
     data TEXT NOT NULL,
     patch TEXT,
     base_event_id TEXT,
@@ -45,6 +49,11 @@ const SCHEMA = `
     PRIMARY KEY (collection, document_id)
   ) WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS heads_seq ON heads (seq);
+  -- The first user of each client id (claimClient).
+  CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    user_key TEXT NOT NULL
+  ) WITHOUT ROWID;
 `;
 
 const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
@@ -63,6 +72,10 @@ interface EventRow {
   client_id: string;
   server_time: number;
 }
+interface SizeRow {
+  seq: number;
+  bytes: number;
+}
 interface HeadRow {
   collection: string;
   document_id: string;
@@ -74,7 +87,7 @@ interface HeadRow {
   client_id: string;
 }
 /** An incoming event with its JSON already encoded, so a bad event fails only its own call. */
-type EncodedEvent = Omit<EventRow, 'seq' | 'server_time'>;
+type EncodedEvent = Omit<EventRow, 'seq' | 'server_time'> & { data_bytes: number };
 interface PendingSave {
   events: EncodedEvent[];
   resolve(results: SaveResult[]): void;
@@ -91,9 +104,9 @@ function prepareStatements(db: Database.Database) {
     heads: db.prepare<[string, string], HeadRow>(
       `SELECT ${HEAD_COLUMNS} FROM heads WHERE collection = ? AND document_id IN (SELECT value FROM json_each(?))`,
     ),
-    insertEvent: db.prepare<Omit<EventRow, 'seq'>>(
-      `INSERT INTO events (id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time)
-       VALUES (@id, @collection, @document_id, @op, @data, @patch, @base_event_id, @hlc, @client_id, @server_time)`,
+    insertEvent: db.prepare<EncodedEvent & { server_time: number }>(
+      `INSERT INTO events (id, collection, document_id, op, data_bytes, data, patch, base_event_id, hlc, client_id, server_time)
+       VALUES (@id, @collection, @document_id, @op, @data_bytes, @data, @patch, @base_event_id, @hlc, @client_id, @server_time)`,
     ),
     upsertHead: db.prepare<HeadRow>(
       `INSERT INTO heads (${HEAD_COLUMNS}) VALUES (@collection, @document_id, @seq, @event_id, @data, @deleted, @hlc, @client_id)
@@ -106,14 +119,25 @@ function prepareStatements(db: Database.Database) {
     eventsAfterIn: db.prepare<{ after: number; exclude: string | null; limit: number; collections: string }, EventRow>(
       `${eventsAfter} AND collection IN (SELECT value FROM json_each(@collections)) ORDER BY seq LIMIT @limit`,
     ),
-    changesAfter: db.prepare<{ after: number; limit: number }, EventRow>(
+    // Heads in (after, through]: `through` ends a page that maxBytes cut (see changeSizes).
+    changesAfter: db.prepare<{ after: number; through: number; limit: number }, EventRow>(
       `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM heads h JOIN events e ON e.seq = h.seq
-       WHERE h.seq > @after ORDER BY h.seq LIMIT @limit`,
+       WHERE h.seq > @after AND h.seq <= @through ORDER BY h.seq LIMIT @limit`,
     ),
-    changesAfterIn: db.prepare<{ after: number; limit: number; collections: string }, EventRow>(
+    changesAfterIn: db.prepare<{ after: number; through: number; limit: number; collections: string }, EventRow>(
       `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM heads h JOIN events e ON e.seq = h.seq
+       WHERE h.seq > @after AND h.seq <= @through AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
+    ),
+    // The same heads, only their sequences and sizes: where a page bounded in bytes ends, without reading a document.
+    changeSizes: db.prepare<{ after: number; limit: number }, SizeRow>(
+      'SELECT h.seq AS seq, e.data_bytes AS bytes FROM heads h JOIN events e ON e.seq = h.seq WHERE h.seq > @after ORDER BY h.seq LIMIT @limit',
+    ),
+    changeSizesIn: db.prepare<{ after: number; limit: number; collections: string }, SizeRow>(
+      `SELECT h.seq AS seq, e.data_bytes AS bytes FROM heads h JOIN events e ON e.seq = h.seq
        WHERE h.seq > @after AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
+    claim: db.prepare<[string, string]>('INSERT INTO clients (client_id, user_key) VALUES (?, ?) ON CONFLICT (client_id) DO NOTHING'),
+    owner: db.prepare<[string], { user_key: string }>('SELECT user_key FROM clients WHERE client_id = ?'),
     // Superseded events only: a head event is the document's current version (or its tombstone).
     rememberCleared: db.prepare<[number]>(
       'INSERT OR IGNORE INTO compacted (id, seq) SELECT id, seq FROM events WHERE seq < ? AND NOT EXISTS (SELECT 1 FROM heads h WHERE h.seq = events.seq)',
@@ -174,17 +198,47 @@ export class SqliteSyncStorage implements SyncStorage {
     return this.readEvents(checkpoint, collections, undefined, clientId);
   }
 
-  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
+  async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<ChangesPage> {
     const statements = this.ready();
-    const { collections, limit } = options;
+    const { collections, limit, maxBytes } = options;
     if (collections?.length === 0 || (limit !== undefined && limit <= 0)) return [];
     const params = { after: checkpoint, limit: limit === undefined ? -1 : Math.ceil(limit) };
-    const rows = this.run('read changes', () =>
-      collections
-        ? statements.changesAfterIn.all({ ...params, collections: JSON.stringify(collections) })
-        : statements.changesAfter.all(params),
+    const inList = collections && JSON.stringify(collections);
+    const sizes = () => (inList === undefined ? statements.changeSizes.iterate(params) : statements.changeSizesIn.iterate({ ...params, collections: inList }));
+    const read = (through: number) =>
+      inList === undefined ? statements.changesAfter.all({ ...params, through }) : statements.changesAfterIn.all({ ...params, through, collections: inList });
+    return this.run('read changes', () => {
+      // Where the page ends, from the sizes alone; then the page up to there. A write in between (by
+      // another process on the same file) only moves heads to sequences above `through`, never into the page.
+      let through = Number.MAX_SAFE_INTEGER;
+      let cut = false;
+      if (maxBytes !== undefined) {
+        let bytes = 0;
+        let taken = 0;
+        // Stepped one row at a time, and left at the first that does not fit.
+        for (const row of sizes()) {
+          bytes += row.bytes;
+          if (bytes > maxBytes && taken > 0) {
+            cut = true;
+            break;
+          }
+          through = row.seq;
+          taken++;
+        }
+      }
+      return changesPage(read(through).map(decodeEvent), cut);
+    });
+  }
+
+  async claimClient(clientId: string, userKey: string): Promise<string> {
+    assertClaimable(clientId, userKey);
+    const statements = this.ready();
+    return this.run('claim client id', () =>
+      this.db!.transaction(() => {
+        statements.claim.run(clientId, userKey);
+        return statements.owner.get(clientId)!.user_key;
+      })(),
     );
-    return rows.map(decodeEvent);
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {
@@ -327,12 +381,14 @@ function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
 }
 
 function encodeEvent(event: IncomingEvent): EncodedEvent {
+  const data = JSON.stringify(event.data);
   return {
     id: event.id,
     collection: event.collection,
     document_id: event.documentId,
     op: event.op,
-    data: JSON.stringify(event.data),
+    data_bytes: jsonTextBytes(data),
+    data,
     patch: event.patch === undefined ? null : JSON.stringify(event.patch),
     base_event_id: event.baseEventId,
     hlc: event.hlc,

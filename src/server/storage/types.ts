@@ -25,7 +25,24 @@ export type SaveResult =
 export interface EventQuery {
   collections?: readonly string[];
   limit?: number;
+  /**
+   * For getChangesAfter (a pull page): the most bytes of documents a page
+   * holds, each measured as the UTF-8 length of its data's JSON text
+   * (documentBytes in size.ts). Events are taken in order while their sizes
+   * add up to no more than this; the first is always taken, however large,
+   * so that a reader always moves on. A page this ends early is marked
+   * `cutByBytes`. getEventsAfter ignores it.
+   */
+  maxBytes?: number;
 }
+
+/**
+ * What getChangesAfter answers: the events in sequence order, marked
+ * `cutByBytes` when `maxBytes` ended the page before `limit` did or the
+ * changes ran out (more changes follow). An array without the mark is a page
+ * that `maxBytes` did not end.
+ */
+export type ChangesPage = StoredEvent[] & { cutByBytes?: boolean };
 
 /**
  * The contract every server storage implements; `test/storage.conformance.ts`
@@ -54,7 +71,7 @@ export interface SyncStorage {
    * by sequence. Costs in proportion to the documents changed, not to the
    * history, and is exact after any compaction.
    */
-  getChangesAfter(checkpoint: number, options?: EventQuery): Promise<StoredEvent[]>;
+  getChangesAfter(checkpoint: number, options?: EventQuery): Promise<ChangesPage>;
   /** Events after `checkpoint` in the given collections that `clientId` did not write. */
   getEventsForClient(clientId: string, collections: readonly string[], checkpoint?: number): Promise<StoredEvent[]>;
   /**
@@ -70,5 +87,15 @@ export interface SyncStorage {
   getLatestSequence(): Promise<number>;
   /** How many events are stored. */
   countEvents(): Promise<number>;
+  /**
+   * Records that `userKey` is the user of `clientId`, unless some user
+   * already is: atomically, so that of two first claims at once exactly one
+   * wins, on every server instance sharing the storage. Returns the user key
+   * the client id belongs to: the existing one if it was claimed before,
+   * else `userKey`. A claim is never dropped. Both are strings every
+   * storage keeps as they are (see isStorableText): a client id as the
+   * handshake takes it, a user key of 1 to 1024 characters.
+   */
+  claimClient(clientId: string, userKey: string): Promise<string>;
   close(): Promise<void>;
 }
