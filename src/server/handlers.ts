@@ -1,5 +1,6 @@
 /** What the server does with each client message; the socket wiring lives in server.ts. */
-import type { Server, Socket } from 'socket.io';
+import { isDeepStrictEqual } from 'node:util';
+import type { RemoteSocket, Server, Socket } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
 import { DocumentMap } from '../shared/document-map.js';
 import { SyncError } from '../shared/errors.js';
@@ -20,6 +21,8 @@ import {
   type ProtocolVersion,
   completePushedEvent,
   fromPushRows,
+  isStorableText,
+  pushedEventProblem,
   toPushOutcome,
   type DocumentHead,
   type PushResult,
@@ -32,10 +35,14 @@ import {
   type SyncEvent,
 } from '../shared/protocol.js';
 import { isPushRowsMessage } from '../shared/wire-checks.js';
+import { jsonLengthBound } from '../shared/json.js';
+import { documentBytes } from './storage/size.js';
 import { assertMayWrite, readable, readableHead, unauthorized } from './access.js';
+import { defaultUserKey } from './limits.js';
 import type { ResolvedServerOptions } from './options.js';
 import type { Redactor } from './redact.js';
 import type { IncomingEvent, SyncStorage } from './storage/types.js';
+import { assertClockInRange, assertMatchesSchema } from './validation.js';
 
 export interface SocketData<User = unknown> {
   user: User;
@@ -74,12 +81,16 @@ export interface ServerContext<User = unknown> {
   options: ResolvedServerOptions<User>;
   /** The same as options.authorize; here so the context serves as an AccessContext. */
   authorize?: ResolvedServerOptions<User>['authorize'];
+  /** The same as options.authorizeRead, for the same reason. */
+  authorizeRead?: ResolvedServerOptions<User>['authorizeRead'];
   storage: SyncStorage;
   logger: Logger;
   io: SyncIo<User>;
   stats: ServerStats;
   redactor: Redactor;
   emit: <K extends keyof ServerEvents>(event: K, ...args: ServerEvents[K]) => void;
+  /** Runs a live fan-out after those queued before it (server-wide, so that live messages keep push order). */
+  fanOut: (task: () => Promise<void>) => void;
 }
 
 export const roomOf = (collection: string) => `collection:${collection}`;
@@ -92,24 +103,24 @@ function assertKnownCollection(ctx: ServerContext<any>, collection: string): voi
   }
 }
 
-/** A string every storage can keep: no NUL character (PostgreSQL's jsonb refuses it) and no unpaired surrogate. */
-const storableString = (value: string) => value.isWellFormed() && !value.includes('\u0000');
-
 /**
- * Refuses what a storage could not keep or a recursive encoder could not send
- * back out: documents nested deeper than maxDocumentDepth, binary values, and
- * strings (keys, values, ids, patch paths) with a NUL character or an
- * unpaired surrogate.
- * The same event is then refused on every storage, not just on some.
+ * Refuses what a storage could not keep, a reader could not apply, or a
+ * recursive encoder could not send back out: a document id or clock that
+ * syncEventSchema refuses (a push is read by its shape, see
+ * pushedEventSchema), documents nested deeper than maxDocumentDepth or
+ * larger than a pull page carries (maxPullBytes), binary values, numbers
+ * JSON cannot carry, and strings (keys, values, patch paths) with a NUL
+ * character or an unpaired surrogate. The same event is then refused on
+ * every storage, not just on some.
  */
 function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
+  const problem = pushedEventProblem(event);
+  // The id alone names the event: the refused document id may be what is wrong.
+  if (problem) throw new SyncError('INVALID_MESSAGE', `event ${event.id}: ${problem.path}: ${problem.message}`, { path: problem.path });
   // Runs for every pushed event: a walk that allocates nothing unless it refuses.
   const refuse = (what: string): never => {
     throw new SyncError('INVALID_MESSAGE', `event ${event.id} for ${event.collection}/${event.documentId}: ${what}`);
   };
-  if (!storableString(event.id) || !storableString(event.documentId) || (event.baseEventId !== null && !storableString(event.baseEventId))) {
-    refuse('an id holds a NUL character or an unpaired surrogate');
-  }
   const max = ctx.options.maxDocumentDepth;
   const assertValue = (value: unknown) => {
     const problem = unstorable(value, 1, max);
@@ -120,8 +131,25 @@ function assertStorable(ctx: ServerContext<any>, event: SyncEvent): void {
   };
   assertValue(event.data);
   for (const op of event.patch ?? []) {
-    if (!storableString(op.path) || (op.from !== undefined && !storableString(op.from))) refuse('a patch path holds a NUL character or an unpaired surrogate');
+    if (!isStorableText(op.path) || (op.from !== undefined && !isStorableText(op.from))) refuse('a patch path holds a NUL character or an unpaired surrogate');
     assertValue(op.value);
+  }
+  assertPullable(ctx, event);
+}
+
+/**
+ * Refuses a document that no pull page could carry: one larger than
+ * maxPullBytes, measured as storage measures it (documentBytes). A push is
+ * at most maxPayloadBytes of JSON, so only a maxPullBytes below that can be
+ * exceeded; even then a document is measured exactly only when a cheap upper
+ * bound (jsonLengthBound) is over it.
+ */
+function assertPullable(ctx: ServerContext<any>, event: SyncEvent): void {
+  const limit = ctx.options.maxPullBytes;
+  if (limit >= ctx.options.maxPayloadBytes || jsonLengthBound(event.data) <= limit) return;
+  const bytes = documentBytes(event.data);
+  if (bytes > limit) {
+    throw new SyncError('PAYLOAD_TOO_LARGE', `document ${event.collection}/${event.documentId} is ${bytes} bytes of JSON, more than a pull page carries (maxPullBytes, ${limit})`, { bytes, limit });
   }
 }
 
@@ -129,7 +157,9 @@ const DEPTH = 'depth';
 
 /** What in `value` (at nesting `depth`) no storage could keep, or undefined when all of it can be kept. */
 function unstorable(value: unknown, depth: number, max: number): string | undefined {
-  if (typeof value === 'string') return storableString(value) ? undefined : 'a string holds a NUL character or an unpaired surrogate';
+  if (typeof value === 'string') return isStorableText(value) ? undefined : 'a string holds a NUL character or an unpaired surrogate';
+  // JSON.parse reads 1e400 as Infinity: kept as is in memory, as null by the storages that keep JSON text.
+  if (typeof value === 'number') return Number.isFinite(value) ? undefined : 'a number is too large for JSON (it parsed as Infinity)';
   if (!value || typeof value !== 'object') return undefined;
   // socket.io carries binary data too; a document is JSON, and every storage keeps JSON only.
   if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return 'a value is binary data, which a JSON document cannot hold';
@@ -143,7 +173,7 @@ function unstorable(value: unknown, depth: number, max: number): string | undefi
   }
   for (const key in value) {
     if (!Object.hasOwn(value, key)) continue;
-    if (!storableString(key)) return 'a key holds a NUL character or an unpaired surrogate';
+    if (!isStorableText(key)) return 'a key holds a NUL character or an unpaired surrogate';
     const problem = unstorable((value as Record<string, unknown>)[key], depth + 1, max);
     if (problem) return problem;
   }
@@ -190,12 +220,16 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     try {
       assertKnownCollection(ctx, event.collection);
       assertStorable(ctx, event);
+      if (ctx.options.maxClockDrift !== false) assertClockInRange(event, ctx.options.maxClockDrift, Date.now());
       const head = heads.get(event.collection, event.documentId);
       // Without an authorize hook there is nothing to wait for: no promise per event.
       if (ctx.authorize) await assertMayWrite(ctx, user, event, head);
+      const kept = ctx.redactor.keepHidden(event, head);
+      // The document as it would be stored, hidden fields carried over included: what readers get to apply.
+      if (ctx.options.schemas) assertMatchesSchema(ctx.options.schemas, kept);
       // In place: the event is this server's own copy (the schema check made it). A spread with more
       // fields would also be a much slower path in V8, per event.
-      toSave.push(Object.assign(ctx.redactor.keepHidden(event, head), { clientId }));
+      toSave.push(Object.assign(kept, { clientId }));
       savedIndex.push(index);
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -232,7 +266,8 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   ctx.stats.duplicates += counts.duplicates;
   ctx.stats.conflicts += counts.conflicts;
   ctx.stats.rejected += counts.rejected;
-  if (accepted.length > 0) await broadcast(ctx, socket, accepted, acceptedSeqs);
+  // Acknowledged once durable: the fan-out to other readers follows, in push order, without the writer waiting for it.
+  if (accepted.length > 0) ctx.fanOut(() => broadcast(ctx, socket, accepted, acceptedSeqs));
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
 }
@@ -276,14 +311,17 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
   const limit = Math.min(message.limit ?? ctx.options.defaultPullLimit, ctx.options.maxPullLimit);
   let events: StoredEvent[];
+  let hasMore: boolean;
   try {
-    events = await ctx.storage.getChangesAfter(message.checkpoint, { collections: message.collections, limit });
+    // Bounded in bytes as well as in count: a page of large documents is never one giant string to encode.
+    const page = await ctx.storage.getChangesAfter(message.checkpoint, { collections: message.collections, limit, maxBytes: ctx.options.maxPullBytes });
+    hasMore = page.length >= limit || page.cutByBytes === true;
+    events = page;
   } catch (error) {
     ctx.emit('storage-error', { operation: 'read', error });
     ctx.logger.error({ err: error }, 'storage failed to read events');
     throw SyncError.from(error, 'STORAGE_ERROR');
   }
-  const hasMore = events.length === limit;
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
   // Events the client already has from live messages, and those the user may not read, are left out;
@@ -325,16 +363,99 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
   for (const [collection, indexes] of byCollection) {
     if (!othersMayListen(sender, roomOf(collection))) continue;
     const list = indexes.map((i): StoredEvent => Object.assign({}, accepted[i]!, { seq: seqs[i]!, serverTime }));
-    if (!ctx.authorize) {
+    if (!ctx.authorize && !ctx.authorizeRead) {
       sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
       continue;
     }
     const sockets = await ctx.io.in(roomOf(collection)).fetchSockets();
-    for (const target of sockets) {
-      if (target.id === sender.id) continue;
-      // Undecided access leaves this reader without the live message: its next pull brings the events.
-      const visible = await readable(ctx, target.data.user, list).catch(() => []);
-      if (visible.length > 0) target.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
+    const slices = fanoutSlices();
+    // Readers that may see the same events (users of one tenant, say) share one message, encoded once
+    // per chunk of sockets; gathered by those events, sent when a slice ends.
+    const audiences = new Map<string, { events: StoredEvent[]; readers: string[] }>();
+    const flush = async () => {
+      const ready = [...audiences.values()];
+      audiences.clear();
+      for (const { events, readers } of ready) {
+        const message = { events: events.map(toRemoteEvent) };
+        // Writing one message to a thousand sockets holds the event loop as long as a thousand checks: in chunks too.
+        for (let i = 0; i < readers.length; i += FANOUT_CHUNK) {
+          ctx.io.to(readers.slice(i, i + FANOUT_CHUNK)).emit(MESSAGE.live, message);
+          if (slices.over()) await slices.next();
+        }
+      }
+    };
+    for (const readers of readersByUser(ctx, sockets, sender.id)) {
+      // Undecided access leaves these readers without the live message: their next pull brings the events.
+      const visible = await readable(ctx, readers[0]!.data.user, list).catch(() => []);
+      if (visible.length > 0) {
+        // Redaction is the same for every reader, so the sequences say which events, and how, a message holds.
+        const key = visible.length === list.length ? '' : visible.map((event) => event.seq).join(' ');
+        const audience = audiences.get(key);
+        if (audience) audience.readers.push(...readers.map((reader) => reader.id));
+        else audiences.set(key, { events: visible, readers: readers.map((reader) => reader.id) });
+      }
+      // A synchronous authorize never gives the event loop back on its own: other clients' messages wait for the slice only.
+      if (slices.over()) {
+        await flush();
+        if (slices.over()) await slices.next();
+      }
     }
+    await flush();
   }
+}
+
+/** How long live fan-out may hold the event loop before it lets other clients' messages in. */
+const FANOUT_SLICE_MS = 5;
+/** Sockets written one message at a time, between two looks at the clock. */
+const FANOUT_CHUNK = 16;
+
+/** The clock of fan-out work: over() once a slice has run its time, next() gives the event loop back and starts another. */
+function fanoutSlices() {
+  let started = performance.now();
+  return {
+    over: () => performance.now() - started > FANOUT_SLICE_MS,
+    next: async () => {
+      await new Promise((resolve) => setImmediate(resolve));
+      started = performance.now();
+    },
+  };
+}
+
+type Reader<User> = Pick<RemoteSocket<ServerToClientEvents, SocketData<User>>, 'id' | 'data'>;
+
+/**
+ * The sockets but the sender, in groups that read alike, so that one read
+ * check serves a whole group: the same user key (the `userKey` option) and
+ * equal user values. Equal values as well as the key: a session holding
+ * other rights under the same key (one opened before a role change) is
+ * checked on its own. A socket whose user has no key is a group of its own.
+ */
+function readersByUser<User, R extends Reader<User>>(ctx: ServerContext<User>, sockets: readonly R[], senderId: string): R[][] {
+  const keyOf = ctx.options.userKey ?? defaultUserKey;
+  const byKey = new Map<string, R[][]>();
+  const groups: R[][] = [];
+  for (const socket of sockets) {
+    if (socket.id === senderId) continue;
+    // Set at the handshake when per-user limits are on; else asked here.
+    let key = socket.data.userKey;
+    if (key === undefined) {
+      try {
+        key = keyOf(socket.data.user);
+      } catch {
+        key = undefined;
+      }
+    }
+    const alike = key === undefined ? undefined : byKey.get(key);
+    const group = alike?.find((candidate) => isDeepStrictEqual(candidate[0]!.data.user, socket.data.user));
+    if (group) {
+      group.push(socket);
+      continue;
+    }
+    const created = [socket];
+    groups.push(created);
+    if (key === undefined) continue;
+    if (alike) alike.push(created);
+    else byKey.set(key, [created]);
+  }
+  return groups;
 }

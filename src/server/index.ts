@@ -1,5 +1,6 @@
 export { createSyncServer, SyncServer, type ClientInfo } from './server.js';
-export type { SyncServerOptions, Authenticate, AuthSession, Authorize, AccessOperation, WriteOperation, UserKey, RateLimitOptions, SensitiveFields } from './options.js';
+export type { SyncServerOptions, Authenticate, AuthSession, Authorize, AuthorizeRead, AccessOperation, WriteOperation, UserKey, RateLimitOptions, LoginLimitOptions, SensitiveFields } from './options.js';
+export type { DropReason, SyncServerEvents } from './server.js';
 export type { ServerStats, SocketData } from './handlers.js';
 export * from './storage/index.js';
 export { SyncError, type SyncErrorCode } from '../shared/errors.js';

@@ -17,9 +17,11 @@ const STORAGE_METHODS = [
   'getHeads',
   'getLatestSequence',
   'countEvents',
+  'claimClient',
   'close',
 ] as const satisfies readonly (keyof SyncStorage)[];
 import { retentionOptionsSchema } from './retention.js';
+import { DEFAULT_MAX_CLOCK_DRIFT, compileSchemas } from './validation.js';
 
 export type WriteOperation = 'insert' | 'update' | 'delete';
 export type AccessOperation = 'read' | WriteOperation;
@@ -61,6 +63,16 @@ export type Authorize<User> = (
   operation: AccessOperation,
   document: Record<string, unknown>,
 ) => boolean | Promise<boolean>;
+
+/**
+ * Decides at once which of `documents` (all of `collection`) `user` may
+ * read: one answer per document, in order, `true` for those it may. When
+ * given, every read asks it instead of `authorize` (pulls, live events,
+ * conflict answers): once per page, or per user and push on the live path,
+ * instead of once per document. A throw, or an answer of another length, is
+ * undecided, as a throw of `authorize` is.
+ */
+export type AuthorizeRead<User> = (user: User, collection: string, documents: Record<string, unknown>[]) => boolean[] | Promise<boolean[]>;
 
 /** Names a user for per-user limits; undefined leaves that user out of them. */
 export type UserKey<User> = (user: User) => string | undefined;
@@ -110,6 +122,8 @@ export const serverOptionsSchema = z.strictObject({
   socketOptions: z.record(z.string(), z.unknown()).default({}),
   authenticate: fn('authenticate').optional(),
   authorize: fn('authorize').optional(),
+  /** Batch read authorizer (see AuthorizeRead); reads ask it instead of `authorize`. */
+  authorizeRead: fn('authorizeRead').optional(),
   storage: z
     .custom<SyncStorage>(
       (value) => !!value && STORAGE_METHODS.every((method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function'),
@@ -133,11 +147,26 @@ export const serverOptionsSchema = z.strictObject({
   maxEventsPerPush: z.number().int().positive().default(1000),
   maxPayloadBytes: z.number().int().positive().default(4 * 1024 * 1024),
   maxPullLimit: z.number().int().positive().default(5000),
+  /**
+   * Bytes of documents one pull page holds at most (each measured as the
+   * UTF-8 length of its JSON); a larger document travels alone. A pushed
+   * document larger than this is rejected (PAYLOAD_TOO_LARGE), so that
+   * every stored document can be pulled. Far below the longest string V8
+   * builds (about 512 M characters), which a page's encoding must stay under.
+   */
+  maxPullBytes: z.number().int().positive().max(256 * 1024 * 1024).default(4 * 1024 * 1024),
   /** Scheduled compaction of superseded events (see retention.ts); off when absent. */
   retention: retentionOptionsSchema.optional(),
   defaultPullLimit: z.number().int().positive().default(1000),
   /** Deepest nesting of objects and arrays a pushed document may have (deeper events are rejected). */
   maxDocumentDepth: z.number().int().positive().max(1000).default(64),
+  /** Per collection, the app's RxDB JSON schema: a pushed insert or update whose document does not match is rejected (SCHEMA_VIOLATION). Compiled here, once. */
+  schemas: z
+    .record(collectionNameSchema, z.custom<Record<string, unknown>>((value) => !!value && typeof value === 'object' && !Array.isArray(value), 'a JSON schema must be an object'))
+    .transform(compileSchemas)
+    .optional(),
+  /** How far (ms) a pushed event's clock may run ahead of the server's; a later one is rejected (CLOCK_DRIFT). `false` turns the check off. */
+  maxClockDrift: z.union([z.literal(false), z.number().int().positive()]).default(DEFAULT_MAX_CLOCK_DRIFT),
   /** Messages per window, per connection and per user; over it a message is answered RATE_LIMITED. Per server instance; `false` turns it off. */
   rateLimit: z.union([z.literal(false), rateLimitSchema]).default(() => rateLimitSchema.parse(DEFAULT_RATE_LIMIT)),
   /** Failed logins per connection and per remote address; `false` turns the limit off. */
@@ -152,17 +181,23 @@ export const serverOptionsSchema = z.strictObject({
   userKey: fn('userKey').optional(),
   /** Top-level fields stripped from every document before it leaves the server: for all collections, or per collection. */
   sensitiveFields: z.union([z.array(fieldNameSchema), z.record(collectionNameSchema, z.array(fieldNameSchema))]).optional(),
-  /** How often the server pings each client, in ms (socket.io's pingInterval). */
-  heartbeatInterval: z.number().int().positive().optional(),
+  /**
+   * How often the server pings each client, in ms (socket.io's pingInterval).
+   * Clients take a link for dead when nothing, not even a ping, came for
+   * their heartbeatTimeout (5 s by default, never under twice this), so this
+   * bounds how soon they notice a link that dropped without closing.
+   */
+  heartbeatInterval: z.number().int().positive().default(2000),
   /** How long the server waits for the answer to a ping before it drops the client, in ms (socket.io's pingTimeout). */
   clientTimeout: z.number().int().positive().optional(),
 });
 
-type FunctionOptions = 'authenticate' | 'authorize' | 'userKey' | 'socketOptions' | 'adapter';
+type FunctionOptions = 'authenticate' | 'authorize' | 'authorizeRead' | 'userKey' | 'socketOptions' | 'adapter';
 
 export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOptionsSchema>, FunctionOptions | 'storage'> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
+  authorizeRead?: AuthorizeRead<User>;
   userKey?: UserKey<User>;
   socketOptions?: Partial<ServerOptions>;
   storage?: SyncStorage;
@@ -172,6 +207,7 @@ export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOption
 export type ResolvedServerOptions<User = unknown> = Omit<z.output<typeof serverOptionsSchema>, FunctionOptions> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
+  authorizeRead?: AuthorizeRead<User>;
   userKey?: UserKey<User>;
   socketOptions: Partial<ServerOptions>;
   adapter?: ServerOptions['adapter'];

@@ -29,6 +29,8 @@ export type ClientInfo<User = unknown> = SocketData<User> & { socketId: string }
 
 /** Headroom above maxPayloadBytes so an oversized push reaches our check and gets a reply, not a dropped socket. */
 const TRANSPORT_HEADROOM = 2;
+/** Client id owners kept in memory; past it the memory starts again (a reconnection then asks storage once). */
+const MAX_REMEMBERED_CLAIMS = 10_000;
 
 /** Why the server dropped a connection on its own: the code it sent the client. */
 export type DropReason = 'TOO_MANY_REQUESTS' | 'SLOW_CONSUMER' | 'REPLACED';
@@ -59,7 +61,11 @@ export class SyncServer<User = unknown> {
   private readonly logins?: LoginLimiter;
   private readonly guards = new Map<string, ConnectionGuard>();
   private sweepTimer?: ReturnType<typeof setInterval>;
+  /** The live fan-outs, one after another; pushes are acknowledged without waiting for theirs. */
+  private fanOuts: Promise<void> = Promise.resolve();
   private warnedNoUserKey = false;
+  /** Client ids whose owner this instance checked: id → user key. */
+  private readonly claims = new Map<string, string>();
   private readonly connections = new UserConnections();
   private ready?: Promise<void>;
   private stopped = false;
@@ -78,7 +84,7 @@ export class SyncServer<User = unknown> {
     this.io = new Server({
       maxHttpBufferSize: this.options.maxPayloadBytes * TRANSPORT_HEADROOM,
       ...this.options.socketOptions,
-      ...(heartbeatInterval !== undefined ? { pingInterval: heartbeatInterval } : {}),
+      pingInterval: heartbeatInterval,
       ...(clientTimeout !== undefined ? { pingTimeout: clientTimeout } : {}),
       ...(this.options.adapter ? { adapter: this.options.adapter } : {}),
     });
@@ -129,6 +135,7 @@ export class SyncServer<User = unknown> {
     clearInterval(this.sweepTimer);
     this.io.disconnectSockets(true);
     this.io.engine?.close();
+    await this.fanOuts;
     await Promise.allSettled([...this.io._nsps.values()].map((nsp) => nsp.adapter.close()));
     if (this.ownsStorage) await this.storage.close();
     this.logger.info('sync server stopped');
@@ -170,6 +177,7 @@ export class SyncServer<User = unknown> {
     await this.ready;
     const { handshake, user, expiresAt } = await this.authenticate(socket);
     const userKey = this.userKeyOf(user);
+    if (this.options.authenticate) await this.claimClient(handshake.clientId, user);
     const max = this.options.maxConnectionsPerUser;
     // Counted and reserved in one synchronous step, so that parallel handshakes cannot both slip under the limit.
     if (max !== undefined && userKey !== undefined) {
@@ -201,6 +209,38 @@ export class SyncServer<User = unknown> {
     };
   }
 
+  /**
+   * A client id belongs to the user who first connected with it, on every
+   * instance sharing the storage: a user cannot take over another's device
+   * id (its REPLACED, its pending state on the server's side). Without
+   * authentication, or for a user userKey does not name, there is no one to
+   * bind it to. Owners already checked are remembered, so a reconnection
+   * costs no storage call.
+   */
+  private async claimClient(clientId: string, user: User): Promise<void> {
+    const key = this.ownerKeyOf(user);
+    if (key === undefined || this.claims.get(clientId) === key) return;
+    let owner: string;
+    try {
+      owner = await this.storage.claimClient(clientId, key);
+    } catch (error) {
+      const syncError = SyncError.from(error, 'STORAGE_ERROR');
+      if (syncError.code === 'STORAGE_ERROR') this.events.emit('storage-error', { operation: 'save', error });
+      throw syncError;
+    }
+    if (owner !== key) throw new SyncError('CLIENT_ID_TAKEN', `client id "${clientId}" belongs to another user: a client id names one device of one user`);
+    if (this.claims.size >= MAX_REMEMBERED_CLAIMS) this.claims.clear();
+    this.claims.set(clientId, key);
+  }
+
+  private ownerKeyOf(user: User): string | undefined {
+    try {
+      return (this.options.userKey ?? defaultUserKey)(user);
+    } catch (error) {
+      throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
+    }
+  }
+
   /** The handshake and `authenticate`, within the login limit. */
   private async authenticate(socket: SyncSocket<User>) {
     const address = socket.handshake.address;
@@ -222,15 +262,11 @@ export class SyncServer<User = unknown> {
     }
   }
 
+  /** The user's key where per-user limits apply (undefined where none does). */
   private userKeyOf(user: User): string | undefined {
     const perUser = this.options.maxConnectionsPerUser !== undefined || this.options.rateLimit !== false;
     if (!perUser) return undefined;
-    let key: string | undefined;
-    try {
-      key = (this.options.userKey ?? defaultUserKey)(user);
-    } catch (error) {
-      throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
-    }
+    const key = this.ownerKeyOf(user);
     if (key === undefined && this.options.authenticate && !this.warnedNoUserKey) {
       this.warnedNoUserKey = true;
       this.logger.warn('per-user limits do not apply to users without a key: give the userKey option');
@@ -247,7 +283,11 @@ export class SyncServer<User = unknown> {
       stats: this.stats,
       redactor: this.redactor,
       ...(this.options.authorize ? { authorize: this.options.authorize } : {}),
+      ...(this.options.authorizeRead ? { authorizeRead: this.options.authorizeRead } : {}),
       emit: (event, ...args) => this.events.emit(event, ...(args as never)),
+      fanOut: (task) => {
+        this.fanOuts = this.fanOuts.then(task).catch((error: unknown) => this.logger.error({ err: error }, 'live fan-out failed'));
+      },
     };
     const log = this.logger.child({ socket: socket.id, clientId: socket.data.clientId });
     log.debug('client connected');
@@ -270,7 +310,9 @@ export class SyncServer<User = unknown> {
         maxPayloadBytes: this.options.maxPayloadBytes,
         maxEventsPerPush: this.options.maxEventsPerPush,
         maxPullLimit: this.options.maxPullLimit,
+        maxClockDrift: this.options.maxClockDrift === false ? null : this.options.maxClockDrift,
       },
+      heartbeatInterval: this.options.heartbeatInterval,
     });
     const handlers = {
       [MESSAGE.subscribe]: handleSubscribe,

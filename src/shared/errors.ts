@@ -7,6 +7,10 @@ export const ERROR_CODES = [
   'UNAUTHORIZED',
   'AUTHORIZATION_FAILED',
   'UNKNOWN_COLLECTION',
+  /** A pushed document does not match its collection's schema (the server's `schemas` option). */
+  'SCHEMA_VIOLATION',
+  /** A pushed event's clock runs further ahead of the server's than `maxClockDrift` allows. */
+  'CLOCK_DRIFT',
   'PAYLOAD_TOO_LARGE',
   'TOO_MANY_EVENTS',
   'RATE_LIMITED',
