@@ -7,7 +7,8 @@
  * server would drop, nor reconnects without a pause.
  */
 import { Manager, io, type Socket } from 'socket.io-client';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { parseHlc } from '../src/shared/hlc.js';
 import { createSyncMetrics } from '../src/server/index.js';
 import { MESSAGE, PROTOCOL_VERSION, toPushRows, type WelcomeMessage } from '../src/shared/protocol.js';
 import { rawEvent, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
@@ -72,10 +73,10 @@ afterEach(() => {
 
 describe('the handshake', () => {
   it('welcomes every connection with the server time and the limits it holds messages to', async () => {
-    server = await startServer({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88 });
+    server = await startServer({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88, maxClockDrift: 60_000 });
     const before = Date.now();
     const { welcome } = await connect();
-    expect(welcome.limits).toEqual({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88 });
+    expect(welcome.limits).toEqual({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88, maxClockDrift: 60_000 });
     expect(welcome.serverTime).toBeGreaterThanOrEqual(before);
     expect(welcome.serverTime).toBeLessThanOrEqual(Date.now());
   });
@@ -222,6 +223,20 @@ describe('client ids', () => {
     expect(drops).toEqual([{ clientId: 'device-1', reason: 'REPLACED' }]);
   });
 
+  it('a client id belongs to the user who first used it: another user is refused (CLIENT_ID_TAKEN), the owner is not', async () => {
+    server = await startServer({ authenticate: (_socket: unknown, token: string | undefined) => (token ? { id: token } : null) });
+    const { socket: alice } = await connect({ clientId: 'tablet-7', token: 'alice' });
+    const refused = await connect({ clientId: 'tablet-7', token: 'mallory' }).catch((error: Error & { data?: unknown }) => error.data);
+    expect(refused).toMatchObject({ code: 'CLIENT_ID_TAKEN' });
+    // Alice's connection was not replaced by the refused one.
+    expect((await pull(alice)).ok).toBe(true);
+    alice.close();
+    // Claimed in storage, not in the connection: it holds after alice is gone, and alice gets it back.
+    expect(await connect({ clientId: 'tablet-7', token: 'mallory' }).catch((error: Error & { data?: unknown }) => error.data)).toMatchObject({ code: 'CLIENT_ID_TAKEN' });
+    expect((await pull((await connect({ clientId: 'tablet-7', token: 'alice' })).socket)).ok).toBe(true);
+    expect(await server.server.getStorage().claimClient('tablet-7', 'someone')).toBe('alice');
+  });
+
   it('the real client, replaced, says so and does not connect again to take the id back', async () => {
     server = await startServer();
     const client = await startClient(server.url, { retry: { maxRetries: 5, retryDelay: 20, maxDelay: 50, useExponentialBackoff: true } });
@@ -277,5 +292,49 @@ describe('the client never sends what the server would drop', () => {
     // Each wait is at least half its step (jitter takes up to half off): 50, 100, 200, 200 ms.
     expect(gaps[0]).toBeGreaterThanOrEqual(50);
     expect(gaps.slice(2).every((gap) => gap >= 200 - 5)).toBe(true);
+  });
+
+  it("changes made offline under a clock years ahead are stamped again by the server's time, not refused", async () => {
+    server = await startServer({ maxClockDrift: 60 * 60 * 1000 });
+    const client = await startClient(server.url, { autoSync: false });
+    clients.push(client);
+    const realNow = Date.now.bind(Date);
+    const tenYears = 10 * 365 * 24 * 60 * 60 * 1000;
+    // The device's clock is wrong while it edits offline (nothing else runs meanwhile: the server is idle).
+    const wrongClock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() + tenYears);
+    try {
+      await client.todos.bulkInsert(Array.from({ length: 5 }, (_, i) => ({ id: `future-${i}`, title: `edited offline ${i}`, done: false })));
+    } finally {
+      wrongClock.mockRestore();
+    }
+    expect(await client.sync.syncNow()).toMatchObject({ success: true });
+    expect(client.sync.getRejectedEvents()).toEqual([]);
+    const stored = await server.server.getStorage().getEventsAfter(0);
+    expect(stored.map((event) => event.documentId).sort()).toEqual([0, 1, 2, 3, 4].map((i) => `future-${i}`));
+    for (const event of stored) expect(parseHlc(event.hlc).millis).toBeLessThanOrEqual(Date.now());
+  });
+});
+
+describe('the live fan-out', () => {
+  it('never holds the ack: a push is acknowledged while read checks for the others still wait, and they get it after', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    server = await startServer({
+      authorize: async (_user: unknown, _collection: string, operation: string) => {
+        if (operation === 'read') await gate;
+        return true;
+      },
+    });
+    const { socket: reader } = await connect();
+    expect((await request(reader, MESSAGE.subscribe, { collections: ['todos'] })).ok).toBe(true);
+    const live = new Promise<unknown>((resolve) => reader.once(MESSAGE.live, resolve));
+    const { socket: writer } = await connect();
+    try {
+      // Accepted, under its sequence number.
+      expect(await request(writer, MESSAGE.push, toPushRows([rawEvent({ documentId: 'gated' })], 'writer'))).toEqual({ ok: true, results: [1] });
+    } finally {
+      open();
+    }
+    expect(await live).toMatchObject({ events: [expect.objectContaining({ documentId: 'gated' })] });
   });
 });

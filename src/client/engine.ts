@@ -455,13 +455,16 @@ export class SyncEngine {
     this.updateStatus({ connected: false });
   }
 
-  private onConnect({ limits }: Welcome): void {
+  private onConnect({ limits, clockOffset }: Welcome): void {
     this.logger.info({ serverUrl: this.options.serverUrl }, 'connected to sync server');
     this.retryAttempt = 0;
     // Never a message the server would refuse for its size: its limits bound every push from here on.
     this.pushBatchSize = Math.min(this.options.batchSize, limits.maxEventsPerPush);
     this.pushBatchBytes = Math.min(this.options.maxBatchBytes, limits.maxPayloadBytes);
     this.updateStatus({ connected: true, error: this.standingError() });
+    // Before anything is pushed on this connection (the queue keeps the order): a wrong device clock is set right.
+    const replicator = this.requireReplicator();
+    void this.queue.run(() => replicator.correctClock(clockOffset, limits.maxClockDrift)).catch((error: unknown) => this.fail(error));
     if (this.options.autoSync) void this.requestSync({ push: true, pull: true });
   }
 

@@ -41,6 +41,14 @@ export const clientOptionsSchema = z.strictObject({
   pullBatchSize: z.number().int().positive().max(5000).default(2000),
   /** Upper bound on one push message's size in bytes (JSON); keep it under the server's maxPayloadBytes. */
   maxBatchBytes: z.number().int().positive().default(1024 * 1024),
+  /**
+   * A connection from which nothing (not even the server's ping) arrived for
+   * this long, in ms, is taken for dead: closed at once and made again. It
+   * never goes under twice the server's heartbeatInterval, and it doubles
+   * (up to 32 times) after it cut a request short, so that a message that
+   * takes longer than this to cross a slow link still gets through.
+   */
+  heartbeatTimeout: z.number().int().min(1000).default(5000),
   /** How long to wait for the server to answer one message. */
   requestTimeout: z.number().int().positive().default(20_000),
   /** socket.io path on the server. */

@@ -9,7 +9,7 @@ import { getChangedDocumentsSince, getHeightOfRevision, now, type RxCollection, 
 import { Subject } from 'rxjs';
 import { DocumentMap } from '../shared/document-map.js';
 import { SyncError, type WireError } from '../shared/errors.js';
-import { compareHlc, HybridLogicalClock } from '../shared/hlc.js';
+import { compareHlc, HybridLogicalClock, parseHlc } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import { withFields } from '../shared/json.js';
 import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../shared/protocol.js';
@@ -84,6 +84,8 @@ const shadowId = (collection: string, documentId: string) => `shadow|${collectio
 const conflictId = (collection: string, documentId: string) => `conflict|${collection}|${documentId}`;
 export const STATE_ID = 'state|main';
 const MAX_RESOLVE_ATTEMPTS = 5;
+/** A clock this close to the server's is left alone: the welcome's own travel time is about as much. */
+const CLOCK_TOLERANCE_MS = 2000;
 const RECOVERY_PAGE = 1000;
 /** Acknowledged batches up to this size keep their shadows at once; larger ones as a page, folded when idle. */
 export const SHADOWS_AT_ONCE = 32;
@@ -112,7 +114,10 @@ export class Replicator {
   pending = new PendingLog();
   /** Versions of acknowledged pushes not yet folded into shadows. */
   acked = new AckedVersions();
-  private clock = new HybridLogicalClock(this.state.clientId);
+  /** The server's time minus this device's, in ms, as the last welcome said (0 while within CLOCK_TOLERANCE_MS). */
+  private clockOffset = 0;
+  private readonly now = () => Date.now() + this.clockOffset;
+  private clock = new HybridLogicalClock(this.state.clientId, this.now);
 
   constructor(
     private readonly db: RxDatabase,
@@ -192,7 +197,7 @@ export class Replicator {
         op: change.op,
         data: change.data,
         baseEventId: lastSent ? lastSent.event.id : (server?.eventId ?? null),
-        hlc: this.clock.tickAt(writtenAt),
+        hlc: this.clock.tickAt(writtenAt + this.clockOffset),
       };
       if (change.patch) event.patch = change.patch;
       if (open) writes.push(...this.pending.update(open, event));
@@ -625,6 +630,33 @@ export class Replicator {
    * a tab becomes the leader: the tab that led before it went on logging,
    * sending and settling after this tab first read them.
    */
+  /**
+   * Sets this device's clock by the server's, as its welcome gave it: a
+   * device whose own clock is wrong (a dead RTC battery, a user who set the
+   * year by hand) stamps its changes with a time the server accepts and
+   * that orders them fairly against everyone else's. Pending changes
+   * already stamped further ahead than the server takes (`maxAhead`, its
+   * maxClockDrift; null when it takes any) are stamped again, in log order,
+   * rather than refused: edited offline under the wrong clock, they are
+   * still the user's latest edits. Returns how many were stamped again.
+   */
+  async correctClock(offset: number, maxAhead: number | null): Promise<number> {
+    this.clockOffset = Math.abs(offset) > CLOCK_TOLERANCE_MS ? offset : 0;
+    const all = this.pending.all();
+    // Some room for the time between this welcome and the push.
+    const limit = maxAhead === null ? Number.POSITIVE_INFINITY : this.now() + maxAhead - CLOCK_TOLERANCE_MS;
+    const ahead = all.filter((entry) => parseHlc(entry.event.hlc).millis > limit);
+    // The clock forgets what it issued under the wrong time: it starts again from the entries that stay.
+    this.clock = new HybridLogicalClock(this.state.clientId, this.now);
+    for (const entry of all) if (!ahead.includes(entry)) this.clock.receive(entry.event.hlc);
+    if (ahead.length === 0) return 0;
+    const writes: MetaWrite[] = [];
+    for (const entry of ahead) writes.push(...this.pending.update(entry, { ...entry.event, hlc: this.clock.tick() }));
+    await this.meta.write(writes);
+    this.logger.warn({ count: ahead.length, offsetMs: offset }, "pending changes were stamped by a clock far ahead of the server's; stamped again by the server's time");
+    return ahead.length;
+  }
+
   async load(): Promise<boolean> {
     const stored = (await this.meta.getAll<PersistedState>('state')).get(STATE_ID);
     if (stored) {
@@ -636,7 +668,7 @@ export class Replicator {
     }
     this.pending = new PendingLog((await this.meta.getAll<StoredPending>('pending')).values(), this.state.sentThrough);
     this.acked = new AckedVersions(await this.meta.getAll<StoredAckedPage>('acked'));
-    this.clock = new HybridLogicalClock(this.state.clientId);
+    this.clock = new HybridLogicalClock(this.state.clientId, this.now);
     for (const entry of this.pending.all()) this.clock.receive(entry.event.hlc);
     this.captured.clear();
     this.conflicts.clear();

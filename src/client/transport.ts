@@ -68,6 +68,8 @@ const subscribeAck = ackSchema(subscribeReplySchema);
 export const STABLE_CONNECTION_MS = 10_000;
 /** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
 const FRAMING_BYTES = 64;
+/** The most heartbeatTimeout grows, as a multiple, after it cut requests short. */
+const MAX_PATIENCE = 32;
 
 export class Transport {
   private readonly socket: Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -80,6 +82,11 @@ export class Transport {
   /** Set once the server's welcome arrived on the current connection: only then is it ready for requests. */
   private welcome?: Welcome;
   private readonly waiters = new Set<{ resolve(): void; reject(error: SyncError): void }>();
+  /** Fires when the server has been silent for the watchdog's time; refreshed by every packet. */
+  private watchdog?: ReturnType<typeof setTimeout>;
+  /** Grows heartbeatTimeout after the watchdog cut a request short (a long message on a slow link). */
+  private patience = 1;
+  private inFlight = 0;
   private readonly detach: (() => void)[] = [];
   /** The version spoken: this release's, until a server says it speaks only older ones. */
   private protocol: ProtocolVersion = PROTOCOL_VERSION;
@@ -130,12 +137,14 @@ export class Transport {
       }
       this.welcome = { limits: message.limits, clockOffset: message.serverTime - Date.now() };
       this.connectedAt = Date.now();
+      this.watch(message.heartbeatInterval);
       for (const waiter of this.waiters) waiter.resolve();
       this.waiters.clear();
       this.events.onConnect(this.welcome);
     });
     this.socket.on('disconnect', (reason) => {
       clearTimeout(this.welcomeTimer);
+      this.unwatch();
       const wasReady = this.welcome !== undefined;
       this.welcome = undefined;
       if (wasReady && Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempts = 0;
@@ -177,6 +186,46 @@ export class Transport {
   }
 
   /**
+   * Takes the link for dead when nothing came from the server for the
+   * heartbeat timeout: a link that drops without closing (a van in a
+   * tunnel, Wi-Fi gone) sends no close, and socket.io alone would notice
+   * only after its ping interval and timeout together (45 s by default).
+   * The server pings every `interval` ms, and every packet counts.
+   */
+  private watch(interval: number): void {
+    this.unwatch();
+    const engine = this.socket.io.engine;
+    const timeout = Math.max(this.options.heartbeatTimeout, 2 * interval + 500) * this.patience;
+    let heard = Date.now();
+    // Not a timer reset per packet (a browser's timers cannot be refreshed): one check per timeout.
+    const check = () => {
+      const silent = Date.now() - heard;
+      if (silent < timeout) {
+        this.watchdog = setTimeout(check, timeout - silent);
+        return;
+      }
+      // A request was under way: perhaps a message that takes longer than this to cross a slow link.
+      if (this.inFlight > 0) this.patience = Math.min(this.patience * 2, MAX_PATIENCE);
+      this.drop(new SyncError('NOT_CONNECTED', `nothing from the sync server for ${silent} ms: the link is taken for dead`, { timeoutMs: timeout }));
+    };
+    const onHeartbeat = () => {
+      heard = Date.now();
+    };
+    engine.on('heartbeat', onHeartbeat);
+    this.watchdog = setTimeout(check, timeout);
+    this.unwatchEngine = () => engine.off('heartbeat', onHeartbeat);
+  }
+
+  private unwatchEngine?: () => void;
+
+  private unwatch(): void {
+    clearTimeout(this.watchdog);
+    this.watchdog = undefined;
+    this.unwatchEngine?.();
+    this.unwatchEngine = undefined;
+  }
+
+  /**
    * The browser knows sooner than any heartbeat: `offline` closes the
    * connection at once (the status says so, and requests fail instead of
    * waiting out their timeout), and `online` or the page becoming visible
@@ -187,8 +236,9 @@ export class Transport {
     const target = globalThis as unknown as Partial<Pick<Window, 'addEventListener' | 'removeEventListener'>> & { document?: Document };
     if (typeof target.addEventListener !== 'function' || typeof target.removeEventListener !== 'function') return;
     const listen = (on: { addEventListener: Window['addEventListener']; removeEventListener: Window['removeEventListener'] }, type: string, listener: () => void) => {
+      const remove = on.removeEventListener.bind(on);
       on.addEventListener(type, listener);
-      this.detach.push(() => on.removeEventListener(type, listener));
+      this.detach.push(() => remove(type, listener));
     };
     listen(target as Window, 'offline', () => {
       this.drop(new SyncError('NOT_CONNECTED', 'the browser reports no network'));
@@ -255,6 +305,7 @@ export class Transport {
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.welcomeTimer);
+    this.unwatch();
     this.reconnectTimer = undefined;
     this.socket.disconnect();
     // A connection still being made (or waiting for its welcome) is closed too.
@@ -356,8 +407,11 @@ export class Transport {
   private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType, quick?: (value: unknown) => boolean): Promise<R> {
     if (!this.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
     let raw: unknown;
+    this.inFlight++;
     try {
       raw = await (this.socket.timeout(this.options.requestTimeout) as unknown as Socket).emitWithAck(type, message);
+      // A long message got through: the watchdog's patience goes back to normal.
+      this.patience = 1;
     } catch (error) {
       // socket.io fails a request in flight at once when the connection drops: that is no timeout.
       if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', `the connection to the sync server was lost before it answered ${type}`);
@@ -365,6 +419,8 @@ export class Transport {
       const timeout = new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
       this.drop(timeout);
       throw timeout;
+    } finally {
+      this.inFlight--;
     }
     const reply = parseMessage(schema, raw, `reply to ${type}`, quick) as { ok: true } | { ok: false; error: never };
     if (!reply.ok) throw SyncError.fromWire(reply.error);
