@@ -16,6 +16,7 @@ import { enableProfiling } from './lib/profile.js';
 import { gc } from './lib/runtime.js';
 import type { BenchConfig, Measurement, Scenario, ScenarioContext } from './lib/scenario.js';
 import { summarize, summaryTable } from './lib/summary.js';
+import { abuse } from './scenarios/abuse.js';
 import { bulkInsertFloor } from './scenarios/bulk-insert-floor.js';
 import { fanOut } from './scenarios/fan-out.js';
 import { initialSync } from './scenarios/initial-sync.js';
@@ -27,7 +28,7 @@ import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {

@@ -97,6 +97,20 @@ describe('floods from one socket', () => {
     expect(await metric('dropped_connections_total{reason="TOO_MANY_REQUESTS"}')).toEqual([expect.stringMatching(/ 1$/)]);
   });
 
+  it('pushes sent back to back: one is served per turn, the rest queue, and the flooder is dropped (TOO_MANY_REQUESTS)', async () => {
+    server = await startServer();
+    const { socket: good } = await connect();
+    const { socket: flooder } = await connect();
+    const reason = dropped(flooder);
+    const pushes = Array.from({ length: 60 }, (_, batch) =>
+      toPushRows(Array.from({ length: 200 }, (_, i) => rawEvent({ documentId: `flood-${batch}-${i}` })), 'flooder'),
+    );
+    for (const push of pushes) flooder.emit(MESSAGE.push, push, () => undefined);
+    expect(await reason).toMatchObject({ code: 'TOO_MANY_REQUESTS' });
+    expect((await pull(good)).ok).toBe(true);
+    expect(await server.server.getStorage().countEvents()).toBeLessThan(60 * 200);
+  });
+
   it('a connection that goes on sending while rate limited is dropped, after maxRefused answers of RATE_LIMITED', async () => {
     server = await startServer({ rateLimit: { windowMs: 60_000, max: 5, maxRefused: 3 } });
     const { socket } = await connect();

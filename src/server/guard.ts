@@ -32,6 +32,11 @@ export class ConnectionGuard {
   private readonly queue: (() => Promise<void>)[] = [];
   private serving = false;
   private isClosed = false;
+  /** Set while a message of this connection was served in the current turn of the event loop. */
+  private servedThisTurn = false;
+  private readonly endTurn = () => {
+    this.servedThisTurn = false;
+  };
   private oversized = 0;
 
   constructor(
@@ -105,19 +110,25 @@ export class ConnectionGuard {
   }
 
   /**
-   * Serves the queue in order, handing the event loop back between
-   * messages: a handler that never waits for I/O (memory storage) resolves
-   * in microtasks, and without the turn a connection with sixteen pushes
-   * queued would be served all sixteen before any other connection's
-   * message is read. So each connection gets a message per turn, and the
-   * wait of any other is about one message's work, not a queue's.
+   * Serves the queue in order, at most one message per turn of the event
+   * loop. A handler that never waits for I/O (memory storage) resolves in
+   * microtasks, and the frames one read of the socket delivers (up to 2 MB
+   * a turn) are all dispatched in that turn: without the limit a flooder's
+   * dozen pushes were served before any other connection's message was read
+   * (90 ms a turn). Now the rest waits in the queue, where past maxQueued it
+   * costs the flooder its connection, and another client waits about one
+   * message.
    */
   private async serve(): Promise<void> {
     this.serving = true;
     try {
-      for (let task = this.queue.shift(); task && !this.isClosed; task = this.queue.shift()) {
+      while (this.queue.length > 0 && !this.isClosed) {
+        if (this.servedThisTurn) await new Promise<void>((resolve) => setImmediate(resolve));
+        const task = this.queue.shift();
+        if (!task || this.isClosed) break;
+        this.servedThisTurn = true;
+        setImmediate(this.endTurn);
         await task();
-        if (this.queue.length > 0) await new Promise<void>((resolve) => setImmediate(resolve));
       }
     } finally {
       this.serving = false;
