@@ -297,7 +297,7 @@ export async function toEarlierLayout(name: string, storage?: RxStorage<any, any
 export function bareSyncIo(http: HttpServer): SocketIoServer {
   const server = new SocketIoServer(http);
   server.on('connection', (socket) => {
-    socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000, maxClockDrift: null }, heartbeatInterval: 25_000 });
+    socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000, maxClockDrift: null }, heartbeatInterval: 25_000, expiresAt: null });
   });
   return server;
 }

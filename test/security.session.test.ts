@@ -105,6 +105,41 @@ describe('session expiry on the wire', () => {
 });
 
 describe('the real client and an expiring token', () => {
+  it('renews the session over the open connection before it expires: no disconnect, across several expiries', async () => {
+    const renewals: string[] = [];
+    server = await startServer({
+      authenticate: (_socket, token) => (token ? { user: { id: 'alice' }, expiresAt: Date.now() + 600 } : null),
+    });
+    server.server.events.on('client-disconnect', () => renewals.push('disconnect'));
+    let calls = 0;
+    const alice = await startClient(server.url, { authToken: async () => `token-${++calls}` });
+    clients.push(alice);
+    await waitFor(() => alice.sync.getStatus().connected, 'alice connected');
+    // Each session lives 600 ms; five tokens are three expiries and more.
+    await waitFor(() => calls >= 5, 'the client to renew several times', 10_000);
+    expect(renewals).toEqual([]);
+    expect(alice.sync.getStatus()).toMatchObject({ connected: true, error: null });
+    await alice.todos.insert({ id: 'renewed', title: 'written on a renewed session', done: false });
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write to arrive');
+  });
+
+  it('a renewal with a token of another user is refused, and the session ends at its time (TOKEN_EXPIRED)', async () => {
+    server = await startServer({
+      authenticate: (_socket, token) => (token ? { user: { id: token.split('-')[0] }, expiresAt: Date.now() + 500 } : null),
+    });
+    let calls = 0;
+    const client = await startClient(server.url, { authToken: async () => (++calls === 1 ? 'alice-1' : 'mallory-1') });
+    clients.push(client);
+    const errors: string[] = [];
+    client.sync.status$.subscribe((status) => status.error && errors.push(status.error.code));
+    const refusals: unknown[] = [];
+    server.server.events.on('login-failed', (failure) => refusals.push(failure));
+    await waitFor(() => errors.includes('TOKEN_EXPIRED'), 'the session to end');
+    // The renewal was asked for and refused as a failed login, not ignored.
+    expect(calls).toBeGreaterThanOrEqual(2);
+    expect(refusals).toEqual([expect.objectContaining({ limited: false })]);
+  });
+
   it('fetches a fresh token, reconnects, and pushes the writes made while it was out', async () => {
     const accepted: string[] = [];
     server = await startServer({
@@ -120,7 +155,8 @@ describe('the real client and an expiring token', () => {
     const gate = new Promise<void>((resolve) => (release = resolve));
     const authToken = vi.fn(async () => {
       calls++;
-      if (calls === 2) await gate; // holds the client out until the test has written offline
+      // Holds back the renewal (so the session expires) and the reconnection, until the test has written offline.
+      if (calls >= 2) await gate;
       return `token-${calls}`;
     });
     const alice = await startClient(server.url, { authToken });
@@ -134,7 +170,7 @@ describe('the real client and an expiring token', () => {
     await waitFor(() => alice.sync.getStatus().connected === false, 'the session to expire');
     expect(errors).toContain('TOKEN_EXPIRED');
 
-    await waitFor(() => authToken.mock.calls.length === 2, 'the client to ask for a fresh token');
+    await waitFor(() => authToken.mock.calls.length === 3, 'the client to ask for a fresh token to reconnect');
     await alice.todos.insert({ id: 'while-out-1', title: 'written while expired', done: false });
     await alice.todos.insert({ id: 'while-out-2', title: 'also written while expired', done: false });
     await waitFor(() => alice.sync.getStatus().pendingEvents === 2, 'both offline writes in the pending log');
@@ -143,7 +179,7 @@ describe('the real client and an expiring token', () => {
 
     await waitFor(() => alice.sync.getStatus().connected, 'the client to reconnect');
     await waitFor(async () => (await other.todos.count().exec()) === 3, 'the other client to get all three writes');
-    expect(accepted).toContain('token-2');
+    expect(accepted).toContain('token-3');
     expect(alice.sync.getStatus()).toMatchObject({ pendingEvents: 0, error: null });
     expect(await server.server.getStorage().countEvents()).toBe(3);
     expect((await contents(other.todos)).map((t) => t.id)).toEqual(['before', 'while-out-1', 'while-out-2']);

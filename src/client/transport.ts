@@ -36,6 +36,8 @@ import {
   type SubscribeReply,
   type SyncEvent,
   type WelcomeMessage,
+  type RenewReply,
+  renewReplySchema,
   welcomeMessageSchema,
 } from '../shared/protocol.js';
 import { backoffDelay } from '../shared/backoff.js';
@@ -63,11 +65,14 @@ const pushAckV1 = ackSchema(pushReplyV1Schema);
 const pullAck = ackSchema(pullReplySchema);
 const pullPageAck = ackSchema(pullPageSchema);
 const subscribeAck = ackSchema(subscribeReplySchema);
+const renewAck = ackSchema(renewReplySchema);
 
 /** A connection that stayed up this long was a real one: the next drop starts the backoff from its first step again. */
 export const STABLE_CONNECTION_MS = 10_000;
 /** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
 const FRAMING_BYTES = 64;
+/** A session is renewed at most this long before it ends. */
+const RENEW_AHEAD_MS = 60_000;
 /** The most heartbeatTimeout grows, as a multiple, after it cut requests short. */
 const MAX_PATIENCE = 32;
 
@@ -87,6 +92,7 @@ export class Transport {
   /** Grows heartbeatTimeout after the watchdog cut a request short (a long message on a slow link). */
   private patience = 1;
   private inFlight = 0;
+  private renewTimer?: ReturnType<typeof setTimeout>;
   private readonly detach: (() => void)[] = [];
   /** The version spoken: this release's, until a server says it speaks only older ones. */
   private protocol: ProtocolVersion = PROTOCOL_VERSION;
@@ -138,12 +144,14 @@ export class Transport {
       this.welcome = { limits: message.limits, clockOffset: message.serverTime - Date.now() };
       this.connectedAt = Date.now();
       this.watch(message.heartbeatInterval);
+      this.scheduleRenewal(message.expiresAt);
       for (const waiter of this.waiters) waiter.resolve();
       this.waiters.clear();
       this.events.onConnect(this.welcome);
     });
     this.socket.on('disconnect', (reason) => {
       clearTimeout(this.welcomeTimer);
+      clearTimeout(this.renewTimer);
       this.unwatch();
       const wasReady = this.welcome !== undefined;
       this.welcome = undefined;
@@ -214,6 +222,35 @@ export class Transport {
     engine.on('heartbeat', onHeartbeat);
     this.watchdog = setTimeout(check, timeout);
     this.unwatchEngine = () => engine.off('heartbeat', onHeartbeat);
+  }
+
+  /**
+   * Renews the session over the open connection before it ends (a quarter
+   * of what is left, at most a minute, before `expiresAt`), so that an
+   * expiring token costs no disconnect. Only with an authToken function: a
+   * fixed token cannot be fresher. A refused renewal leaves the session to
+   * end as it would have (TOKEN_EXPIRED), and the reconnection asks for a
+   * token again.
+   */
+  private scheduleRenewal(expiresAt: number | null): void {
+    clearTimeout(this.renewTimer);
+    if (expiresAt === null || typeof this.options.authToken !== 'function' || !this.welcome) return;
+    // The server's time, on this device's clock.
+    const left = expiresAt - this.welcome.clockOffset - Date.now();
+    this.renewTimer = setTimeout(() => void this.renew(), Math.max(0, left - Math.min(left / 4, RENEW_AHEAD_MS)));
+  }
+
+  private async renew(): Promise<void> {
+    try {
+      const token = await this.resolveToken();
+      if (!token || !this.connected) return;
+      const { expiresAt } = await this.request<RenewReply>(MESSAGE.renew, { token }, renewAck);
+      this.logger.debug({ expiresAt }, 'session renewed');
+      this.scheduleRenewal(expiresAt);
+    } catch (error) {
+      const syncError = SyncError.from(error);
+      this.logger.warn({ code: syncError.code, reason: syncError.message }, 'the session could not be renewed; it ends when it expires');
+    }
   }
 
   private unwatchEngine?: () => void;
@@ -305,6 +342,7 @@ export class Transport {
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.welcomeTimer);
+    clearTimeout(this.renewTimer);
     this.unwatch();
     this.reconnectTimer = undefined;
     this.socket.disconnect();

@@ -24,20 +24,28 @@ export async function admit<User>(socket: Socket, authenticate: Authenticate<Use
   }
   const handshake = parseMessage(handshakeSchema, auth, 'handshake');
   if (!authenticate) return { handshake, user: {} as User };
+  return { handshake, ...(await authenticateToken(socket, handshake.token, authenticate, 'authentication failed')) };
+}
+
+/**
+ * Runs `authenticate` on a token, at the handshake or for a renewal of an
+ * open connection's session (`refused` opens the error's message).
+ */
+export async function authenticateToken<User>(socket: Socket, token: string | undefined, authenticate: Authenticate<User>, refused: string): Promise<{ user: User; expiresAt?: number }> {
   let answer: unknown;
   try {
-    answer = await authenticate(socket, handshake.token);
+    answer = await authenticate(socket, token);
   } catch (error) {
     if (error instanceof SyncError && (error.code === 'TOKEN_EXPIRED' || error.code === 'UNAUTHENTICATED')) throw error;
-    throw new SyncError('UNAUTHENTICATED', `authentication failed: ${SyncError.from(error).message}`);
+    throw new SyncError('UNAUTHENTICATED', `${refused}: ${SyncError.from(error).message}`);
   }
   const session = sessionOf<User>(answer);
-  if (!session.user) throw new SyncError('UNAUTHENTICATED', 'authentication failed: the token was not accepted');
+  if (!session.user) throw new SyncError('UNAUTHENTICATED', `${refused}: the token was not accepted`);
   // Compared with the time authenticate answered, not the time it was asked.
   if (session.expiresAt !== undefined && session.expiresAt <= Date.now()) {
     throw new SyncError('TOKEN_EXPIRED', 'the token has expired; fetch a fresh one', { expiresAt: session.expiresAt });
   }
-  return { handshake, ...session };
+  return session;
 }
 
 /**

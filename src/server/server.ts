@@ -3,8 +3,8 @@ import { Server } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { CLIENT_MESSAGES, MESSAGE, type Ack } from '../shared/protocol.js';
-import { admit, runAt } from './auth.js';
+import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol.js';
+import { admit, authenticateToken, runAt } from './auth.js';
 import {
   handlePull,
   handlePush,
@@ -241,6 +241,41 @@ export class SyncServer<User = unknown> {
     }
   }
 
+  /**
+   * A fresh token for an open connection's session, so that it goes on
+   * without a disconnect (and without the second or so offline a reconnect
+   * costs). The token must name the same user; a refusal counts as a failed
+   * login, and the session still ends when it was going to (TOKEN_EXPIRED).
+   */
+  private async renew(socket: SyncSocket<User>, raw: unknown): Promise<void> {
+    const { token } = parseMessage(renewMessageSchema, raw, 'renew message');
+    const authenticate = this.options.authenticate;
+    if (!authenticate) throw new SyncError('INVALID_MESSAGE', 'this server has no sessions to renew: it does not authenticate');
+    const address = socket.handshake.address;
+    try {
+      this.logins?.assertMayTry(socket.conn, address);
+    } catch (error) {
+      this.events.emit('login-failed', { address, limited: true });
+      throw error;
+    }
+    let session: { user: User; expiresAt?: number };
+    try {
+      session = await authenticateToken(socket, token, authenticate, 'renewal refused');
+      if (this.ownerKeyOf(session.user) !== this.ownerKeyOf(socket.data.user)) {
+        throw new SyncError('UNAUTHENTICATED', 'the renewal token names another user: a session stays with its user');
+      }
+    } catch (error) {
+      if (SyncError.from(error).code === 'UNAUTHENTICATED') {
+        this.events.emit('login-failed', { address, limited: false });
+        if (this.logins?.failed(socket.conn, address)) setImmediate(() => socket.conn.close());
+      }
+      throw error;
+    }
+    socket.data.user = session.user;
+    if (session.expiresAt === undefined) delete socket.data.expiresAt;
+    else socket.data.expiresAt = session.expiresAt;
+  }
+
   /** The handshake and `authenticate`, within the login limit. */
   private async authenticate(socket: SyncSocket<User>) {
     const address = socket.handshake.address;
@@ -313,22 +348,32 @@ export class SyncServer<User = unknown> {
         maxClockDrift: this.options.maxClockDrift === false ? null : this.options.maxClockDrift,
       },
       heartbeatInterval: this.options.heartbeatInterval,
+      expiresAt: socket.data.expiresAt ?? null,
     });
-    const handlers = {
-      [MESSAGE.subscribe]: handleSubscribe,
-      [MESSAGE.push]: handlePush,
-      [MESSAGE.pull]: handlePull,
-    } as Record<string, (ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown) => Promise<object>>;
-
-    if (socket.data.expiresAt !== undefined) {
+    // The session's end, moved by each renewal.
+    let cancelExpiry = () => {};
+    const armExpiry = () => {
+      cancelExpiry();
       const expiresAt = socket.data.expiresAt;
-      const cancel = runAt(expiresAt, () => {
+      if (expiresAt === undefined) return;
+      cancelExpiry = runAt(expiresAt, () => {
         log.info('session expired, disconnecting');
         socket.emit(MESSAGE.error, new SyncError('TOKEN_EXPIRED', 'the session has expired: reconnect with a fresh token', { expiresAt }).toWire());
         socket.disconnect(true);
       });
-      socket.once('disconnect', cancel);
-    }
+    };
+    armExpiry();
+    socket.once('disconnect', () => cancelExpiry());
+    const handlers = {
+      [MESSAGE.subscribe]: handleSubscribe,
+      [MESSAGE.push]: handlePush,
+      [MESSAGE.pull]: handlePull,
+      [MESSAGE.renew]: async (_ctx: ServerContext<User>, _socket: SyncSocket<User>, raw: unknown) => {
+        await this.renew(socket, raw);
+        armExpiry();
+        return { expiresAt: socket.data.expiresAt ?? null };
+      },
+    } as Record<string, (ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown) => Promise<object>>;
 
     // One listener for every message, so that unknown types, missing acks and limits are answered too.
     socket.onAny((event: string, ...args: unknown[]) => {

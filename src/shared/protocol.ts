@@ -31,9 +31,10 @@ export const MESSAGE = {
   live: 'sync:events',
   error: 'sync:error',
   welcome: 'sync:welcome',
+  renew: 'sync:renew',
 } as const;
 
-export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull]);
+export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull, MESSAGE.renew]);
 
 // ---- Identifiers: the one definition of each, for the server on input and the client on replies.
 // Each predicate below is what its schema checks (the schemas are built on them), and the quick checks
@@ -526,6 +527,13 @@ export type PullMessage = z.infer<typeof pullMessageSchema>;
 
 export const subscribeReplySchema = z.object({ collections: z.array(collectionNameSchema) });
 export type SubscribeReply = z.infer<typeof subscribeReplySchema>;
+
+/** A fresh token for the open connection's session, sent before the session expires. */
+export const renewMessageSchema = z.strictObject({ token: z.string().min(1).max(16_384) });
+export type RenewMessage = z.infer<typeof renewMessageSchema>;
+/** When the renewed session ends (ms since the epoch, server time); null: never. */
+export const renewReplySchema = z.object({ expiresAt: z.number().nullable() });
+export type RenewReply = z.infer<typeof renewReplySchema>;
 /** The answer to a push in protocol 2: one outcome per event, in order. */
 export const pushReplySchema = z.object({ results: z.array(pushOutcomeSchema) });
 export type PushReply = z.infer<typeof pushReplySchema>;
@@ -568,6 +576,8 @@ export const welcomeMessageSchema = z.object({
   }),
   /** How often the server pings, in ms: a client that hears nothing for much longer takes the link for dead. */
   heartbeatInterval: z.number().int().positive(),
+  /** When this connection's session ends (ms since the epoch, server time), unless renewed with sync:renew; null: never. */
+  expiresAt: z.number().nullable(),
 });
 export type WelcomeMessage = z.infer<typeof welcomeMessageSchema>;
 
@@ -575,6 +585,7 @@ export interface ClientToServerEvents {
   'sync:subscribe': (message: SubscribeMessage, ack: (reply: Ack<SubscribeReply>) => void) => void;
   'sync:push': (message: PushMessage | PushRowsMessage, ack: (reply: Ack<PushReply | PushReplyV1>) => void) => void;
   'sync:pull': (message: PullMessage, ack: (reply: Ack<WirePullReply | PullPage>) => void) => void;
+  'sync:renew': (message: RenewMessage, ack: (reply: Ack<RenewReply>) => void) => void;
 }
 
 export interface ServerToClientEvents {
