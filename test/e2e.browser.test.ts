@@ -33,7 +33,7 @@ describe.skipIf(!available)('todo app in Chromium', () => {
   beforeAll(async () => {
     outDir = mkdtempSync(join(tmpdir(), 'todo-app-'));
     await build({ root: appRoot, configFile: join(appRoot, 'vite.config.ts'), logLevel: 'warn', build: { outDir, emptyOutDir: true } });
-    server = await serve({ port: 0, host: '127.0.0.1', storage: { kind: 'memory' }, logLevel: 'silent', staticDir: outDir });
+    server = await startSyncServer(0);
     browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -46,6 +46,11 @@ describe.skipIf(!available)('todo app in Chromium', () => {
     await server?.close();
     if (outDir) rmSync(outDir, { recursive: true, force: true });
   });
+
+  /** The sync server, durable (SQLite in the build's folder) so that a restart keeps what it stored. */
+  function startSyncServer(port: number): Promise<RunningServer> {
+    return serve({ port, host: '127.0.0.1', storage: { kind: 'sqlite', path: join(outDir, 'sync.db') }, logLevel: 'silent', staticDir: outDir });
+  }
 
   /** A new browser context: its own cookies, storage and IndexedDB, like a second device. */
   async function openDevice(): Promise<Page> {
@@ -127,5 +132,35 @@ describe.skipIf(!available)('todo app in Chromium', () => {
     mkdirSync(screenshots, { recursive: true });
     await alice.screenshot({ path: join(screenshots, 'e2e-alice.png') });
     await bob.screenshot({ path: join(screenshots, 'e2e-bob.png') });
+  }, 60_000);
+
+  const afterOffline = ['Buy oat milk (Alice, offline)', 'Call the harbour master at 9', 'Added offline'];
+
+  it('shows a network cut at once, and syncs what was written meanwhile as soon as the network is back', async () => {
+    await expect.poll(() => connection(alice).getAttribute('data-state'), { timeout: 15_000 }).toBe('online');
+    await alice.context().setOffline(true);
+    // The browser's offline event: no waiting for a heartbeat (the watchdog would take 5 s).
+    await expect.poll(() => connection(alice).getAttribute('data-state'), { timeout: 5000 }).not.toBe('online');
+    await add(alice, 'Written in the tunnel');
+    await expect.poll(() => alice.getByTestId('pending').textContent()).toBe('1');
+
+    await alice.context().setOffline(false);
+    await waitForTitles(bob, [...afterOffline, 'Written in the tunnel']);
+    await expect.poll(() => alice.getByTestId('pending').textContent(), { timeout: 15_000 }).toBe('0');
+    await expect.poll(() => connection(alice).getAttribute('data-state')).toBe('online');
+  }, 60_000);
+
+  it('comes back on its own when the server is killed and started again, with what was written meanwhile', async () => {
+    const port = server.port;
+    await server.close();
+    await expect.poll(() => connection(alice).getAttribute('data-state'), { timeout: 10_000 }).not.toBe('online');
+    await add(alice, 'Written while the server was down');
+    await expect.poll(() => alice.getByTestId('pending').textContent()).toBe('1');
+
+    server = await startSyncServer(port);
+    // Backoff is capped at 2 s: both devices are back soon after the server is.
+    await waitForTitles(bob, [...afterOffline, 'Written in the tunnel', 'Written while the server was down']);
+    await expect.poll(() => alice.getByTestId('pending').textContent(), { timeout: 15_000 }).toBe('0');
+    await expect.poll(() => connection(bob).getAttribute('data-state')).toBe('online');
   }, 60_000);
 });
