@@ -351,4 +351,39 @@ describe('the live fan-out', () => {
     }
     expect(await live).toMatchObject({ events: [expect.objectContaining({ documentId: 'gated' })] });
   });
+
+  it('pushes that come together go out together: one message per reader, each writer gets the others\' events only', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let held = true;
+    server = await startServer({
+      // The first fan-out waits on the gate; the pushes that come meanwhile gather behind it.
+      authorize: async (_user: unknown, _collection: string, operation: string) => {
+        if (operation === 'read' && held) await gate;
+        return true;
+      },
+    });
+    const subscribed = async () => {
+      const { socket } = await connect();
+      expect((await request(socket, MESSAGE.subscribe, { collections: ['todos'] })).ok).toBe(true);
+      const messages: { documentId: string }[][] = [];
+      socket.on(MESSAGE.live, (message: { events: { documentId: string }[] }) => messages.push(message.events));
+      return { socket, messages };
+    };
+    const reader = await subscribed();
+    const a = await subscribed();
+    const b = await subscribed();
+    const push = (socket: Socket, id: string) => request(socket, MESSAGE.push, toPushRows([rawEvent({ documentId: id })], 'w'));
+    await push(a.socket, 'first');
+    // While the first fan-out is held: two writers, three pushes.
+    await Promise.all([push(a.socket, 'a-1'), push(b.socket, 'b-1'), push(a.socket, 'a-2')]);
+    held = false;
+    open();
+    const ids = (messages: { documentId: string }[][]) => messages.map((events) => events.map((event) => event.documentId).sort());
+    await waitFor(() => reader.messages.length === 2, 'the reader to get two messages');
+    expect(ids(reader.messages)).toEqual([['first'], ['a-1', 'a-2', 'b-1']]);
+    await waitFor(() => a.messages.length === 1 && b.messages.length === 2, 'the writers to get the others\' events');
+    expect(ids(a.messages)).toEqual([['b-1']]);
+    expect(ids(b.messages)).toEqual([['first'], ['a-1', 'a-2']]);
+  });
 });

@@ -89,8 +89,12 @@ export interface ServerContext<User = unknown> {
   stats: ServerStats;
   redactor: Redactor;
   emit: <K extends keyof ServerEvents>(event: K, ...args: ServerEvents[K]) => void;
-  /** Runs a live fan-out after those queued before it (server-wide, so that live messages keep push order). */
-  fanOut: (task: () => Promise<void>) => void;
+  /**
+   * Hands accepted events to the live fan-out, which runs after the push is
+   * acknowledged: server-wide, in push order, the pushes of one turn of the
+   * event loop together.
+   */
+  fanOut: (push: LivePush<User>) => void;
 }
 
 export const roomOf = (collection: string) => `collection:${collection}`;
@@ -267,7 +271,11 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   ctx.stats.conflicts += counts.conflicts;
   ctx.stats.rejected += counts.rejected;
   // Acknowledged once durable: the fan-out to other readers follows, in push order, without the writer waiting for it.
-  if (accepted.length > 0) ctx.fanOut(() => broadcast(ctx, socket, accepted, acceptedSeqs));
+  if (accepted.length > 0) {
+    // Only for the type: a live message leaves serverTime out (toRemoteEvent).
+    const serverTime = Date.now();
+    ctx.fanOut({ ctx, sender: socket, events: accepted.map((event, i): StoredEvent => Object.assign({}, event, { seq: acceptedSeqs[i]!, serverTime })) });
+  }
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
 }
@@ -336,38 +344,68 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
 }
 
+/** Accepted events of one push, on their way to the other readers. */
+export interface LivePush<User = unknown> {
+  ctx: ServerContext<User>;
+  sender: SyncSocket<User>;
+  events: StoredEvent[];
+}
+
 /**
- * False when no socket but the sender is in the room: then a live message
+ * False when no socket but the senders is in the room: then a live message
  * need not be built (for a push of thousands of events, its encoding is a
  * good part of the push). Only with socket.io's own in-memory adapter,
  * however it was set: any other adapter may carry the message to readers on
  * other server instances, which this one cannot see.
  */
-function othersMayListen(sender: SyncSocket<any>, room: string): boolean {
-  const adapter = sender.nsp.adapter;
+function othersMayListen(senders: readonly SyncSocket<any>[], room: string): boolean {
+  const adapter = senders[0]!.nsp.adapter;
   if (Object.getPrototypeOf(adapter) !== Adapter.prototype) return true;
   const members = adapter.rooms.get(room);
-  return members !== undefined && (members.size > 1 || !members.has(sender.id));
+  if (!members) return false;
+  if (senders.length > 1) return true;
+  return members.size > 1 || !members.has(senders[0]!.id);
 }
 
-/** Sends accepted events (stored at `seqs`) to every other socket subscribed to their collection, on every server instance. */
-async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User>, accepted: readonly IncomingEvent[], seqs: readonly number[]): Promise<void> {
-  const byCollection = new Map<string, number[]>();
-  for (let i = 0; i < accepted.length; i++) {
-    const list = byCollection.get(accepted[i]!.collection);
-    if (list) list.push(i);
-    else byCollection.set(accepted[i]!.collection, [i]);
+/**
+ * Sends the accepted events of `pushes` (those of one turn, or those that
+ * came while the fan-out before was busy) to every socket subscribed to
+ * their collection, on every server instance, as one message per socket
+ * and collection: the frame and the write are paid per socket per batch,
+ * not per socket per push. A sender gets the others' events, not its own.
+ */
+export async function broadcast<User>(pushes: readonly LivePush<User>[]): Promise<void> {
+  const ctx = pushes[0]!.ctx;
+  const byCollection = new Map<string, { events: StoredEvent[]; from: string[]; senders: Map<string, SyncSocket<User>> }>();
+  for (const { sender, events } of pushes) {
+    for (const event of events) {
+      let group = byCollection.get(event.collection);
+      if (!group) byCollection.set(event.collection, (group = { events: [], from: [], senders: new Map() }));
+      group.events.push(event);
+      group.from.push(sender.id);
+      group.senders.set(sender.id, sender);
+    }
   }
-  // Only for the type: a live message leaves serverTime out (toRemoteEvent).
-  const serverTime = Date.now();
-  for (const [collection, indexes] of byCollection) {
-    if (!othersMayListen(sender, roomOf(collection))) continue;
-    const list = indexes.map((i): StoredEvent => Object.assign({}, accepted[i]!, { seq: seqs[i]!, serverTime }));
+  for (const [collection, group] of byCollection) {
+    const room = roomOf(collection);
+    const senders = [...group.senders.values()];
+    if (!othersMayListen(senders, room)) continue;
+    // Pushes served in turn commit in turn, but several writers' batches may interleave: in sequence order.
+    const order = group.events.map((_, i) => i).sort((a, b) => group.events[a]!.seq - group.events[b]!.seq);
+    const events = order.map((i) => group.events[i]!);
+    const from = order.map((i) => group.from[i]!);
+    const excluded = senders.map((sender) => sender.id);
+    // What a sender subscribed to the collection gets: the other senders' events.
+    const othersFor = (sender: SyncSocket<User>) => (senders.length > 1 && sender.rooms.has(room) ? events.filter((_, i) => from[i] !== sender.id) : []);
     if (!ctx.authorize && !ctx.authorizeRead) {
-      sender.to(roomOf(collection)).emit(MESSAGE.live, { events: ctx.redactor.events(list).map(toRemoteEvent) });
+      ctx.io.to(room).except(excluded).emit(MESSAGE.live, { events: ctx.redactor.events(events).map(toRemoteEvent) });
+      for (const sender of senders) {
+        const others = othersFor(sender);
+        if (others.length > 0) sender.emit(MESSAGE.live, { events: ctx.redactor.events(others).map(toRemoteEvent) });
+      }
       continue;
     }
-    const sockets = await ctx.io.in(roomOf(collection)).fetchSockets();
+    const sockets = await ctx.io.in(room).fetchSockets();
     const slices = fanoutSlices();
     // Readers that may see the same events (users of one tenant, say) share one message, encoded once
     // per chunk of sockets; gathered by those events, sent when a slice ends.
@@ -375,8 +413,8 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
     const flush = async () => {
       const ready = [...audiences.values()];
       audiences.clear();
-      for (const { events, readers } of ready) {
-        const message = { events: events.map(toRemoteEvent) };
+      for (const { events: visible, readers } of ready) {
+        const message = { events: visible.map(toRemoteEvent) };
         // Writing one message to a thousand sockets holds the event loop as long as a thousand checks: in chunks too.
         for (let i = 0; i < readers.length; i += FANOUT_CHUNK) {
           ctx.io.to(readers.slice(i, i + FANOUT_CHUNK)).emit(MESSAGE.live, message);
@@ -384,12 +422,12 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
         }
       }
     };
-    for (const readers of readersByUser(ctx, sockets, sender.id)) {
+    for (const readers of readersByUser(ctx, sockets, new Set(excluded))) {
       // Undecided access leaves these readers without the live message: their next pull brings the events.
-      const visible = await readable(ctx, readers[0]!.data.user, list).catch(() => []);
+      const visible = await readable(ctx, readers[0]!.data.user, events).catch(() => []);
       if (visible.length > 0) {
         // Redaction is the same for every reader, so the sequences say which events, and how, a message holds.
-        const key = visible.length === list.length ? '' : visible.map((event) => event.seq).join(' ');
+        const key = visible.length === events.length ? '' : visible.map((event) => event.seq).join(' ');
         const audience = audiences.get(key);
         if (audience) audience.readers.push(...readers.map((reader) => reader.id));
         else audiences.set(key, { events: visible, readers: readers.map((reader) => reader.id) });
@@ -401,6 +439,12 @@ async function broadcast<User>(ctx: ServerContext<User>, sender: SyncSocket<User
       }
     }
     await flush();
+    for (const sender of senders) {
+      const others = othersFor(sender);
+      if (others.length === 0) continue;
+      const visible = await readable(ctx, sender.data.user, others).catch(() => []);
+      if (visible.length > 0) sender.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
+    }
   }
 }
 
@@ -430,12 +474,12 @@ type Reader<User> = Pick<RemoteSocket<ServerToClientEvents, SocketData<User>>, '
  * other rights under the same key (one opened before a role change) is
  * checked on its own. A socket whose user has no key is a group of its own.
  */
-function readersByUser<User, R extends Reader<User>>(ctx: ServerContext<User>, sockets: readonly R[], senderId: string): R[][] {
+function readersByUser<User, R extends Reader<User>>(ctx: ServerContext<User>, sockets: readonly R[], excluded: ReadonlySet<string>): R[][] {
   const keyOf = ctx.options.userKey ?? defaultUserKey;
   const byKey = new Map<string, R[][]>();
   const groups: R[][] = [];
   for (const socket of sockets) {
-    if (socket.id === senderId) continue;
+    if (excluded.has(socket.id)) continue;
     // Set at the handshake when per-user limits are on; else asked here.
     let key = socket.data.userKey;
     if (key === undefined) {

@@ -6,9 +6,11 @@ import { createLogger, type Logger } from '../shared/logger.js';
 import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol.js';
 import { admit, authenticateToken, runAt } from './auth.js';
 import {
+  broadcast,
   handlePull,
   handlePush,
   handleSubscribe,
+  type LivePush,
   type ServerContext,
   type ServerEvents,
   type ServerStats,
@@ -63,6 +65,9 @@ export class SyncServer<User = unknown> {
   private sweepTimer?: ReturnType<typeof setInterval>;
   /** The live fan-outs, one after another; pushes are acknowledged without waiting for theirs. */
   private fanOuts: Promise<void> = Promise.resolve();
+  /** Accepted pushes waiting for the next fan-out. */
+  private livePushes: LivePush<User>[] = [];
+  private liveScheduled = false;
   private warnedNoUserKey = false;
   /** Client ids whose owner this instance checked: id → user key. */
   private readonly claims = new Map<string, string>();
@@ -242,6 +247,28 @@ export class SyncServer<User = unknown> {
   }
 
   /**
+   * Queues a push's accepted events for the live fan-out. The fan-out runs
+   * at the end of the turn (pushes served in the same turn go out together),
+   * or after the one still running, which meanwhile gathers what comes: under
+   * a stream of writes a subscriber gets a message per batch, not per write.
+   */
+  private fanOut(push: LivePush<User>): void {
+    this.livePushes.push(push);
+    if (this.liveScheduled) return;
+    this.liveScheduled = true;
+    setImmediate(() => {
+      this.fanOuts = this.fanOuts
+        .then(() => {
+          this.liveScheduled = false;
+          const batch = this.livePushes;
+          this.livePushes = [];
+          return broadcast(batch);
+        })
+        .catch((error: unknown) => this.logger.error({ err: error }, 'live fan-out failed'));
+    });
+  }
+
+  /**
    * A fresh token for an open connection's session, so that it goes on
    * without a disconnect (and without the second or so offline a reconnect
    * costs). The token must name the same user; a refusal counts as a failed
@@ -320,9 +347,7 @@ export class SyncServer<User = unknown> {
       ...(this.options.authorize ? { authorize: this.options.authorize } : {}),
       ...(this.options.authorizeRead ? { authorizeRead: this.options.authorizeRead } : {}),
       emit: (event, ...args) => this.events.emit(event, ...(args as never)),
-      fanOut: (task) => {
-        this.fanOuts = this.fanOuts.then(task).catch((error: unknown) => this.logger.error({ err: error }, 'live fan-out failed'));
-      },
+      fanOut: (push) => this.fanOut(push),
     };
     const log = this.logger.child({ socket: socket.id, clientId: socket.data.clientId });
     log.debug('client connected');
