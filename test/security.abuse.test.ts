@@ -183,6 +183,31 @@ describe('floods from one socket', () => {
   });
 });
 
+describe('admission', () => {
+  const refusal = (auth: Record<string, unknown> = {}) => connect(auth).then(() => undefined, (error: Error & { data?: unknown }) => error.data);
+
+  it('maxConnections: past it a handshake is refused SERVER_BUSY with a time to come back; a freed slot admits again', async () => {
+    server = await startServer({ maxConnections: 2 });
+    const { socket: first } = await connect();
+    await connect();
+    expect(await refusal()).toMatchObject({ code: 'SERVER_BUSY', details: { reason: 'connections', retryAfterMs: expect.any(Number) } });
+    first.close();
+    await waitFor(() => server!.server.getClientsCount() === 1, 'the closed connection to be gone');
+    const client = await startClient(server.url);
+    clients.push(client);
+    await waitFor(() => client.sync.getStatus().connected, 'the real client to be admitted');
+  });
+
+  it('maxHandshakesPerSecond: the excess of a storm is refused SERVER_BUSY, told to come back spread over the backlog', async () => {
+    server = await startServer({ maxHandshakesPerSecond: 3 });
+    const results = await Promise.all(Array.from({ length: 9 }, () => refusal()));
+    const refused = results.filter((result): result is { code: string; details: { retryAfterMs: number } } => result !== undefined);
+    // Three admitted in this second (or a few more, if the storm straddled two seconds).
+    expect(refused.length).toBeGreaterThanOrEqual(3);
+    expect(refused.every((result) => result.code === 'SERVER_BUSY' && result.details.retryAfterMs > 0)).toBe(true);
+  });
+});
+
 describe('failed logins', () => {
   const authenticate = (_socket: unknown, token: string | undefined) => (token === 'right' ? { id: 'alice' } : null);
 

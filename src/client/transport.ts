@@ -71,6 +71,8 @@ const renewAck = ackSchema(renewReplySchema);
 export const STABLE_CONNECTION_MS = 10_000;
 /** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
 const FRAMING_BYTES = 64;
+/** The longest wait a server's retryAfterMs may impose on reconnecting. */
+const MAX_RETRY_AFTER_MS = 60_000;
 /** A session is renewed at most this long before it ends. */
 const RENEW_AHEAD_MS = 60_000;
 /** The most heartbeatTimeout grows, as a multiple, after it cut requests short. */
@@ -169,7 +171,9 @@ export class Transport {
       for (const waiter of this.waiters) waiter.reject(syncError);
       this.waiters.clear();
       this.events.onConnectError(syncError);
-      if (this.wanted) this.scheduleReconnect();
+      // A busy server says when to come back (spread over its backlog): not sooner.
+      const retryAfterMs = (syncError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
+      if (this.wanted) this.scheduleReconnect(typeof retryAfterMs === 'number' && retryAfterMs > 0 ? Math.min(retryAfterMs, MAX_RETRY_AFTER_MS) : 0);
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
@@ -466,10 +470,10 @@ export class Transport {
   }
 
   /** The one way back after a drop or a refusal: jittered, growing with each attempt, capped at retry.maxDelay. */
-  private scheduleReconnect(): void {
+  private scheduleReconnect(notBefore = 0): void {
     if (this.reconnectTimer !== undefined) return;
     const { retryDelay, maxDelay, useExponentialBackoff } = this.options.retry;
-    const delay = backoffDelay(this.attempts, { base: retryDelay, max: maxDelay, exponential: useExponentialBackoff });
+    const delay = Math.max(notBefore, backoffDelay(this.attempts, { base: retryDelay, max: maxDelay, exponential: useExponentialBackoff }));
     this.attempts++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;

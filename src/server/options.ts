@@ -177,6 +177,15 @@ export const serverOptionsSchema = z.strictObject({
   maxUnsentBytes: z.number().int().positive().default(32 * 1024 * 1024),
   /** Connections one user may hold at once on this server instance; more are refused with TOO_MANY_CONNECTIONS. */
   maxConnectionsPerUser: z.number().int().positive().optional(),
+  /** Connections this server instance holds at most; more are refused with SERVER_BUSY (a load balancer's next attempt may find another instance). */
+  maxConnections: z.number().int().positive().optional(),
+  /**
+   * Handshakes this instance takes per second; the excess is refused with
+   * SERVER_BUSY and a retryAfterMs spread over the backlog, so a reconnect
+   * storm after a restart comes back in waves the server can serve instead
+   * of timing out all at once. `false` turns it off.
+   */
+  maxHandshakesPerSecond: z.union([z.literal(false), z.number().int().positive()]).default(1000),
   /** Names a user for per-user limits (default: a string or number user itself, or an object user's `id`). */
   userKey: fn('userKey').optional(),
   /** Top-level fields stripped from every document before it leaves the server: for all collections, or per collection. */

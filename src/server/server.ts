@@ -68,6 +68,8 @@ export class SyncServer<User = unknown> {
   /** Accepted pushes waiting for the next fan-out. */
   private livePushes: LivePush<User>[] = [];
   private liveScheduled = false;
+  /** Handshakes begun and refused in the current second (admission control). */
+  private handshakes = { second: 0, begun: 0, refused: 0 };
   private warnedNoUserKey = false;
   /** Client ids whose owner this instance checked: id → user key. */
   private readonly claims = new Map<string, string>();
@@ -180,6 +182,7 @@ export class SyncServer<User = unknown> {
   private async admit(socket: SyncSocket<User>): Promise<void> {
     if (!this.ready) throw new SyncError('INTERNAL', 'sync server is not started: call start()');
     await this.ready;
+    this.admitNow();
     const { handshake, user, expiresAt } = await this.authenticate(socket);
     const userKey = this.userKeyOf(user);
     if (this.options.authenticate) await this.claimClient(handshake.clientId, user);
@@ -244,6 +247,31 @@ export class SyncServer<User = unknown> {
     } catch (error) {
       throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
     }
+  }
+
+  /**
+   * Admission control, before any work is spent on a handshake: at most
+   * maxConnections held, and at most maxHandshakesPerSecond begun. A refusal
+   * names when to come back: the rest of this second, plus a random share
+   * of as many seconds as the refusals so far would fill, so that 10,000
+   * clients refused together come back spread out, not in one wave again.
+   */
+  private admitNow(now = Date.now()): void {
+    const { maxConnections, maxHandshakesPerSecond } = this.options;
+    const second = Math.floor(now / 1000);
+    if (second !== this.handshakes.second) this.handshakes = { second, begun: 0, refused: 0 };
+    const busy = (reason: 'connections' | 'handshakes', message: string): never => {
+      const backlog = Math.ceil(++this.handshakes.refused / (typeof maxHandshakesPerSecond === 'number' ? maxHandshakesPerSecond : 1000));
+      const retryAfterMs = (second + 1) * 1000 - now + Math.floor(Math.random() * backlog * 1000);
+      throw new SyncError('SERVER_BUSY', message, { reason, retryAfterMs });
+    };
+    if (maxConnections !== undefined && this.io.of('/').sockets.size >= maxConnections) {
+      busy('connections', `this server instance holds its maximum of ${maxConnections} connections (maxConnections): try again later`);
+    }
+    if (maxHandshakesPerSecond !== false && this.handshakes.begun >= maxHandshakesPerSecond) {
+      busy('handshakes', `this server instance takes ${maxHandshakesPerSecond} handshakes a second (maxHandshakesPerSecond): try again later`);
+    }
+    this.handshakes.begun++;
   }
 
   /**

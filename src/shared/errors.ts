@@ -15,6 +15,8 @@ export const ERROR_CODES = [
   'TOO_MANY_EVENTS',
   'RATE_LIMITED',
   'TOO_MANY_CONNECTIONS',
+  /** This server instance takes no more connections now (maxConnections, or too many handshakes this second): come back after `retryAfterMs`, perhaps to another instance. */
+  'SERVER_BUSY',
   /** The connection sent more than the server serves (a flood): it is disconnected. */
   'TOO_MANY_REQUESTS',
   /** The connection did not read its replies and they passed the server's bound: it is disconnected. */
