@@ -4,7 +4,7 @@
  * with documents is the Replicator's job.
  */
 import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
-import { BehaviorSubject, type Observable, type Subscription } from 'rxjs';
+import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
@@ -22,11 +22,19 @@ import {
 } from './replicator.js';
 import { PAGE_SIZE } from './pending-log.js';
 import { SerialQueue } from './serial-queue.js';
+import { isNewerSwitch, StoredSettings, type SyncSwitch } from './settings.js';
 import { strategyFor } from './strategies/index.js';
 import type { Strategy } from './strategies/types.js';
+import { LEADS_HERE, shownStatus, TabLink } from './tabs.js';
 import { Transport, type Welcome } from './transport.js';
 
+/**
+ * What getStatus() and status$ show. In a tab that is not the leader, every
+ * field but `leader` and `enabled` is the leading tab's, as it published it
+ * (this tab's own while no other tab is known to lead).
+ */
 export interface SyncStatus {
+  /** The switch (enable() / disable()); in a multi-instance database the database's, set in any tab. */
   enabled: boolean;
   connected: boolean;
   /** False in a tab that is not the elected leader: another tab of the same database syncs. */
@@ -48,9 +56,13 @@ export interface SyncResult {
 
 /** After live events arrive that leave a gap after a checkpoint, a pull follows this soon to close it (see moveCheckpointsThroughHeld). */
 const LIVE_PULL_DELAY = 100;
-/** How long syncNow() waits for this tab to win leadership before saying another tab syncs. */
+/** How long syncNow() waits for this tab to win leadership before asking another tab, which may lead, to sync. */
 const LEADERSHIP_WAIT = 3000;
 const LEADERSHIP_POLL = 100;
+/** How long syncNow() in a tab that does not lead waits for the leading tab to take the request. */
+const LEADER_ANSWER_WAIT = 3000;
+/** Said by whenLeading() when another tab of the database leads. */
+const ANOTHER_TAB = 'another-tab';
 
 /** A wait that does not keep Node running once the app is done. */
 function sleep(ms: number): Promise<void> {
@@ -72,6 +84,14 @@ export class SyncEngine {
   private readonly subscriptions = new Map<string, Subscription>();
   private readonly strategies = new Map<string, Strategy>();
   private meta?: MetaStore;
+  /** The switch and the last sync time, as kept in the plugin's storage. */
+  private settings?: StoredSettings;
+  /** The latest switch this tab set or heard of (multi-instance databases only). */
+  private syncSwitch?: SyncSwitch;
+  /** The other tabs of a multi-instance database. */
+  private tabs?: TabLink;
+  /** What this tab shows (see SyncStatus); status$ is its own. */
+  private shown?: BehaviorSubject<SyncStatus>;
   /** Whether the plugin's state document existed when this engine started. */
   private stateStored = false;
   /**
@@ -134,6 +154,11 @@ export class SyncEngine {
     return this.status$.value;
   }
 
+  /** What getStatus() and status$ show: this tab's own status, or in a tab that does not lead the leader's. */
+  get shown$(): BehaviorSubject<SyncStatus> {
+    return this.shown ?? this.status$;
+  }
+
   get conflicts$(): Observable<StoredConflict[]> {
     return this.requireReplicator().conflicts$;
   }
@@ -145,6 +170,16 @@ export class SyncEngine {
   /** Opens the plugin's storage and, once this tab leads, starts logging and syncing. */
   async start(): Promise<void> {
     this.meta = await MetaStore.open(this.db);
+    this.settings = new StoredSettings(this.meta, (error) => this.fail(error));
+    // Listening before the switch is read: one set meanwhile arrives as a message.
+    if (this.db.multiInstance) this.openTabs();
+    const stored = await this.settings.read();
+    if (stored.syncSwitch && this.db.multiInstance) this.takeSwitch(stored.syncSwitch);
+    if (stored.lastSyncTime !== null) this.updateStatus({ lastSyncTime: stored.lastSyncTime });
+    // The leader keeps the time of each sync, for a reload and for the tab that leads next.
+    this.status$.pipe(map((status) => status.lastSyncTime), distinctUntilChanged()).subscribe((at) => {
+      if (at !== null && this.status.leader) this.settings?.noteSynced(at);
+    });
     // A store of an earlier release is copied by the tab that leads (see lead()); a single one leads now.
     if (!this.db.multiInstance) await this.meta.upgrade();
     this.replicator = new Replicator(this.db, this.meta, (name) => this.strategyFor(name), this.logger);
@@ -158,8 +193,26 @@ export class SyncEngine {
     if (!this.db.multiInstance) await this.ready;
   }
 
+  /** The tabs of a multi-instance database: the leader publishes its status, the others show it. */
+  private openTabs(): void {
+    const tabs = new TabLink(this.db, {
+      leads: () => !this.closed && this.db.leaderElector().isLeader,
+      onSwitch: (value) => this.takeSwitch(value),
+      sync: () => this.syncNow(),
+    }, this.logger);
+    const shown = new BehaviorSubject<SyncStatus>(this.status);
+    this.tabs = tabs;
+    this.shown = shown;
+    combineLatest([this.status$, tabs.leader$]).subscribe(([own, leader]) => {
+      tabs.publish(own);
+      const next = shownStatus(own, leader);
+      if ((Object.keys(next) as (keyof SyncStatus)[]).some((key) => next[key] !== shown.value[key])) shown.next(next);
+    });
+  }
+
   private async lead(): Promise<void> {
     if (this.closed) return;
+    this.tabs?.onElected();
     if (this.db.multiInstance) await this.prepareUntilDone();
     else await this.prepare();
     if (this.closed) return;
@@ -191,6 +244,12 @@ export class SyncEngine {
     if (!stored) await this.meta!.write([replicator.stateWrite()]);
     const repairs = replicator.pending.repairs();
     if (repairs.length > 0) await this.meta!.write(repairs);
+    if (this.db.multiInstance) {
+      // As another tab set it, and as the tab that led before synced last.
+      const settings = await this.settings!.read();
+      if (settings.syncSwitch) this.takeSwitch(settings.syncSwitch);
+      if (settings.lastSyncTime !== null && settings.lastSyncTime > (this.status.lastSyncTime ?? 0)) this.updateStatus({ lastSyncTime: settings.lastSyncTime });
+    }
   }
 
   /**
@@ -217,7 +276,14 @@ export class SyncEngine {
   async syncNow(): Promise<SyncResult> {
     if (this.closed) return { success: false, error: new SyncError('CLOSED', 'the database is closed'), syncedEvents: 0 };
     if (!this.status.enabled) return { success: false, error: new SyncError('DISABLED', 'sync is disabled: call enable() first'), syncedEvents: 0 };
-    const notLeading = await this.whenLeading();
+    let notLeading = await this.whenLeading();
+    // Another tab leads and syncs for the database: it is asked to, and its result is this call's.
+    while (notLeading === ANOTHER_TAB) {
+      // Only a multi-instance database, which has its tabs, has another tab.
+      const answer = await this.tabs!.askToSync(LEADER_ANSWER_WAIT);
+      if (answer !== LEADS_HERE) return answer;
+      notLeading = await this.whenLeading();
+    }
     if (notLeading) return { success: false, error: notLeading, syncedEvents: 0 };
     // Elected and prepared: the rest of lead() (watching, the transport) follows at once.
     if (!this.transport) await this.ready;
@@ -241,16 +307,50 @@ export class SyncEngine {
   }
 
   enable(): void {
-    if (this.status.enabled || this.closed) return;
-    this.updateStatus({ enabled: true, error: this.standingError() });
-    if (this.options.autoSync && this.transport) this.goOnline();
+    this.setSwitch(true);
   }
 
   /** Stops all traffic: disconnects, stops timers. Local writes are still logged. */
   disable(): void {
-    if (!this.status.enabled) return;
-    this.updateStatus({ enabled: false });
-    this.goOffline();
+    this.setSwitch(false);
+  }
+
+  /**
+   * In a multi-instance database the switch is the database's: whichever
+   * tab sets it, the leader obeys at once (it is sent to every tab), and a
+   * reload or a tab elected later obeys it too (it is stored). A single
+   * instance's switch lasts as long as the instance.
+   */
+  private setSwitch(enabled: boolean): void {
+    const tabs = this.tabs;
+    if (tabs && this.settings && !this.closed) {
+      // Later than any switch this tab has seen, also within one millisecond.
+      const value: SyncSwitch = { enabled, at: Math.max(Date.now(), (this.syncSwitch?.at ?? 0) + 1), by: this.db.token };
+      this.syncSwitch = value;
+      tabs.sendSwitch(value);
+      // Sent again once stored: a tab that opened meanwhile may have read the storage before the write.
+      void this.settings.saveSwitch(value).then(() => tabs.sendSwitch(value), (error: unknown) => this.fail(error));
+    }
+    this.applySwitch(enabled);
+  }
+
+  /** A switch another tab set, or the stored one: obeyed when it is the latest this tab knows. */
+  private takeSwitch(value: SyncSwitch): void {
+    if (!isNewerSwitch(this.syncSwitch, value)) return;
+    this.syncSwitch = value;
+    this.applySwitch(value.enabled);
+  }
+
+  private applySwitch(enabled: boolean): void {
+    if (enabled) {
+      if (this.status.enabled || this.closed) return;
+      this.updateStatus({ enabled: true, error: this.standingError() });
+      if (this.options.autoSync && this.transport) this.goOnline();
+    } else {
+      if (!this.status.enabled) return;
+      this.updateStatus({ enabled: false });
+      this.goOffline();
+    }
   }
 
   async clearPendingEvents(): Promise<number> {
@@ -311,8 +411,11 @@ export class SyncEngine {
     this.subscriptions.clear();
     await this.running?.catch(() => undefined);
     await this.queue.idle();
+    await this.tabs?.close();
+    await this.settings?.flush();
     await this.meta?.close();
     this.status$.complete();
+    this.shown?.complete();
   }
 
   // ---- local changes -------------------------------------------------------------
@@ -814,20 +917,20 @@ export class SyncEngine {
   }
 
   /**
-   * Undefined once this tab leads and has prepared its storage; otherwise
-   * why not. A tab still being elected is waited for (LEADERSHIP_WAIT at
-   * most), and so is the elected tab while it prepares (a first copy of an
-   * earlier release's store takes a while), unless it has reported that
-   * preparing failed.
+   * Undefined once this tab leads and has prepared its storage; ANOTHER_TAB
+   * when another tab leads; otherwise why not. A tab still being elected is
+   * waited for (LEADERSHIP_WAIT at most), and so is the elected tab while it
+   * prepares (a first copy of an earlier release's store takes a while),
+   * unless it has reported that preparing failed.
    */
-  private async whenLeading(): Promise<SyncError | undefined> {
+  private async whenLeading(): Promise<SyncError | typeof ANOTHER_TAB | undefined> {
     const elector = this.db.multiInstance ? this.db.leaderElector() : undefined;
     for (let waited = 0; !this.status.leader; waited += LEADERSHIP_POLL) {
       if (this.closed) return new SyncError('CLOSED', 'the database is closed');
       if (elector?.isLeader) {
         if (this.status.error) return this.status.error;
       } else if (waited >= LEADERSHIP_WAIT || (elector && (await elector.hasLeader()))) {
-        return new SyncError('DISABLED', 'another tab of this database is the leader and syncs for it');
+        return ANOTHER_TAB;
       }
       await Promise.race([this.ready, sleep(LEADERSHIP_POLL)]);
     }
@@ -841,7 +944,7 @@ export class SyncEngine {
    */
   private async requireLeader(action: string): Promise<void> {
     const notLeading = await this.whenLeading();
-    if (notLeading?.code === 'DISABLED') {
+    if (notLeading === ANOTHER_TAB) {
       throw new SyncError('DISABLED', `${action}() changes the sync log, which only the leading tab keeps: another tab of this database leads; call it there (getStatus().leader)`);
     }
     if (notLeading) throw notLeading;

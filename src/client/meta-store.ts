@@ -20,7 +20,12 @@ import {
 } from 'rxdb';
 import { SyncError } from '../shared/errors.js';
 
-export type MetaKind = 'state' | 'pending' | 'shadow' | 'acked' | 'conflict' | 'rejected';
+/**
+ * `setting`: what the tabs of a database share besides the log (see
+ * settings.ts). No earlier release wrote one, so upgrade() neither copies
+ * nor drops them (they are not in KINDS).
+ */
+export type MetaKind = 'state' | 'pending' | 'shadow' | 'acked' | 'conflict' | 'rejected' | 'setting';
 
 interface MetaDoc {
   /** The id, or for an id longer than MAX_STORED_ID, `#` and its SHA-256 (see storedId). */

@@ -10,9 +10,12 @@ export const SYNC_PLUGIN_NAME = 'sync';
 
 /** What `db.addPlugin(createSyncPlugin(...))` returns, and `db.plugin('sync')` later. */
 export interface SyncApi {
+  /** In a tab that does not lead, the leading tab's status (see SyncStatus). */
   getStatus(): SyncStatus;
   readonly status$: Observable<SyncStatus>;
+  /** In a tab that does not lead, asks the leading tab and resolves with its result. */
   syncNow(): Promise<SyncResult>;
+  /** In a multi-instance database, for every tab, and kept across reloads. */
   enable(): void;
   disable(): void;
   /** Drops unpushed changes; their documents return to the last server version. Returns how many were dropped. */
@@ -54,8 +57,8 @@ export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefiniti
 
 function apiOf(engine: SyncEngine): SyncApi {
   return {
-    getStatus: () => engine.status,
-    status$: engine.status$.asObservable(),
+    getStatus: () => engine.shown$.value,
+    status$: engine.shown$.asObservable(),
     syncNow: () => engine.syncNow(),
     enable: () => engine.enable(),
     disable: () => engine.disable(),

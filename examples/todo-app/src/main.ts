@@ -56,13 +56,13 @@ let resolvedConflicts = 0;
 
 function renderStatus(): void {
   if (!status) return;
+  // A follower tab shows the leading tab's status: the connection is the database's, not the tab's.
+  const via = status.leader ? '' : ' · via another tab';
   const [label, state] = !status.enabled
     ? ['Offline', 'offline']
-    : !status.leader
-      ? ['Synced by another tab', 'follower']
-      : status.connected
-        ? [status.syncing ? 'Online · syncing' : 'Online', 'online']
-        : ['Connecting…', 'connecting'];
+    : status.connected
+      ? [`${status.syncing ? 'Online · syncing' : 'Online'}${via}`, 'online']
+      : [`Connecting…${via}`, 'connecting'];
   ui.connection.textContent = label;
   ui.connection.dataset.state = state;
   ui.offline.checked = !status.enabled;
