@@ -163,4 +163,31 @@ describe.skipIf(!available)('todo app in Chromium', () => {
     await expect.poll(() => alice.getByTestId('pending').textContent(), { timeout: 15_000 }).toBe('0');
     await expect.poll(() => connection(bob).getAttribute('data-state')).toBe('online');
   }, 60_000);
+
+  it('two tabs of one browser show one status, obey one switch, and either can Sync now', async () => {
+    const before = [...afterOffline, 'Written in the tunnel', 'Written while the server was down'];
+    const second = await alice.context().newPage();
+    second.on('pageerror', (error) => console.error('page error:', error.message));
+    await load(second);
+    await expect.poll(() => connection(second).getAttribute('data-state'), { timeout: 15_000 }).toBe('online');
+
+    // "Work offline" in one tab takes the database offline, whichever tab leads.
+    await second.getByTestId('offline-switch').check();
+    await expect.poll(() => connection(alice).getAttribute('data-state')).toBe('offline');
+    await add(second, 'Written in a second tab');
+    await expect.poll(() => alice.getByTestId('pending').textContent()).toBe('1');
+    await expect.poll(() => second.getByTestId('pending').textContent()).toBe('1');
+    expect(await titles(bob)).toEqual(before);
+
+    await alice.getByTestId('offline-switch').uncheck();
+    await waitForTitles(bob, [...before, 'Written in a second tab']);
+    await expect.poll(() => second.getByTestId('pending').textContent(), { timeout: 15_000 }).toBe('0');
+    await expect.poll(() => connection(second).getAttribute('data-state')).toBe('online');
+
+    for (const page of [alice, second]) {
+      await page.locator('#sync-now').click();
+      await expect.poll(() => page.locator('#log').textContent(), { timeout: 15_000 }).toContain('Synced');
+    }
+    await second.close();
+  }, 60_000);
 });
