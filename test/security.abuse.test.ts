@@ -276,7 +276,7 @@ describe('client ids', () => {
     expect(await server.server.getStorage().claimClient('tablet-7', 'someone')).toBe('alice');
   });
 
-  it('the real client, replaced, says so and does not connect again to take the id back', async () => {
+  it('the real client, replaced, says so and does not come straight back to take the id', async () => {
     server = await startServer();
     const client = await startClient(server.url, { retry: { maxRetries: 5, retryDelay: 20, maxDelay: 50, useExponentialBackoff: true } });
     clients.push(client);
@@ -287,7 +287,7 @@ describe('client ids', () => {
     await connect({ clientId });
     await waitFor(() => client.sync.getStatus().error?.code === 'REPLACED', 'the client to report REPLACED');
     expect(client.sync.getStatus().connected).toBe(false);
-    // Ten times its longest backoff: a client that fought for the id would have come back by now.
+    // Ten times its longest backoff: a client that fought for the id would have come back by now (it waits 15 s).
     await sleep(500);
     expect(connections).toBe(1);
     // The app asks: it connects again.

@@ -108,15 +108,15 @@ describe('the real client and an expiring token', () => {
   it('renews the session over the open connection before it expires: no disconnect, across several expiries', async () => {
     const renewals: string[] = [];
     server = await startServer({
-      authenticate: (_socket, token) => (token ? { user: { id: 'alice' }, expiresAt: Date.now() + 600 } : null),
+      authenticate: (_socket, token) => (token ? { user: { id: 'alice' }, expiresAt: Date.now() + 1500 } : null),
     });
     server.server.events.on('client-disconnect', () => renewals.push('disconnect'));
     let calls = 0;
     const alice = await startClient(server.url, { authToken: async () => `token-${++calls}` });
     clients.push(alice);
     await waitFor(() => alice.sync.getStatus().connected, 'alice connected');
-    // Each session lives 600 ms; five tokens are three expiries and more.
-    await waitFor(() => calls >= 5, 'the client to renew several times', 10_000);
+    // Each session lives 1.5 s (renewals are at least 1 s apart); four tokens are three expiries.
+    await waitFor(() => calls >= 4, 'the client to renew several times', 15_000);
     expect(renewals).toEqual([]);
     expect(alice.sync.getStatus()).toMatchObject({ connected: true, error: null });
     await alice.todos.insert({ id: 'renewed', title: 'written on a renewed session', done: false });

@@ -30,10 +30,10 @@ export const clientOptionsSchema = z.strictObject({
       /** The first wait before connecting again or retrying, in ms; doubled per attempt when exponential. */
       retryDelay: z.number().int().positive().default(1000),
       /** The longest wait between attempts, in ms: a server or network that returns is found again within it. */
-      maxDelay: z.number().int().positive().default(2000),
+      maxDelay: z.number().int().positive().default(1000),
       useExponentialBackoff: z.boolean().default(true),
     })
-    .default({ maxRetries: 5, retryDelay: 1000, maxDelay: 2000, useExponentialBackoff: true }),
+    .default({ maxRetries: 5, retryDelay: 1000, maxDelay: 1000, useExponentialBackoff: true }),
   logging: loggingOptionsSchema,
   /** Events per push message. */
   batchSize: z.number().int().positive().max(5000).default(500),
@@ -48,7 +48,7 @@ export const clientOptionsSchema = z.strictObject({
    * (up to 32 times) after it cut a request short, so that a message that
    * takes longer than this to cross a slow link still gets through.
    */
-  heartbeatTimeout: z.number().int().min(1000).default(5000),
+  heartbeatTimeout: z.number().int().min(1000).default(4500),
   /** How long to wait for the server to answer one message. */
   requestTimeout: z.number().int().positive().default(20_000),
   /** socket.io path on the server. */

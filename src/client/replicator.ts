@@ -651,7 +651,12 @@ export class Replicator {
     for (const entry of all) if (!ahead.includes(entry)) this.clock.receive(entry.event.hlc);
     if (ahead.length === 0) return 0;
     const writes: MetaWrite[] = [];
-    for (const entry of ahead) writes.push(...this.pending.update(entry, { ...entry.event, hlc: this.clock.tick() }));
+    // Each at its own time as the server's clock would have read it (the device's error now, taken as
+    // its error then), never later than now: an edit made days ago offline does not pass for a new one.
+    for (const entry of ahead) {
+      const when = Math.min(parseHlc(entry.event.hlc).millis + this.clockOffset, this.now());
+      writes.push(...this.pending.update(entry, { ...entry.event, hlc: this.clock.tickAt(when) }));
+    }
     await this.meta.write(writes);
     this.logger.warn({ count: ahead.length, offsetMs: offset }, "pending changes were stamped by a clock far ahead of the server's; stamped again by the server's time");
     return ahead.length;

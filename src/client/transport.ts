@@ -71,8 +71,14 @@ const renewAck = ackSchema(renewReplySchema);
 export const STABLE_CONNECTION_MS = 10_000;
 /** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
 const FRAMING_BYTES = 64;
+const CONNECT_TIMEOUT_MS = 10_000;
 /** The longest wait a server's retryAfterMs may impose on reconnecting. */
 const MAX_RETRY_AFTER_MS = 60_000;
+/** The wait before connecting again after a refusal the same credentials will meet again, or after REPLACED. */
+const REFUSED_WAIT_MS = 15_000;
+const TERMINAL_REFUSALS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'CLIENT_ID_TAKEN']);
+/** The longest setTimeout delay. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A session is renewed at most this long before it ends. */
 const RENEW_AHEAD_MS = 60_000;
 /** The most heartbeatTimeout grows, as a multiple, after it cut requests short. */
@@ -95,6 +101,8 @@ export class Transport {
   private patience = 1;
   private inFlight = 0;
   private renewTimer?: ReturnType<typeof setTimeout>;
+  /** The least wait before the next reconnection, set by what ended the connection (REPLACED). */
+  private nextNotBefore = 0;
   private readonly detach: (() => void)[] = [];
   /** The version spoken: this release's, until a server says it speaks only older ones. */
   private protocol: ProtocolVersion = PROTOCOL_VERSION;
@@ -115,13 +123,21 @@ export class Transport {
       // Every reconnection, whatever ended the connection before (a dead link, a server that
       // dropped this client, a refused handshake), goes through one backoff: scheduleReconnect().
       reconnection: false,
+      // One attempt's limit (socket.io's default is 20 s): an attempt made into a dead link gives way to the next.
+      timeout: CONNECT_TIMEOUT_MS,
       // Asked again on every connection attempt, so an expired token is replaced.
       auth: (callback) => {
+        // A token that comes after its attempt ended would go out on the next attempt's connection,
+        // as a second handshake beside that attempt's own: it is dropped instead.
+        const engine = this.socket.io.engine;
+        const send = (auth: Record<string, unknown>) => {
+          if (this.socket.io.engine === engine && engine.readyState === 'open') callback(auth);
+        };
         this.resolveToken().then(
-          (token) => callback({ protocolVersion: this.protocol, clientId, ...(token ? { token } : {}) }),
+          (token) => send({ protocolVersion: this.protocol, clientId, ...(token ? { token } : {}) }),
           (error: unknown) => {
             this.logger.warn({ err: error }, 'authToken function failed');
-            callback({ protocolVersion: this.protocol, clientId });
+            send({ protocolVersion: this.protocol, clientId });
           },
         );
       },
@@ -157,9 +173,14 @@ export class Transport {
       this.unwatch();
       const wasReady = this.welcome !== undefined;
       this.welcome = undefined;
-      if (wasReady && Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempts = 0;
+      if (wasReady && Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) {
+        this.attempts = 0;
+        this.patience = 1;
+      }
       if (wasReady) this.events.onDisconnect(reason);
-      if (this.wanted) this.scheduleReconnect();
+      const notBefore = this.nextNotBefore;
+      this.nextNotBefore = 0;
+      if (this.wanted) this.scheduleReconnect(notBefore);
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
       const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
@@ -173,7 +194,10 @@ export class Transport {
       this.events.onConnectError(syncError);
       // A busy server says when to come back (spread over its backlog): not sooner.
       const retryAfterMs = (syncError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
-      if (this.wanted) this.scheduleReconnect(typeof retryAfterMs === 'number' && retryAfterMs > 0 ? Math.min(retryAfterMs, MAX_RETRY_AFTER_MS) : 0);
+      // A refusal the same token will get again is not worth a retry every second, and each one counts
+      // against the address's failed logins, shared by every device behind the same NAT.
+      const notBefore = typeof retryAfterMs === 'number' && retryAfterMs > 0 ? Math.min(retryAfterMs, MAX_RETRY_AFTER_MS) : TERMINAL_REFUSALS.has(syncError.code) ? REFUSED_WAIT_MS : 0;
+      if (this.wanted) this.scheduleReconnect(notBefore);
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
@@ -188,10 +212,10 @@ export class Transport {
       const error = typeof wire?.message === 'string' && typeof wire.code === 'string'
         ? SyncError.fromWire(wire as never)
         : new SyncError('INVALID_MESSAGE', 'malformed error message from server');
-      // Another connection with this client id took over (a copy of this device's storage, say):
-      // connecting again would only take it back, and the two would replace each other forever.
-      // The app's syncNow() or enable() connects again on purpose.
-      if (error.code === 'REPLACED') this.wanted = false;
+      // Another connection with this client id took over (a copy of this device's storage, say, or a
+      // forged one where users have no key): connecting again at once would take it back, and the two
+      // would replace each other in a loop. The next attempt waits REFUSED_WAIT_MS; syncNow() goes at once.
+      if (error.code === 'REPLACED') this.nextNotBefore = REFUSED_WAIT_MS;
       this.events.onServerError(error);
     });
     this.watchBrowser();
@@ -241,15 +265,26 @@ export class Transport {
     if (expiresAt === null || typeof this.options.authToken !== 'function' || !this.welcome) return;
     // The server's time, on this device's clock.
     const left = expiresAt - this.welcome.clockOffset - Date.now();
-    this.renewTimer = setTimeout(() => void this.renew(), Math.max(0, left - Math.min(left / 4, RENEW_AHEAD_MS)));
+    const wait = Math.max(0, left - Math.min(left / 4, RENEW_AHEAD_MS));
+    // A session of weeks: looked at again within a timer's reach (setTimeout fires at once past 2^31 ms).
+    if (wait > MAX_TIMER_MS) {
+      this.renewTimer = setTimeout(() => this.scheduleRenewal(expiresAt), MAX_TIMER_MS);
+      return;
+    }
+    this.renewTimer = setTimeout(() => void this.renew(expiresAt), wait);
   }
 
-  private async renew(): Promise<void> {
+  private async renew(ending: number): Promise<void> {
     try {
       const token = await this.resolveToken();
       if (!token || !this.connected) return;
       const { expiresAt } = await this.request<RenewReply>(MESSAGE.renew, { token }, renewAck);
       this.logger.debug({ expiresAt }, 'session renewed');
+      // A renewal that did not move the end (the token source handed out the same token) is not asked again at once.
+      if (expiresAt !== null && expiresAt <= ending) {
+        this.logger.warn({ expiresAt }, 'the renewed session ends no later than before; it ends when it expires');
+        return;
+      }
       this.scheduleRenewal(expiresAt);
     } catch (error) {
       const syncError = SyncError.from(error);
@@ -374,9 +409,16 @@ export class Transport {
     this.logger.info({ code: reason.code, reason: reason.message }, 'closing the connection to the sync server');
     for (const waiter of this.waiters) waiter.reject(reason);
     this.waiters.clear();
-    // Closing the engine ends in 'disconnect' (or 'connect_error'), which schedules the next attempt.
-    if (this.socket.io._readyState !== 'closed') this.socket.io.engine.close();
-    else if (this.wanted) this.scheduleReconnect();
+    const state = this.socket.io._readyState;
+    if (state === 'open') {
+      // Closing the engine ends in 'disconnect', which schedules the next attempt.
+      this.socket.io.engine.close();
+    } else {
+      // Still opening (socket.io's manager would wait out its own 20 s connect timeout) or closed:
+      // given up here, and the backoff takes over.
+      if (state === 'opening') this.socket.disconnect();
+      if (this.wanted) this.scheduleReconnect();
+    }
   }
 
   /** Resolves once connected and welcomed; rejects on the next failed attempt or after `timeout` ms. */
@@ -451,14 +493,14 @@ export class Transport {
     let raw: unknown;
     this.inFlight++;
     try {
-      raw = await (this.socket.timeout(this.options.requestTimeout) as unknown as Socket).emitWithAck(type, message);
-      // A long message got through: the watchdog's patience goes back to normal.
-      this.patience = 1;
+      raw = await (this.socket.timeout(this.options.requestTimeout * this.patience) as unknown as Socket).emitWithAck(type, message);
     } catch (error) {
       // socket.io fails a request in flight at once when the connection drops: that is no timeout.
       if (!this.socket.connected) throw new SyncError('NOT_CONNECTED', `the connection to the sync server was lost before it answered ${type}`);
       // A link that dropped without closing looks like this: it is torn down, and connecting again starts now.
-      const timeout = new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout} ms: ${SyncError.from(error).message}`);
+      const timeout = new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout * this.patience} ms: ${SyncError.from(error).message}`);
+      // Perhaps a link too slow for the answer in that time, not a dead one: the next connection waits longer.
+      this.patience = Math.min(this.patience * 2, MAX_PATIENCE);
       this.drop(timeout);
       throw timeout;
     } finally {

@@ -387,64 +387,74 @@ export async function broadcast<User>(pushes: readonly LivePush<User>[]): Promis
     }
   }
   for (const [collection, group] of byCollection) {
-    const room = roomOf(collection);
-    const senders = [...group.senders.values()];
-    if (!othersMayListen(senders, room)) continue;
-    // Pushes served in turn commit in turn, but several writers' batches may interleave: in sequence order.
-    const order = group.events.map((_, i) => i).sort((a, b) => group.events[a]!.seq - group.events[b]!.seq);
-    const events = order.map((i) => group.events[i]!);
-    const from = order.map((i) => group.from[i]!);
-    const excluded = senders.map((sender) => sender.id);
-    // What a sender subscribed to the collection gets: the other senders' events.
-    const othersFor = (sender: SyncSocket<User>) => (senders.length > 1 && sender.rooms.has(room) ? events.filter((_, i) => from[i] !== sender.id) : []);
-    if (!ctx.authorize && !ctx.authorizeRead) {
-      ctx.io.to(room).except(excluded).emit(MESSAGE.live, { events: ctx.redactor.events(events).map(toRemoteEvent) });
-      for (const sender of senders) {
-        const others = othersFor(sender);
-        if (others.length > 0) sender.emit(MESSAGE.live, { events: ctx.redactor.events(others).map(toRemoteEvent) });
-      }
-      continue;
+    // One collection's failure (a read check that throws, an adapter that times out) is its readers'
+    // only: they get these events at their next pull; the other collections go out.
+    await broadcastCollection(ctx, collection, group).catch((error: unknown) => ctx.logger.error({ err: error, collection }, 'live fan-out failed'));
+  }
+}
+
+async function broadcastCollection<User>(
+  ctx: ServerContext<User>,
+  collection: string,
+  group: { events: StoredEvent[]; from: string[]; senders: Map<string, SyncSocket<User>> },
+): Promise<void> {
+  const room = roomOf(collection);
+  const senders = [...group.senders.values()];
+  if (!othersMayListen(senders, room)) return;
+  // Pushes served in turn commit in turn, but several writers' batches may interleave: in sequence order.
+  const order = group.events.map((_, i) => i).sort((a, b) => group.events[a]!.seq - group.events[b]!.seq);
+  const events = order.map((i) => group.events[i]!);
+  const from = order.map((i) => group.from[i]!);
+  const excluded = senders.map((sender) => sender.id);
+  // What a sender subscribed to the collection gets: the other senders' events.
+  const othersFor = (sender: SyncSocket<User>) => (senders.length > 1 && sender.rooms.has(room) ? events.filter((_, i) => from[i] !== sender.id) : []);
+  if (!ctx.authorize && !ctx.authorizeRead) {
+    ctx.io.to(room).except(excluded).emit(MESSAGE.live, { events: ctx.redactor.events(events).map(toRemoteEvent) });
+    for (const sender of senders) {
+      const others = othersFor(sender);
+      if (others.length > 0) sender.emit(MESSAGE.live, { events: ctx.redactor.events(others).map(toRemoteEvent) });
     }
-    const sockets = await ctx.io.in(room).fetchSockets();
-    const slices = fanoutSlices();
-    // Readers that may see the same events (users of one tenant, say) share one message, encoded once
-    // per chunk of sockets; gathered by those events, sent when a slice ends.
-    const audiences = new Map<string, { events: StoredEvent[]; readers: string[] }>();
-    const flush = async () => {
-      const ready = [...audiences.values()];
-      audiences.clear();
-      for (const { events: visible, readers } of ready) {
-        const message = { events: visible.map(toRemoteEvent) };
-        // Writing one message to a thousand sockets holds the event loop as long as a thousand checks: in chunks too.
-        for (let i = 0; i < readers.length; i += FANOUT_CHUNK) {
-          ctx.io.to(readers.slice(i, i + FANOUT_CHUNK)).emit(MESSAGE.live, message);
-          if (slices.over()) await slices.next();
-        }
-      }
-    };
-    for (const readers of readersByUser(ctx, sockets, new Set(excluded))) {
-      // Undecided access leaves these readers without the live message: their next pull brings the events.
-      const visible = await readable(ctx, readers[0]!.data.user, events).catch(() => []);
-      if (visible.length > 0) {
-        // Redaction is the same for every reader, so the sequences say which events, and how, a message holds.
-        const key = visible.length === events.length ? '' : visible.map((event) => event.seq).join(' ');
-        const audience = audiences.get(key);
-        if (audience) audience.readers.push(...readers.map((reader) => reader.id));
-        else audiences.set(key, { events: visible, readers: readers.map((reader) => reader.id) });
-      }
-      // A synchronous authorize never gives the event loop back on its own: other clients' messages wait for the slice only.
-      if (slices.over()) {
-        await flush();
+    return;
+  }
+  const sockets = await ctx.io.in(room).fetchSockets();
+  const slices = fanoutSlices();
+  // Readers that may see the same events (users of one tenant, say) share one message, encoded once
+  // per chunk of sockets; gathered by those events, sent when a slice ends.
+  const audiences = new Map<string, { events: StoredEvent[]; readers: string[] }>();
+  const flush = async () => {
+    const ready = [...audiences.values()];
+    audiences.clear();
+    for (const { events: visible, readers } of ready) {
+      const message = { events: visible.map(toRemoteEvent) };
+      // Writing one message to a thousand sockets holds the event loop as long as a thousand checks: in chunks too.
+      for (let i = 0; i < readers.length; i += FANOUT_CHUNK) {
+        ctx.io.to(readers.slice(i, i + FANOUT_CHUNK)).emit(MESSAGE.live, message);
         if (slices.over()) await slices.next();
       }
     }
-    await flush();
-    for (const sender of senders) {
-      const others = othersFor(sender);
-      if (others.length === 0) continue;
-      const visible = await readable(ctx, sender.data.user, others).catch(() => []);
-      if (visible.length > 0) sender.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
+  };
+  for (const readers of readersByUser(ctx, sockets, new Set(excluded))) {
+    // Undecided access leaves these readers without the live message: their next pull brings the events.
+    const visible = await readable(ctx, readers[0]!.data.user, events).catch(() => []);
+    if (visible.length > 0) {
+      // Redaction is the same for every reader, so the sequences say which events, and how, a message holds.
+      const key = visible.length === events.length ? '' : visible.map((event) => event.seq).join(' ');
+      const audience = audiences.get(key);
+      if (audience) audience.readers.push(...readers.map((reader) => reader.id));
+      else audiences.set(key, { events: visible, readers: readers.map((reader) => reader.id) });
     }
+    // A synchronous authorize never gives the event loop back on its own: other clients' messages wait for the slice only.
+    if (slices.over()) {
+      await flush();
+      if (slices.over()) await slices.next();
+    }
+  }
+  await flush();
+  for (const sender of senders) {
+    const others = othersFor(sender);
+    if (others.length === 0) continue;
+    const visible = await readable(ctx, sender.data.user, others).catch(() => []);
+    if (visible.length > 0) sender.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
   }
 }
 

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { isDeepStrictEqual } from 'node:util';
 import { Server } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
@@ -33,6 +34,9 @@ export type ClientInfo<User = unknown> = SocketData<User> & { socketId: string }
 const TRANSPORT_HEADROOM = 2;
 /** Client id owners kept in memory; past it the memory starts again (a reconnection then asks storage once). */
 const MAX_REMEMBERED_CLAIMS = 10_000;
+/** The least time between two renewals of one connection's session. */
+const MIN_RENEWAL_INTERVAL_MS = 1000;
+/** Events one live fan-out sends at most (a push's worth); what came beyond goes in the next, so no live message outgrows a push. */
 
 /** Why the server dropped a connection on its own: the code it sent the client. */
 export type DropReason = 'TOO_MANY_REQUESTS' | 'SLOW_CONSUMER' | 'REPLACED';
@@ -68,6 +72,8 @@ export class SyncServer<User = unknown> {
   /** Accepted pushes waiting for the next fan-out. */
   private livePushes: LivePush<User>[] = [];
   private liveScheduled = false;
+  /** When each connection last asked to renew its session. */
+  private readonly renewedAt = new Map<string, number>();
   /** Handshakes begun and refused in the current second (admission control). */
   private handshakes = { second: 0, begun: 0, refused: 0 };
   private warnedNoUserKey = false;
@@ -142,6 +148,8 @@ export class SyncServer<User = unknown> {
     clearInterval(this.sweepTimer);
     this.io.disconnectSockets(true);
     this.io.engine?.close();
+    // Nobody is left to receive what waits for a fan-out.
+    this.livePushes = [];
     await this.fanOuts;
     await Promise.allSettled([...this.io._nsps.values()].map((nsp) => nsp.adapter.close()));
     if (this.ownsStorage) await this.storage.close();
@@ -284,16 +292,29 @@ export class SyncServer<User = unknown> {
     this.livePushes.push(push);
     if (this.liveScheduled) return;
     this.liveScheduled = true;
-    setImmediate(() => {
-      this.fanOuts = this.fanOuts
-        .then(() => {
-          this.liveScheduled = false;
-          const batch = this.livePushes;
-          this.livePushes = [];
-          return broadcast(batch);
-        })
-        .catch((error: unknown) => this.logger.error({ err: error }, 'live fan-out failed'));
-    });
+    setImmediate(() => this.drainLive());
+  }
+
+  private drainLive(): void {
+    this.fanOuts = this.fanOuts
+      .then(() => {
+        this.liveScheduled = false;
+        if (this.stopped) return;
+        // At least one push, and pushes up to a push's worth of events: the rest goes next.
+        let events = 0;
+        let count = 0;
+        while (count < this.livePushes.length && (count === 0 || events + this.livePushes[count]!.events.length <= this.options.maxEventsPerPush)) {
+          events += this.livePushes[count]!.events.length;
+          count++;
+        }
+        const batch = this.livePushes.splice(0, count);
+        if (this.livePushes.length > 0 && !this.liveScheduled) {
+          this.liveScheduled = true;
+          setImmediate(() => this.drainLive());
+        }
+        return broadcast(batch);
+      })
+      .catch((error: unknown) => this.logger.error({ err: error }, 'live fan-out failed'));
   }
 
   /**
@@ -306,6 +327,13 @@ export class SyncServer<User = unknown> {
     const { token } = parseMessage(renewMessageSchema, raw, 'renew message');
     const authenticate = this.options.authenticate;
     if (!authenticate) throw new SyncError('INVALID_MESSAGE', 'this server has no sessions to renew: it does not authenticate');
+    // authenticate is the app's (often a call to an identity provider): a connection does not get to run it in a loop.
+    const now = Date.now();
+    const last = this.renewedAt.get(socket.id);
+    if (last !== undefined && now - last < MIN_RENEWAL_INTERVAL_MS) {
+      throw new SyncError('RATE_LIMITED', `one renewal per ${MIN_RENEWAL_INTERVAL_MS} ms`, { scope: 'renewal', retryAfterMs: last + MIN_RENEWAL_INTERVAL_MS - now });
+    }
+    this.renewedAt.set(socket.id, now);
     const address = socket.handshake.address;
     try {
       this.logins?.assertMayTry(socket.conn, address);
@@ -316,7 +344,10 @@ export class SyncServer<User = unknown> {
     let session: { user: User; expiresAt?: number };
     try {
       session = await authenticateToken(socket, token, authenticate, 'renewal refused');
-      if (this.ownerKeyOf(session.user) !== this.ownerKeyOf(socket.data.user)) {
+      const [renewed, current] = [this.ownerKeyOf(session.user), this.ownerKeyOf(socket.data.user)];
+      // Users without a key are compared whole: two keyless users are not the same user.
+      const sameUser = renewed !== undefined && current !== undefined ? renewed === current : isDeepStrictEqual(session.user, socket.data.user);
+      if (!sameUser) {
         throw new SyncError('UNAUTHENTICATED', 'the renewal token names another user: a session stays with its user');
       }
     } catch (error) {
@@ -423,7 +454,8 @@ export class SyncServer<User = unknown> {
       [MESSAGE.pull]: handlePull,
       [MESSAGE.renew]: async (_ctx: ServerContext<User>, _socket: SyncSocket<User>, raw: unknown) => {
         await this.renew(socket, raw);
-        armExpiry();
+        // Not for a connection that ended while authenticate ran: its timer would outlive it.
+        if (socket.connected) armExpiry();
         return { expiresAt: socket.data.expiresAt ?? null };
       },
     } as Record<string, (ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown) => Promise<object>>;
@@ -491,6 +523,7 @@ export class SyncServer<User = unknown> {
     socket.on('disconnect', (reason) => {
       guard.close();
       this.guards.delete(socket.id);
+      this.renewedAt.delete(socket.id);
       socket.conn.off('packet', meter.onPacket);
       this.limiter?.forgetConnection(socket.id);
       log.debug({ reason }, 'client disconnected');
