@@ -21,6 +21,7 @@ import { bulkInsertFloor } from './scenarios/bulk-insert-floor.js';
 import { fanOut } from './scenarios/fan-out.js';
 import { initialSync } from './scenarios/initial-sync.js';
 import { liveLatency } from './scenarios/live-latency.js';
+import { outage } from './scenarios/outage.js';
 import { push } from './scenarios/push.js';
 import { slowLink } from './scenarios/slow-link.js';
 import { throughput } from './scenarios/throughput.js';
@@ -28,7 +29,7 @@ import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {

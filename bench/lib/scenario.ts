@@ -40,6 +40,9 @@ export interface Measurement {
   n?: number;
   storage?: string;
   note?: string;
+  /** Runs that hit the scenario's cap (`cap`, in `unit`): counted at the cap, so the figure is a lower bound. */
+  censored?: number;
+  cap?: number;
 }
 
 export interface ScenarioContext {

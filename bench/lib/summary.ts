@@ -135,6 +135,27 @@ export function summarize(all: readonly Measurement[]): SummaryRow[] {
   if (converged) {
     pair(`end-to-end, until every client holds all, ${converged.note}`, { scenario: 'throughput', metric: 'converged' }, undefined, { title: 'throughput until all clients converged', detail: converged.note });
   }
+  // A percentile that falls on runs counted at the cap is only a lower bound: named in the label, not compared.
+  const outage = (metric: string, label: string, target?: number) => {
+    const ours = find(all, { scenario: 'outage', metric, system: 'offline-sync' });
+    const rxdb = find(all, { scenario: 'outage', metric, system: 'rxdb-ws' });
+    if (!ours && !rxdb) return;
+    const bounded = (m: Measurement | undefined) => m?.censored !== undefined && m.cap !== undefined && m.value >= m.cap;
+    const bounds = [ours, rxdb].flatMap((m) => (m && bounded(m) ? [`${m.system === 'offline-sync' ? 'ours' : 'RxDB'} > ${m.cap} ms`] : []));
+    const row: SummaryRow = { label: bounds.length > 0 ? `${label} (${bounds.join(', ')})` : label, unit: 'ms' };
+    if (ours && !bounded(ours)) row.ours = ours.value;
+    if (rxdb && !bounded(rxdb)) row.rxdb = rxdb.value;
+    if (row.ours !== undefined && row.rxdb !== undefined && row.ours > 0) row.advantage = row.rxdb / row.ours;
+    if (target !== undefined && ours) {
+      row.target = `≤ ${target} ms (ours)`;
+      row.met = row.ours !== undefined && row.ours <= target;
+    }
+    rows.push(row);
+  };
+  outage('detect-p50', 'outage: dead link noticed, p50');
+  outage('detect-p95', 'outage: dead link noticed, p95', 5000);
+  outage('resync-p50', 'outage: in sync after the link returns, p50');
+  outage('resync-p95', 'outage: in sync after the link returns, p95', 1000);
   return rows;
 }
 
