@@ -145,7 +145,9 @@ describe.skipIf(!redisServerInstalled)('serve when Redis goes away after start',
     await new Promise((resolve) => (redis.exitCode === null && redis.signalCode === null ? redis.once('exit', resolve) : resolve(undefined)));
     // Redis' port answers but drops every connection: each retry of both clients is counted, and each fails.
     const outage = await standIn(redisPort, true);
-    await waitFor(() => outage.connections() >= 8, 'both clients to retry several times', 45_000);
+    await waitFor(() => outage.connections() >= 8, 'both clients to retry several times', 45_000).catch((error: unknown) => {
+      throw new Error(`${String(error)}; ${outage.connections()} connections; output:\n${cli.stdout().slice(-3000)}\n${cli.stderr().slice(-2000)}`);
+    });
     expect((await fetch(`${url}/health`)).status).toBe(200);
     const unreachable = () => cli.stdout().split('\n').filter((line) => line.includes('redis unreachable'));
     // Logged as each client's first retry fails; the lines may still be on their way.
