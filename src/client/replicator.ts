@@ -9,7 +9,7 @@ import { getChangedDocumentsSince, getHeightOfRevision, now, type RxCollection, 
 import { Subject } from 'rxjs';
 import { DocumentMap } from '../shared/document-map.js';
 import { SyncError, type WireError } from '../shared/errors.js';
-import { compareHlc, HybridLogicalClock, parseHlc } from '../shared/hlc.js';
+import { compareHlc, HybridLogicalClock, millisOf } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import { withFields } from '../shared/json.js';
 import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../shared/protocol.js';
@@ -642,24 +642,26 @@ export class Replicator {
    */
   async correctClock(offset: number, maxAhead: number | null): Promise<number> {
     this.clockOffset = Math.abs(offset) > CLOCK_TOLERANCE_MS ? offset : 0;
-    const all = this.pending.all();
+    if (maxAhead === null) return 0;
     // Some room for the time between this welcome and the push.
-    const limit = maxAhead === null ? Number.POSITIVE_INFINITY : this.now() + maxAhead - CLOCK_TOLERANCE_MS;
-    const ahead = all.filter((entry) => parseHlc(entry.event.hlc).millis > limit);
+    const limit = this.now() + maxAhead - CLOCK_TOLERANCE_MS;
+    // Runs at every connection, over the whole log: no parsing unless something is ahead.
+    const all = this.pending.all();
+    const ahead = new Set(all.filter((entry) => millisOf(entry.event.hlc) > limit));
+    if (ahead.size === 0) return 0;
     // The clock forgets what it issued under the wrong time: it starts again from the entries that stay.
     this.clock = new HybridLogicalClock(this.state.clientId, this.now);
-    for (const entry of all) if (!ahead.includes(entry)) this.clock.receive(entry.event.hlc);
-    if (ahead.length === 0) return 0;
+    for (const entry of all) if (!ahead.has(entry)) this.clock.receive(entry.event.hlc);
     const writes: MetaWrite[] = [];
     // Each at its own time as the server's clock would have read it (the device's error now, taken as
     // its error then), never later than now: an edit made days ago offline does not pass for a new one.
     for (const entry of ahead) {
-      const when = Math.min(parseHlc(entry.event.hlc).millis + this.clockOffset, this.now());
+      const when = Math.min(millisOf(entry.event.hlc) + this.clockOffset, this.now());
       writes.push(...this.pending.update(entry, { ...entry.event, hlc: this.clock.tickAt(when) }));
     }
     await this.meta.write(writes);
-    this.logger.warn({ count: ahead.length, offsetMs: offset }, "pending changes were stamped by a clock far ahead of the server's; stamped again by the server's time");
-    return ahead.length;
+    this.logger.warn({ count: ahead.size, offsetMs: offset }, "pending changes were stamped by a clock far ahead of the server's; stamped again by the server's time");
+    return ahead.size;
   }
 
   async load(): Promise<boolean> {

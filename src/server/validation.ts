@@ -9,7 +9,7 @@ import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormatsModule from 'ajv-formats';
 import type { z } from 'zod';
 import { SyncError } from '../shared/errors.js';
-import { parseHlc } from '../shared/hlc.js';
+import { millisOf } from '../shared/hlc.js';
 import type { SyncEvent } from '../shared/protocol.js';
 
 /**
@@ -98,7 +98,7 @@ export function assertMatchesSchema(validators: DocumentValidators, event: SyncE
 
 /** Refuses an event whose clock runs more than `maxDrift` ms ahead of the server's (`now`). */
 export function assertClockInRange(event: SyncEvent, maxDrift: number, now: number): void {
-  const { millis } = parseHlc(event.hlc);
+  const millis = millisOf(event.hlc);
   if (millis <= now + maxDrift) return;
   throw new SyncError(
     'CLOCK_DRIFT',

@@ -33,6 +33,11 @@ export function parseHlc(value: string): HlcParts {
   };
 }
 
+/** The wall time of a timestamp, read without parsing the rest (for scans over a whole log). */
+export function millisOf(value: string): number {
+  return Number(value.slice(0, MILLIS_WIDTH));
+}
+
 /** Length of a timestamp without its node: time and counter only. */
 const TIME_LENGTH = MILLIS_WIDTH + 1 + COUNTER_WIDTH;
 
