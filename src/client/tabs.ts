@@ -19,6 +19,8 @@ import type { SyncSwitch } from './settings.js';
 
 /** Marks this plugin's messages on RxDB's channel, and their layout: a tab of another release ignores them. */
 const SOURCE = 'rxdb-offline-sync/tabs@1';
+/** How long a request waits for the next leader after the one that took it closed. */
+const ELECTION_WAIT_MS = 20_000;
 
 type TabError = WireError & { fromPeer: boolean };
 type TabStatus = Omit<SyncStatus, 'error'> & { error: TabError | null };
@@ -162,16 +164,16 @@ export class TabLink {
     if (this.latest && this.since !== undefined) this.post({ kind: 'status', since: this.since, status: toTabStatus(this.latest) });
   }
 
-  private sendAsk(ask: Ask): void {
+  private sendAsk(ask: Ask, wait = ask.wait): void {
     ask.takenBy = undefined;
     clearTimeout(ask.timer);
     ask.timer = setTimeout(() => {
       const error = new SyncError(
         'TIMEOUT',
-        `no tab of this database took the sync within ${ask.wait} ms: another tab leads but does not answer (it runs another release of this plugin, or none, or is frozen); syncNow() in that tab syncs`,
+        `no tab of this database took the sync within ${wait} ms: another tab leads but does not answer (it runs another release of this plugin, or none, or is frozen); syncNow() in that tab syncs`,
       );
       this.finish(ask, failure(error));
-    }, ask.wait);
+    }, wait);
     (ask.timer as { unref?: () => void }).unref?.();
     this.post({ kind: 'sync', id: ask.id });
   }
@@ -200,7 +202,9 @@ export class TabLink {
       }
       case 'gone':
         if (this.leader$.value?.from === message.from) this.leader$.next(null);
-        for (const ask of this.asks.values()) if (ask.takenBy === message.from) this.sendAsk(ask);
+        // An election follows (this tab may win it): it can take seconds on a busy device, so the
+        // request waits for the next leader longer than for an answer.
+        for (const ask of this.asks.values()) if (ask.takenBy === message.from) this.sendAsk(ask, Math.max(ask.wait, ELECTION_WAIT_MS));
         return;
       case 'switch':
         this.hooks.onSwitch(message.value);
