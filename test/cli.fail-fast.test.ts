@@ -117,6 +117,13 @@ describe('serve fails fast when a service is unreachable at start', () => {
     expect(await exitCode(cli, 25_000)).toBe(1);
     expect(cli.stderr()).toBe(`error: cannot connect to Redis at 127.0.0.1:${silent.port}: no answer within 10 s\n`);
   }, 35_000);
+
+  it('exits 1 when PostgreSQL accepts the connection but never answers', async () => {
+    const silent = await standIn();
+    const cli = startCli(['serve', '--port', '0', '--host', '127.0.0.1', '--storage', `postgres://postgres@127.0.0.1:${silent.port}/x`]);
+    expect(await exitCode(cli, 40_000)).toBe(1);
+    expect(cli.stderr()).toMatch(new RegExp(`^error: cannot open storage .*127\\.0\\.0\\.1:${silent.port}.*timeout.*\\n$`, 'i'));
+  }, 60_000);
 });
 
 const redisServerInstalled = spawnSync('redis-server', ['--version']).status === 0;

@@ -276,6 +276,18 @@ describe('client ids', () => {
     expect(await server.server.getStorage().claimClient('tablet-7', 'someone')).toBe('alice');
   });
 
+  it('maxConnectionsPerUser does not keep out a device whose earlier connection it is about to replace', async () => {
+    server = await startServer({ authenticate: (_socket: unknown, token: string | undefined) => (token ? { id: token } : null), maxConnectionsPerUser: 1 });
+    // The earlier connection of the device, as the server still holds it after the link died.
+    const { socket: stale } = await connect({ clientId: 'phone-1', token: 'alice' });
+    const replaced = dropped(stale);
+    const { socket: again } = await connect({ clientId: 'phone-1', token: 'alice' });
+    expect(await replaced).toMatchObject({ code: 'REPLACED' });
+    expect((await pull(again)).ok).toBe(true);
+    // Another device of the same user is still held to the limit.
+    expect(await connect({ clientId: 'tablet-2', token: 'alice' }).catch((error: Error & { data?: unknown }) => error.data)).toMatchObject({ code: 'TOO_MANY_CONNECTIONS' });
+  });
+
   it('the real client, replaced, says so and does not come straight back to take the id', async () => {
     server = await startServer();
     const client = await startClient(server.url, { retry: { maxRetries: 5, retryDelay: 20, maxDelay: 50, useExponentialBackoff: true } });

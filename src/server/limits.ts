@@ -148,6 +148,10 @@ export class UserConnections {
     return this.byUser.get(userKey)?.size ?? 0;
   }
 
+  sockets(userKey: string): string[] {
+    return [...(this.byUser.get(userKey) ?? [])];
+  }
+
   add(userKey: string, socketId: string): void {
     const set = this.byUser.get(userKey) ?? new Set<string>();
     set.add(socketId);

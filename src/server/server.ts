@@ -190,14 +190,16 @@ export class SyncServer<User = unknown> {
   private async admit(socket: SyncSocket<User>): Promise<void> {
     if (!this.ready) throw new SyncError('INTERNAL', 'sync server is not started: call start()');
     await this.ready;
-    this.admitNow();
     const { handshake, user, expiresAt } = await this.authenticate(socket);
     const userKey = this.userKeyOf(user);
     if (this.options.authenticate) await this.claimClient(handshake.clientId, user);
     const max = this.options.maxConnectionsPerUser;
     // Counted and reserved in one synchronous step, so that parallel handshakes cannot both slip under the limit.
     if (max !== undefined && userKey !== undefined) {
-      if (this.connections.count(userKey) >= max) {
+      // A connection of this device that is about to be replaced (a link that died, not yet noticed
+      // by the server) does not keep the device out.
+      const replaced = this.connections.sockets(userKey).filter((id) => this.io.of('/').sockets.get(id)?.data.clientId === handshake.clientId).length;
+      if (this.connections.count(userKey) - replaced >= max) {
         throw new SyncError('TOO_MANY_CONNECTIONS', `user already holds ${max} connection${max === 1 ? '' : 's'}, the most maxConnectionsPerUser allows`, {
           limit: max,
         });
@@ -371,6 +373,8 @@ export class SyncServer<User = unknown> {
       this.events.emit('login-failed', { address, limited: true });
       throw error;
     }
+    // After the login limit: an address refused for guessing does not use up everyone's handshakes.
+    this.admitNow();
     try {
       return await admit(socket, this.options.authenticate);
     } catch (error) {

@@ -7,6 +7,9 @@ import { assertClaimable } from './claims.js';
 import { changesPage, jsonTextBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
 
+/** How long a new pool connection may take before the call that needed it fails. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
 const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,39}$/, 'letters, digits and _, starting with a letter or _');
 const optionsSchema = z
   .strictObject({
@@ -221,7 +224,13 @@ export class PostgresSyncStorage implements SyncStorage {
   constructor(options: PostgresSyncStorageOptions) {
     const parsed = parseOptions(optionsSchema, options, 'PostgresSyncStorage');
     this.ownsPool = !parsed.pool;
-    this.pool = parsed.pool ?? new pg.Pool({ connectionString: parsed.connectionString, max: parsed.poolSize, application_name: 'rxdb-offline-sync' });
+    this.pool = parsed.pool ?? new pg.Pool({
+      connectionString: parsed.connectionString,
+      max: parsed.poolSize,
+      application_name: 'rxdb-offline-sync',
+      // A server that accepts the connection but never answers fails the call instead of hanging it (and start()).
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+    });
     if (this.ownsPool) {
       const onError = parsed.onError ?? ((error: Error) => console.error('rxdb-offline-sync: idle PostgreSQL connection failed:', error.message));
       this.pool.on('error', onError);
