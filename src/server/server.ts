@@ -336,36 +336,34 @@ export class SyncServer<User = unknown> {
       throw new SyncError('RATE_LIMITED', `one renewal per ${MIN_RENEWAL_INTERVAL_MS} ms`, { scope: 'renewal', retryAfterMs: last + MIN_RENEWAL_INTERVAL_MS - now });
     }
     this.renewedAt.set(socket.id, now);
-    const address = socket.handshake.address;
-    try {
-      this.logins?.assertMayTry(socket.conn, address);
-    } catch (error) {
-      this.events.emit('login-failed', { address, limited: true });
-      throw error;
-    }
-    let session: { user: User; expiresAt?: number };
-    try {
-      session = await authenticateToken(socket, token, authenticate, 'renewal refused');
-      const [renewed, current] = [this.ownerKeyOf(session.user), this.ownerKeyOf(socket.data.user)];
+    const session = await this.withinLoginLimit(socket, async () => {
+      const renewal = await authenticateToken(socket, token, authenticate, 'renewal refused');
+      const [renewed, current] = [this.ownerKeyOf(renewal.user), this.ownerKeyOf(socket.data.user)];
       // Users without a key are compared whole: two keyless users are not the same user.
-      const sameUser = renewed !== undefined && current !== undefined ? renewed === current : isDeepStrictEqual(session.user, socket.data.user);
-      if (!sameUser) {
-        throw new SyncError('UNAUTHENTICATED', 'the renewal token names another user: a session stays with its user');
-      }
-    } catch (error) {
-      if (SyncError.from(error).code === 'UNAUTHENTICATED') {
-        this.events.emit('login-failed', { address, limited: false });
-        if (this.logins?.failed(socket.conn, address)) setImmediate(() => socket.conn.close());
-      }
-      throw error;
-    }
+      const sameUser = renewed !== undefined && current !== undefined ? renewed === current : isDeepStrictEqual(renewal.user, socket.data.user);
+      if (!sameUser) throw new SyncError('UNAUTHENTICATED', 'the renewal token names another user: a session stays with its user');
+      return renewal;
+    });
     socket.data.user = session.user;
     if (session.expiresAt === undefined) delete socket.data.expiresAt;
     else socket.data.expiresAt = session.expiresAt;
   }
 
   /** The handshake and `authenticate`, within the login limit. */
-  private async authenticate(socket: SyncSocket<User>) {
+  private authenticate(socket: SyncSocket<User>) {
+    return this.withinLoginLimit(socket, () => {
+      // After the login limit: an address refused for guessing does not use up everyone's handshakes.
+      this.admitNow();
+      return admit(socket, this.options.authenticate);
+    });
+  }
+
+  /**
+   * Runs a login (a handshake, or a renewal of a session) within the login
+   * limit: refused unheard when the connection or its address used up its
+   * tries, and a refusal by `authenticate` counted against both.
+   */
+  private async withinLoginLimit<T>(socket: SyncSocket<User>, login: () => Promise<T>): Promise<T> {
     const address = socket.handshake.address;
     try {
       this.logins?.assertMayTry(socket.conn, address);
@@ -373,10 +371,8 @@ export class SyncServer<User = unknown> {
       this.events.emit('login-failed', { address, limited: true });
       throw error;
     }
-    // After the login limit: an address refused for guessing does not use up everyone's handshakes.
-    this.admitNow();
     try {
-      return await admit(socket, this.options.authenticate);
+      return await login();
     } catch (error) {
       if (SyncError.from(error).code === 'UNAUTHENTICATED' && this.options.authenticate) {
         this.events.emit('login-failed', { address, limited: false });
