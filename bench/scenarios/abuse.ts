@@ -87,12 +87,7 @@ const KINDS: readonly FloodKind[] = [
         ['sync:bogus', '{}', true],
         [MESSAGE.pull, 'null', true],
       ];
-      let next = 0;
-      return (socket) =>
-        pump(socket, () => {
-          const [event, payload, ack] = frames[next++ % frames.length]!;
-          return socket.frame(event, payload, ack);
-        }, 1 << 20);
+      return (socket) => pumpFrames(socket, frames);
     },
   },
   {
@@ -105,12 +100,7 @@ const KINDS: readonly FloodKind[] = [
         ['hello', '"world"', true],
         [MESSAGE.push, '{"events":[]}', false],
       ];
-      let next = 0;
-      return (socket) =>
-        pump(socket, () => {
-          const [event, payload, ack] = frames[next++ % frames.length]!;
-          return socket.frame(event, payload, ack);
-        }, 1 << 20);
+      return (socket) => pumpFrames(socket, frames);
     },
   },
   {
@@ -156,6 +146,15 @@ function pump(socket: RawSocketIo, next: () => string | Buffer, highWater: numbe
       return sent;
     },
   };
+}
+
+/** Sends `frames` over and over, as fast as the socket takes them. */
+function pumpFrames(socket: RawSocketIo, frames: readonly [event: string, payload: string, ack: boolean][]): Flooding {
+  let next = 0;
+  return pump(socket, () => {
+    const [event, payload, ack] = frames[next++ % frames.length]!;
+    return socket.frame(event, payload, ack);
+  }, 1 << 20);
 }
 
 /** Sends a frame from `next` every `everyMs`. */
