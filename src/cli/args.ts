@@ -1,4 +1,5 @@
 /** Parsers for the command line's values; each throws an InvalidArgumentError that names what it expected. */
+import { availableParallelism } from 'node:os';
 import { InvalidArgumentError } from 'commander';
 
 export type StorageSpec =
@@ -12,6 +13,16 @@ export function parsePort(value: string): number {
     throw new InvalidArgumentError(`expected a port number from 0 to 65535, got "${value}".`);
   }
   return port;
+}
+
+/** A count of server processes, or `auto` for one per core. */
+export function parseWorkers(value: string): number {
+  if (value === 'auto') return availableParallelism();
+  const workers = /^\d+$/.test(value) ? Number(value) : Number.NaN;
+  if (!Number.isInteger(workers) || workers < 1 || workers > 256) {
+    throw new InvalidArgumentError(`expected a number of processes from 1 to 256, or "auto" (one per core), got "${value}".`);
+  }
+  return workers;
 }
 
 export function parseStorage(value: string): StorageSpec {

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { describeStorage, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, type StorageSpec } from './args.js';
+import { describeStorage, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, parseWorkers, type StorageSpec } from './args.js';
 import type { CliLogLevel, RunningServer } from './serve.js';
 
 export const EXIT_USAGE = 2;
@@ -17,6 +17,7 @@ interface ServeFlags {
   static?: string;
   corsOrigin?: string | string[];
   authToken?: string;
+  workers: number;
 }
 
 class UsageError extends Error {}
@@ -56,24 +57,45 @@ export function createProgram(io: CliIo = defaultIo): Command {
     .addOption(new Option('--static <dir>', 'also serve a built web app (a folder with index.html) on the same port'))
     .addOption(new Option('--cors-origin <origins>', 'allow socket.io connections from these origins ("*" or a comma-separated list)').argParser(parseCorsOrigin))
     .addOption(new Option('--auth-token <token>', 'accept only clients that present this token (authToken on the client)').env('SYNC_AUTH_TOKEN'))
+    .addOption(
+      new Option('-w, --workers <n>', 'server processes sharing the port, e.g. one per core ("auto"); needs sqlite or postgres storage')
+        .default(1)
+        .env('SYNC_WORKERS')
+        .argParser(parseWorkers),
+    )
     .action(async (flags: ServeFlags) => {
       if (flags.static && !existsSync(join(flags.static, 'index.html'))) {
         throw new UsageError(`--static ${flags.static}: no index.html in ${resolve(flags.static)} (build the app first)`);
       }
+      if (flags.workers > 1 && flags.storage.kind === 'memory') {
+        throw new UsageError('--workers needs storage the workers share (sqlite:PATH or postgres://...): with memory storage each worker would hold its own data');
+      }
       // Loaded only now, so that --help and bad arguments answer without loading database drivers.
       const { serve } = await import('./serve.js');
+      const cluster = await import('./cluster.js');
+      const options = {
+        port: flags.port,
+        host: flags.host,
+        storage: flags.storage,
+        ...(flags.redis ? { redis: flags.redis } : {}),
+        logLevel: flags.logLevel,
+        ...(flags.static ? { staticDir: flags.static } : {}),
+        ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
+        ...(flags.authToken ? { authToken: flags.authToken } : {}),
+      };
+      if (cluster.isClusterWorker()) {
+        // A worker of `--workers`: it serves what the primary hands it, and says so only to the primary.
+        try {
+          stopOnSignals(await serve({ ...options, clusterWorker: true }));
+        } catch (error) {
+          cluster.reportToPrimary({ type: 'rxos:failed', message: error instanceof Error ? error.message : String(error) });
+          throw error;
+        }
+        return;
+      }
       let server: RunningServer;
       try {
-        server = await serve({
-          port: flags.port,
-          host: flags.host,
-          storage: flags.storage,
-          ...(flags.redis ? { redis: flags.redis } : {}),
-          logLevel: flags.logLevel,
-          ...(flags.static ? { staticDir: flags.static } : {}),
-          ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
-          ...(flags.authToken ? { authToken: flags.authToken } : {}),
-        });
+        server = flags.workers > 1 ? await cluster.servePrimary(options, flags.workers) : await serve(options);
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') {
           throw new Error(`port ${flags.port} is already in use; choose another with --port`);
@@ -84,6 +106,7 @@ export function createProgram(io: CliIo = defaultIo): Command {
         [
           `rxdb-offline-sync is listening on ${server.url}`,
           `  storage: ${describeStorage(flags.storage)}${flags.redis ? `, Redis adapter ${new URL(flags.redis).host}` : ''}`,
+          flags.workers > 1 ? `  workers: ${flags.workers} processes` : undefined,
           flags.static ? `  web app: ${server.url}/  (from ${flags.static})` : undefined,
           `  health:  ${server.url}/health   metrics: ${server.url}/metrics`,
           '',

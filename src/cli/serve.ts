@@ -1,13 +1,16 @@
 /** `rxdb-offline-sync serve`: one HTTP port for socket.io sync, health, metrics and (optionally) a web app. */
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { createAdapter as createClusterAdapter } from '@socket.io/cluster-adapter';
 import { createAdapter } from '@socket.io/redis-adapter';
+import { setupWorker } from '@socket.io/sticky';
 import { createClient } from 'redis';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { createHealthAndMetrics } from '../server/http.js';
 import { createSyncServer, type SyncServer } from '../server/server.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../server/storage/index.js';
 import { describeStorage, type StorageSpec } from './args.js';
+import { clusterMetrics, reportToPrimary } from './cluster.js';
 import { createStaticHandler } from './static.js';
 
 export type CliLogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
@@ -23,13 +26,20 @@ export interface ServeOptions {
   corsOrigin?: string | string[];
   /** When set, only clients presenting this token may connect. */
   authToken?: string;
+  /**
+   * This process is a worker of `serve --workers`: the primary owns the port
+   * and hands it connections, and live events reach the other workers
+   * through the primary (or Redis, when given).
+   */
+  clusterWorker?: boolean;
 }
 
 export interface RunningServer {
   /** Where a browser on this machine reaches the server. */
   url: string;
   port: number;
-  syncServer: SyncServer;
+  /** Absent in the primary process of `serve --workers`, which only hands connections to its workers. */
+  syncServer?: SyncServer;
   httpServer: HttpServer;
   logger: Logger;
   /** Stops accepting, disconnects clients, closes storage and Redis. */
@@ -48,7 +58,7 @@ export function createStorage(spec: StorageSpec): SyncStorage {
 }
 
 /** Opens storage before anything listens: a database that cannot be reached at start is fatal, with one line that names it. */
-async function openStorage(storage: SyncStorage, spec: StorageSpec): Promise<void> {
+export async function openStorage(storage: SyncStorage, spec: StorageSpec): Promise<void> {
   try {
     await storage.init();
   } catch (error) {
@@ -92,7 +102,7 @@ function redisClient(url: string, role: 'publisher' | 'subscriber', logger: Logg
  */
 const REDIS_START_TIMEOUT_MS = 10_000;
 
-async function connectRedis(url: string, logger: Logger) {
+export async function connectRedis(url: string, logger: Logger) {
   const pub = redisClient(url, 'publisher', logger);
   const sub = redisClient(url, 'subscriber', logger);
   let timer: NodeJS.Timeout | undefined;
@@ -128,8 +138,18 @@ function closeHttp(httpServer: HttpServer): Promise<void> {
   });
 }
 
+export function loggingFor(level: CliLogLevel) {
+  return { enabled: level !== 'silent', level: level === 'silent' ? 'info' : level } as const;
+}
+
+/** Where a browser on this machine reaches a server listening on `host`. */
+export function shownUrl(host: string, port: number): string {
+  const shownHost = ['0.0.0.0', '::', ''].includes(host) ? 'localhost' : host.includes(':') ? `[${host}]` : host;
+  return `http://${shownHost}:${port}`;
+}
+
 export async function serve(options: ServeOptions): Promise<RunningServer> {
-  const logging = { enabled: options.logLevel !== 'silent', level: options.logLevel === 'silent' ? 'info' : options.logLevel } as const;
+  const logging = loggingFor(options.logLevel);
   const logger = createLogger(logging, 'rxdb-offline-sync');
   const serveStatic = options.staticDir ? createStaticHandler(options.staticDir) : undefined;
   const storage = createStorage(options.storage);
@@ -148,13 +168,21 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       httpServer,
       storage,
       logging,
-      ...(redis ? { adapter: redis.adapter } : {}),
+      ...(redis ? { adapter: redis.adapter } : options.clusterWorker ? { adapter: createClusterAdapter() } : {}),
       ...(options.corsOrigin ? { socketOptions: { cors: { origin: options.corsOrigin } } } : {}),
       ...(options.authToken ? { authenticate: (_socket, token) => (token === options.authToken ? { token: 'shared' } : null) } : {}),
     });
-    const endpoints = createHealthAndMetrics(syncServer);
+    const endpoints = createHealthAndMetrics(syncServer, options.clusterWorker ? { metricsPath: false } : {});
+    const metricsOfCluster = options.clusterWorker ? clusterMetrics(endpoints.metrics.registry) : undefined;
     // socket.io wraps this listener when it attaches, so only its own paths bypass it.
     httpServer.on('request', (req, res) => {
+      if (metricsOfCluster && req.method === 'GET' && new URL(req.url ?? '/', 'http://localhost').pathname === '/metrics') {
+        metricsOfCluster().then(
+          (body) => res.writeHead(200, { 'content-type': endpoints.metrics.contentType, 'cache-control': 'no-store' }).end(body),
+          (error: unknown) => res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`${messageOf(error)}\n`),
+        );
+        return;
+      }
       if (endpoints.handle(req, res) || serveStatic?.(req, res)) return;
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
       res.end('Not Found\n');
@@ -167,19 +195,25 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       await syncServer.stop();
       await closeHttp(httpServer);
     });
-    await new Promise<void>((resolve, reject) => {
-      httpServer.once('error', reject);
-      httpServer.listen(options.port, options.host, () => {
-        httpServer.off('error', reject);
-        resolve();
+    let port = options.port;
+    if (options.clusterWorker) {
+      // The primary listens; connections arrive over IPC.
+      setupWorker(syncServer.getIo() as Parameters<typeof setupWorker>[0]);
+      reportToPrimary({ type: 'rxos:ready' });
+    } else {
+      await new Promise<void>((resolve, reject) => {
+        httpServer.once('error', reject);
+        httpServer.listen(options.port, options.host, () => {
+          httpServer.off('error', reject);
+          resolve();
+        });
       });
-    });
+      port = (httpServer.address() as AddressInfo).port;
+    }
 
-    const port = (httpServer.address() as AddressInfo).port;
-    const shownHost = ['0.0.0.0', '::', ''].includes(options.host) ? 'localhost' : options.host.includes(':') ? `[${options.host}]` : options.host;
     let closing: Promise<void> | undefined;
     return {
-      url: `http://${shownHost}:${port}`,
+      url: shownUrl(options.host, port),
       port,
       syncServer: syncServer as SyncServer,
       httpServer,

@@ -159,7 +159,7 @@ export class SqliteSyncStorage implements SyncStorage {
   private readonly path: string;
   private db: Database.Database | undefined;
   private statements: Statements | undefined;
-  private writeBatch: ((pending: PendingSave[]) => SaveResult[][]) | undefined;
+  private writeBatch: Database.Transaction<(pending: PendingSave[]) => SaveResult[][]> | undefined;
   private closed = false;
   private queue: PendingSave[] = [];
   private flushScheduled = false;
@@ -237,7 +237,7 @@ export class SqliteSyncStorage implements SyncStorage {
       this.db!.transaction(() => {
         statements.claim.run(clientId, userKey);
         return statements.owner.get(clientId)!.user_key;
-      })(),
+      }).immediate(),
     );
   }
 
@@ -247,7 +247,7 @@ export class SqliteSyncStorage implements SyncStorage {
       this.db!.transaction(() => {
         statements.rememberCleared.run(checkpoint);
         return statements.clearBefore.run(checkpoint).changes;
-      })(),
+      }).immediate(),
     );
   }
 
@@ -292,9 +292,10 @@ export class SqliteSyncStorage implements SyncStorage {
     try {
       if (this.path !== ':memory:') mkdirSync(dirname(this.path), { recursive: true });
       const db = new Database(this.path);
+      // First: the workers of `serve --workers` open the file at once, and each waits its turn for the lock.
+      db.pragma('busy_timeout = 5000');
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = FULL'); // an acknowledged push survives a power cut, not just a crash
-      db.pragma('busy_timeout = 5000');
       db.exec(SCHEMA);
       const statements = prepareStatements(db);
       this.writeBatch = db.transaction((pending: PendingSave[]) =>
@@ -322,7 +323,9 @@ export class SqliteSyncStorage implements SyncStorage {
     this.queue = [];
     let results: SaveResult[][];
     try {
-      results = this.writeBatch!(pending);
+      // IMMEDIATE: the write lock is taken (waiting up to busy_timeout) before the heads are read. A
+      // deferred transaction that read first could not upgrade once another process (serve --workers) wrote.
+      results = this.writeBatch!.immediate(pending);
     } catch (error) {
       const failure = storageError('cannot save events', error);
       for (const call of pending) call.reject(failure);

@@ -1,0 +1,193 @@
+/**
+ * The scale scenario's protocol client: socket.io written by hand over a
+ * bare WebSocket (engine.io 4, websocket transport only), as lib/raw-socket.ts
+ * does for the abuse scenario's flooders, so that one process can hold
+ * thousands of devices. It completes the handshake, answers pings, sends
+ * requests and matches their acknowledgements, and hands live messages over
+ * as text: subscribers scan them for sequences (scanLive) instead of parsing
+ * every event of every message.
+ *
+ * Times are milliseconds of the system's monotonic clock (`clock`), the same
+ * in every process of the machine, so that a time taken in one process can be
+ * compared with one taken in another.
+ */
+import WebSocket from 'ws';
+
+/** socket.io packet types over engine.io's MESSAGE (4): CONNECT, EVENT, ACK, CONNECT_ERROR. */
+const CONNECT = '40';
+const EVENT = '42';
+const ACK = '43';
+const CONNECT_ERROR = '44';
+const LIVE_PREFIX = `${EVENT}["sync:events",`;
+const ERROR_PREFIX = `${EVENT}["sync:error",`;
+
+/** Milliseconds of CLOCK_MONOTONIC: comparable between processes on one machine. */
+export const clock = (): number => Number(process.hrtime.bigint()) / 1e6;
+
+/** Why a connection attempt failed, as the real client tells its causes apart. */
+export class ConnectFailure extends Error {
+  constructor(
+    readonly kind: 'refused' | 'busy' | 'rejected' | 'timeout' | 'closed',
+    message: string,
+    /** SERVER_BUSY's (or another refusal's) retryAfterMs, when the server named one. */
+    readonly retryAfterMs?: number,
+    readonly code?: string,
+  ) {
+    super(message);
+  }
+}
+
+export class LiteSocket {
+  /** Called with the text of every live message and the time it arrived. */
+  onLive?: (frame: string, at: number) => void;
+  /** Called once when the connection ends (either side). */
+  onClose?: () => void;
+  /** `sync:error` codes the server sent, and how many of each. */
+  readonly errors = new Map<string, number>();
+  closed = false;
+  private nextAck = 0;
+  private readonly pending = new Map<number, { resolve(body: string): void; reject(error: Error): void }>();
+
+  private constructor(private readonly ws: WebSocket) {
+    ws.on('message', (data) => this.onFrame(String(data)));
+    ws.on('close', () => this.ended());
+    ws.on('error', () => this.ended());
+  }
+
+  /**
+   * Opens a connection and completes socket.io's CONNECT with `auth` (the
+   * sync handshake); rejects with a ConnectFailure after `timeoutMs`, or
+   * when the server refuses (with its retryAfterMs, if any) or is not there.
+   */
+  static connect(url: string, auth: Record<string, unknown>, timeoutMs: number): Promise<LiteSocket> {
+    // No permessage-deflate (the server does not offer it by default) and an all-zero mask, which ws skips applying.
+    const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/socket.io/?EIO=4&transport=websocket`, { perMessageDeflate: false, generateMask: (mask) => void mask.fill(0) });
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const fail = (failure: ConnectFailure) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        ws.removeAllListeners();
+        ws.on('error', () => {});
+        ws.terminate();
+        reject(failure);
+      };
+      const timer = setTimeout(() => fail(new ConnectFailure('timeout', `no connection within ${timeoutMs} ms`)), timeoutMs);
+      const onFrame = (data: WebSocket.RawData) => {
+        const frame = String(data);
+        if (frame.startsWith('0')) ws.send(`${CONNECT}${JSON.stringify(auth)}`);
+        else if (frame === '2') ws.send('3');
+        else if (frame.startsWith(CONNECT)) {
+          settled = true;
+          clearTimeout(timer);
+          ws.off('message', onFrame);
+          ws.removeAllListeners('error');
+          ws.removeAllListeners('close');
+          // Attached in this same step: the welcome that follows the CONNECT is not missed.
+          resolve(new LiteSocket(ws));
+        } else if (frame.startsWith(CONNECT_ERROR)) {
+          let code: string | undefined;
+          let retryAfterMs: number | undefined;
+          let message = frame.slice(2);
+          try {
+            const body = JSON.parse(frame.slice(2)) as { message?: string; data?: { code?: string; details?: { retryAfterMs?: unknown } } };
+            code = body.data?.code;
+            message = body.message ?? message;
+            const retry = body.data?.details?.retryAfterMs;
+            if (typeof retry === 'number') retryAfterMs = retry;
+          } catch {
+            // Not JSON: kept as text.
+          }
+          fail(new ConnectFailure(code === 'SERVER_BUSY' ? 'busy' : 'rejected', `${code ?? 'refused'}: ${message}`, retryAfterMs, code));
+        }
+      };
+      ws.on('message', onFrame);
+      ws.on('error', (error: NodeJS.ErrnoException) => fail(new ConnectFailure(error.code === 'ECONNREFUSED' ? 'refused' : 'closed', error.message)));
+      ws.on('close', () => fail(new ConnectFailure('closed', 'closed during the handshake')));
+    });
+  }
+
+  /** Sends `event` with `payloadJson` and resolves with the text of the acknowledgement's arguments (`[{"ok":…}]`). */
+  request(event: string, payloadJson: string): Promise<string> {
+    if (this.closed) return Promise.reject(new Error('the connection is closed'));
+    const id = this.nextAck++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.ws.send(`${EVENT}${id}[${JSON.stringify(event)},${payloadJson}]`);
+    });
+  }
+
+  get open(): boolean {
+    return !this.closed && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Leaves at once, without a closing handshake. */
+  close(): void {
+    this.ws.terminate();
+    this.ended();
+  }
+
+  private ended(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const { reject } of this.pending.values()) reject(new Error('the connection closed'));
+    this.pending.clear();
+    this.onClose?.();
+  }
+
+  private onFrame(frame: string): void {
+    if (frame.startsWith(LIVE_PREFIX)) {
+      this.onLive?.(frame, clock());
+    } else if (frame === '2') {
+      // engine.io PING, answered as a live client does.
+      this.ws.send('3');
+    } else if (frame.startsWith(ACK)) {
+      const body = frame.indexOf('[');
+      const id = Number(frame.slice(2, body));
+      const waiter = this.pending.get(id);
+      if (!waiter) return;
+      this.pending.delete(id);
+      waiter.resolve(frame.slice(body));
+    } else if (frame.startsWith(ERROR_PREFIX)) {
+      const code = /"code":"([A-Z_]+)"/.exec(frame)?.[1] ?? 'unknown';
+      this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+    }
+  }
+}
+
+const SEQ_KEY = '"seq":';
+const SENT_KEY = '"data":{"t":';
+
+/**
+ * Calls `each` with the sequence of every event of a live message's text and
+ * the time its writer sent it (the `t` of the scale scenario's documents;
+ * NaN for a document without one), without parsing the message: an event
+ * is `{"id":…,"collection":…,"documentId":…,"op":…,"data":{…},"hlc":…,"seq":N,…}`
+ * with its data before its sequence. Returns the number of events.
+ */
+export function scanLive(frame: string, each: (seq: number, sentAt: number) => void): number {
+  let from = 0;
+  let count = 0;
+  for (;;) {
+    const at = frame.indexOf(SEQ_KEY, from);
+    if (at < 0) return count;
+    const sent = frame.indexOf(SENT_KEY, from);
+    const sentAt = sent >= 0 && sent < at ? Number.parseFloat(frame.slice(sent + SENT_KEY.length, sent + SENT_KEY.length + 32)) : Number.NaN;
+    each(Number.parseInt(frame.slice(at + SEQ_KEY.length, at + SEQ_KEY.length + 20), 10), sentAt);
+    count++;
+    from = at + SEQ_KEY.length;
+  }
+}
+
+/** The `checkpoint` and `hasMore` of a pull reply's text, read from its end without parsing its events. */
+export function pullTail(body: string): { ok: boolean; checkpoint: number; hasMore: boolean; error?: { code?: string; details?: { retryAfterMs?: number } } } {
+  if (body.startsWith('[{"ok":false')) {
+    const reply = JSON.parse(body) as [{ error?: { code?: string; details?: { retryAfterMs?: number } } }];
+    return { ok: false, checkpoint: Number.NaN, hasMore: false, ...(reply[0].error ? { error: reply[0].error } : {}) };
+  }
+  const at = body.lastIndexOf('"checkpoint":');
+  const more = body.lastIndexOf('"hasMore":');
+  if (at < 0 || more < 0) throw new Error(`not a pull reply: ${body.slice(0, 200)}`);
+  return { ok: true, checkpoint: Number.parseInt(body.slice(at + 13, at + 33), 10), hasMore: body.startsWith('true', more + 10) };
+}

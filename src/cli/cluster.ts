@@ -1,0 +1,178 @@
+/**
+ * `serve --workers N`: N server processes behind one port, so that one
+ * machine's cores all serve sync. The primary process owns the port and
+ * hands each connection to a worker (@socket.io/sticky, so that the requests
+ * of one long-polling session all reach the worker that holds it); live
+ * events cross workers through socket.io's cluster adapter over the primary,
+ * or through Redis when `--redis` is given. Workers share one database:
+ * SQLite in WAL mode (writes are serialized by SQLite's lock, so sequences
+ * still commit in order) or PostgreSQL.
+ *
+ * A worker that dies is replaced; its clients reconnect to the others. A
+ * worker that fails before it ever served is fatal: the same cause would
+ * fail its replacement too. /metrics answers for the whole cluster.
+ */
+import cluster, { type Worker } from 'node:cluster';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { setupPrimary } from '@socket.io/cluster-adapter';
+import { setupMaster } from '@socket.io/sticky';
+import { AggregatorRegistry, type Registry } from 'prom-client';
+import { createLogger } from '../shared/logger.js';
+import { connectRedis, createStorage, loggingFor, openStorage, shownUrl, type RunningServer, type ServeOptions } from './serve.js';
+
+/** Messages between the primary and its workers (prefixed, as IPC is shared with sticky and the adapter). */
+type WorkerMessage = { type: 'rxos:ready' } | { type: 'rxos:failed'; message: string } | { type: 'rxos:metrics'; id: number };
+type PrimaryMessage = { type: 'rxos:metrics'; id: number; body?: string; error?: string };
+
+/** A replaced worker's successor waits this long, so a worker that dies at once cannot spin the CPU. */
+const RESPAWN_DELAY_MS = 1000;
+/** How long workers get to close their connections on shutdown before they are killed. */
+const STOP_TIMEOUT_MS = 10_000;
+const METRICS_TIMEOUT_MS = 5000;
+
+export function isClusterWorker(): boolean {
+  return cluster.isWorker;
+}
+
+/**
+ * Runs the primary: checks storage and Redis once (a bad address fails here,
+ * with one line, before any worker starts), listens, and keeps `workers`
+ * workers running until close().
+ */
+export async function servePrimary(options: ServeOptions, workers: number): Promise<RunningServer> {
+  const logger = createLogger(loggingFor(options.logLevel), 'rxdb-offline-sync');
+  // Creates the schema once, before workers race to; and fails fast on a database that cannot be reached.
+  const storage = createStorage(options.storage);
+  try {
+    await openStorage(storage, options.storage);
+  } finally {
+    await storage.close();
+  }
+  if (options.redis) await (await connectRedis(options.redis, logger)).close();
+  else setupPrimary();
+
+  // Buffers cross IPC as Buffers (a connection's first bytes, the adapter's packets), not as JSON arrays.
+  cluster.setupPrimary({ serialization: 'advanced' });
+  const httpServer = createServer();
+  setupMaster(httpServer, { loadBalancingMethod: 'least-connection' });
+  const aggregator = new AggregatorRegistry();
+  let stopping = false;
+  let failure: ((error: Error) => void) | undefined;
+  const everReady = new Set<number>();
+
+  const onMessage = (worker: Worker, message: WorkerMessage) => {
+    if (message?.type === 'rxos:ready') everReady.add(worker.id);
+    else if (message?.type === 'rxos:failed') failure?.(new Error(message.message));
+    else if (message?.type === 'rxos:metrics') {
+      const reply = (answer: PrimaryMessage) => {
+        if (worker.isConnected()) worker.send(answer);
+      };
+      aggregator.clusterMetrics().then(
+        (body) => reply({ type: 'rxos:metrics', id: message.id, body }),
+        (error: unknown) => reply({ type: 'rxos:metrics', id: message.id, error: error instanceof Error ? error.message : String(error) }),
+      );
+    }
+  };
+  const spawn = () => {
+    const worker = cluster.fork();
+    worker.on('message', (message: WorkerMessage) => onMessage(worker, message));
+    worker.on('exit', (code, signal) => {
+      if (stopping) return;
+      if (!everReady.has(worker.id)) {
+        failure?.(new Error(`a worker exited while starting (${signal ?? `code ${code}`})`));
+        return;
+      }
+      logger.error({ worker: worker.id, code, signal }, 'worker exited; starting another');
+      setTimeout(() => {
+        if (!stopping) spawn();
+      }, RESPAWN_DELAY_MS).unref();
+    });
+    return worker;
+  };
+
+  const stop = async () => {
+    stopping = true;
+    const running = Object.values(cluster.workers ?? {}).filter((worker): worker is Worker => worker !== undefined && !worker.isDead());
+    await Promise.all(
+      running.map(
+        (worker) =>
+          new Promise<void>((resolve) => {
+            const timer = setTimeout(() => worker.kill('SIGKILL'), STOP_TIMEOUT_MS);
+            worker.once('exit', () => {
+              clearTimeout(timer);
+              resolve();
+            });
+            worker.kill('SIGTERM');
+          }),
+      ),
+    );
+    await new Promise<void>((resolve) => (httpServer.listening ? httpServer.close(() => resolve()) : resolve()));
+  };
+
+  try {
+    await new Promise<void>((resolve, reject) => {
+      failure = reject;
+      httpServer.once('error', reject);
+      httpServer.listen(options.port, options.host, () => {
+        httpServer.off('error', reject);
+        for (let i = 0; i < workers; i++) spawn();
+        const check = setInterval(() => {
+          if (everReady.size >= workers) {
+            clearInterval(check);
+            resolve();
+          }
+        }, 20);
+        httpServer.once('close', () => clearInterval(check));
+      });
+    });
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  failure = (error) => logger.error({ err: error }, 'worker failed');
+
+  const port = (httpServer.address() as AddressInfo).port;
+  let closing: Promise<void> | undefined;
+  return {
+    url: shownUrl(options.host, port),
+    port,
+    httpServer,
+    logger,
+    close: () => (closing ??= stop()),
+  };
+}
+
+/** In a worker: tells the primary it serves, or why it could not start. */
+export function reportToPrimary(message: WorkerMessage): void {
+  process.send?.(message);
+}
+
+/** In a worker: the metrics of every worker, summed by the primary (prom-client's AggregatorRegistry). */
+export function clusterMetrics(registry: Registry): () => Promise<string> {
+  AggregatorRegistry.setRegistries([registry]);
+  // Constructing one is what makes prom-client answer the primary's requests in this process.
+  new AggregatorRegistry();
+  let nextId = 0;
+  const waiting = new Map<number, { resolve: (body: string) => void; reject: (error: Error) => void }>();
+  process.on('message', (message: PrimaryMessage) => {
+    if (message?.type !== 'rxos:metrics') return;
+    const request = waiting.get(message.id);
+    waiting.delete(message.id);
+    if (message.body !== undefined) request?.resolve(message.body);
+    else request?.reject(new Error(message.error ?? 'no metrics'));
+  });
+  return () =>
+    new Promise<string>((resolve, reject) => {
+      const id = nextId++;
+      const timer = setTimeout(() => {
+        waiting.delete(id);
+        reject(new Error(`the primary process did not answer within ${METRICS_TIMEOUT_MS} ms`));
+      }, METRICS_TIMEOUT_MS);
+      waiting.set(id, {
+        resolve: (body) => (clearTimeout(timer), resolve(body)),
+        reject: (error) => (clearTimeout(timer), reject(error)),
+      });
+      reportToPrimary({ type: 'rxos:metrics', id });
+    });
+}

@@ -1,0 +1,118 @@
+/**
+ * `serve --workers N`: several server processes behind one port on one
+ * SQLite file. Clients on different workers see each other's writes live
+ * (socket.io's cluster adapter over the primary), a long-polling client's
+ * session stays on its worker, /metrics sums every worker, and a worker that
+ * is killed is replaced while its clients move to the others and lose nothing.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { contents, startClient, waitFor, type TestClient } from './helpers.js';
+
+const root = join(import.meta.dirname, '..');
+const cleanups: (() => Promise<unknown> | void)[] = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface Cluster {
+  child: ChildProcess;
+  url: string;
+  exited: Promise<number | null>;
+  output: () => string;
+}
+
+async function startCluster(args: string[]): Promise<Cluster> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--port', '0', '--host', '127.0.0.1', '--log-level', 'warn', ...args], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let output = '';
+  child.stdout!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  cleanups.push(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    await exited;
+    clearTimeout(timer);
+  });
+  await waitFor(() => /listening on http:\/\/127\.0\.0\.1:\d+/.test(output) || child.exitCode !== null, 'the CLI to print its URL', 30_000);
+  const url = /listening on (http:\/\/127\.0\.0\.1:\d+)/.exec(output)?.[1];
+  if (!url) throw new Error(`the cluster did not start:\n${output}`);
+  return { child, url, exited, output: () => output };
+}
+
+/** The worker processes of a primary, by pid (its other children, such as tsx's esbuild, left out). */
+function workersOf(primary: number): number[] {
+  const ps = spawnSync('ps', ['-o', 'pid=,args=', '--ppid', String(primary)], { encoding: 'utf8' });
+  return ps.stdout
+    .split('\n')
+    .filter((line) => line.includes('src/cli.ts'))
+    .map((line) => Number(line.trim().split(' ')[0]));
+}
+
+function metric(text: string, name: string): number | undefined {
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`rxdb_offline_sync_${name} `));
+  return line === undefined ? undefined : Number(line.split(' ')[1]);
+}
+
+async function client(url: string, options: Parameters<typeof startClient>[1] = {}): Promise<TestClient> {
+  const started = await startClient(url, options);
+  cleanups.push(() => started.close());
+  return started;
+}
+
+describe('serve --workers', () => {
+  it('runs the workers behind one port: live across workers, long polling, summed metrics, a killed worker replaced', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'workers-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const cluster = await startCluster(['--workers', '2', '--storage', `sqlite:${join(dir, 'sync.db')}`]);
+    expect(cluster.output()).toContain('workers: 2 processes');
+    const workers = workersOf(cluster.child.pid!);
+    expect(workers).toHaveLength(2);
+
+    // Least connections: the two live clients land on different workers, so only the adapter can carry a write across.
+    const alice = await client(cluster.url, { syncInterval: 600_000 });
+    await waitFor(() => alice.sync.getStatus().connected, 'alice to connect', 20_000);
+    const bob = await client(cluster.url, { syncInterval: 600_000 });
+    await waitFor(() => bob.sync.getStatus().connected, 'bob to connect', 20_000);
+    // Long polling: every request of the session must reach the worker that holds it.
+    const carol = await client(cluster.url, { useWebSockets: false, syncInterval: 200 });
+
+    await alice.todos.insert({ id: 'a1', title: 'from alice', done: false });
+    await waitFor(async () => (await bob.todos.count().exec()) === 1, 'bob to receive alice\'s write live', 15_000);
+    await bob.todos.insert({ id: 'b1', title: 'from bob', done: false });
+    await waitFor(async () => (await alice.todos.count().exec()) === 2, 'alice to receive bob\'s write live', 15_000);
+    await waitFor(async () => (await carol.todos.count().exec()) === 2, 'the polling client to pull both', 15_000);
+
+    const metrics = await (await fetch(`${cluster.url}/metrics`)).text();
+    // Summed over both workers: the two live clients and the polling client's session.
+    expect(metric(metrics, 'connected_clients')).toBe(3);
+
+    // A worker killed outright: its clients reconnect to the other, the primary starts a replacement, nothing is lost.
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitFor(() => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
+    await alice.todos.insert({ id: 'a2', title: 'after the kill', done: false });
+    await bob.todos.insert({ id: 'b2', title: 'after the kill', done: false });
+    for (const each of [alice, bob, carol]) {
+      await waitFor(async () => (await each.todos.count().exec()) === 4 && each.sync.getStatus().pendingEvents === 0, `${each.name} to hold all four`, 20_000);
+    }
+    expect(await contents(bob.todos)).toEqual(await contents(alice.todos));
+    expect(await contents(carol.todos)).toEqual(await contents(alice.todos));
+
+    cluster.child.kill('SIGTERM');
+    expect(await cluster.exited).toBe(0);
+    expect(workersOf(cluster.child.pid!)).toEqual([]);
+  }, 120_000);
+
+  it('refuses memory storage, which workers cannot share', async () => {
+    const run = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--workers', '2', '--storage', 'memory'], { cwd: root, encoding: 'utf8', timeout: 30_000 });
+    expect(run.stderr).toContain('--workers needs storage the workers share');
+    expect(run.status).toBe(2);
+  });
+});
