@@ -191,3 +191,45 @@ export function pullTail(body: string): { ok: boolean; checkpoint: number; hasMo
   if (at < 0 || more < 0) throw new Error(`not a pull reply: ${body.slice(0, 200)}`);
   return { ok: true, checkpoint: Number.parseInt(body.slice(at + 13, at + 33), 10), hasMore: body.startsWith('true', more + 10) };
 }
+
+/**
+ * Latencies in fixed bins, mergeable across processes: 0.1 ms wide below
+ * 100 ms, 1 ms below 1 s, 10 ms below 60 s, then one bin for the rest.
+ */
+export const HISTOGRAM_BINS = 1000 + 900 + 5900 + 1;
+
+export function histogramBin(ms: number): number {
+  if (!(ms > 0)) return 0;
+  if (ms < 100) return Math.floor(ms * 10);
+  if (ms < 1000) return 1000 + Math.floor(ms - 100);
+  if (ms < 60_000) return 1900 + Math.floor((ms - 1000) / 10);
+  return HISTOGRAM_BINS - 1;
+}
+
+/** The upper edge of a bin, in ms (the last bin: 60 s and more, reported as 60 s). */
+export function binUpperMs(bin: number): number {
+  if (bin < 1000) return (bin + 1) / 10;
+  if (bin < 1900) return bin - 1000 + 101;
+  return Math.min(60_000, (bin - 1900) * 10 + 1010);
+}
+
+/** Nearest-rank percentile of a histogram (the bin's upper edge); NaN when it is empty. */
+export function histogramPercentile(bins: ArrayLike<number>, p: number): number {
+  let total = 0;
+  for (let i = 0; i < bins.length; i++) total += bins[i]!;
+  if (total === 0) return Number.NaN;
+  const rank = Math.max(1, Math.ceil((p / 100) * total));
+  let seen = 0;
+  for (let i = 0; i < bins.length; i++) {
+    seen += bins[i]!;
+    if (seen >= rank) return binUpperMs(i);
+  }
+  return binUpperMs(bins.length - 1);
+}
+
+/** Sparse form of a histogram for IPC: [bin, count] pairs of the bins in use. */
+export const sparseBins = (bins: ArrayLike<number>): [number, number][] => {
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < bins.length; i++) if (bins[i]! > 0) pairs.push([i, bins[i]!]);
+  return pairs;
+};

@@ -28,6 +28,40 @@ export interface EngineConnection {
   readyState?: string;
 }
 
+/**
+ * The time one turn of the event loop may spend starting messages, over
+ * all connections. Each connection is served at most once a turn, but ten
+ * thousand connections that reconnect at once each bring a catch-up pull:
+ * served in one turn, SQLite's synchronous reads alone held the loop for
+ * seconds, and heartbeats and pushes waited behind them. Past the budget,
+ * what is left waits for the next turn, after the I/O that came meanwhile.
+ */
+export class TurnBudget {
+  /** When the current turn's first message started (performance.now()); -1 between turns. */
+  private started = -1;
+  private readonly endTurn = () => {
+    this.started = -1;
+  };
+
+  constructor(private readonly budgetMs: number) {}
+
+  /**
+   * True when a message may start now, while the turn is within its budget.
+   * Asked just before the message starts, in the same synchronous step: a
+   * promise would let every waiting connection pass the check before the
+   * first of them had spent anything.
+   */
+  mayStart(): boolean {
+    const now = performance.now();
+    if (this.started < 0) {
+      this.started = now;
+      setImmediate(this.endTurn);
+      return true;
+    }
+    return now - this.started < this.budgetMs;
+  }
+}
+
 export class ConnectionGuard {
   private readonly queue: (() => Promise<void>)[] = [];
   private serving = false;
@@ -44,6 +78,8 @@ export class ConnectionGuard {
     private readonly conn: EngineConnection,
     /** Drops the connection; called once, with the reason sent to the client. */
     private readonly drop: (reason: SyncError) => void,
+    /** Shared by the server's connections. */
+    private readonly budget?: TurnBudget,
   ) {}
 
   /** True once dropped or disconnected: nothing more of this connection is served. */
@@ -124,6 +160,7 @@ export class ConnectionGuard {
     try {
       while (this.queue.length > 0 && !this.isClosed) {
         if (this.servedThisTurn) await new Promise<void>((resolve) => setImmediate(resolve));
+        while (this.budget && !this.budget.mayStart()) await new Promise<void>((resolve) => setImmediate(resolve));
         const task = this.queue.shift();
         if (!task || this.isClosed) break;
         this.servedThisTurn = true;

@@ -19,7 +19,7 @@ import {
   type SyncIo,
   type SyncSocket,
 } from './handlers.js';
-import { ConnectionGuard, type EngineConnection } from './guard.js';
+import { ConnectionGuard, TurnBudget, type EngineConnection } from './guard.js';
 import { LoginLimiter, RateLimiter, UserConnections, defaultUserKey } from './limits.js';
 import { resolveServerOptions, type ResolvedServerOptions, type SyncServerOptions } from './options.js';
 import { Redactor } from './redact.js';
@@ -52,6 +52,8 @@ export interface SyncServerEvents<User = unknown> extends ServerEvents {
 
 /** How often every connection's unsent bytes are looked at (replies are also checked as they are sent). */
 const UNSENT_SWEEP_MS = 1000;
+/** What one turn of the event loop may spend starting messages of all connections (see TurnBudget). */
+const TURN_BUDGET_MS = 10;
 
 export class SyncServer<User = unknown> {
   /** Reports pushes, pulls, storage errors and client connections (for metrics and hooks). */
@@ -66,6 +68,7 @@ export class SyncServer<User = unknown> {
   private readonly limiter?: RateLimiter;
   private readonly logins?: LoginLimiter;
   private readonly guards = new Map<string, ConnectionGuard>();
+  private readonly budget = new TurnBudget(TURN_BUDGET_MS);
   private sweepTimer?: ReturnType<typeof setInterval>;
   /** The live fan-outs, one after another; pushes are acknowledged without waiting for theirs. */
   private fanOuts: Promise<void> = Promise.resolve();
@@ -420,7 +423,7 @@ export class SyncServer<User = unknown> {
       this.events.emit('client-dropped', { clientId: socket.data.clientId, reason: reason.code as DropReason });
       socket.emit(MESSAGE.error, reason.toWire());
       socket.disconnect(true);
-    });
+    }, this.budget);
     this.guards.set(socket.id, guard);
     this.replaceEarlierConnections(socket);
     socket.emit(MESSAGE.welcome, {
