@@ -108,7 +108,7 @@ describe('serve --workers', () => {
     cluster.child.kill('SIGTERM');
     expect(await cluster.exited).toBe(0);
     expect(workersOf(cluster.child.pid!)).toEqual([]);
-  }, 120_000);
+  }, 240_000);
 
   it('refuses memory storage, which workers cannot share', async () => {
     const run = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--workers', '2', '--storage', 'memory'], { cwd: root, encoding: 'utf8', timeout: 30_000 });

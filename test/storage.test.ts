@@ -1,10 +1,13 @@
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type IncomingEvent, type SyncStorage } from '../src/server/storage/index.js';
+import { scopedReadSql } from '../src/server/storage/sqlite.js';
+import { parseScope } from '../src/shared/scope.js';
 import { runStorageConformance } from './storage.conformance.js';
 import { serviceReady, useTestDatabase } from './services.js';
 
@@ -90,6 +93,53 @@ describe('sqlite: group commit', () => {
       const pageSize = 4096 + 24;
       expect((walBytes() - before) / pageSize).toBeLessThan(30);
       expect(await storage.countEvents()).toBe(101);
+    } finally {
+      await storage.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('sqlite: scoped reads', () => {
+  it('use the scope index for an equality scope, the sequence index for leaves, and the document index for what the reader held', async () => {
+    const { dir, path } = tempSqlitePath();
+    const storage = new SqliteSyncStorage({ path });
+    const inspector = () => new Database(path, { readonly: true });
+    try {
+      await storage.init();
+      await storage.saveEvents(Array.from({ length: 20 }, (_, i) => ({ ...newEvent(`doc-${i}`), data: { crewId: `c${i % 4}` } })));
+      const plan = (checkpoint: number, scope: object, held: { scope: object | null; through: number }) => {
+        const { sql, params } = scopedReadSql(checkpoint, { collection: 'todos', scope: parseScope(scope), held: { scope: parseScope(held.scope), through: held.through }, limit: 50 });
+        const db = inspector();
+        try {
+          return db.prepare<Record<string, unknown>, { detail: string }>(`EXPLAIN QUERY PLAN ${sql}`).all(params).map((row) => row.detail).join('\n');
+        } finally {
+          db.close();
+        }
+      };
+      // Before indexScopeFields there is no scope index to use.
+      expect(plan(0, { crewId: 'c1' }, { scope: { crewId: 'c1' }, through: 0 })).not.toMatch(/heads_scope_/);
+
+      await storage.indexScopeFields({ todos: ['crewId', 'region'] });
+      await storage.indexScopeFields({ todos: ['crewId', 'region'] });
+      const db = inspector();
+      const indexes = db.prepare<[], { name: string }>("SELECT name FROM sqlite_master WHERE type = 'index' AND (name LIKE 'heads_scope_%' OR name LIKE 'events_document_%') ORDER BY name").all();
+      db.close();
+      expect(indexes).toHaveLength(3); // two fields, and the documents of the collection: once, however often asked
+
+      // The first read: the documents in scope only, through the scope index, already in sequence order.
+      const initial = plan(0, { crewId: 'c1' }, { scope: { crewId: 'c1' }, through: 0 });
+      expect(initial).toMatch(/SEARCH h USING (COVERING )?INDEX heads_scope_\w+ \(<expr>=\? AND seq>\?\)/);
+      expect(initial).not.toMatch(/TEMP B-TREE|SCAN/);
+      // A catch-up: in scope through the scope index, leaves among the heads changed after the checkpoint, the arms merged.
+      for (const held of [{ scope: { crewId: 'c1' }, through: 10 }, { scope: { region: 'n' }, through: 15 }]) {
+        const catchUp = plan(held.through === 10 ? 10 : 0, { crewId: 'c1' }, held);
+        expect(catchUp).toMatch(/MERGE \(UNION ALL\)/);
+        expect(catchUp).toMatch(/SEARCH h USING (COVERING )?INDEX heads_scope_\w+ \(<expr>=\? AND seq>\?\)/);
+        expect(catchUp).toMatch(/SEARCH h USING INDEX heads_seq \(seq>\?\)/);
+        expect(catchUp).toMatch(/SEARCH \w USING (COVERING )?INDEX events_document_\w+ \(document_id=\?/);
+        expect(catchUp).not.toMatch(/TEMP B-TREE|SCAN h|SCAN e/);
+      }
     } finally {
       await storage.close();
       rmSync(dir, { recursive: true, force: true });

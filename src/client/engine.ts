@@ -7,6 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
+import { matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
@@ -16,6 +17,7 @@ import {
   REMOTE_CONTEXT,
   Replicator,
   type ConflictResolutionChoice,
+  type HeldScope,
   type LocalWrites,
   type RejectedEvent,
   type StoredConflict,
@@ -115,6 +117,10 @@ export class SyncEngine {
   private running?: Promise<SyncResult>;
   private want = { push: false, pull: false };
   private subscribed = false;
+  /** Collections the server scopes for this user, though this device asked for none. */
+  private readonly ruledScopes = new Set<string>();
+  /** The scope this device asks for per collection (options.scopes, then setScope()). */
+  private readonly wantScopes: Record<string, ScopeSelector | null> = {};
   /** Moves whenever the subscription must be made again (a disconnect, a collection added or removed): a late answer to an earlier one then counts for nothing. */
   private subscriptionEpoch = 0;
   private retryAttempt = 0;
@@ -134,6 +140,7 @@ export class SyncEngine {
   ) {
     this.logger = createLogger(options.logging, 'rxdb-offline-sync:client');
     this.collections = new Set(options.collections);
+    Object.assign(this.wantScopes, options.scopes);
     this.pushBatchSize = options.batchSize;
     this.pushBatchBytes = options.maxBatchBytes;
     this.status$ = new BehaviorSubject<SyncStatus>({
@@ -401,6 +408,26 @@ export class SyncEngine {
     return [...this.collections];
   }
 
+  /**
+   * Changes which documents of `collection` this device holds (null: all the
+   * user may read). Unpushed changes are pushed first; then documents outside
+   * the new scope leave this device without a pending event, and only those
+   * that came into it are pulled.
+   */
+  setScope(collection: string, selector: ScopeSelector | null): void {
+    parseScope(selector, `setScope("${collection}")`);
+    this.assertCollection(collection);
+    this.wantScopes[collection] = selector;
+    this.replicator?.forgetLeaves(collection);
+    this.resubscribe();
+    if (this.status.connected) void this.requestSync({ push: true, pull: true });
+  }
+
+  /** The scope this device asks for in `collection` (null: everything the user may read). */
+  getScope(collection: string): ScopeSelector | null {
+    return this.wantScopes[collection] ?? null;
+  }
+
   /** Stops everything and closes the plugin's storage; called when the database closes. */
   async close(): Promise<void> {
     if (this.closed) return;
@@ -574,17 +601,30 @@ export class SyncEngine {
   private onLive(message: LiveMessage): void {
     const replicator = this.requireReplicator();
     // Events for a collection removed at run time may still be on their way: they are dropped quietly.
-    const events = message.events.filter((event) => !this.removedCollections.has(event.collection));
-    const unexpected = events.find((event) => !this.collections.has(event.collection));
+    const received = message.events.filter((event) => !this.removedCollections.has(event.collection));
+    const leaves = (message.leaves ?? []).filter((leave) => !this.removedCollections.has(leave.collection));
+    // Never a version outside the scope held here (one sent before a scope change reached the server): it is a leave.
+    const events = received.filter((event) => {
+      const scope = this.collections.has(event.collection) ? this.heldScopeOf(event.collection) : undefined;
+      if (scope === undefined || matchesScope(scope, event.data)) return true;
+      leaves.push({ collection: event.collection, documentId: event.documentId, seq: event.seq });
+      return false;
+    });
+    const unexpected = [...events, ...leaves].find((event) => !this.collections.has(event.collection));
     if (unexpected) {
       this.updateStatus({ error: new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which this client does not sync`) });
       return;
     }
-    if (events.length === 0) return;
-    for (const event of events) if (event.seq > this.highestLive) this.highestLive = event.seq;
+    if (events.length === 0 && leaves.length === 0) return;
+    for (const event of [...events, ...leaves]) if (event.seq > this.highestLive) this.highestLive = event.seq;
     void this.queue
       .run(async () => {
-        await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+        if (events.length > 0) await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+        // Documents a change moved out of this device's scope: gone here, without a pending event.
+        for (const leave of leaves) {
+          await replicator.leaveScope(leave.collection, [leave.documentId], undefined, [leave.seq]);
+          this.heldSequences.add(leave.seq);
+        }
         return this.moveCheckpointsThroughHeld();
       })
       .then((moved) => {
@@ -707,7 +747,8 @@ export class SyncEngine {
     let subscribing: Promise<void> | undefined;
     if (want.pull && this.options.useWebSockets && !this.subscribed) {
       const epoch = this.subscriptionEpoch;
-      subscribing = transport.subscribe({ collections: [...this.collections] }).then(() => {
+      const scopes = Object.fromEntries([...this.collections].filter((name) => this.getScope(name) !== null).map((name) => [name, this.getScope(name)]));
+      subscribing = transport.subscribe({ collections: [...this.collections], ...(Object.keys(scopes).length > 0 ? { scopes } : {}) }).then(() => {
         // Not if the connection dropped or the collections changed since it was sent: then it is made again.
         if (this.subscriptionEpoch === epoch) this.subscribed = true;
       });
@@ -722,7 +763,13 @@ export class SyncEngine {
         try {
           const outcomes = await transport.push(batch.map((entry) => entry.event));
           // This client holds what it took of the server's answer: a pull need not send that back.
-          for (const seq of await replicator.applyPushResults(batch, outcomes)) this.heldSequences.add(seq);
+          const acked = await replicator.applyPushResults(batch, outcomes);
+          for (const { seq } of acked) this.heldSequences.add(seq);
+          // A conflict settled here may have taken the server's version, which may be outside the scope too.
+          const settled = batch
+            .filter(({ event }) => !acked.some((a) => a.collection === event.collection && a.documentId === event.documentId))
+            .map(({ event }) => ({ collection: event.collection, documentId: event.documentId }));
+          await this.leaveIfOutside([...acked, ...settled]);
           return batch.length;
         } catch (error) {
           return this.handleRefusedPush(SyncError.from(error), batch);
@@ -735,7 +782,9 @@ export class SyncEngine {
     }
     if (!want.pull) return synced;
     const groups = new Map<number, string[]>();
+    const scoped = [...this.collections].filter((name) => this.isScoped(name));
     for (const name of this.collections) {
+      if (scoped.includes(name)) continue;
       const checkpoint = replicator.state.checkpoints[name] ?? 0;
       groups.set(checkpoint, [...(groups.get(checkpoint) ?? []), name]);
     }
@@ -766,14 +815,122 @@ export class SyncEngine {
         if (reply.hasMore) next = ask(reply.checkpoint);
         synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
         checkpoint = reply.checkpoint;
+        // The server holds this user to a scope in these collections: they are pulled as scoped from now on.
+        const ruled = Object.keys(reply.scopes ?? {}).filter((name) => collections.includes(name) && (reply.scopes![name] ?? null) !== null);
+        if (ruled.length > 0) {
+          for (const name of ruled) this.ruledScopes.add(name);
+          this.want.pull = true;
+        }
         if (!reply.hasMore) break;
       }
     }
+    if (scoped.length > 0 && subscribing) {
+      await subscribing;
+      subscribing = undefined;
+    }
+    for (const name of scoped) synced += await this.pullScoped(transport, name);
     await subscribing;
     // What every checkpoint has passed needs no naming any more.
     this.forgetHeldThrough(Math.min(...[...this.collections].map((name) => replicator.state.checkpoints[name] ?? 0)));
     if (this.heldSequences.size > MAX_HELD_SEQUENCES) this.heldSequences.clear();
     return synced;
+  }
+
+  /** Whether `name` is pulled in a scope: this device asks for one, holds one, or the server set one. */
+  private isScoped(name: string): boolean {
+    return this.getScope(name) !== null || this.ruledScopes.has(name) || this.requireReplicator().state.scopes?.[name] !== undefined;
+  }
+
+  /**
+   * Pulls one scoped collection. The server answers with the scope it
+   * applies (this device's, within its rule for the user). While that is
+   * the scope held here, pages bring the changes in it and the documents
+   * that left it. When it is another, the move starts: documents outside
+   * the new scope leave (those with unpushed changes once pushed), and the
+   * collection pulls again from 0, naming what it held and when, so that
+   * only the documents that came into the scope are sent.
+   */
+  private async pullScoped(transport: Transport, name: string): Promise<number> {
+    const replicator = this.requireReplicator();
+    let synced = 0;
+    // A collection that held everything until now holds everything as of its checkpoint; one that
+    // holds nothing yet asks to hold its scope from the start.
+    const start = replicator.state.checkpoints[name] ?? 0;
+    const unscoped: HeldScope = { held: start === 0 ? this.getScope(name) : null, through: start };
+    for (;;) {
+      const checkpoint = replicator.state.checkpoints[name] ?? 0;
+      const heldScope: HeldScope = replicator.state.scopes?.[name] ?? unscoped;
+      // `through` stays where the last whole catch-up ended until this one ends: a document that left
+      // the scope between two pages still gets its leave (see SyncStorage.getScopedChanges).
+      const reply = await this.pullPage(transport, {
+        checkpoint,
+        collections: [name],
+        limit: this.options.pullBatchSize,
+        scope: { want: this.getScope(name), held: heldScope.held, through: heldScope.through ?? checkpoint },
+      });
+      if (!this.status.enabled) throw new SyncError('DISABLED', 'sync was disabled during the pull');
+      if (!reply.scopes || !Object.hasOwn(reply.scopes, name)) throw new SyncError('INVALID_MESSAGE', `server answered a scoped pull of "${name}" without its scope`);
+      const unexpected = reply.events.find((event) => event.collection !== name);
+      if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
+      if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
+      const scope = parseScope(reply.scopes[name] ?? null, `the server's scope for ${name}`);
+      const aim = parseScope(heldScope.target !== undefined ? heldScope.target : heldScope.held);
+      if (!sameScope(scope, aim)) {
+        // Another scope: documents outside it leave, and the difference is pulled from 0. A move that
+        // changes course holds no known scope any more: the new one is pulled whole.
+        const restart: HeldScope =
+          heldScope.target === undefined
+            ? { held: heldScope.held, through: checkpoint, target: toSelector(scope) }
+            : { held: toSelector(scope), through: 0, target: toSelector(scope) };
+        this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
+        await this.queue.run(async () => {
+          await replicator.leaveScope(name, undefined, scope);
+          await replicator.restartScope(name, restart);
+        });
+        // A sequence held here may be of a document that just left: named in `have`, it would not come back.
+        this.heldSequences.clear();
+        continue;
+      }
+      const done = !reply.hasMore;
+      const first = replicator.state.scopes?.[name] === undefined;
+      synced += await this.queue.run(async () => {
+        // Saved with the checkpoint the page moves: a move ends with its last page.
+        if (done) replicator.state.scopes = { ...replicator.state.scopes, [name]: { held: toSelector(scope), through: reply.checkpoint } };
+        const applied = await replicator.applyRemote(reply.events, 'pull', { collections: [name], seq: reply.checkpoint });
+        const leaving = (reply.leaves ?? []).map(([documentId]) => documentId);
+        let left = leaving.length > 0 ? await replicator.leaveScope(name, leaving, undefined, (reply.leaves ?? []).map(([, seq]) => seq)) : 0;
+        // The first scope this collection holds: what this device wrote before is held to it too.
+        if (done && first) left += await replicator.leaveScope(name, undefined, scope);
+        return applied + left;
+      });
+      for (const [, seq] of reply.leaves ?? []) this.heldSequences.add(seq);
+      if (done) return synced;
+    }
+  }
+
+  /**
+   * A pushed change that took a document out of this device's scope (a
+   * todo given to another crew, say): once nothing of it waits to be
+   * pushed, it leaves this device.
+   */
+  private async leaveIfOutside(pushed: readonly { collection: string; documentId: string; seq?: number }[]): Promise<void> {
+    const byCollection = new Map<string, { ids: string[]; seqs: number[] }>();
+    for (const { collection, documentId, seq } of pushed) {
+      if (this.heldScopeOf(collection) === undefined) continue;
+      const group = byCollection.get(collection) ?? { ids: [], seqs: [] };
+      group.ids.push(documentId);
+      // Unknown (a settled conflict): nothing is remembered against a late older version.
+      group.seqs.push(seq ?? -1);
+      byCollection.set(collection, group);
+    }
+    for (const [collection, { ids, seqs }] of byCollection) await this.requireReplicator().leaveScope(collection, ids, this.heldScopeOf(collection)!, seqs);
+  }
+
+  /** The scope this collection's documents are held to here (during a move, the one it moves to). */
+  private heldScopeOf(name: string): Scope | undefined {
+    const held = this.requireReplicator().state.scopes?.[name];
+    if (!held) return this.getScope(name) === null ? undefined : parseScope(this.getScope(name));
+    return parseScope(held.target !== undefined ? held.target : held.held);
   }
 
   /**

@@ -2,6 +2,7 @@ import { z } from 'zod';
 import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
 import { collectionNameSchema } from '../shared/protocol.js';
+import { parseScope, type ScopeSelector } from '../shared/scope.js';
 import { STRATEGY_NAMES, type ConflictResolver, type StrategyName } from './strategies/types.js';
 
 export type AuthToken = string | (() => string | undefined | null | Promise<string | undefined | null>);
@@ -18,6 +19,23 @@ export const clientOptionsSchema = z.strictObject({
     .union([z.string(), z.custom<() => string>((value) => typeof value === 'function', 'a function')])
     .optional(),
   collections: z.array(collectionNameSchema).default([]),
+  /**
+   * Per collection, the documents this device holds (a selector: equality,
+   * $in, $gt/$gte/$lt/$lte over top-level fields, $and); the server may
+   * narrow it further. Change it at run time with setScope().
+   */
+  scopes: z
+    .record(
+      collectionNameSchema,
+      z.unknown().superRefine((selector, context) => {
+        try {
+          parseScope(selector);
+        } catch (error) {
+          context.addIssue({ code: 'custom', message: (error as Error).message.replace(/^scope: /, '') });
+        }
+      }),
+    )
+    .default({}),
   syncInterval: z.number().int().min(100, 'syncInterval is in milliseconds and at least 100').default(30_000),
   autoSync: z.boolean().default(true),
   useWebSockets: z.boolean().default(true),
@@ -55,12 +73,14 @@ export const clientOptionsSchema = z.strictObject({
   path: z.string().default('/socket.io'),
 });
 
-export type SyncPluginOptions = Omit<z.input<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution'> & {
+export type SyncPluginOptions = Omit<z.input<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution' | 'scopes'> & {
   authToken?: AuthToken;
+  scopes?: Record<string, ScopeSelector | null>;
   conflictResolution?: ConflictResolution | Record<string, ConflictResolution>;
 };
-export type ResolvedClientOptions = Omit<z.output<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution'> & {
+export type ResolvedClientOptions = Omit<z.output<typeof clientOptionsSchema>, 'authToken' | 'conflictResolution' | 'scopes'> & {
   authToken?: AuthToken;
+  scopes: Record<string, ScopeSelector | null>;
   conflictResolution: ConflictResolution | Record<string, ConflictResolution>;
 };
 

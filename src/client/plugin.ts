@@ -2,6 +2,7 @@ import { addRxPlugin, type RxDatabase, type RxPlugin } from 'rxdb';
 import { RxDBLeaderElectionPlugin } from 'rxdb/plugins/leader-election';
 import type { Observable } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
+import type { ScopeSelector } from '../shared/scope.js';
 import { SyncEngine, type SyncResult, type SyncStatus } from './engine.js';
 import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
 import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
@@ -23,6 +24,17 @@ export interface SyncApi {
   addCollection(name: string): void;
   removeCollection(name: string): void;
   getCollections(): string[];
+  /**
+   * Sets which documents of `collection` this device holds: a selector
+   * (equality, $in, $gt/$gte/$lt/$lte over top-level fields, $and), or null
+   * for all the user may read. The server may narrow it. Documents that
+   * leave the scope are removed here without a pending event (unpushed
+   * changes are pushed first); only documents that enter it are pulled.
+   * Throws INVALID_SCOPE for a selector scopes do not support.
+   */
+  setScope(collection: string, selector: ScopeSelector | null): void;
+  /** The scope this device asks for in `collection` (null: everything the user may read). */
+  getScope(collection: string): ScopeSelector | null;
   /** Conflicts kept for the app (strategy 'manual', or a custom resolver that threw). */
   getConflicts(): StoredConflict[];
   readonly conflicts$: Observable<StoredConflict[]>;
@@ -66,6 +78,8 @@ function apiOf(engine: SyncEngine): SyncApi {
     addCollection: (name) => engine.addCollection(name),
     removeCollection: (name) => engine.removeCollection(name),
     getCollections: () => engine.getCollections(),
+    setScope: (collection, selector) => engine.setScope(collection, selector),
+    getScope: (collection) => engine.getScope(collection),
     getConflicts: () => engine.getConflicts(),
     conflicts$: engine.conflicts$,
     resolveConflict: (id, resolution) => engine.resolveConflict(id, resolution),

@@ -42,9 +42,13 @@ import { AckedVersions, type StoredAckedPage } from './acked.js';
 import { PendingLog, type StoredPending } from './pending-log.js';
 import type { DocumentVersion, Strategy } from './strategies/types.js';
 import { ordersByClock } from './strategies/index.js';
+import { matchesScope, type Scope, type ScopeSelector } from '../shared/scope.js';
 
 /** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
 export const REMOTE_CONTEXT = 'rxdb-offline-sync-remote';
+
+/** Left documents remembered at once (see leftAt); past it the memory starts again (a stale page is rare). */
+const MAX_LEFT_REMEMBERED = 10_000;
 
 export interface PersistedState {
   clientId: string;
@@ -54,6 +58,21 @@ export interface PersistedState {
   logged: Record<string, unknown>;
   /** Pending entries with keys up to this one have been sent (see PendingLog.markSent). */
   sentThrough?: string;
+  /** Per scoped collection, what this client holds (see HeldScope). */
+  scopes?: Record<string, HeldScope>;
+}
+
+/**
+ * What a scoped collection holds here: the documents of `held` as of
+ * sequence `through` (where its last whole catch-up ended), and what came
+ * after it. While it moves to another scope (`target`), it holds those of
+ * `held` as of `through`, less those outside `target`, and pulls the
+ * difference from checkpoint 0.
+ */
+export interface HeldScope {
+  held: ScopeSelector | null;
+  target?: ScopeSelector | null;
+  through?: number;
 }
 
 /** A conflict kept for the app to settle (strategy `manual`, or a custom resolver that threw). */
@@ -101,6 +120,12 @@ export class Replicator {
    * recordLocalChanges keeps it as a shadow.
    */
   private readonly captured = new DocumentMap<Shadow>();
+  /**
+   * The sequence at which each document left this client's scope: a version
+   * at or below it that arrives later (a page asked for before the leave, a
+   * live message already on its way) must not bring the document back.
+   */
+  private leftAt = new DocumentMap<number>();
   /**
    * Writes the plugin made to each collection's documents (any tab's, as
    * their change events tell). A state an app write's change event carries
@@ -292,7 +317,8 @@ export class Replicator {
    * (Transport.push refuses an answer that does not match its events);
    * returns the sequences of the events acknowledged here.
    */
-  async applyPushResults(batch: readonly PendingEntry[], outcomes: readonly PushOutcome[]): Promise<number[]> {
+  /** Returns the acknowledged versions: each document's sequence, for the entries the server took. */
+  async applyPushResults(batch: readonly PendingEntry[], outcomes: readonly PushOutcome[]): Promise<{ collection: string; documentId: string; seq: number }[]> {
     const writes: MetaWrite[] = [];
     const acked: [string, string, Shadow][] = [];
     let firstAcked: PendingEntry | undefined;
@@ -329,7 +355,7 @@ export class Replicator {
       await this.resolveDocument(entry.event.collection, entry.event.documentId, head ? shadowFromHead(head) : null);
     }
     // Only these: an answer after a refused or conflicting event of the same document was not taken here.
-    return acked.map(([, , version]) => version.seq);
+    return acked.map(([collection, documentId, version]) => ({ collection, documentId, seq: version.seq }));
   }
 
   /** A change the server can never take (too large): set aside like a refused one. */
@@ -388,6 +414,50 @@ export class Replicator {
     return applied;
   }
 
+  /**
+   * Documents that left this client's scope: removed here without a pending
+   * event, as a remote change is written. A document with unpushed changes
+   * stays until they are pushed (the engine asks again then). With
+   * `outside`, only those of `documentIds` (or of the whole collection when
+   * undefined) whose data does not match it. Returns how many were removed.
+   */
+  async leaveScope(collectionName: string, documentIds: readonly string[] | undefined, outside?: Scope, seqs?: readonly number[]): Promise<number> {
+    const collection = this.collection(collectionName);
+    if (this.leftAt.size > MAX_LEFT_REMEMBERED) this.leftAt = new DocumentMap();
+    seqs?.forEach((seq, i) => {
+      const documentId = documentIds![i]!;
+      if ((this.leftAt.get(collectionName, documentId) ?? -1) < seq) this.leftAt.set(collectionName, documentId, seq);
+    });
+    const ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
+    const currents = await this.findLocal(collection, ids.filter((id) => this.pending.forDocument(collectionName, id).length === 0));
+    const rows: LocalWrite[] = [];
+    for (const [documentId, current] of currents) {
+      if (current._deleted) continue;
+      const state = localState(current)!;
+      if (outside !== undefined && matchesScope(outside, state.data)) continue;
+      rows.push({ documentId, current, target: { data: state.data, deleted: true } });
+    }
+    if (rows.length === 0) return 0;
+    const refused = await this.writeLocal(collection, rows);
+    const writes = rows.filter((row) => !refused.has(row.documentId)).flatMap((row) => this.shadowDelete(collectionName, row.documentId));
+    if (writes.length > 0) await this.meta.write(writes);
+    return rows.length - refused.size;
+  }
+
+  /** A new scope is asked for: what left the old one may be in it, at the very version that left. */
+  forgetLeaves(collectionName: string): void {
+    this.leftAt.clearCollection(collectionName);
+  }
+
+  /** Starts (or restarts) a move to another scope: the collection's checkpoint goes back to 0 with it, durably. */
+  async restartScope(collectionName: string, scope: HeldScope): Promise<void> {
+    this.state.scopes = { ...this.state.scopes, [collectionName]: scope };
+    this.state.checkpoints[collectionName] = 0;
+    // What left the old scope may be in the new one, at the very version that left.
+    this.leftAt.clearCollection(collectionName);
+    await this.meta.write([this.stateWrite()]);
+  }
+
   /** Moves the checkpoints of `collections` forward to `seq` (never back), durably. */
   async moveCheckpoints(collections: Iterable<string>, seq: number): Promise<void> {
     for (const name of collections) this.state.checkpoints[name] = Math.max(this.state.checkpoints[name] ?? 0, seq);
@@ -410,7 +480,8 @@ export class Replicator {
       const latest = list.length === 1 ? list[0]! : list.reduce((a, b) => (b.seq > a.seq ? b : a));
       const current = currents.get(documentId);
       const server = versions.get(documentId);
-      if (server && server.seq >= latest.seq) {
+      const left = this.leftAt.get(collectionName, documentId);
+      if ((server && server.seq >= latest.seq) || (left !== undefined && left >= latest.seq)) {
         done(documentId);
         continue;
       }

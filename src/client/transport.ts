@@ -202,7 +202,7 @@ export class Transport {
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
         const message = parseMessage(liveMessageSchema, raw, 'live message from server', isLiveMessage);
-        this.events.onLive({ events: message.events.map(completeRemoteEvent) });
+        this.events.onLive({ events: message.events.map(completeRemoteEvent), ...(message.leaves ? { leaves: message.leaves } : {}) });
       } catch (error) {
         this.events.onServerError(SyncError.from(error));
       }
@@ -464,7 +464,13 @@ export class Transport {
   async pull(message: PullMessage): Promise<PullReply> {
     if (this.protocol >= 3) {
       const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck, isPullPageAck);
-      return { events: fromPullPage(page), checkpoint: page.checkpoint, hasMore: page.hasMore };
+      return {
+        events: fromPullPage(page),
+        checkpoint: page.checkpoint,
+        hasMore: page.hasMore,
+        ...(page.scopes ? { scopes: page.scopes } : {}),
+        ...(page.leaves ? { leaves: page.leaves } : {}),
+      };
     }
     const reply = await this.request<WirePullReply>(MESSAGE.pull, message, pullAck);
     return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });

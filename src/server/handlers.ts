@@ -15,6 +15,7 @@ import {
   MESSAGE,
   type ClientToServerEvents,
   type PullPage,
+  type PullMessage,
   type WirePullReply,
   type PushReply,
   type PushReplyV1,
@@ -43,6 +44,8 @@ import type { ResolvedServerOptions } from './options.js';
 import type { Redactor } from './redact.js';
 import type { IncomingEvent, SyncStorage } from './storage/types.js';
 import { assertClockInRange, assertMatchesSchema } from './validation.js';
+import { byScope, effectiveScope, mayBeScoped, scopedRoomOf, splitForScope, type ScopedLiveEvent, type SocketScopes } from './scopes.js';
+import { matchesScope, parseScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 
 export interface SocketData<User = unknown> {
   user: User;
@@ -57,6 +60,8 @@ export interface SocketData<User = unknown> {
   expiresAt?: number;
   /** The user's name for per-user limits (see the `userKey` option). */
   userKey?: string;
+  /** The scope of each scoped collection this socket subscribed to (for live fan-out). */
+  scopes?: SocketScopes;
 }
 
 export type SyncIo<User = unknown> = Server<ClientToServerEvents, ServerToClientEvents, Record<string, never>, SocketData<User>>;
@@ -188,16 +193,41 @@ export async function handleSubscribe<User>(ctx: ServerContext<User>, socket: Sy
   const message = parseMessage(subscribeMessageSchema, raw, 'subscribe message');
   const wanted = [...new Set(message.collections)];
   wanted.forEach((collection) => assertKnownCollection(ctx, collection));
-  // Rooms joined and left in the step that takes the message: a pull sent right behind it (clients
-  // do not wait for this answer) reads only once the socket is in them, so no event falls between;
-  // and a later subscription, taken in a later step, always has the last word.
-  const changes = [socket.join(wanted.map(roomOf))];
+  for (const collection of Object.keys(message.scopes ?? {})) {
+    if (!wanted.includes(collection)) throw new SyncError('INVALID_SCOPE', `scopes.${collection}: a scope for a collection the subscription does not name`, { collection });
+  }
+  const scopes: SocketScopes = {};
+  for (const collection of wanted) {
+    const scope = await effectiveScope(ctx, socket.data.user, collection, message.scopes?.[collection] ?? null);
+    if (scope !== null) scopes[collection] = [...scope];
+  }
+  // Rooms joined and left in one step after the last await: a pull sent right behind it (clients
+  // do not wait for this answer) is served only after this message, so no event falls between;
+  // and a later subscription, served in turn, always has the last word.
+  const changes = [socket.join(wanted.map((collection) => (scopes[collection] ? scopedRoomOf(collection) : roomOf(collection))))];
   for (const collection of socket.data.collections) {
-    if (!wanted.includes(collection)) changes.push(socket.leave(roomOf(collection)));
+    if (!wanted.includes(collection) || scopes[collection]) changes.push(socket.leave(roomOf(collection)));
+    if (!wanted.includes(collection) || !scopes[collection]) changes.push(socket.leave(scopedRoomOf(collection)));
   }
   socket.data.collections = wanted;
+  socket.data.scopes = scopes;
   await Promise.all(changes);
-  return { collections: wanted };
+  return { collections: wanted, ...scopeReply(scopes) };
+}
+
+function scopeReply(scopes: SocketScopes): { scopes?: Record<string, ScopeSelector | null> } {
+  const entries = Object.entries(scopes);
+  return entries.length === 0 ? {} : { scopes: Object.fromEntries(entries.map(([collection, atoms]) => [collection, toSelector(atoms)])) };
+}
+
+/** Moves a subscribed socket's live delivery to `scope` (a rule that changed since it subscribed). */
+async function followScope(socket: SyncSocket<any>, collection: string, scope: Scope): Promise<void> {
+  if (!socket.data.collections.includes(collection)) return;
+  const scopes = { ...socket.data.scopes };
+  if (scope === null) delete scopes[collection];
+  else scopes[collection] = [...scope];
+  socket.data.scopes = scopes;
+  await Promise.all(scope === null ? [socket.leave(scopedRoomOf(collection)), socket.join(roomOf(collection))] : [socket.leave(roomOf(collection)), socket.join(scopedRoomOf(collection))]);
 }
 
 export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply | PushReplyV1> {
@@ -246,12 +276,19 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   // The stored events for live messages are made only if someone may receive them (see broadcast()).
   const accepted: IncomingEvent[] = [];
   const acceptedSeqs: number[] = [];
+  const before: (Record<string, unknown> | null | undefined)[] = [];
   for (let i = 0; i < saved.length; i++) {
     const result = saved[i]!;
     let answer: PushResult = result;
     if (result.status === 'accepted') {
-      accepted.push(toSave[i]!);
+      const event = toSave[i]!;
+      accepted.push(event);
       acceptedSeqs.push(result.seq);
+      if (mayBeScoped(ctx.options, event.collection)) {
+        // The version this event replaced, when the head read before the save is that version.
+        const head = heads.get(event.collection, event.documentId);
+        before.push(event.baseEventId === null ? null : head && head.eventId === event.baseEventId ? (head.deleted ? null : head.data) : undefined);
+      } else before.push(undefined);
     } else if (result.status === 'conflict' && result.head) {
       // A conflict answer carries the server's document: only what this user may read of it.
       const head = await readableHead(ctx, user, result.head);
@@ -274,18 +311,22 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   if (accepted.length > 0) {
     // Only for the type: a live message leaves serverTime out (toRemoteEvent).
     const serverTime = Date.now();
-    ctx.fanOut({ ctx, sender: socket, events: accepted.map((event, i): StoredEvent => Object.assign({}, event, { seq: acceptedSeqs[i]!, serverTime })) });
+    ctx.fanOut({ ctx, sender: socket, events: accepted.map((event, i): StoredEvent => Object.assign({}, event, { seq: acceptedSeqs[i]!, serverTime })), before });
   }
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
 }
 
-/** Current heads of the pushed documents, needed to authorize a write on them and to keep their hidden fields. */
+/**
+ * Current heads of the pushed documents, needed to authorize a write on
+ * them, to keep their hidden fields, and in scoped collections to tell the
+ * readers a write moved a document out of their scope.
+ */
 async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): Promise<DocumentMap<DocumentHead>> {
   const heads = new DocumentMap<DocumentHead>();
   const byCollection = new Map<string, Set<string>>();
   for (const event of events) {
-    if (!ctx.authorize && ctx.redactor.fieldsOf(event.collection).length === 0) continue;
+    if (!ctx.authorize && ctx.redactor.fieldsOf(event.collection).length === 0 && !mayBeScoped(ctx.options, event.collection)) continue;
     if (ctx.options.collections && !ctx.options.collections.includes(event.collection)) continue;
     const ids = byCollection.get(event.collection) ?? new Set<string>();
     ids.add(event.documentId);
@@ -318,6 +359,15 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   const message = parseMessage(pullMessageSchema, raw, 'pull message');
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
   const limit = Math.min(message.limit ?? ctx.options.defaultPullLimit, ctx.options.maxPullLimit);
+  if (message.scope) return scopedPull(ctx, socket, message as typeof message & { scope: NonNullable<typeof message.scope> }, limit, started);
+  // A plain pull gets no more than the rule allows either: its events are held to the rule's scopes,
+  // and the reply names them, so that the client goes on with scoped pulls.
+  const ruled: SocketScopes = {};
+  for (const collection of message.collections) {
+    if (!mayBeScoped(ctx.options, collection)) continue;
+    const scope = await effectiveScope(ctx, socket.data.user, collection, null);
+    if (scope !== null) ruled[collection] = [...scope];
+  }
   let events: StoredEvent[];
   let hasMore: boolean;
   try {
@@ -332,6 +382,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
+  if (Object.keys(ruled).length > 0) events = events.filter((event) => !ruled[event.collection] || matchesScope(ruled[event.collection]!, event.data));
   // Events the client already has from live messages, and those the user may not read, are left out;
   // the checkpoint still moves past them.
   if (message.have && message.have.length > 0) {
@@ -340,8 +391,62 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
-  if (socket.data.protocol >= 3) return { ...toPullPage(visible), checkpoint, hasMore };
+  if (socket.data.protocol >= 3) return { ...toPullPage(visible), checkpoint, hasMore, ...scopeReply(ruled) };
   return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
+}
+
+/** A pull of one collection in a scope: the changes the client lacks in it, and what left it (see getScopedChanges). */
+async function scopedPull<User>(
+  ctx: ServerContext<User>,
+  socket: SyncSocket<User>,
+  message: PullMessage & { scope: { want: unknown; held: unknown; through: number } },
+  limit: number,
+  started: number,
+): Promise<PullPage> {
+  if (socket.data.protocol < 4) throw new SyncError('INVALID_MESSAGE', 'scoped pulls need protocol 4');
+  if (message.collections.length !== 1) throw new SyncError('INVALID_MESSAGE', 'a scoped pull names exactly one collection', { collections: message.collections });
+  const collection = message.collections[0]!;
+  const scope = await effectiveScope(ctx, socket.data.user, collection, message.scope.want);
+  const held = parseScope(message.scope.held, 'scope.held');
+  let page: Awaited<ReturnType<SyncStorage['getScopedChanges']>>;
+  try {
+    page = await ctx.storage.getScopedChanges(message.checkpoint, {
+      collection,
+      scope,
+      held: { scope: held, through: message.scope.through },
+      limit,
+      maxBytes: ctx.options.maxPullBytes,
+    });
+  } catch (error) {
+    ctx.emit('storage-error', { operation: 'read', error });
+    ctx.logger.error({ err: error }, 'storage failed to read scoped changes');
+    throw SyncError.from(error, 'STORAGE_ERROR');
+  }
+  const hasMore = page.length >= limit || page.cutByBytes === true;
+  if (page.through < message.checkpoint) throw new SyncError('STORAGE_ERROR', `storage moved a scoped reader back from ${message.checkpoint} to ${page.through}`);
+  socket.data.checkpoint = page.through;
+  let rows: StoredEvent[] = [];
+  const leaves: [string, number][] = [];
+  for (const change of page) {
+    if (change.leave) leaves.push([change.documentId, change.seq]);
+    else rows.push(change);
+  }
+  if (message.have && message.have.length > 0) {
+    const has = spanSet(message.have);
+    rows = rows.filter((event) => !has(event.seq));
+  }
+  const visible = await readable(ctx, socket.data.user, rows);
+  // Live delivery follows the scope this pull found (the rule may have changed since the subscription).
+  const current = socket.data.scopes?.[collection] ?? null;
+  if (JSON.stringify(current) !== JSON.stringify(scope === null ? null : [...scope])) await followScope(socket, collection, scope);
+  ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
+  return {
+    ...toPullPage(visible),
+    checkpoint: page.through,
+    hasMore,
+    scopes: { [collection]: toSelector(scope) },
+    ...(leaves.length > 0 ? { leaves } : {}),
+  };
 }
 
 /** Accepted events of one push, on their way to the other readers. */
@@ -349,6 +454,8 @@ export interface LivePush<User = unknown> {
   ctx: ServerContext<User>;
   sender: SyncSocket<User>;
   events: StoredEvent[];
+  /** In scoped collections, the document each event replaced (null: none; undefined: not known). */
+  before: (Record<string, unknown> | null | undefined)[];
 }
 
 /**
@@ -376,12 +483,14 @@ function othersMayListen(senders: readonly SyncSocket<any>[], room: string): boo
  */
 export async function broadcast<User>(pushes: readonly LivePush<User>[]): Promise<void> {
   const ctx = pushes[0]!.ctx;
-  const byCollection = new Map<string, { events: StoredEvent[]; from: string[]; senders: Map<string, SyncSocket<User>> }>();
-  for (const { sender, events } of pushes) {
-    for (const event of events) {
+  const byCollection = new Map<string, LiveGroup<User>>();
+  for (const { sender, events, before } of pushes) {
+    for (let i = 0; i < events.length; i++) {
+      const event = events[i]!;
       let group = byCollection.get(event.collection);
-      if (!group) byCollection.set(event.collection, (group = { events: [], from: [], senders: new Map() }));
+      if (!group) byCollection.set(event.collection, (group = { events: [], before: [], from: [], senders: new Map() }));
       group.events.push(event);
+      group.before.push(before[i]);
       group.from.push(sender.id);
       group.senders.set(sender.id, sender);
     }
@@ -393,18 +502,64 @@ export async function broadcast<User>(pushes: readonly LivePush<User>[]): Promis
   }
 }
 
-async function broadcastCollection<User>(
-  ctx: ServerContext<User>,
-  collection: string,
-  group: { events: StoredEvent[]; from: string[]; senders: Map<string, SyncSocket<User>> },
-): Promise<void> {
+interface LiveGroup<User> {
+  events: StoredEvent[];
+  before: (Record<string, unknown> | null | undefined)[];
+  from: string[];
+  senders: Map<string, SyncSocket<User>>;
+}
+
+async function broadcastCollection<User>(ctx: ServerContext<User>, collection: string, group: LiveGroup<User>): Promise<void> {
+  // Pushes served in turn commit in turn, but several writers' batches may interleave: in sequence order.
+  const order = group.events.map((_, i) => i).sort((a, b) => group.events[a]!.seq - group.events[b]!.seq);
+  const sorted = { events: order.map((i) => group.events[i]!), before: order.map((i) => group.before[i]), from: order.map((i) => group.from[i]!), senders: group.senders };
+  if (mayBeScoped(ctx.options, collection)) await broadcastScoped(ctx, collection, sorted);
+  await broadcastUnscoped(ctx, collection, sorted);
+}
+
+/**
+ * The scoped readers of a collection get the events in their scope and a
+ * leave for each document an event moved out of it: per distinct scope and
+ * user, one check, and one message to all the sockets that share both.
+ */
+async function broadcastScoped<User>(ctx: ServerContext<User>, collection: string, group: LiveGroup<User>): Promise<void> {
+  const room = scopedRoomOf(collection);
+  const senders = [...group.senders.values()];
+  if (!othersMayListen(senders, room)) return;
+  const sockets = await ctx.io.in(room).fetchSockets();
+  const slices = fanoutSlices();
+  for (const { scope, sockets: inScope } of byScope<User, (typeof sockets)[number]>(sockets, collection).values()) {
+    for (const readers of readersByUser(ctx, inScope, new Set())) {
+      // A sender gets the others' events only: its own, it has.
+      const bySender = new Map<string, typeof readers>();
+      for (const reader of readers) {
+        const key = group.senders.has(reader.id) ? reader.id : '';
+        bySender.set(key, [...(bySender.get(key) ?? []), reader]);
+      }
+      for (const [sender, sockets] of bySender) {
+        const candidates = group.events.map((event, i): ScopedLiveEvent<StoredEvent> => ({ event, before: group.before[i] })).filter((_, i) => sender === '' || group.from[i] !== sender);
+        const { inScope: events, leaving } = splitForScope(scope, candidates);
+        const visible = events.length > 0 ? await readable(ctx, sockets[0]!.data.user, events).catch(() => []) : [];
+        if (visible.length === 0 && leaving.length === 0) continue;
+        const message = {
+          events: visible.map(toRemoteEvent),
+          ...(leaving.length > 0 ? { leaves: leaving.map((event) => ({ collection, documentId: event.documentId, seq: event.seq })) } : {}),
+        };
+        for (let i = 0; i < sockets.length; i += FANOUT_CHUNK) {
+          ctx.io.to(sockets.slice(i, i + FANOUT_CHUNK).map((socket) => socket.id)).emit(MESSAGE.live, message);
+          if (slices.over()) await slices.next();
+        }
+      }
+      if (slices.over()) await slices.next();
+    }
+  }
+}
+
+async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: string, group: LiveGroup<User>): Promise<void> {
   const room = roomOf(collection);
   const senders = [...group.senders.values()];
   if (!othersMayListen(senders, room)) return;
-  // Pushes served in turn commit in turn, but several writers' batches may interleave: in sequence order.
-  const order = group.events.map((_, i) => i).sort((a, b) => group.events[a]!.seq - group.events[b]!.seq);
-  const events = order.map((i) => group.events[i]!);
-  const from = order.map((i) => group.from[i]!);
+  const { events, from } = group;
   const excluded = senders.map((sender) => sender.id);
   // What a sender subscribed to the collection gets: the other senders' events.
   const othersFor = (sender: SyncSocket<User>) => (senders.length > 1 && sender.rooms.has(room) ? events.filter((_, i) => from[i] !== sender.id) : []);

@@ -1,8 +1,9 @@
 export { createSyncServer, SyncServer, type ClientInfo } from './server.js';
-export type { SyncServerOptions, Authenticate, AuthSession, Authorize, AuthorizeRead, AccessOperation, WriteOperation, UserKey, RateLimitOptions, LoginLimitOptions, SensitiveFields } from './options.js';
+export type { SyncServerOptions, Authenticate, AuthSession, Authorize, AuthorizeRead, ScopeRule, AccessOperation, WriteOperation, UserKey, RateLimitOptions, LoginLimitOptions, SensitiveFields } from './options.js';
 export type { DropReason, SyncServerEvents } from './server.js';
 export type { ServerStats, SocketData } from './handlers.js';
 export * from './storage/index.js';
 export { SyncError, type SyncErrorCode } from '../shared/errors.js';
 export * from '../shared/protocol.js';
 export * from './http.js';
+export { matchesScope, parseScope, type Scope, type ScopeAtom, type ScopeSelector } from '../shared/scope.js';

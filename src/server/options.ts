@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
 import { collectionNameSchema } from '../shared/protocol.js';
+import type { ScopeSelector } from '../shared/scope.js';
 import type { SyncStorage } from './storage/types.js';
 
 /** Every method of SyncStorage the server calls. */
@@ -18,6 +19,8 @@ const STORAGE_METHODS = [
   'getLatestSequence',
   'countEvents',
   'claimClient',
+  'getScopedChanges',
+  'indexScopeFields',
   'close',
 ] as const satisfies readonly (keyof SyncStorage)[];
 import { retentionOptionsSchema } from './retention.js';
@@ -73,6 +76,13 @@ export type Authorize<User> = (
  * undecided, as a throw of `authorize` is.
  */
 export type AuthorizeRead<User> = (user: User, collection: string, documents: Record<string, unknown>[]) => boolean[] | Promise<boolean[]>;
+
+/**
+ * The widest sync scope `user` may have in `collection` (a selector over the
+ * collection's `scopeFields`), or null for no limit beyond `authorize`. A
+ * client's own scope applies within it: a user cannot widen their scope.
+ */
+export type ScopeRule<User> = (user: User, collection: string) => ScopeSelector | null | undefined | Promise<ScopeSelector | null | undefined>;
 
 /** Names a user for per-user limits; undefined leaves that user out of them. */
 export type UserKey<User> = (user: User) => string | undefined;
@@ -137,6 +147,14 @@ export const serverOptionsSchema = z.strictObject({
       },
     )
     .optional(),
+  /**
+   * Per collection, the top-level fields sync scopes may name (storage
+   * indexes them). A scope over a collection or field not declared here is
+   * refused with INVALID_SCOPE.
+   */
+  scopeFields: z.record(collectionNameSchema, z.array(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,63}$/, 'a scope field is a top-level field named as a plain identifier')).min(1)).default({}),
+  /** The widest scope each user may have per collection (see ScopeRule). */
+  scopes: fn('scopes').optional(),
   /** When given, pushes, pulls and subscriptions for any other collection are refused. */
   collections: z.array(collectionNameSchema).min(1).optional(),
   /** A socket.io adapter (for instance @socket.io/redis-adapter) for several server instances. */
@@ -201,12 +219,13 @@ export const serverOptionsSchema = z.strictObject({
   clientTimeout: z.number().int().positive().optional(),
 });
 
-type FunctionOptions = 'authenticate' | 'authorize' | 'authorizeRead' | 'userKey' | 'socketOptions' | 'adapter';
+type FunctionOptions = 'authenticate' | 'authorize' | 'authorizeRead' | 'userKey' | 'socketOptions' | 'adapter' | 'scopes';
 
 export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOptionsSchema>, FunctionOptions | 'storage'> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
   authorizeRead?: AuthorizeRead<User>;
+  scopes?: ScopeRule<User>;
   userKey?: UserKey<User>;
   socketOptions?: Partial<ServerOptions>;
   storage?: SyncStorage;
@@ -217,6 +236,7 @@ export type ResolvedServerOptions<User = unknown> = Omit<z.output<typeof serverO
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
   authorizeRead?: AuthorizeRead<User>;
+  scopes?: ScopeRule<User>;
   userKey?: UserKey<User>;
   socketOptions: Partial<ServerOptions>;
   adapter?: ServerOptions['adapter'];

@@ -129,7 +129,8 @@ export class SyncServer<User = unknown> {
       for (const guard of this.guards.values()) guard.checkUnsent();
     }, UNSENT_SWEEP_MS);
     this.sweepTimer.unref?.();
-    this.ready = this.storage.init().then(() => {
+    this.ready = this.storage.init().then(async () => {
+      if (Object.keys(this.options.scopeFields).length > 0) await this.storage.indexScopeFields(this.options.scopeFields);
       if (this.options.retention) {
         this.retention = new Retention(this.storage, retentionOptionsSchema.parse(this.options.retention), this.logger);
         this.retention.start();

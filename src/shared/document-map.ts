@@ -45,6 +45,12 @@ export class DocumentMap<V> {
     this.count = 0;
   }
 
+  /** Forgets every document of one collection. */
+  clearCollection(collection: string): void {
+    this.count -= this.byCollection.get(collection)?.size ?? 0;
+    this.byCollection.delete(collection);
+  }
+
   /** Every value, by collection and then in insertion order. */
   *values(): IterableIterator<V> {
     for (const documents of this.byCollection.values()) yield* documents.values();

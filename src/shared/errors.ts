@@ -7,6 +7,8 @@ export const ERROR_CODES = [
   'UNAUTHORIZED',
   'AUTHORIZATION_FAILED',
   'UNKNOWN_COLLECTION',
+  /** A sync scope uses something scopes do not support, or a field the server did not declare for scopes. */
+  'INVALID_SCOPE',
   /** A pushed document does not match its collection's schema (the server's `schemas` option). */
   'SCHEMA_VIOLATION',
   /** A pushed event's clock runs further ahead of the server's than `maxClockDrift` allows. */

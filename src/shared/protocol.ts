@@ -274,7 +274,14 @@ export type PageEvent = z.infer<typeof pageEventSchema>;
  * a pulled todo takes about 230 bytes instead of 325, and pulling 50k
  * todos costs the server and the wire about a fifth less time.
  */
+/** Per collection, a sync scope as a selector (shared/scope.ts checks it), or null for everything the user may read. */
+const scopesSchema = z.record(collectionNameSchema, z.unknown());
+
 export const pullPageSchema = z.object({
+  /** The scope each scoped collection of the pull has now (see subscribeReplySchema). */
+  scopes: scopesSchema.optional(),
+  /** In a scoped pull: documents that left the scope, as [document id, sequence]; the client removes them. */
+  leaves: z.array(z.tuple([documentIdSchema, sequenceSchema])).optional(),
   collections: z.array(collectionNameSchema),
   // The rest of a clock after its time, held to what a node may be in a whole clock.
   nodes: z.array(clockNodeSchema),
@@ -455,6 +462,8 @@ export type Handshake = z.infer<typeof handshakeSchema>;
 
 export const subscribeMessageSchema = z.strictObject({
   collections: z.array(collectionNameSchema).max(256),
+  /** The scope this client asks for in each collection; a collection left out asks for everything. */
+  scopes: scopesSchema.optional(),
 });
 export type SubscribeMessage = z.infer<typeof subscribeMessageSchema>;
 
@@ -522,10 +531,17 @@ export const pullMessageSchema = z.strictObject({
    * send those documents back again.
    */
   have: z.array(sequenceSpanSchema).max(MAX_PULL_HAVE).optional(),
+  /**
+   * A scoped pull, of one collection: the scope this client asks for, and
+   * what it holds, the documents of the scope `held` as of sequence
+   * `through` (0: nothing yet). See SyncStorage.getScopedChanges.
+   */
+  scope: z.strictObject({ want: z.unknown(), held: z.unknown(), through: sequenceSchema }).optional(),
 });
 export type PullMessage = z.infer<typeof pullMessageSchema>;
 
-export const subscribeReplySchema = z.object({ collections: z.array(collectionNameSchema) });
+/** The scope each scoped collection has (the client's within the server's rule); collections left out have none. */
+export const subscribeReplySchema = z.object({ collections: z.array(collectionNameSchema), scopes: scopesSchema.optional() });
 export type SubscribeReply = z.infer<typeof subscribeReplySchema>;
 
 /** A fresh token for the open connection's session, sent before the session expires. */
@@ -548,9 +564,14 @@ export const pullReplySchema = z.object({
 /** A pull reply as it crosses the wire (in protocol 2, events may leave out their author). */
 export type WirePullReply = z.infer<typeof pullReplySchema>;
 /** A pull reply as the client works with it: every event's author filled in. */
-export type PullReply = Omit<WirePullReply, 'events'> & { events: RemoteEvent[] };
-export const liveMessageSchema = z.object({ events: z.array(remoteEventSchema).min(1) });
-export type LiveMessage = { events: RemoteEvent[] };
+export type PullReply = Omit<WirePullReply, 'events'> & { events: RemoteEvent[]; scopes?: Record<string, unknown>; leaves?: [string, number][] };
+/** A document that left the reader's scope (live): the reader removes it. */
+export const leaveSchema = z.object({ collection: collectionNameSchema, documentId: documentIdSchema, seq: sequenceSchema });
+export type Leave = z.infer<typeof leaveSchema>;
+export const liveMessageSchema = z
+  .object({ events: z.array(remoteEventSchema), leaves: z.array(leaveSchema).optional() })
+  .refine((message) => message.events.length > 0 || (message.leaves?.length ?? 0) > 0, 'a live message holds events or leaves');
+export type LiveMessage = { events: RemoteEvent[]; leaves?: Leave[] };
 
 /** Every acknowledgement is either `{ ok: true, ...reply }` or `{ ok: false, error }`. */
 export type Ack<T> = ({ ok: true } & T) | { ok: false; error: WireError };

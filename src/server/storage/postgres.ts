@@ -3,9 +3,11 @@ import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
 import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
+import type { SqlDialect } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
+import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';
 import { changesPage, jsonTextBytes } from './size.js';
-import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 
 /** How long a new pool connection may take before the call that needed it fails. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -66,6 +68,8 @@ type HeadRow = Omit<DocumentHead, 'documentId' | 'eventId' | 'clientId' | 'seq'>
   client_id: string;
   seq: string;
 };
+/** A row of a scoped read: an event of the page (null columns when the page is empty), and the latest sequence. */
+type ScopedRow = { latest: string; leave: boolean | null; cut: boolean | null } & ({ seq: null } | EventRow);
 /** A row of readState: a head, or (collection null) only an event id that is stored and its sequence. */
 type StateRow = HeadRow | { collection: null; event_id: string; seq: string };
 
@@ -77,10 +81,30 @@ interface PendingSave {
   reject(error: unknown): void;
 }
 
+/**
+ * Scopes over a jsonb column: strings as text in the "C" collation (code
+ * point order, and the collation of the scope indexes), numbers as numeric
+ * (exact: jsonb keeps them as numeric), read only where jsonb_typeof says
+ * the field holds one; booleans compared as jsonb. A missing field has no
+ * type, so it matches nothing.
+ */
+function postgresDialect(column: string): SqlDialect {
+  const at = (field: string) => `${column}->${sqlString(assertScopeField(field))}`;
+  const text = (field: string) => `(${column}->>${sqlString(assertScopeField(field))})`;
+  return {
+    value: (field, type) => (type === 'string' ? text(field) : `(CASE WHEN jsonb_typeof(${at(field)}) = 'number' THEN ${text(field)}::numeric END)`),
+    isType: (field, type) => `jsonb_typeof(${at(field)}) = '${type}'`,
+    isBoolean: (field, value) => `${at(field)} = '${value ? 'true' : 'false'}'::jsonb`,
+    param: (index) => `$${index}`,
+    text: (expression) => `(${expression}) COLLATE "C"`,
+  };
+}
+
 function buildSql(schema: string, prefix: string) {
   const q = (name: string) => `"${schema}"."${prefix}${name}"`;
   const [events, heads, seq, compacted, clients] = [q('events'), q('heads'), q('seq'), q('compacted'), q('clients')];
   const eventColumns = EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ');
+  const scoped: ScopedSql = { heads, events, dialect: postgresDialect, unindexed: (expression) => expression };
   // Where a page bounded in bytes ends ($3): from the sizes kept beside the events, without reading a document;
   // the first change is taken whatever its size. `cut` says a change was left out for its bytes.
   const changesWithin = (inCollections: string) => `WITH sized AS (
@@ -190,6 +214,40 @@ function buildSql(schema: string, prefix: string) {
       )
       SELECT count(*)::int AS n FROM cleared`,
     latest: `SELECT coalesce(max(seq), 0) AS seq FROM ${heads}`,
+    /**
+     * A scoped page in one statement, so one snapshot: the candidate rows
+     * (scoped.ts) up to the limit, cut where their bytes pass maxBytes
+     * (leaves count none, the first row is always taken) as changesWithin
+     * does, their events, and the latest committed sequence.
+     */
+    scopedChanges: (checkpoint: number, query: ScopedQuery, limit: number | undefined, maxBytes: number | undefined) => {
+      const params: unknown[] = [];
+      const rows = scopedRowsSql(scoped, checkpoint, query, params);
+      params.push(limit ?? null, maxBytes === undefined ? null : Math.floor(maxBytes));
+      const [limitParam, bytesParam] = [`$${params.length - 1}`, `$${params.length}::bigint`];
+      const fits = (total: string) => `(${bytesParam} IS NULL OR ${total} <= ${bytesParam})`;
+      const text = `WITH candidates AS (
+          SELECT seq, leave, bytes FROM (${rows}) c ORDER BY seq LIMIT ${limitParam}
+        ), sized AS (
+          SELECT seq, leave, sum(bytes) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS total, row_number() OVER (ORDER BY seq) AS n FROM candidates
+        ), page AS (
+          SELECT ${eventColumns}, s.leave, EXISTS (SELECT 1 FROM sized WHERE n > 1 AND NOT ${fits('total')}) AS cut
+          FROM sized s JOIN ${events} e ON e.seq = s.seq WHERE s.n = 1 OR ${fits('s.total')}
+        )
+        SELECT l.latest, p.* FROM (SELECT coalesce(max(seq), 0) AS latest FROM ${heads}) l LEFT JOIN page p ON TRUE ORDER BY p.seq`;
+      return { text, params };
+    },
+    /** Indexes for scoped reads of one collection (see indexScopeFields); names are the prefix and a hash, within 63 bytes. */
+    scopeIndexes: (collection: string, fields: readonly string[]) => {
+      const literal = sqlString(assertScopeCollection(collection));
+      return [
+        ...fields.map(
+          (field) => `CREATE INDEX IF NOT EXISTS "${prefix}hs_${indexHash(collection, assertScopeField(field))}"
+            ON ${heads} ((data->>${sqlString(field)}) COLLATE "C", seq) WHERE collection = ${literal}`,
+        ),
+        `CREATE INDEX IF NOT EXISTS "${prefix}ed_${indexHash(collection)}" ON ${events} (document_id, seq) WHERE collection = ${literal}`,
+      ];
+    },
     count: `SELECT count(*) AS n FROM ${events}`,
   };
 }
@@ -286,6 +344,40 @@ export class PostgresSyncStorage implements SyncStorage {
       ? await this.query<EventRow>('read changes', this.sql.changesAfterIn, [checkpoint, pgLimit, [...collections]])
       : await this.query<EventRow>('read changes', this.sql.changesAfter, [checkpoint, pgLimit]);
     return result.rows.map(decodeEvent);
+  }
+
+  async getScopedChanges(checkpoint: number, query: ScopedQuery): Promise<ScopedPage> {
+    const limit = scopedLimit(query.limit);
+    if (limit !== undefined && limit <= 0) {
+      await this.ready();
+      return scopedPage([], false, checkpoint);
+    }
+    const { text, params } = this.sql.scopedChanges(checkpoint, query, limit, query.maxBytes);
+    const result = await this.query<ScopedRow>('read scoped changes', text, params);
+    const changes: ScopedChange[] = [];
+    for (const row of result.rows) {
+      if (row.seq === null) continue;
+      changes.push(row.leave ? { ...decodeEvent(row), leave: true } : decodeEvent(row));
+    }
+    const cut = result.rows[0]?.cut ?? false;
+    // Writers commit in sequence order (the write lock), so the latest head this statement saw has nothing uncommitted below it.
+    return scopedPage(changes, cut, scopedThrough(changes, cut, limit, checkpoint, Number(result.rows[0]!.latest)));
+  }
+
+  /**
+   * Per collection: an index on each scope field's text (in the "C"
+   * collation scopes compare strings in) and the sequence over its heads,
+   * and one on its events' document and sequence. Made under the init lock,
+   * so servers starting together do not race. Idempotent.
+   */
+  async indexScopeFields(fields: Readonly<Record<string, readonly string[]>>): Promise<void> {
+    const statements = Object.entries(fields).flatMap(([collection, names]) => (names.length > 0 ? this.sql.scopeIndexes(collection, names) : []));
+    await this.ready();
+    if (statements.length === 0) return;
+    await this.transaction('index scope fields', async (client) => {
+      await client.query('SELECT pg_advisory_xact_lock($1, $2)', [INIT_LOCK, this.lockId]);
+      for (const statement of statements) await client.query(statement);
+    });
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {

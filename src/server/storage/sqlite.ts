@@ -5,9 +5,11 @@ import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
 import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
+import type { SqlDialect } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
+import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';
 import { changesPage, jsonTextBytes } from './size.js';
-import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, SyncStorage } from './types.js';
+import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 
 const optionsSchema = z.strictObject({
   /** The database file; its directory is created when missing. `:memory:` for a throwaway database. */
@@ -76,6 +78,11 @@ interface SizeRow {
   seq: number;
   bytes: number;
 }
+interface CandidateRow {
+  seq: number;
+  leave: number;
+  bytes: number;
+}
 interface HeadRow {
   collection: string;
   document_id: string;
@@ -136,6 +143,8 @@ function prepareStatements(db: Database.Database) {
       `SELECT h.seq AS seq, e.data_bytes AS bytes FROM heads h JOIN events e ON e.seq = h.seq
        WHERE h.seq > @after AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
+    // The events of a scoped page, once its rows are chosen.
+    eventsBySeq: db.prepare<[string], EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq`),
     claim: db.prepare<[string, string]>('INSERT INTO clients (client_id, user_key) VALUES (?, ?) ON CONFLICT (client_id) DO NOTHING'),
     owner: db.prepare<[string], { user_key: string }>('SELECT user_key FROM clients WHERE client_id = ?'),
     // Superseded events only: a head event is the document's current version (or its tombstone).
@@ -151,6 +160,52 @@ function prepareStatements(db: Database.Database) {
 type Statements = ReturnType<typeof prepareStatements>;
 
 /**
+ * Scopes over the JSON text of a column: json_extract gives strings as text
+ * (BINARY collation compares UTF-8 bytes, which is code point order) and
+ * numbers as numbers; json_type tells the JSON types apart (true and false
+ * are types of their own, so 1 is no boolean). A missing field has no type,
+ * so it matches nothing. The expressions are the ones indexScopeFields
+ * indexes, so the planner can use those indexes.
+ */
+function sqliteDialect(column: string): SqlDialect {
+  const path = (field: string) => sqlString(`$.${assertScopeField(field)}`);
+  const TYPES = { string: "= 'text'", number: "IN ('integer', 'real')", boolean: "IN ('true', 'false')" } as const;
+  return {
+    value: (field) => `json_extract(${column}, ${path(field)})`,
+    isType: (field, type) => `json_type(${column}, ${path(field)}) ${TYPES[type]}`,
+    isBoolean: (field, value) => `json_type(${column}, ${path(field)}) = '${value ? 'true' : 'false'}'`,
+    param: (index) => `@p${index}`,
+    text: (expression) => expression,
+  };
+}
+
+const SCOPED_SQL: ScopedSql = {
+  heads: 'heads',
+  events: 'events',
+  dialect: sqliteDialect,
+  // Leaves are found among the heads changed after L, in sequence order: the sequence index, not the primary key.
+  unindexed: (expression) => `+${expression}`,
+};
+/**
+ * The statement of a scoped read's candidate rows (seq, leave, bytes) and
+ * its named parameters: what getScopedChanges runs, for EXPLAIN QUERY PLAN.
+ */
+export function scopedReadSql(checkpoint: number, query: ScopedQuery): { sql: string; params: Record<string, unknown> } {
+  const params: unknown[] = [];
+  const rows = scopedRowsSql(SCOPED_SQL, checkpoint, query, params);
+  const limit = scopedLimit(query.limit);
+  params.push(limit ?? -1);
+  return {
+    // ORDER BY on the compound itself: SQLite merges its arms, each in its index's order, and stops at the limit.
+    sql: `${rows} ORDER BY seq LIMIT @p${params.length}`,
+    params: Object.fromEntries(params.map((value, i) => [`p${i + 1}`, value])),
+  };
+}
+
+/** How many compiled scoped reads are kept (one per shape of scope and collection, whatever the values). */
+const SCOPED_STATEMENTS = 64;
+
+/**
  * Durable storage in one SQLite file (WAL, synchronous=FULL). Pushes that
  * arrive in the same tick are written in one transaction, so many clients
  * pushing at once share one fsync instead of paying one each.
@@ -161,6 +216,8 @@ export class SqliteSyncStorage implements SyncStorage {
   private statements: Statements | undefined;
   private writeBatch: Database.Transaction<(pending: PendingSave[]) => SaveResult[][]> | undefined;
   private closed = false;
+  /** Compiled scoped reads by their SQL, least recently used first. */
+  private readonly scopedStatements = new Map<string, Database.Statement<Record<string, unknown>, CandidateRow>>();
   private queue: PendingSave[] = [];
   private flushScheduled = false;
 
@@ -230,6 +287,69 @@ export class SqliteSyncStorage implements SyncStorage {
     });
   }
 
+  async getScopedChanges(checkpoint: number, query: ScopedQuery): Promise<ScopedPage> {
+    const statements = this.ready();
+    const limit = scopedLimit(query.limit);
+    if (limit !== undefined && limit <= 0) return scopedPage([], false, checkpoint);
+    const { maxBytes } = query;
+    const { sql, params: bound } = scopedReadSql(checkpoint, query);
+    const candidates = this.run('read scoped changes', () => this.scopedStatement(sql));
+    return this.run('read scoped changes', () =>
+      // One read transaction: the page, its events and the latest sequence are of one snapshot.
+      this.db!.transaction(() => {
+        // Where the page ends, from sequences and sizes alone (leaves count no bytes); then its events.
+        const chosen: CandidateRow[] = [];
+        let bytes = 0;
+        let cut = false;
+        for (const row of candidates.iterate(bound)) {
+          if (maxBytes !== undefined && !row.leave) {
+            bytes += row.bytes;
+            if (bytes > maxBytes && chosen.length > 0) {
+              cut = true;
+              break;
+            }
+          }
+          chosen.push(row);
+        }
+        const events = chosen.length === 0 ? [] : statements.eventsBySeq.all(JSON.stringify(chosen.map((row) => row.seq)));
+        const changes = events.map((row, i): ScopedChange => (chosen[i]!.leave ? { ...decodeEvent(row), leave: true } : decodeEvent(row)));
+        const latest = statements.latest.get()?.seq ?? 0;
+        return scopedPage(changes, cut, scopedThrough(changes, cut, limit, checkpoint, latest));
+      })(),
+    );
+  }
+
+  /**
+   * Per collection: an index on each scope field's value and the sequence
+   * over its heads (partial: that collection's only), and one on its events'
+   * document and sequence (for the version a reader may hold). Idempotent.
+   */
+  async indexScopeFields(fields: Readonly<Record<string, readonly string[]>>): Promise<void> {
+    this.ready();
+    const sql: string[] = [];
+    for (const [collection, names] of Object.entries(fields)) {
+      const literal = sqlString(assertScopeCollection(collection));
+      for (const field of names) {
+        sql.push(`CREATE INDEX IF NOT EXISTS "heads_scope_${indexHash(collection, assertScopeField(field))}"
+          ON heads (json_extract(data, ${sqlString(`$.${field}`)}), seq) WHERE collection = ${literal}`);
+      }
+      if (names.length > 0) sql.push(`CREATE INDEX IF NOT EXISTS "events_document_${indexHash(collection)}" ON events (document_id, seq) WHERE collection = ${literal}`);
+    }
+    if (sql.length === 0) return;
+    this.run('index scope fields', () => this.db!.transaction(() => sql.forEach((statement) => this.db!.exec(statement))).immediate());
+  }
+
+  private scopedStatement(sql: string): Database.Statement<Record<string, unknown>, CandidateRow> {
+    let statement = this.scopedStatements.get(sql);
+    if (statement) this.scopedStatements.delete(sql);
+    else {
+      statement = this.db!.prepare<Record<string, unknown>, CandidateRow>(sql);
+      if (this.scopedStatements.size >= SCOPED_STATEMENTS) this.scopedStatements.delete(this.scopedStatements.keys().next().value!);
+    }
+    this.scopedStatements.set(sql, statement);
+    return statement;
+  }
+
   async claimClient(clientId: string, userKey: string): Promise<string> {
     assertClaimable(clientId, userKey);
     const statements = this.ready();
@@ -282,6 +402,7 @@ export class SqliteSyncStorage implements SyncStorage {
     this.closed = true;
     this.db = undefined;
     this.statements = undefined;
+    this.scopedStatements.clear();
     this.writeBatch = undefined;
   }
 

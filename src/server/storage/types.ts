@@ -1,4 +1,5 @@
 import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol.js';
+import type { Scope } from '../../shared/scope.js';
 
 /**
  * An event on its way into storage: what the client pushed, stamped with its
@@ -45,6 +46,35 @@ export interface EventQuery {
 export type ChangesPage = StoredEvent[] & { cutByBytes?: boolean };
 
 /**
+ * A scoped reader's catch-up in one collection (getScopedChanges). The
+ * reader's scope is `scope`; what it holds is the documents of
+ * `held.scope` as they were at sequence `held.through`, plus what it
+ * received after that up to the checkpoint. `held.through` 0 means it holds
+ * nothing yet. While the scope is unchanged the reader sends `held` equal
+ * to `scope` with `through` equal to its checkpoint; when the scope changes,
+ * it starts again from checkpoint 0 with the old scope and checkpoint in
+ * `held`, and gets only the difference.
+ */
+export interface ScopedQuery {
+  collection: string;
+  scope: Scope;
+  held: { scope: Scope; through: number };
+  limit?: number;
+  maxBytes?: number;
+}
+
+/** A head that left the reader's scope: the reader removes the document (its data is not sent). */
+export type ScopedChange = StoredEvent & { leave?: true };
+
+/**
+ * What getScopedChanges answers: changes and leaves in sequence order, and
+ * `through`, the sequence the reader's checkpoint moves to (the last head
+ * looked at, which may be past the last one returned: heads outside the
+ * scope are passed over, not sent).
+ */
+export type ScopedPage = ScopedChange[] & { cutByBytes?: boolean; through: number };
+
+/**
  * The contract every server storage implements; `test/storage.conformance.ts`
  * proves it for each implementation.
  *
@@ -72,6 +102,39 @@ export interface SyncStorage {
    * history, and is exact after any compaction.
    */
   getChangesAfter(checkpoint: number, options?: EventQuery): Promise<ChangesPage>;
+  /**
+   * A scoped reader's catch-up (see ScopedQuery). With K the checkpoint, E
+   * the scope, H and C the held scope and its sequence, and L = max(K, C),
+   * it lists, for every document head h of the collection with h.seq > K,
+   * in ascending order of sequence:
+   * - h itself when h matches E and not (h.seq <= C and h matches H): the
+   *   reader lacks this version (deletes included);
+   * - h as a leave (`leave: true`) when h does not match E, h.seq > L, and
+   *   the reader may hold the document: some version x of it before h,
+   *   from its version at C (or its first, when it had none at C) on, is no
+   *   delete and matches E (the reader may hold x from a page, a live
+   *   message or its own acknowledged push, and holds no version outside
+   *   E). When compaction removed the versions needed
+   *   to tell (its oldest kept event has a base and comes after C) and L >
+   *   0, the leave is sent anyway: a leave for a document the reader does
+   *   not hold costs it nothing.
+   * Other heads are passed over. Readers keep C where their last whole
+   * catch-up ended until the next one ends (not at each page's checkpoint):
+   * then a document that left the scope between two pages gets its leave.
+   * `limit` and `maxBytes` bound the page as in getChangesAfter (leaves
+   * count towards the limit, not the bytes). `through` is where the reader's
+   * checkpoint moves: the last change of a page cut short, else the last
+   * head this storage may show (never past a sequence that could still
+   * commit below it). Reads the documents in the scope and the heads changed
+   * after L, using the indexes made by indexScopeFields where they apply.
+   */
+  getScopedChanges(checkpoint: number, query: ScopedQuery): Promise<ScopedPage>;
+  /**
+   * Indexes the fields scopes may name in each collection (the server's
+   * `scopeFields` option), so that scoped reads cost in proportion to the
+   * scope. Called by the server's start(), after init(). Idempotent.
+   */
+  indexScopeFields(fields: Readonly<Record<string, readonly string[]>>): Promise<void>;
   /** Events after `checkpoint` in the given collections that `clientId` did not write. */
   getEventsForClient(clientId: string, collections: readonly string[], checkpoint?: number): Promise<StoredEvent[]>;
   /**

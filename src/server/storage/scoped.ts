@@ -1,0 +1,131 @@
+/**
+ * What the storages share for scoped reads (getScopedChanges): the page they
+ * answer, the SQL both SQL storages run, and the names of the indexes
+ * indexScopeFields makes.
+ *
+ * The leave rule, as every storage applies it (memory.ts in JS, the SQL
+ * below): with K the checkpoint, E the scope, H and C the held scope and
+ * sequence, L = max(K, C), a head h of the collection with h.seq > L that
+ * does not match E is sent as a leave when the reader may hold the
+ * document, that is when some version x of it before h, from w on (w the
+ * document's version at C, or its first version when it had none at C), is
+ * no delete and matches E: the reader may hold x from a page, a live
+ * message or its own push (acknowledged after its checkpoint), and holds
+ * no version outside E. When compaction removed
+ * the document's versions up to C (its oldest kept event has a base and
+ * comes after C), and L > 0, the leave is sent anyway.
+ */
+import { createHash } from 'node:crypto';
+import { SyncError } from '../../shared/errors.js';
+import { isCollectionName } from '../../shared/protocol.js';
+import { scopeToSql, type Scope, type SqlDialect } from '../../shared/scope.js';
+import type { ScopedChange, ScopedPage, ScopedQuery } from './types.js';
+
+/** The fields a scope may name (as parseScope checks them): they are written into SQL as JSON paths. */
+const SCOPE_FIELD = /^[A-Za-z_][A-Za-z0-9_]{0,63}$/;
+
+export function assertScopeField(field: string): string {
+  if (!SCOPE_FIELD.test(field)) throw new SyncError('INVALID_SCOPE', `${JSON.stringify(field)} is not a scope field: a top-level field named as a plain identifier`);
+  return field;
+}
+
+export function assertScopeCollection(collection: string): string {
+  if (!isCollectionName(collection)) throw new SyncError('INVALID_SCOPE', `${JSON.stringify(collection)} is not a collection name`);
+  return collection;
+}
+
+/** A page of scoped changes. */
+export function scopedPage(changes: ScopedChange[], cutByBytes: boolean, through: number): ScopedPage {
+  return Object.assign(changes, cutByBytes ? { cutByBytes: true, through } : { through });
+}
+
+/**
+ * Where the reader's checkpoint moves: the last change of a page cut by
+ * `limit` or `maxBytes`, else the last head the storage may show (never back).
+ */
+export function scopedThrough(changes: readonly ScopedChange[], cut: boolean, limit: number | undefined, checkpoint: number, latest: number): number {
+  const last = changes.at(-1);
+  if (last && (cut || (limit !== undefined && changes.length >= limit))) return last.seq;
+  return Math.max(checkpoint, latest);
+}
+
+/** `limit` as every storage reads it: rounded up; undefined for none. */
+export function scopedLimit(limit: number | undefined): number | undefined {
+  return limit === undefined ? undefined : Math.ceil(limit);
+}
+
+/** A SQL string literal. */
+export function sqlString(text: string): string {
+  return `'${text.replaceAll("'", "''")}'`;
+}
+
+/** A short stable name part for an index over (collection, field): names stay plain identifiers whatever the collection is called. */
+export function indexHash(...parts: string[]): string {
+  return createHash('sha256').update(parts.join('\u0000')).digest('hex').slice(0, 16);
+}
+
+/** How one SQL storage names its tables and reads its JSON. */
+export interface ScopedSql {
+  heads: string;
+  events: string;
+  /** The scope dialect over the JSON column `column` (`h.data`). */
+  dialect(column: string): SqlDialect;
+  /** The expression, kept from being matched to an index (SQLite's unary +); as is where the planner needs no hint. */
+  unindexed(expression: string): string;
+}
+
+/**
+ * The candidate rows of a scoped read, as `seq, leave, bytes` (bytes 0 for a
+ * leave), in two arms:
+ * - sends: heads after K in the scope (the scope's index and the sequence
+ *   bound it), less those the reader held at C;
+ * - leaves: heads after L out of the scope (the sequence index: heads
+ *   changed after L) that the reader may hold, judged from the document's
+ *   kept events (its per-collection index on document and sequence).
+ * A compound SELECT: the caller orders it by seq and limits it; the values go into `params`.
+ * The collection is written as a literal, so that the planner can use the
+ * partial indexes indexScopeFields made for it.
+ */
+export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQuery, params: unknown[]): string {
+  const collection = sqlString(assertScopeCollection(query.collection));
+  const held = query.held.through;
+  const last = Math.max(checkpoint, held);
+  // Bound when first written into the text: a parameter the statement does not use has no type in PostgreSQL.
+  const bound = (value: unknown) => {
+    let placeholder: string | undefined;
+    return () => {
+      if (placeholder === undefined) {
+        params.push(value);
+        placeholder = sql.dialect('').param(params.length);
+      }
+      return placeholder;
+    };
+  };
+  const [k, c, l] = [bound(checkpoint), bound(held), bound(last)];
+  const matches = (scope: Scope, column: string) => scopeToSql(checkedScope(scope), sql.dialect(column), params);
+  // Where a NOT or an OR applies, an unknown (a missing field) must count as false.
+  const surely = (scope: Scope, column: string) => `COALESCE(${matches(scope, column)}, FALSE)`;
+  const { heads, events } = sql;
+
+  // Each arm reads one table (the size is looked up, not joined): SQLite then merges the arms in sequence order.
+  let sends = `SELECT h.seq AS seq, FALSE AS leave, (SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq) AS bytes FROM ${heads} h
+    WHERE h.collection = ${collection} AND h.seq > ${k()} AND ${matches(query.scope, 'h.data')}`;
+  if (checkpoint < held) sends += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
+  // Everything in scope, or nothing held yet and nothing sent: no document can leave.
+  if (query.scope === null || last === 0) return sends;
+
+  const sameDocument = (alias: string) => `${alias}.collection = ${collection} AND ${alias}.document_id = h.document_id`;
+  const leaves = `SELECT h.seq AS seq, TRUE AS leave, 0 AS bytes FROM ${heads} h
+    WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${l()} AND NOT ${surely(query.scope, 'h.data')}
+      AND (EXISTS (SELECT 1 FROM ${events} x WHERE ${sameDocument('x')} AND x.seq < h.seq
+            AND x.seq >= COALESCE((SELECT w.seq FROM ${events} w WHERE ${sameDocument('w')} AND w.seq <= ${c()} ORDER BY w.seq DESC LIMIT 1), 0)
+            AND x.op <> 'delete' AND ${matches(query.scope, 'x.data')})
+        OR (SELECT f.base_event_id IS NOT NULL AND f.seq > ${c()} FROM ${events} f WHERE ${sameDocument('f')} ORDER BY f.seq LIMIT 1))`;
+  return `${sends} UNION ALL ${leaves}`;
+}
+
+/** A scope's fields are written into SQL: each must be a plain identifier (parseScope makes sure; this is for hand-made scopes). */
+function checkedScope(scope: Scope): Scope {
+  if (scope !== null) for (const atom of scope) assertScopeField(atom.field);
+  return scope;
+}
