@@ -287,7 +287,7 @@ describe.skipIf(!process.env.SCOPES_RANDOMIZED)('randomized scoped convergence',
               const want = JSON.stringify(truth.filter((t) => matchesScope(scope, t as unknown as Record<string, unknown>)));
               const got = JSON.stringify(await contents(devices[i]!.todos));
               if (got !== want) {
-                const history = (await storage.getEventsAfter(0)).map((e) => `${e.seq}:${e.documentId}:${e.op}:${(e.data as Todo).owner}/${(e.data as Todo).priority}:${e.clientId.slice(-4)}`).join(' ');
+                const history = (await storage.getEventsAfter(0)).map((e) => `${e.seq}:${e.documentId}:${e.op}:${(e.data as unknown as Todo).owner}/${(e.data as unknown as Todo).priority}:${e.clientId.slice(-4)}`).join(' ');
                 mismatch = `device ${i} (scope ${JSON.stringify(scopes[i])}): holds ${got}, should hold ${want}; log ${history}`;
                 return false;
               }

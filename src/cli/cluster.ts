@@ -14,7 +14,7 @@
  */
 import cluster, { type Worker } from 'node:cluster';
 import { createServer } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { setupPrimary } from '@socket.io/cluster-adapter';
 import { setupMaster } from '@socket.io/sticky';
 import { AggregatorRegistry, type Registry } from 'prom-client';
@@ -55,6 +55,12 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
   // Buffers cross IPC as Buffers (a connection's first bytes, the adapter's packets), not as JSON arrays.
   cluster.setupPrimary({ serialization: 'advanced' });
   const httpServer = createServer();
+  // The primary keeps the connections whose requests come in several chunks (it relays them): closed on stop.
+  const connections = new Set<Socket>();
+  httpServer.on('connection', (socket: Socket) => {
+    connections.add(socket);
+    socket.once('close', () => connections.delete(socket));
+  });
   setupMaster(httpServer, { loadBalancingMethod: 'least-connection' });
   const aggregator = new AggregatorRegistry();
   let stopping = false;
@@ -107,7 +113,9 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
           }),
       ),
     );
-    await new Promise<void>((resolve) => (httpServer.listening ? httpServer.close(() => resolve()) : resolve()));
+    const closed = new Promise<void>((resolve) => (httpServer.listening ? httpServer.close(() => resolve()) : resolve()));
+    for (const socket of connections) socket.destroy();
+    await closed;
   };
 
   try {

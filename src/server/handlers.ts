@@ -564,7 +564,17 @@ async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: str
   // What a sender subscribed to the collection gets: the other senders' events.
   const othersFor = (sender: SyncSocket<User>) => (senders.length > 1 && sender.rooms.has(room) ? events.filter((_, i) => from[i] !== sender.id) : []);
   if (!ctx.authorize && !ctx.authorizeRead) {
-    ctx.io.to(room).except(excluded).emit(MESSAGE.live, { events: ctx.redactor.events(events).map(toRemoteEvent) });
+    const message = { events: ctx.redactor.events(events).map(toRemoteEvent) };
+    const members = ownRoomMembers(senders, room);
+    if (members && members.size > FANOUT_SLICE_SOCKETS) {
+      // One emit to ten thousand sockets held the event loop for half a second: in slices, each encoded once,
+      // with the loop given back between them so that pushes and their acks go on meanwhile.
+      const ids = [...members].filter((id) => !group.senders.has(id));
+      for (let i = 0; i < ids.length; i += FANOUT_SLICE_SOCKETS) {
+        if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+        ctx.io.to(ids.slice(i, i + FANOUT_SLICE_SOCKETS)).emit(MESSAGE.live, message);
+      }
+    } else ctx.io.to(room).except(excluded).emit(MESSAGE.live, message);
     for (const sender of senders) {
       const others = othersFor(sender);
       if (others.length > 0) sender.emit(MESSAGE.live, { events: ctx.redactor.events(others).map(toRemoteEvent) });
@@ -611,6 +621,16 @@ async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: str
     const visible = await readable(ctx, sender.data.user, others).catch(() => []);
     if (visible.length > 0) sender.emit(MESSAGE.live, { events: visible.map(toRemoteEvent) });
   }
+}
+
+/** Sockets one live emit goes to at most, where the room's members are known here (socket.io's own adapter). */
+const FANOUT_SLICE_SOCKETS = 500;
+
+/** The members of a room when socket.io's own in-memory adapter holds them all; undefined with any other adapter. */
+function ownRoomMembers(senders: readonly SyncSocket<any>[], room: string): ReadonlySet<string> | undefined {
+  const adapter = senders[0]!.nsp.adapter;
+  if (Object.getPrototypeOf(adapter) !== Adapter.prototype) return undefined;
+  return adapter.rooms.get(room);
 }
 
 /** How long live fan-out may hold the event loop before it lets other clients' messages in. */

@@ -542,18 +542,19 @@ export class SyncServer<User = unknown> {
    */
   private replaceEarlierConnections(socket: SyncSocket<User>): void {
     const room = `client:${socket.data.clientId}`;
-    const reason = new SyncError('REPLACED', 'another connection with the same client id replaced this one').toWire();
+    // Made only when something is replaced: an error with its stack for each of ten thousand reconnecting devices was a few % of a storm.
+    const reason = () => new SyncError('REPLACED', 'another connection with the same client id replaced this one').toWire();
     for (const earlier of this.io.of('/').adapter.rooms.get(room) ?? []) {
       const other = this.io.of('/').sockets.get(earlier);
       if (!other || other.id === socket.id) continue;
       this.events.emit('client-dropped', { clientId: socket.data.clientId, reason: 'REPLACED' });
-      other.emit(MESSAGE.error, reason);
+      other.emit(MESSAGE.error, reason());
       other.disconnect(true);
     }
     void socket.join(room);
     // Other instances hear it through the adapter; with socket.io's own adapter there are none.
     if (Object.getPrototypeOf(this.io.of('/').adapter) !== Adapter.prototype) {
-      this.io.in(room).except(socket.id).emit(MESSAGE.error, reason);
+      this.io.in(room).except(socket.id).emit(MESSAGE.error, reason());
       this.io.in(room).except(socket.id).disconnectSockets(true);
     }
   }

@@ -133,7 +133,7 @@ function prepareStatements(db: Database.Database) {
     ),
     changesAfterIn: db.prepare<{ after: number; through: number; limit: number; collections: string }, EventRow>(
       `SELECT ${EVENT_COLUMNS.split(', ').map((c) => `e.${c}`).join(', ')} FROM heads h JOIN events e ON e.seq = h.seq
-       WHERE h.seq > @after AND h.seq <= @through AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
+       WHERE h.seq > @after AND h.seq <= @through AND +h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
     // The same heads, only their sequences and sizes: where a page bounded in bytes ends, without reading a document.
     changeSizes: db.prepare<{ after: number; limit: number }, SizeRow>(
@@ -141,7 +141,7 @@ function prepareStatements(db: Database.Database) {
     ),
     changeSizesIn: db.prepare<{ after: number; limit: number; collections: string }, SizeRow>(
       `SELECT h.seq AS seq, e.data_bytes AS bytes FROM heads h JOIN events e ON e.seq = h.seq
-       WHERE h.seq > @after AND h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
+       WHERE h.seq > @after AND +h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
     // The events of a scoped page, once its rows are chosen.
     eventsBySeq: db.prepare<[string], EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq`),
