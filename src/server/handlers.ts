@@ -567,11 +567,12 @@ async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: str
     const message = { events: ctx.redactor.events(events).map(toRemoteEvent) };
     const members = ownRoomMembers(senders, room);
     if (members && members.size > FANOUT_SLICE_SOCKETS) {
-      // One emit to ten thousand sockets held the event loop for half a second: in slices, each encoded once,
-      // with the loop given back between them so that pushes and their acks go on meanwhile.
+      // One emit to ten thousand sockets held the event loop for half a second: in chunks, the message encoded
+      // once, and the loop given back every few ms so that pushes and their acks go on meanwhile.
       const ids = [...members].filter((id) => !group.senders.has(id));
+      const slices = fanoutSlices();
       for (let i = 0; i < ids.length; i += FANOUT_SLICE_SOCKETS) {
-        if (i > 0) await new Promise((resolve) => setImmediate(resolve));
+        if (slices.over()) await slices.next();
         ctx.io.to(ids.slice(i, i + FANOUT_SLICE_SOCKETS)).emit(MESSAGE.live, message);
       }
     } else ctx.io.to(room).except(excluded).emit(MESSAGE.live, message);
@@ -623,8 +624,8 @@ async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: str
   }
 }
 
-/** Sockets one live emit goes to at most, where the room's members are known here (socket.io's own adapter). */
-const FANOUT_SLICE_SOCKETS = 500;
+/** Sockets one live emit goes to at most, between two looks at the clock, where the room's members are known here (socket.io's own adapter). */
+const FANOUT_SLICE_SOCKETS = 64;
 
 /** The members of a room when socket.io's own in-memory adapter holds them all; undefined with any other adapter. */
 function ownRoomMembers(senders: readonly SyncSocket<any>[], room: string): ReadonlySet<string> | undefined {

@@ -353,6 +353,9 @@ export class SqliteSyncStorage implements SyncStorage {
   async claimClient(clientId: string, userKey: string): Promise<string> {
     assertClaimable(clientId, userKey);
     const statements = this.ready();
+    // Read first: after a restart every device that reconnects is known, and a read costs no write lock or fsync.
+    const known = this.run('claim client id', () => statements.owner.get(clientId));
+    if (known) return known.user_key;
     return this.run('claim client id', () =>
       this.db!.transaction(() => {
         statements.claim.run(clientId, userKey);
