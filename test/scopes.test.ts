@@ -195,7 +195,7 @@ describe('sync scopes', () => {
 /**
  * Devices whose scopes change while documents are reassigned, deleted and
  * compacted, and devices go offline. Opt-in (SCOPES_RANDOMIZED=1) for now:
- * it still finds rare races (about one run in a hundred ends with a device
+ * it still finds rare races (about one run in two hundred ends with a device
  * holding a stale document or missing one it wrote itself after a scope
  * change), which issue 26 keeps open.
  */

@@ -7,7 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
-import { matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
+import { intersectScopes, matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol.js';
 import type { PendingEntry } from './documents.js';
@@ -117,6 +117,8 @@ export class SyncEngine {
   private running?: Promise<SyncResult>;
   private want = { push: false, pull: false };
   private subscribed = false;
+  /** Per collection pulled in a scope as of nothing: the documents confirmed in it so far (see pullScoped). */
+  private readonly confirming = new Map<string, Set<string>>();
   /** Collections the server scopes for this user, though this device asked for none. */
   private readonly ruledScopes = new Set<string>();
   /** The scope this device asks for per collection (options.scopes, then setScope()). */
@@ -620,8 +622,10 @@ export class SyncEngine {
     void this.queue
       .run(async () => {
         if (events.length > 0) await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+        for (const event of events) this.confirming.get(event.collection)?.add(event.documentId);
         // Documents a change moved out of this device's scope: gone here, without a pending event.
         for (const leave of leaves) {
+          await this.holdScopeBeforeLeaving(leave.collection);
           await replicator.leaveScope(leave.collection, [leave.documentId], undefined, [leave.seq]);
           this.heldSequences.add(leave.seq);
         }
@@ -653,6 +657,9 @@ export class SyncEngine {
     let lowest = Number.POSITIVE_INFINITY;
     let behind = false;
     for (const name of this.collections) {
+      // A scoped collection pulling as of nothing, or moving to another scope, moves only with its pages.
+      const held = replicator.state.scopes?.[name];
+      if (held && (held.target !== undefined || held.through === 0)) return false;
       const from = replicator.state.checkpoints[name] ?? 0;
       let checkpoint = from;
       while (this.heldSequences.has(checkpoint + 1)) checkpoint++;
@@ -764,6 +771,7 @@ export class SyncEngine {
           const outcomes = await transport.push(batch.map((entry) => entry.event));
           // This client holds what it took of the server's answer: a pull need not send that back.
           const acked = await replicator.applyPushResults(batch, outcomes);
+          for (const { collection, documentId } of acked) this.confirming.get(collection)?.add(documentId);
           for (const { seq } of acked) this.heldSequences.add(seq);
           // A conflict settled here may have taken the server's version, which may be outside the scope too.
           const settled = batch
@@ -860,6 +868,7 @@ export class SyncEngine {
     for (;;) {
       const checkpoint = replicator.state.checkpoints[name] ?? 0;
       const heldScope: HeldScope = replicator.state.scopes?.[name] ?? unscoped;
+      const first = (heldScope.through ?? checkpoint) === 0;
       // `through` stays where the last whole catch-up ended until this one ends: a document that left
       // the scope between two pages still gets its leave (see SyncStorage.getScopedChanges).
       const reply = await this.pullPage(transport, {
@@ -867,7 +876,8 @@ export class SyncEngine {
         collections: [name],
         limit: this.options.pullBatchSize,
         scope: { want: this.getScope(name), held: heldScope.held, through: heldScope.through ?? checkpoint },
-      });
+        // Held as of nothing, every document is confirmed by its row: none is left out for being held already.
+      }, !first);
       if (!this.status.enabled) throw new SyncError('DISABLED', 'sync was disabled during the pull');
       if (!reply.scopes || !Object.hasOwn(reply.scopes, name)) throw new SyncError('INVALID_MESSAGE', `server answered a scoped pull of "${name}" without its scope`);
       const unexpected = reply.events.find((event) => event.collection !== name);
@@ -878,10 +888,12 @@ export class SyncEngine {
       if (!sameScope(scope, aim)) {
         // Another scope: documents outside it leave, and the difference is pulled from 0. A move that
         // changes course holds no known scope any more: the new one is pulled whole.
+        // Mid-move, what is held is the old scope within the one it was moving to, as of the same sequence.
         const restart: HeldScope =
           heldScope.target === undefined
             ? { held: heldScope.held, through: checkpoint, target: toSelector(scope) }
-            : { held: toSelector(scope), through: 0, target: toSelector(scope) };
+            : { held: toSelector(intersectScopes(parseScope(heldScope.held), parseScope(heldScope.target))), through: heldScope.through ?? 0, target: toSelector(scope) };
+        this.confirming.delete(name);
         this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
         await this.queue.run(async () => {
           await replicator.leaveScope(name, undefined, scope);
@@ -892,15 +904,23 @@ export class SyncEngine {
         continue;
       }
       const done = !reply.hasMore;
-      const first = replicator.state.scopes?.[name] === undefined;
+      // Held as of nothing (a first scoped pull, or a move that changed course): what this device has
+      // outside the scope (its own writes, or what it held before) leaves once the whole scope is here.
+      // Held as of nothing, the server names no leaves: every document this catch-up brings (or a live message,
+      // or an acknowledged push, meanwhile) is confirmed, and at its end what was not confirmed leaves.
+      if (first && !this.confirming.has(name)) this.confirming.set(name, new Set());
+      for (const event of reply.events) this.confirming.get(name)?.add(event.documentId);
       synced += await this.queue.run(async () => {
         // Saved with the checkpoint the page moves: a move ends with its last page.
         if (done) replicator.state.scopes = { ...replicator.state.scopes, [name]: { held: toSelector(scope), through: reply.checkpoint } };
         const applied = await replicator.applyRemote(reply.events, 'pull', { collections: [name], seq: reply.checkpoint });
         const leaving = (reply.leaves ?? []).map(([documentId]) => documentId);
         let left = leaving.length > 0 ? await replicator.leaveScope(name, leaving, undefined, (reply.leaves ?? []).map(([, seq]) => seq)) : 0;
-        // The first scope this collection holds: what this device wrote before is held to it too.
-        if (done && first) left += await replicator.leaveScope(name, undefined, scope);
+        if (done && first) {
+          const confirmed = this.confirming.get(name) ?? new Set<string>();
+          this.confirming.delete(name);
+          left += await replicator.leaveScope(name, undefined, scope, undefined, confirmed);
+        }
         return applied + left;
       });
       for (const [, seq] of reply.leaves ?? []) this.heldSequences.add(seq);
@@ -923,7 +943,25 @@ export class SyncEngine {
       group.seqs.push(seq ?? -1);
       byCollection.set(collection, group);
     }
-    for (const [collection, { ids, seqs }] of byCollection) await this.requireReplicator().leaveScope(collection, ids, this.heldScopeOf(collection)!, seqs);
+    for (const [collection, { ids, seqs }] of byCollection) {
+      const scope = this.heldScopeOf(collection)!;
+      await this.holdScopeBeforeLeaving(collection);
+      await this.requireReplicator().leaveScope(collection, ids, scope, seqs);
+    }
+  }
+
+  /**
+   * Before a document leaves a collection that has held no scope yet (its
+   * first scoped pull has not ended): it holds one from now on, as of
+   * nothing, so that it stays on scoped pulls, and the first brings the
+   * whole scope. Else, asked for everything again, a plain pull from a
+   * checkpoint the leave moved past would never bring the document back.
+   */
+  private async holdScopeBeforeLeaving(name: string): Promise<void> {
+    const replicator = this.requireReplicator();
+    if (replicator.state.scopes?.[name] !== undefined) return;
+    // As of nothing, from checkpoint 0: the server then sends the whole scope, and what is not in it leaves.
+    await replicator.restartScope(name, { held: this.getScope(name), through: 0 });
   }
 
   /** The scope this collection's documents are held to here (during a move, the one it moves to). */
@@ -939,9 +977,9 @@ export class SyncEngine {
    * named in (an earlier release took single sequences only, not ranges) is
    * asked again in the simpler form, and from then on only in that form.
    */
-  private async pullPage(transport: Transport, ask: PullMessage): Promise<PullReply> {
+  private async pullPage(transport: Transport, ask: PullMessage, nameHeld = true): Promise<PullReply> {
     for (;;) {
-      const held = [...this.heldSequences].filter((seq) => seq > ask.checkpoint);
+      const held = nameHeld ? [...this.heldSequences].filter((seq) => seq > ask.checkpoint) : [];
       const have = this.haveForm === 'none' ? [] : (this.haveForm === 'ranges' ? toSpans(held) : held.sort((a, b) => a - b)).slice(0, MAX_PULL_HAVE);
       try {
         return await transport.pull(have.length > 0 ? { ...ask, have } : ask);
@@ -1136,3 +1174,4 @@ export class SyncEngine {
     if (changed) this.status$.next(next);
   }
 }
+

@@ -421,27 +421,47 @@ export class Replicator {
    * `outside`, only those of `documentIds` (or of the whole collection when
    * undefined) whose data does not match it. Returns how many were removed.
    */
-  async leaveScope(collectionName: string, documentIds: readonly string[] | undefined, outside?: Scope, seqs?: readonly number[]): Promise<number> {
+  async leaveScope(
+    collectionName: string,
+    documentIds: readonly string[] | undefined,
+    outside?: Scope,
+    seqs?: readonly number[],
+    /** Documents known to be in the scope on the server: left alone. Any other (with `outside`) leaves whatever its data. */
+    confirmed?: ReadonlySet<string>,
+  ): Promise<number> {
     const collection = this.collection(collectionName);
     if (this.leftAt.size > MAX_LEFT_REMEMBERED) this.leftAt = new DocumentMap();
-    seqs?.forEach((seq, i) => {
-      const documentId = documentIds![i]!;
-      if ((this.leftAt.get(collectionName, documentId) ?? -1) < seq) this.leftAt.set(collectionName, documentId, seq);
-    });
     const ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
     const currents = await this.findLocal(collection, ids.filter((id) => this.pending.forDocument(collectionName, id).length === 0));
     const rows: LocalWrite[] = [];
-    for (const [documentId, current] of currents) {
-      if (current._deleted) continue;
+    const gone = new Set<string>();
+    for (const documentId of ids) {
+      if (this.pending.forDocument(collectionName, documentId).length > 0) continue;
+      const current = currents.get(documentId);
+      if (!current || current._deleted) {
+        gone.add(documentId);
+        continue;
+      }
       const state = localState(current)!;
-      if (outside !== undefined && matchesScope(outside, state.data)) continue;
+      if (confirmed ? confirmed.has(documentId) : outside !== undefined && matchesScope(outside, state.data)) continue;
+      gone.add(documentId);
       rows.push({ documentId, current, target: { data: state.data, deleted: true } });
     }
+    // Remembered for what left (or was not here): an older version on its way must not bring it back.
+    seqs?.forEach((seq, i) => {
+      const documentId = documentIds![i]!;
+      if (gone.has(documentId) && (this.leftAt.get(collectionName, documentId) ?? -1) < seq) this.leftAt.set(collectionName, documentId, seq);
+    });
     if (rows.length === 0) return 0;
     const refused = await this.writeLocal(collection, rows);
     const writes = rows.filter((row) => !refused.has(row.documentId)).flatMap((row) => this.shadowDelete(collectionName, row.documentId));
     if (writes.length > 0) await this.meta.write(writes);
     return rows.length - refused.size;
+  }
+
+  /** Writes the state (checkpoints, scopes) as it stands. */
+  async saveState(): Promise<void> {
+    await this.meta.write([this.stateWrite()]);
   }
 
   /** A new scope is asked for: what left the old one may be in it, at the very version that left. */
@@ -922,3 +942,4 @@ interface LocalWrite {
   /** The server version `target` is, when it is one. */
   stamp?: VersionInfo;
 }
+
