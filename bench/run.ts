@@ -23,13 +23,14 @@ import { initialSync } from './scenarios/initial-sync.js';
 import { liveLatency } from './scenarios/live-latency.js';
 import { outage } from './scenarios/outage.js';
 import { push } from './scenarios/push.js';
+import { scale } from './scenarios/scale.js';
 import { slowLink } from './scenarios/slow-link.js';
 import { throughput } from './scenarios/throughput.js';
 import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage, scale];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {
@@ -42,6 +43,17 @@ const FULL: BenchConfig = {
   throughputClients: 10,
   throughputDocs: 2000,
   slowLink: { n: 10_000, rttMs: 100, mbitPerSecond: 20 },
+  scale: {
+    broadcastSizes: [1000, 3000, 10_000],
+    broadcasts: 30,
+    sustainedSizes: [1000, 3000],
+    sustainedMs: 5000,
+    stormSizes: [2000, 10_000],
+    stormWrites: 50,
+    instanceSubscribers: 500,
+    instanceMs: 5000,
+    clientProcesses: 3,
+  },
   runs: 3,
   shortRuns: 9,
   timeoutMs: 180_000,
@@ -56,6 +68,7 @@ const QUICK: BenchConfig = {
   fanoutBurst: 200,
   throughputDocs: 200,
   slowLink: { n: 2000, rttMs: 100, mbitPerSecond: 20 },
+  scale: { ...FULL.scale, broadcastSizes: [1000, 3000], stormSizes: [2000], sustainedMs: 3000, instanceSubscribers: 200, instanceMs: 3000 },
   runs: 1,
   shortRuns: 1,
   timeoutMs: 60_000,

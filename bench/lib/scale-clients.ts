@@ -20,11 +20,8 @@
  *   pulled, is counted, and every live event that arrives after a higher one.
  */
 import { toSpans } from 'rxdb-offline-sync/server';
-import { ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
+import { COLLECTION, CONNECT_TIMEOUT_MS, ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
 
-export const COLLECTION = 'items';
-/** The plugin's CONNECT_TIMEOUT_MS. */
-export const CONNECT_TIMEOUT_MS = 10_000;
 /** The plugin's LIVE_PULL_DELAY. */
 const LIVE_PULL_DELAY = 100;
 /** The plugin's pullBatchSize. */
@@ -47,6 +44,8 @@ export interface ConnectStats {
   drops: number;
   /** Requests (subscribe, pull) answered with an error, by code. */
   requestErrors: Record<string, number>;
+  /** CPU time of the device process(es) since these counts started, in ms. */
+  cpuMs: number;
 }
 
 export interface ExactStats {
@@ -54,8 +53,12 @@ export interface ExactStats {
   pulledEvents: number;
   gapPulls: number;
   duplicates: number;
+  /** Live events a pull had already brought (the relay from the other instance was slower than the gap pull). */
   liveDuplicates: number;
-  pullDuplicates: number;
+  /** Pulled events that had arrived live while the pull was on its way (after its `have` was made). */
+  pullDuplicatesInFlight: number;
+  /** Pulled events that had arrived live before the pull was sent: `have` should have left them out. */
+  pullDuplicatesHeld: number;
   outOfOrder: number;
   /** Devices that saw at least one live event out of order. */
   devicesOutOfOrder: number;
@@ -78,7 +81,7 @@ export type ClientsRequest =
 
 export type ClientsReport =
   | { type: 'reply'; id: number; devices: number; stats: ConnectStats; failures?: string[] }
-  | { type: 'summary'; id: number; devices: number; from: number; counts: number[]; bins: [number, number][]; deliveries: number }
+  | { type: 'summary'; id: number; devices: number; from: number; counts: number[]; bins: [number, number][]; deliveries: number; messages: number }
   | { type: 'settled'; id: number; devices: number; exact: ExactStats; bins: [number, number][] }
   | { type: 'delivered'; seq: number; at: number }
   | { type: 'caught-up'; times: number[]; short: number; stats: ConnectStats };
@@ -89,8 +92,8 @@ class Device {
   wanted = true;
   /** The storm's mark: set when this device, connected again, finished its catch-up. */
   caughtUpAt?: number;
-  // The plugin's engine state (exact mode).
-  received = new Set<number>();
+  // The plugin's engine state (exact mode); when each sequence was received.
+  received = new Map<number, number>();
   held = new Set<number>();
   highestLive = 0;
   outOfOrder = false;
@@ -112,6 +115,7 @@ const name = process.argv[2] ?? 'p0';
 const send = (report: ClientsReport) => process.send?.(report);
 let devices: Device[] = [];
 let mode: Mode = 'count';
+let cpuSince = process.cpuUsage();
 let stats = freshStats();
 // Count mode.
 let trackFrom = Number.POSITIVE_INFINITY;
@@ -120,17 +124,26 @@ let counts: number[] = [];
 let lastArrival: number[] = [];
 let bins = new Float64Array(HISTOGRAM_BINS);
 let deliveries = 0;
+/** Live messages received that held a tracked sequence (count mode): deliveries ÷ messages is the fan-out's batch size. */
+let messages = 0;
 // The storm.
 let armed: { expected: number; remaining: number; short: number } | undefined;
 // Exact mode.
 let exact = freshExact();
 
 function freshStats(): ConnectStats {
-  return { attempts: 0, refused: 0, busy: 0, rejected: 0, timeouts: 0, closed: 0, drops: 0, requestErrors: {} };
+  cpuSince = process.cpuUsage();
+  return { attempts: 0, refused: 0, busy: 0, rejected: 0, timeouts: 0, closed: 0, drops: 0, requestErrors: {}, cpuMs: 0 };
+}
+
+/** The counts as they stand, with the CPU time spent since they started. */
+function snapshot(): ConnectStats {
+  const cpu = process.cpuUsage(cpuSince);
+  return { ...stats, cpuMs: (cpu.user + cpu.system) / 1000 };
 }
 
 function freshExact(): ExactStats {
-  return { liveEvents: 0, pulledEvents: 0, gapPulls: 0, duplicates: 0, liveDuplicates: 0, pullDuplicates: 0, outOfOrder: 0, devicesOutOfOrder: 0, behind: 0, missing: 0 };
+  return { liveEvents: 0, pulledEvents: 0, gapPulls: 0, duplicates: 0, liveDuplicates: 0, pullDuplicatesInFlight: 0, pullDuplicatesHeld: 0, outOfOrder: 0, devicesOutOfOrder: 0, behind: 0, missing: 0 };
 }
 
 function requestError(code: string): void {
@@ -186,6 +199,7 @@ async function connect(device: Device): Promise<void> {
 async function catchUp(device: Device, socket: LiteSocket): Promise<void> {
   for (;;) {
     const have = mode === 'exact' && device.held.size > 0 ? toSpans(device.held) : undefined;
+    const sentAt = clock();
     let body: string;
     try {
       body = await socket.request('sync:pull', JSON.stringify({ checkpoint: device.checkpoint, collections: [COLLECTION], limit: PULL_LIMIT, ...(have ? { have } : {}) }));
@@ -199,7 +213,7 @@ async function catchUp(device: Device, socket: LiteSocket): Promise<void> {
       if (socket.closed) return;
       continue;
     }
-    if (mode === 'exact') takePulled(device, body);
+    if (mode === 'exact') takePulled(device, body, sentAt);
     if (tail.checkpoint > device.checkpoint) device.checkpoint = tail.checkpoint;
     if (!tail.hasMore) break;
   }
@@ -211,7 +225,7 @@ async function catchUp(device: Device, socket: LiteSocket): Promise<void> {
     device.caughtUpAt = clock();
     if (device.checkpoint < armed.expected) armed.short++;
     if (--armed.remaining === 0) {
-      send({ type: 'caught-up', times: devices.map((d) => d.caughtUpAt!), short: armed.short, stats });
+      send({ type: 'caught-up', times: devices.map((d) => d.caughtUpAt!), short: armed.short, stats: snapshot() });
       armed = undefined;
     }
   }
@@ -223,9 +237,11 @@ function onLive(device: Device, frame: string, at: number): void {
     onLiveExact(device, frame);
     return;
   }
+  let tracked = false;
   scanLive(frame, (seq, sentAt) => {
     if (seq > device.checkpoint) device.checkpoint = seq;
     if (seq < trackFrom) return;
+    tracked = true;
     const i = seq - trackFrom;
     const count = (counts[i] ?? 0) + 1;
     counts[i] = count;
@@ -236,6 +252,7 @@ function onLive(device: Device, frame: string, at: number): void {
     }
     if (reportDelivered && count === devices.length) send({ type: 'delivered', seq, at: lastArrival[i]! });
   });
+  if (tracked) messages++;
 }
 
 /** The plugin's onLive: hold, move the checkpoint through what is held, pull a gap 100 ms after the last live message. */
@@ -247,7 +264,7 @@ function onLiveExact(device: Device, frame: string): void {
       exact.duplicates++;
       exact.liveDuplicates++;
     } else {
-      device.received.add(seq);
+      device.received.set(seq, at);
       if (Number.isFinite(sentAt)) {
         bins[histogramBin(at - sentAt)]!++;
         deliveries++;
@@ -298,16 +315,19 @@ async function gapPull(device: Device): Promise<void> {
 }
 
 /** The events of a pull reply (protocol 4 rows: the sequence is the eighth field), counted against what the device holds. */
-function takePulled(device: Device, body: string): void {
+function takePulled(device: Device, body: string, sentAt: number): void {
   const [reply] = JSON.parse(body) as [{ events: unknown[][] }];
+  const at = clock();
   for (const row of reply.events) {
     const seq = row[7] as number;
     exact.pulledEvents++;
-    if (device.received.has(seq)) {
+    const received = device.received.get(seq);
+    if (received !== undefined) {
       exact.duplicates++;
-      exact.pullDuplicates++;
+      if (received >= sentAt) exact.pullDuplicatesInFlight++;
+      else exact.pullDuplicatesHeld++;
     } else {
-      device.received.add(seq);
+      device.received.set(seq, at);
     }
     device.held.delete(seq);
   }
@@ -352,10 +372,11 @@ function closeAll(): void {
 }
 
 process.on('message', (request: ClientsRequest) => {
-  const reply = (extra: { failures?: string[] } = {}) => send({ type: 'reply', id: (request as { id: number }).id, devices: devices.length, stats, ...extra });
+  const reply = (extra: { failures?: string[] } = {}) => send({ type: 'reply', id: (request as { id: number }).id, devices: devices.length, stats: snapshot(), ...extra });
   switch (request.type) {
     case 'connect':
       mode = request.mode;
+      stats = freshStats();
       void grow(request.urls, request.count, request.checkpoint).then((failures) => reply(failures.length > 0 ? { failures: failures.slice(0, 5) } : {}));
       return;
     case 'track':
@@ -366,10 +387,11 @@ process.on('message', (request: ClientsRequest) => {
       lastArrival = [];
       bins = new Float64Array(HISTOGRAM_BINS);
       deliveries = 0;
+      messages = 0;
       reply();
       return;
     case 'summary':
-      send({ type: 'summary', id: request.id, devices: devices.length, from: trackFrom, counts: Array.from(counts, (count) => count ?? 0), bins: sparseBins(bins), deliveries });
+      send({ type: 'summary', id: request.id, devices: devices.length, from: trackFrom, counts: Array.from(counts, (count) => count ?? 0), bins: sparseBins(bins), deliveries, messages });
       return;
     case 'freeze':
       mode = 'frozen';

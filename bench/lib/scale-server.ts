@@ -3,7 +3,8 @@
  * (scenarios/scale.ts forks it): its event loop, CPU and memory are the
  * server's alone, and it can be killed with SIGKILL and started again on the
  * same SQLite file and port. The built package (dist/), configured as a
- * deployment for 10,000 devices would be (see SCALE_SERVER_OPTIONS); its log
+ * deployment for 10,000 devices would be (SCALE_SERVER_OPTIONS in
+ * scale-socket.ts); its log
  * goes to stdout, which the parent discards.
  *
  * Storage: SQLite in the file given, or (for the two-instance part)
@@ -21,7 +22,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createAdapter } from '@socket.io/redis-adapter';
 import { createClient } from 'redis';
 import { PostgresSyncStorage, SqliteSyncStorage, createSyncServer, type SyncServerOptions, type SyncStorage } from 'rxdb-offline-sync/server';
-import { clock } from './scale-socket.js';
+import { SCALE_SERVER_OPTIONS, clock } from './scale-socket.js';
 
 export type ScaleServerConfig =
   | { storage: 'sqlite'; path: string; port: number }
@@ -43,31 +44,16 @@ export type ScaleServerReport =
       clients: number;
       latestSeq: number;
       accepted: number;
+      /** The longest stalls since the last reset, as [when (shared clock), how long in ms, when in ms since the process started], longest first. */
+      stalls: [number, number, number][];
     };
 
 export type ScaleServerRequest = { type: 'stats'; id: number; reset?: boolean } | { type: 'exit' };
 
-/**
- * The limits a deployment for 10,000 devices sets, where the defaults are
- * made for a smaller one (or would take the load generator, all of whose
- * devices come from 127.0.0.1, for abuse):
- * - maxHandshakesPerSecond 2500 (default 1000): 10,000 devices back within
- *   about 4 s after a restart, SERVER_BUSY with retryAfterMs for the excess;
- * - rateLimit 5000 messages/s per connection and per user (default 300 and
- *   1500): a writer of this bench pushes one event per push, as fast as
- *   acknowledgements come;
- * - loginLimit 100,000 failed logins per address (default 30): every device
- *   here shares one address, as behind a carrier's NAT.
- * Each device is a user of its own (authenticate takes the token as the
- * user's id), so per-user limits and client-id claims apply as in production.
- */
-export const SCALE_SERVER_OPTIONS = {
-  maxHandshakesPerSecond: 2500,
-  rateLimit: { windowMs: 1000, max: 5000, maxPerUser: 5000 },
-  loginLimit: { windowMs: 60_000, perConnection: 5, perAddress: 100_000 },
-} as const satisfies Partial<SyncServerOptions>;
 
 const SAMPLE_MS = 50;
+const STALL_TICK_MS = 10;
+const STALL_MIN_MS = 100;
 const mb = (bytes: number) => bytes / 1024 / 1024;
 
 async function main(): Promise<void> {
@@ -106,12 +92,25 @@ async function main(): Promise<void> {
     peak = Math.max(peak, process.memoryUsage.rss());
   }, SAMPLE_MS);
   const loop = monitorEventLoopDelay({ resolution: 5 });
+  // When the longest stalls happened, to find them in a CPU profile: a timer that should tick every STALL_TICK_MS.
+  let stalls: [number, number, number][] = [];
+  let ticked = clock();
+  const ticker = setInterval(() => {
+    const now = clock();
+    const late = now - ticked - STALL_TICK_MS;
+    ticked = now;
+    if (late < STALL_MIN_MS) return;
+    stalls.push([now - late - STALL_TICK_MS, late, performance.now() - late - STALL_TICK_MS]);
+    stalls.sort((a, b) => b[1] - a[1]);
+    stalls.length = Math.min(stalls.length, 5);
+  }, STALL_TICK_MS);
   let cpuSince = process.cpuUsage();
   let wallSince = clock();
 
   process.on('message', (request: ScaleServerRequest) => {
     if (request.type === 'exit') {
       clearInterval(sampler);
+      clearInterval(ticker);
       loop.disable();
       void server
         .stop()
@@ -123,7 +122,7 @@ async function main(): Promise<void> {
     const rss = process.memoryUsage.rss();
     peak = Math.max(peak, rss);
     const cpu = process.cpuUsage(cpuSince);
-    void storage.getLatestSequence().then((latestSeq) => {
+    void storage.getLatestSequence().catch(() => Number.NaN).then((latestSeq) => {
       send({
         type: 'stats',
         id: request.id,
@@ -137,8 +136,10 @@ async function main(): Promise<void> {
         clients: server.getClientsCount(),
         latestSeq,
         accepted: server.getStats().accepted,
+        stalls,
       });
       if (request.reset) {
+        stalls = [];
         peak = rss;
         loop.reset();
         cpuSince = process.cpuUsage();
@@ -150,6 +151,8 @@ async function main(): Promise<void> {
   // The CLI's way: the default listen backlog (511).
   httpServer.listen(config.port, '127.0.0.1', () => {
     loop.enable();
+    ticked = clock();
+    stalls = [];
     send({ type: 'ready', port: (httpServer.address() as AddressInfo).port, listeningAt: clock(), startedAt });
   });
 }

@@ -11,7 +11,33 @@
  * in every process of the machine, so that a time taken in one process can be
  * compared with one taken in another.
  */
+import type { SyncServerOptions } from 'rxdb-offline-sync/server';
 import WebSocket from 'ws';
+
+/** The collection every device syncs. */
+export const COLLECTION = 'items';
+/** The plugin's CONNECT_TIMEOUT_MS. */
+export const CONNECT_TIMEOUT_MS = 10_000;
+
+/**
+ * The limits a deployment for 10,000 devices sets, where the defaults are
+ * made for a smaller one (or would take the load generator, all of whose
+ * devices come from 127.0.0.1, for abuse):
+ * - maxHandshakesPerSecond 2500 (default 1000): 10,000 devices back within
+ *   about 4 s after a restart, SERVER_BUSY with retryAfterMs for the excess;
+ * - rateLimit 5000 messages/s per connection and per user (default 300 and
+ *   1500): a writer of this bench pushes one event per push, as fast as
+ *   acknowledgements come;
+ * - loginLimit 100,000 failed logins per address (default 30): every device
+ *   here shares one address, as behind a carrier's NAT.
+ * Each device is a user of its own (authenticate takes the token as the
+ * user's id), so per-user limits and client-id claims apply as in production.
+ */
+export const SCALE_SERVER_OPTIONS = {
+  maxHandshakesPerSecond: 2500,
+  rateLimit: { windowMs: 1000, max: 5000, maxPerUser: 5000 },
+  loginLimit: { windowMs: 60_000, perConnection: 5, perAddress: 100_000 },
+} as const satisfies Partial<SyncServerOptions>;
 
 /** socket.io packet types over engine.io's MESSAGE (4): CONNECT, EVENT, ACK, CONNECT_ERROR. */
 const CONNECT = '40';

@@ -17,6 +17,22 @@ export interface BenchConfig {
   throughputDocs: number;
   /** The initial sync over a slow link: documents, added round-trip time, bandwidth of each direction. */
   slowLink: { n: number; rttMs: number; mbitPerSecond: number };
+  /**
+   * The scale scenario (scenarios/scale.ts): subscriber counts of each part,
+   * broadcasts per size, how long writers write, events written before the
+   * storm, and the processes the devices are spread over.
+   */
+  scale: {
+    broadcastSizes: number[];
+    broadcasts: number;
+    sustainedSizes: number[];
+    sustainedMs: number;
+    stormSizes: number[];
+    stormWrites: number;
+    instanceSubscribers: number;
+    instanceMs: number;
+    clientProcesses: number;
+  };
   /** Repetitions of every timing; the median is reported. */
   runs: number;
   /**
