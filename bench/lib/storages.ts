@@ -83,7 +83,8 @@ async function adminQuery(connectionString: string, sql: string): Promise<void> 
   }
 }
 
-function portOpen(host: string, port: number, timeoutMs = 500): Promise<boolean> {
+/** Whether something accepts TCP connections on host:port within `timeoutMs`. */
+export function portOpen(host: string, port: number, timeoutMs = 500): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = connect({ host, port });
     const done = (open: boolean) => {

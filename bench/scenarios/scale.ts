@@ -41,7 +41,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { connect as netConnect } from 'node:net';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -54,6 +53,7 @@ import type { ClientsReport, ClientsRequest, ConnectStats, ExactStats, Mode } fr
 import type { ScaleServerConfig, ScaleServerReport, ScaleServerRequest } from '../lib/scale-server.js';
 import { COLLECTION, CONNECT_TIMEOUT_MS, HISTOGRAM_BINS, LiteSocket, SCALE_SERVER_OPTIONS, clock, histogramPercentile } from '../lib/scale-socket.js';
 import { sleep, withTimeout } from '../lib/runtime.js';
+import { portOpen } from '../lib/storages.js';
 import type { BenchConfig, Measurement, Scenario } from '../lib/scenario.js';
 import { percentile } from '../lib/stats.js';
 
@@ -453,19 +453,6 @@ const writerErrors = (writers: readonly Writer[]) => {
 };
 
 // ---------------------------------------------------------------- PostgreSQL and Redis
-
-function portOpen(host: string, port: number, timeoutMs = 500): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = netConnect({ host, port });
-    const done = (open: boolean) => {
-      socket.destroy();
-      resolve(open);
-    };
-    socket.setTimeout(timeoutMs, () => done(false));
-    socket.once('connect', () => done(true));
-    socket.once('error', () => done(false));
-  });
-}
 
 const pgUrl = (database: string) => `postgres://${POSTGRES.user}@${POSTGRES.host}:${POSTGRES.port}/${database}`;
 
