@@ -15,15 +15,15 @@
  *   was set, for a catch-up pull after the server's restart;
  * - `exact`: as the plugin's engine (onLive, moveCheckpointsThroughHeld):
  *   live events are held, the checkpoint moves through the held ones, and a
- *   gap is pulled 100 ms after the last live message that left it open,
+ *   gap is pulled LIVE_PULL_DELAY after the last live message that left it open,
  *   with `have` naming what is held; every sequence received twice, live or
  *   pulled, is counted, and every live event that arrives after a higher one.
  */
 import { toSpans } from 'rxdb-offline-sync/server';
 import { COLLECTION, CONNECT_TIMEOUT_MS, ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
 
-/** The plugin's LIVE_PULL_DELAY. */
-const LIVE_PULL_DELAY = 100;
+/** The plugin's LIVE_PULL_DELAY: how long a gap waits for live messages, growing when a pull brought what then came live. */
+const LIVE_PULL_DELAY = { least: 100, most: 2000, grow: 2, shrink: 0.95 } as const;
 /** The plugin's pullBatchSize. */
 const PULL_LIMIT = 2000;
 /** The plugin's MAX_RETRY_AFTER_MS. */
@@ -98,6 +98,7 @@ class Device {
   highestLive = 0;
   outOfOrder = false;
   gapTimer?: ReturnType<typeof setTimeout>;
+  pullDelay: number = LIVE_PULL_DELAY.least;
   pulling = false;
   pullAgain = false;
 
@@ -263,7 +264,9 @@ function onLiveExact(device: Device, frame: string): void {
     if (device.received.has(seq)) {
       exact.duplicates++;
       exact.liveDuplicates++;
-    } else {
+    }
+    if (seq <= device.checkpoint) device.pullDelay = Math.min(LIVE_PULL_DELAY.most, device.pullDelay * LIVE_PULL_DELAY.grow);
+    if (!device.received.has(seq)) {
       device.received.set(seq, at);
       if (Number.isFinite(sentAt)) {
         bins[histogramBin(at - sentAt)]!++;
@@ -281,11 +284,12 @@ function onLiveExact(device: Device, frame: string): void {
   advance(device);
   clearTimeout(device.gapTimer);
   if (device.checkpoint < device.highestLive) armGapPull(device);
+  else device.pullDelay = Math.max(LIVE_PULL_DELAY.least, device.pullDelay * LIVE_PULL_DELAY.shrink);
 }
 
 function armGapPull(device: Device): void {
   clearTimeout(device.gapTimer);
-  device.gapTimer = setTimeout(() => void gapPull(device), LIVE_PULL_DELAY);
+  device.gapTimer = setTimeout(() => void gapPull(device), device.pullDelay);
 }
 
 /** The plugin's moveCheckpointsThroughHeld. */

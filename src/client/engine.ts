@@ -56,8 +56,16 @@ export interface SyncResult {
   syncedEvents: number;
 }
 
-/** After live events arrive that leave a gap after a checkpoint, a pull follows this soon to close it (see moveCheckpointsThroughHeld). */
-const LIVE_PULL_DELAY = 100;
+/**
+ * After live events arrive that leave a gap after a checkpoint, a pull
+ * follows this soon to close it (see moveCheckpointsThroughHeld), unless a
+ * live message fills it first. Several server instances relay each other's
+ * events late under load: a live event that arrives after a pull already
+ * brought it doubles the wait (up to the most), and each gap that live
+ * messages close alone shortens it again, so that gaps are waited out
+ * instead of pulled twice.
+ */
+const LIVE_PULL_DELAY = { least: 100, most: 2000, grow: 2, shrink: 0.95 } as const;
 /** How long syncNow() waits for this tab to win leadership before asking another tab, which may lead, to sync. */
 const LEADERSHIP_WAIT = 3000;
 const LEADERSHIP_POLL = 100;
@@ -133,6 +141,8 @@ export class SyncEngine {
   private pushBatchBytes: number;
   private intervalTimer?: ReturnType<typeof setInterval>;
   private livePullTimer?: ReturnType<typeof setTimeout>;
+  /** How long a gap after the checkpoint waits for live messages before it is pulled (see LIVE_PULL_DELAY). */
+  private livePullDelay: number = LIVE_PULL_DELAY.least;
   private closed = false;
   private ready?: Promise<void>;
 
@@ -618,6 +628,10 @@ export class SyncEngine {
       return;
     }
     if (events.length === 0 && leaves.length === 0) return;
+    // Brought already by the pull that went out when its gap was found: the next gap is waited out longer.
+    if (events.some((event) => event.seq <= (replicator.state.checkpoints[event.collection] ?? 0))) {
+      this.livePullDelay = Math.min(LIVE_PULL_DELAY.most, this.livePullDelay * LIVE_PULL_DELAY.grow);
+    }
     for (const event of [...events, ...leaves]) if (event.seq > this.highestLive) this.highestLive = event.seq;
     void this.queue
       .run(async () => {
@@ -633,7 +647,8 @@ export class SyncEngine {
       })
       .then((moved) => {
         clearTimeout(this.livePullTimer);
-        if (!moved) this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), LIVE_PULL_DELAY);
+        if (moved) this.livePullDelay = Math.max(LIVE_PULL_DELAY.least, this.livePullDelay * LIVE_PULL_DELAY.shrink);
+        else this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), this.livePullDelay);
       }, (error: unknown) => this.fail(error));
   }
 
