@@ -23,7 +23,7 @@ import { toSpans } from 'rxdb-offline-sync/server';
 import { COLLECTION, CONNECT_TIMEOUT_MS, ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
 
 /** The plugin's LIVE_PULL_DELAY: how long a gap waits for live messages, growing when a pull brought what then came live. */
-const LIVE_PULL_DELAY = { least: 100, most: 2000, grow: 2, shrink: 0.95 } as const;
+const LIVE_PULL_DELAY = { least: 500, most: 5000, grow: 2, shrink: 0.99 } as const;
 /** The plugin's pullBatchSize. */
 const PULL_LIMIT = 2000;
 /** The plugin's MAX_RETRY_AFTER_MS. */
@@ -328,6 +328,8 @@ function takePulled(device: Device, body: string, sentAt: number): void {
     const received = device.received.get(seq);
     if (received !== undefined) {
       exact.duplicates++;
+      // As the plugin does: an event that came live while the pull was on its way makes the next gap wait longer.
+      device.pullDelay = Math.min(LIVE_PULL_DELAY.most, device.pullDelay * LIVE_PULL_DELAY.grow);
       if (received >= sentAt) exact.pullDuplicatesInFlight++;
       else exact.pullDuplicatesHeld++;
     } else {

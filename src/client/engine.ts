@@ -61,11 +61,12 @@ export interface SyncResult {
  * follows this soon to close it (see moveCheckpointsThroughHeld), unless a
  * live message fills it first. Several server instances relay each other's
  * events late under load: a live event that arrives after a pull already
- * brought it doubles the wait (up to the most), and each gap that live
- * messages close alone shortens it again, so that gaps are waited out
+ * brought it, or while the pull was on its way, doubles the wait (up to the
+ * most), and each gap that live
+ * messages close alone shortens it by 1 %, so that gaps are waited out
  * instead of pulled twice.
  */
-const LIVE_PULL_DELAY = { least: 100, most: 2000, grow: 2, shrink: 0.95 } as const;
+const LIVE_PULL_DELAY = { least: 500, most: 5000, grow: 2, shrink: 0.99 } as const;
 /** How long syncNow() waits for this tab to win leadership before asking another tab, which may lead, to sync. */
 const LEADERSHIP_WAIT = 3000;
 const LEADERSHIP_POLL = 100;
@@ -629,9 +630,7 @@ export class SyncEngine {
     }
     if (events.length === 0 && leaves.length === 0) return;
     // Brought already by the pull that went out when its gap was found: the next gap is waited out longer.
-    if (events.some((event) => event.seq <= (replicator.state.checkpoints[event.collection] ?? 0))) {
-      this.livePullDelay = Math.min(LIVE_PULL_DELAY.most, this.livePullDelay * LIVE_PULL_DELAY.grow);
-    }
+    if (events.some((event) => event.seq <= (replicator.state.checkpoints[event.collection] ?? 0))) this.growLivePullDelay();
     for (const event of [...events, ...leaves]) if (event.seq > this.highestLive) this.highestLive = event.seq;
     void this.queue
       .run(async () => {
@@ -650,6 +649,10 @@ export class SyncEngine {
         if (moved) this.livePullDelay = Math.max(LIVE_PULL_DELAY.least, this.livePullDelay * LIVE_PULL_DELAY.shrink);
         else this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), this.livePullDelay);
       }, (error: unknown) => this.fail(error));
+  }
+
+  private growLivePullDelay(): void {
+    this.livePullDelay = Math.min(LIVE_PULL_DELAY.most, this.livePullDelay * LIVE_PULL_DELAY.grow);
   }
 
   /**
@@ -836,6 +839,8 @@ export class SyncEngine {
         // The next page is asked for before this one is written: the round trip and the server's
         // work overlap the local write. Only the page is early; its checkpoint is kept once applied.
         if (reply.hasMore) next = ask(reply.checkpoint);
+        // Events that came live while this page was on its way: the gap would have closed without it.
+        if (reply.events.some((event) => this.heldSequences.has(event.seq))) this.growLivePullDelay();
         synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
         checkpoint = reply.checkpoint;
         // The server holds this user to a scope in these collections: they are pulled as scoped from now on.

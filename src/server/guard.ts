@@ -60,6 +60,11 @@ export class TurnBudget {
     }
     return now - this.started < this.budgetMs;
   }
+
+  /** Resolves in the first turn with budget left (this one, if it has some). */
+  async start(): Promise<void> {
+    while (!this.mayStart()) await new Promise<void>((resolve) => setImmediate(resolve));
+  }
 }
 
 export class ConnectionGuard {
@@ -160,7 +165,7 @@ export class ConnectionGuard {
     try {
       while (this.queue.length > 0 && !this.isClosed) {
         if (this.servedThisTurn) await new Promise<void>((resolve) => setImmediate(resolve));
-        while (this.budget && !this.budget.mayStart()) await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.budget && !this.budget.mayStart()) await this.budget.start();
         const task = this.queue.shift();
         if (!task || this.isClosed) break;
         this.servedThisTurn = true;
