@@ -177,6 +177,7 @@ describe('sync scopes', () => {
     expect(() => createSyncPlugin({ serverUrl: 'http://localhost:1', collections: ['todos'], scopes: { todos: { title: { $regex: 'x' } } } as never })).toThrow(/\$regex is not supported/);
     expect(() => createSyncPlugin({ serverUrl: 'http://localhost:1', collections: ['todos'], scopes: { todos: { 'a.b': 1 } } })).toThrow(/top-level fields only/);
     expect(() => createSyncPlugin({ serverUrl: 'http://localhost:1', collections: ['todos'], scopes: { todos: { done: { $gt: true } } } })).toThrow(/booleans have no order/);
+    expect(() => createSyncPlugin({ serverUrl: 'http://localhost:1', collections: ['todos'], scopes: { todos: { owner: 'a\u0000b' } } })).toThrow(/NUL character or an unpaired surrogate/);
     const s = await server();
     const c = await client(s.url);
     expect(() => c.sync.setScope('todos', { $or: [{ owner: 'x' }] } as unknown as ScopeSelector)).toThrow(SyncError);

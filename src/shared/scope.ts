@@ -18,6 +18,7 @@
  * field matches nothing.
  */
 import { SyncError } from './errors.js';
+import { isStorableText } from './protocol.js';
 
 export type ScopeValue = string | number | boolean;
 export type ScopeOperator = 'eq' | 'in' | 'gt' | 'gte' | 'lt' | 'lte';
@@ -45,6 +46,8 @@ function invalid(where: string, message: string): SyncError {
 function checkValue(value: unknown, where: string, ordered: boolean): ScopeValue {
   if (typeof value === 'string') {
     if (value.length > MAX_STRING) throw invalid(where, `a string of at most ${MAX_STRING} characters is allowed`);
+    // Storages cannot hold these as they are (PostgreSQL refuses NUL, both SQL storages replace a lone surrogate): no two would compare them alike.
+    if (!isStorableText(value)) throw invalid(where, 'a string with a NUL character or an unpaired surrogate cannot be compared alike on every storage');
     return value;
   }
   if (typeof value === 'number') {
