@@ -45,7 +45,7 @@ import type { Redactor } from './redact.js';
 import type { IncomingEvent, SyncStorage } from './storage/types.js';
 import { assertClockInRange, assertMatchesSchema } from './validation.js';
 import { byScope, effectiveScope, mayBeScoped, scopedRoomOf, splitForScope, type ScopedLiveEvent, type SocketScopes } from './scopes.js';
-import { matchesScope, parseScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
+import { matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 
 export interface SocketData<User = unknown> {
   user: User;
@@ -438,7 +438,7 @@ async function scopedPull<User>(
   const visible = await readable(ctx, socket.data.user, rows);
   // Live delivery follows the scope this pull found (the rule may have changed since the subscription).
   const current = socket.data.scopes?.[collection] ?? null;
-  if (JSON.stringify(current) !== JSON.stringify(scope === null ? null : [...scope])) await followScope(socket, collection, scope);
+  if (!sameScope(current, scope)) await followScope(socket, collection, scope);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
   return {
     ...toPullPage(visible),
@@ -466,9 +466,8 @@ export interface LivePush<User = unknown> {
  * other server instances, which this one cannot see.
  */
 function othersMayListen(senders: readonly SyncSocket<any>[], room: string): boolean {
-  const adapter = senders[0]!.nsp.adapter;
-  if (Object.getPrototypeOf(adapter) !== Adapter.prototype) return true;
-  const members = adapter.rooms.get(room);
+  if (!ownsRooms(senders)) return true;
+  const members = ownRoomMembers(senders, room);
   if (!members) return false;
   if (senders.length > 1) return true;
   return members.size > 1 || !members.has(senders[0]!.id);
@@ -627,11 +626,14 @@ async function broadcastUnscoped<User>(ctx: ServerContext<User>, collection: str
 /** Sockets one live emit goes to at most, between two looks at the clock, where the room's members are known here (socket.io's own adapter). */
 const FANOUT_SLICE_SOCKETS = 64;
 
-/** The members of a room when socket.io's own in-memory adapter holds them all; undefined with any other adapter. */
+/** Whether socket.io's own in-memory adapter holds the rooms, so that this instance knows every member. */
+function ownsRooms(senders: readonly SyncSocket<any>[]): boolean {
+  return Object.getPrototypeOf(senders[0]!.nsp.adapter) === Adapter.prototype;
+}
+
+/** The members of a room when this instance knows them all (see ownsRooms); undefined with any other adapter. */
 function ownRoomMembers(senders: readonly SyncSocket<any>[], room: string): ReadonlySet<string> | undefined {
-  const adapter = senders[0]!.nsp.adapter;
-  if (Object.getPrototypeOf(adapter) !== Adapter.prototype) return undefined;
-  return adapter.rooms.get(room);
+  return ownsRooms(senders) ? senders[0]!.nsp.adapter.rooms.get(room) : undefined;
 }
 
 /** How long live fan-out may hold the event loop before it lets other clients' messages in. */
