@@ -129,6 +129,13 @@ export class LiteSocket {
         }
       };
       ws.on('message', onFrame);
+      // The server's connection gate answers 503 with Retry-After to a connection it had no turn for.
+      ws.on('unexpected-response', (_request, response) => {
+        const seconds = Number(response.headers['retry-after']);
+        const retryAfterMs = Number.isFinite(seconds) ? seconds * 1000 : undefined;
+        response.resume();
+        fail(new ConnectFailure(response.statusCode === 503 ? 'busy' : 'rejected', `HTTP ${response.statusCode}`, retryAfterMs));
+      });
       ws.on('error', (error: NodeJS.ErrnoException) => fail(new ConnectFailure(error.code === 'ECONNREFUSED' ? 'refused' : 'closed', error.message)));
       ws.on('close', () => fail(new ConnectFailure('closed', 'closed during the handshake')));
     });

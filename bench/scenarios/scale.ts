@@ -96,6 +96,9 @@ const children = new Set<ChildProcess>();
 
 /** BENCH_SCALE_CPU_PROF=dir: every server process writes a CPU profile there when it exits (not when killed). */
 const PROFILE_DIR = process.env.BENCH_SCALE_CPU_PROF;
+/** BENCH_SCALE_PARTS=storm,sustained: measure only these parts (broadcast, sustained, storm, instances); default all. */
+const PARTS = process.env.BENCH_SCALE_PARTS?.split(',').map((part) => part.trim());
+const wantPart = (part: string) => PARTS === undefined || PARTS.includes(part);
 
 function forkChild(entry: string, args: string[], profile = false): ChildProcess {
   // The same loader flags (tsx) and tsconfig as this process; the children's stdout (the server's log) goes nowhere.
@@ -737,7 +740,12 @@ export const scale: Scenario = {
       log(
         `scale: server limits raised for 10k devices (maxHandshakesPerSecond ${SCALE_SERVER_OPTIONS.maxHandshakesPerSecond}, rateLimit ${SCALE_SERVER_OPTIONS.rateLimit.max}/s per connection and user, loginLimit ${SCALE_SERVER_OPTIONS.loginLimit.perAddress} per address); ${scaleConfig.clientProcesses} device processes`,
       );
-      const sizes = [...new Set([...scaleConfig.broadcastSizes, ...scaleConfig.sustainedSizes, ...scaleConfig.stormSizes])].sort((a, b) => a - b);
+      const sized = [
+        ...(wantPart('broadcast') ? scaleConfig.broadcastSizes : []),
+        ...(wantPart('sustained') ? scaleConfig.sustainedSizes : []),
+        ...(wantPart('storm') ? scaleConfig.stormSizes : []),
+      ];
+      const sizes = [...new Set(sized)].sort((a, b) => a - b);
       for (const n of sizes) {
         const growing = clock();
         const latest = (await run.server.stats(true)).latestSeq;
@@ -748,10 +756,10 @@ export const scale: Scenario = {
             `server CPU ${fixed((100 * server.cpuMs) / server.wallMs)} %, loop max ${fixed(server.loopMaxMs)} ms, RSS ${fixed(server.rssMb)} MB; device processes' CPU ${fixed(stats.cpuMs / 1000, 1)} s)`,
         );
         const parts: [boolean, string, () => Promise<boolean | void>][] = [
-          [scaleConfig.broadcastSizes.includes(n), 'broadcast', () => broadcastPart(run!, n)],
-          [scaleConfig.sustainedSizes.includes(n), 'sustained', () => sustainedPart(run!, n)],
+          [wantPart('broadcast') && scaleConfig.broadcastSizes.includes(n), 'broadcast', () => broadcastPart(run!, n)],
+          [wantPart('sustained') && scaleConfig.sustainedSizes.includes(n), 'sustained', () => sustainedPart(run!, n)],
           // Last at its size: it restarts the server.
-          [scaleConfig.stormSizes.includes(n), 'storm', () => stormPart(run!, n)],
+          [wantPart('storm') && scaleConfig.stormSizes.includes(n), 'storm', () => stormPart(run!, n)],
         ];
         let whole = true;
         for (const [wanted, part, measure] of parts) {
@@ -771,7 +779,7 @@ export const scale: Scenario = {
         }
       }
       await run.server.stop();
-      if (scaleConfig.instanceSubscribers > 0) {
+      if (wantPart('instances') && scaleConfig.instanceSubscribers > 0) {
         try {
           await instancesPart(run, scaleConfig.instanceSubscribers);
         } catch (error) {

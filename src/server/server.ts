@@ -5,6 +5,7 @@ import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol.js';
+import { TurnQueue, UpgradeGate } from './admission.js';
 import { admit, authenticateToken, runAt } from './auth.js';
 import {
   broadcast,
@@ -39,6 +40,12 @@ const MIN_RENEWAL_INTERVAL_MS = 1000;
 /** Events one live fan-out sends at most (a push's worth); what came beyond goes in the next, so no live message outgrows a push. */
 
 /** Why the server dropped a connection on its own: the code it sent the client. */
+/** A socket.io handshake waiting for its turn: the socket and the middleware's continuation. */
+interface Handshaking<User> {
+  socket: SyncSocket<User>;
+  next: (error?: Error) => void;
+}
+
 export type DropReason = 'TOO_MANY_REQUESTS' | 'SLOW_CONSUMER' | 'REPLACED';
 
 export interface SyncServerEvents<User = unknown> extends ServerEvents {
@@ -54,6 +61,15 @@ export interface SyncServerEvents<User = unknown> extends ServerEvents {
 const UNSENT_SWEEP_MS = 1000;
 /** What one turn of the event loop may spend starting messages of all connections (see TurnBudget). */
 const TURN_BUDGET_MS = 10;
+/** How long an upgrade or handshake may wait for a turn before it is told to come back (see admission.ts). */
+const CONNECTION_WAIT_MS = 3000;
+/**
+ * WebSocket upgrades, and socket.io handshakes, one turn of the event loop
+ * starts at most. Part of a handshake's cost comes after the turn started it
+ * (authentication and the client-id claim), where the turn budget cannot
+ * see it; a busy loop turns less often, so fewer start.
+ */
+const CONNECTIONS_PER_TURN = 16;
 
 export class SyncServer<User = unknown> {
   /** Reports pushes, pulls, storage errors and client connections (for metrics and hooks). */
@@ -69,6 +85,7 @@ export class SyncServer<User = unknown> {
   private readonly logins?: LoginLimiter;
   private readonly guards = new Map<string, ConnectionGuard>();
   private readonly budget = new TurnBudget(TURN_BUDGET_MS);
+  private readonly gate = new UpgradeGate(this.budget, CONNECTION_WAIT_MS, CONNECTIONS_PER_TURN);
   private sweepTimer?: ReturnType<typeof setInterval>;
   /** The live fan-outs, one after another; pushes are acknowledged without waiting for theirs. */
   private fanOuts: Promise<void> = Promise.resolve();
@@ -104,17 +121,7 @@ export class SyncServer<User = unknown> {
       ...(clientTimeout !== undefined ? { pingTimeout: clientTimeout } : {}),
       ...(this.options.adapter ? { adapter: this.options.adapter } : {}),
     });
-    this.io.use((socket, next) => {
-      this.admit(socket as SyncSocket<User>).then(
-        () => next(),
-        (error: unknown) => {
-          const syncError = SyncError.from(error, 'UNAUTHENTICATED');
-          if (syncError.code === 'INTERNAL') this.logger.error({ err: error }, 'connection refused');
-          else this.logger.info({ code: syncError.code, reason: syncError.message }, 'connection refused');
-          next(Object.assign(new Error(syncError.message), { data: syncError.toWire() }));
-        },
-      );
-    });
+    this.io.use((socket, next) => this.handshakeQueue.offer({ socket: socket as SyncSocket<User>, next }));
     this.io.on('connection', (socket) => this.onConnection(socket));
     const { onClientConnect, onClientDisconnect } = this.options as { onClientConnect?: (client: ClientInfo<User>) => void; onClientDisconnect?: (client: ClientInfo<User> & { reason: string }) => void };
     if (onClientConnect) this.events.on('client-connect', onClientConnect);
@@ -124,7 +131,7 @@ export class SyncServer<User = unknown> {
   /** Attaches to the HTTP server and prepares storage. Connections wait until storage is ready. */
   start(): Promise<void> {
     if (this.ready) return this.ready;
-    this.io.attach(this.options.httpServer);
+    this.gate.wrap(this.options.httpServer, () => this.io.attach(this.options.httpServer));
     this.sweepTimer = setInterval(() => {
       for (const guard of this.guards.values()) guard.checkUnsent();
     }, UNSENT_SWEEP_MS);
@@ -150,6 +157,8 @@ export class SyncServer<User = unknown> {
     this.stopped = true;
     this.retention?.stop();
     clearInterval(this.sweepTimer);
+    this.gate.close();
+    this.handshakeQueue.close('expire');
     this.io.disconnectSockets(true);
     this.io.engine?.close();
     // Nobody is left to receive what waits for a fan-out.
@@ -188,6 +197,34 @@ export class SyncServer<User = unknown> {
 
   getStats(): Readonly<ServerStats> {
     return { ...this.stats };
+  }
+
+  /**
+   * socket.io handshakes, each started in a turn with budget left (see
+   * UpgradeGate for the upgrades before them); one that waited
+   * CONNECTION_WAIT_MS is refused with SERVER_BUSY and when to come back.
+   */
+  private readonly handshakeQueue = new TurnQueue<Handshaking<User>>(
+    this.budget,
+    CONNECTION_WAIT_MS,
+    CONNECTIONS_PER_TURN,
+    ({ socket, next }) => {
+      this.admit(socket).then(
+        () => next(),
+        (error: unknown) => this.refuseHandshake(next, SyncError.from(error, 'UNAUTHENTICATED'), error),
+      );
+    },
+    ({ next }) => {
+      const retryAfterMs = 1000 + Math.floor(Math.random() * CONNECTION_WAIT_MS);
+      this.refuseHandshake(next, new SyncError('SERVER_BUSY', 'the server had no time for this handshake: try again later', { reason: 'handshakes', retryAfterMs }));
+    },
+    ({ socket }) => socket.conn.readyState === 'closed',
+  );
+
+  private refuseHandshake(next: (error?: Error) => void, syncError: SyncError, cause: unknown = syncError): void {
+    if (syncError.code === 'INTERNAL') this.logger.error({ err: cause }, 'connection refused');
+    else this.logger.info({ code: syncError.code, reason: syncError.message }, 'connection refused');
+    next(Object.assign(new Error(syncError.message), { data: syncError.toWire() }));
   }
 
   /** The handshake middleware: protocol, authentication, the per-user connection limit. */

@@ -204,6 +204,16 @@ export function scopedReadSql(checkpoint: number, query: ScopedQuery): { sql: st
 
 /** How many compiled scoped reads are kept (one per shape of scope and collection, whatever the values). */
 const SCOPED_STATEMENTS = 64;
+/**
+ * Pages of getChangesAfter kept for readers that ask the same again: after a
+ * restart thousands of devices pull from the same checkpoint at once, and
+ * each read would cost the event loop the same rows. Heads change only by a
+ * save, which takes a new sequence, so a page read while the latest
+ * sequence was S is the answer to the same query for as long as it is S.
+ */
+const SHARED_PAGES = 16;
+/** Pages with more events than this are not kept (the memory of a few full pages is enough). */
+const SHARED_PAGE_EVENTS = 5000;
 
 /**
  * Durable storage in one SQLite file (WAL, synchronous=FULL). Pushes that
@@ -220,6 +230,8 @@ export class SqliteSyncStorage implements SyncStorage {
   private readonly scopedStatements = new Map<string, Database.Statement<Record<string, unknown>, CandidateRow>>();
   private queue: PendingSave[] = [];
   private flushScheduled = false;
+  /** Recent pages of getChangesAfter by query, least recently used first, each with the latest sequence it was read at. */
+  private readonly sharedPages = new Map<string, { latest: number; page: ChangesPage }>();
 
   constructor(options: SqliteSyncStorageOptions) {
     this.path = parseOptions(optionsSchema, options, 'SqliteSyncStorage').path;
@@ -265,6 +277,25 @@ export class SqliteSyncStorage implements SyncStorage {
     const read = (through: number) =>
       inList === undefined ? statements.changesAfter.all({ ...params, through }) : statements.changesAfterIn.all({ ...params, through, collections: inList });
     return this.run('read changes', () => {
+      const key = `${checkpoint}|${inList ?? '*'}|${params.limit}|${maxBytes ?? ''}`;
+      const latest = statements.latest.get()?.seq ?? 0;
+      const shared = this.sharedPages.get(key);
+      if (shared) {
+        this.sharedPages.delete(key);
+        if (shared.latest === latest) {
+          this.sharedPages.set(key, shared);
+          return shared.page;
+        }
+      }
+      const page = readPage();
+      if (page.length <= SHARED_PAGE_EVENTS) {
+        this.sharedPages.set(key, { latest, page });
+        if (this.sharedPages.size > SHARED_PAGES) this.sharedPages.delete(this.sharedPages.keys().next().value!);
+      }
+      return page;
+    });
+
+    function readPage(): ChangesPage {
       // Where the page ends, from the sizes alone; then the page up to there. A write in between (by
       // another process on the same file) only moves heads to sequences above `through`, never into the page.
       let through = Number.MAX_SAFE_INTEGER;
@@ -284,7 +315,7 @@ export class SqliteSyncStorage implements SyncStorage {
         }
       }
       return changesPage(read(through).map(decodeEvent), cut);
-    });
+    }
   }
 
   async getScopedChanges(checkpoint: number, query: ScopedQuery): Promise<ScopedPage> {
@@ -406,6 +437,7 @@ export class SqliteSyncStorage implements SyncStorage {
     this.db = undefined;
     this.statements = undefined;
     this.scopedStatements.clear();
+    this.sharedPages.clear();
     this.writeBatch = undefined;
   }
 

@@ -99,7 +99,9 @@ export interface SyncStorage {
    * What a reader at `checkpoint` needs to catch up: for every document changed
    * after it, the event that is its current head (deletes included), ascending
    * by sequence. Costs in proportion to the documents changed, not to the
-   * history, and is exact after any compaction.
+   * history, and is exact after any compaction. The page may be shared with
+   * other readers that asked the same (SQLite keeps recent pages): callers
+   * must not change it or its events.
    */
   getChangesAfter(checkpoint: number, options?: EventQuery): Promise<ChangesPage>;
   /**
