@@ -164,6 +164,9 @@ describe('metrics', () => {
     // Alice's plugin speaks protocol 4; the raw socket speaks 1, as a client of an earlier release.
     expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="4"}')).toBe(1);
     expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="1"}')).toBe(1);
+    // Nothing waited: two clients on an idle server start at once.
+    expect(sample(metrics, 'rxdb_offline_sync_admission_total{stage="handshakes",outcome="refused"}')).toBe(0);
+    expect(sample(metrics, 'rxdb_offline_sync_admission_total{stage="upgrades",outcome="refused"}')).toBe(0);
     expect(sample(metrics, 'rxdb_offline_sync_push_events_total{result="accepted"}')).toBe(2);
     expect(sample(metrics, 'rxdb_offline_sync_push_events_total{result="duplicate"}')).toBe(1);
     expect(sample(metrics, 'rxdb_offline_sync_push_events_total{result="conflict"}')).toBe(1);

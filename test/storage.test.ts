@@ -8,7 +8,7 @@ import { formatHlc } from '../src/shared/hlc.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type IncomingEvent, type SyncStorage } from '../src/server/storage/index.js';
 import { scopedReadSql } from '../src/server/storage/sqlite.js';
 import { parseScope } from '../src/shared/scope.js';
-import { runStorageConformance } from './storage.conformance.js';
+import { runStorageConformance } from '../src/testing/index.js';
 import { serviceReady, useTestDatabase } from './services.js';
 
 /** Every instance opened over the same data, so cleanup closes the reopened ones too. */

@@ -19,7 +19,7 @@
  *   with `have` naming what is held; every sequence received twice, live or
  *   pulled, is counted, and every live event that arrives after a higher one.
  */
-import { toSpans } from 'rxdb-offline-sync/server';
+import { toSpans } from 'rxdb-offline-sync/protocol';
 import { COLLECTION, CONNECT_TIMEOUT_MS, ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
 
 /** The plugin's LIVE_PULL_DELAY: how long a gap waits for live messages, growing when a pull brought what then came live. */

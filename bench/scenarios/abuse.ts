@@ -16,7 +16,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
-import { MESSAGE, PROTOCOL_VERSION, toPushRows, type SyncEvent } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type SyncEvent } from 'rxdb-offline-sync/protocol';
 import type { Socket } from 'socket.io-client';
 // Only to stamp the flooders' prepared events, before anything is measured.
 import { formatHlc } from '../../src/shared/hlc.js';

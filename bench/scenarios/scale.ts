@@ -45,7 +45,7 @@ import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { toPushRows, type SyncEvent } from 'rxdb-offline-sync/server';
+import { toPushRows, type SyncEvent } from 'rxdb-offline-sync/protocol';
 // Only to stamp the writers' events.
 import { formatHlc } from '../../src/shared/hlc.js';
 // Types only: importing a child's entry would run it here.

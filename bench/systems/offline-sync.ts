@@ -3,7 +3,8 @@ import { randomUUID } from 'node:crypto';
 import { createServer } from 'node:http';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi } from 'rxdb-offline-sync';
-import { MESSAGE, PROTOCOL_VERSION, createSyncServer, toPushRows, type IncomingEvent, type PushReply, type SyncEvent } from 'rxdb-offline-sync/server';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type PushReply, type SyncEvent } from 'rxdb-offline-sync/protocol';
+import { createSyncServer, type IncomingEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';

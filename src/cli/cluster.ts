@@ -15,10 +15,11 @@
 import cluster, { type Worker } from 'node:cluster';
 import { createServer } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { setupPrimary } from '@socket.io/cluster-adapter';
-import { setupMaster } from '@socket.io/sticky';
+import type * as ClusterAdapter from '@socket.io/cluster-adapter';
+import type * as Sticky from '@socket.io/sticky';
 import { AggregatorRegistry, type Registry } from 'prom-client';
-import { createLogger } from '../shared/logger.js';
+import { createLogger } from '../server/logger.js';
+import { requireOptional } from '../server/optional.js';
 import { connectRedis, createStorage, loggingFor, openStorage, shownUrl, type RunningServer, type ServeOptions } from './serve.js';
 
 /** Messages between the primary and its workers (prefixed, as IPC is shared with sticky and the adapter). */
@@ -42,6 +43,7 @@ export function isClusterWorker(): boolean {
  */
 export async function servePrimary(options: ServeOptions, workers: number): Promise<RunningServer> {
   const logger = createLogger(loggingFor(options.logLevel), 'rxdb-offline-sync');
+  const { setupMaster } = requireOptional<typeof Sticky>('@socket.io/sticky', 'serve --workers');
   // Creates the schema once, before workers race to; and fails fast on a database that cannot be reached.
   const storage = createStorage(options.storage);
   try {
@@ -50,7 +52,7 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
     await storage.close();
   }
   if (options.redis) await (await connectRedis(options.redis, logger)).close();
-  else setupPrimary();
+  else requireOptional<typeof ClusterAdapter>('@socket.io/cluster-adapter', 'serve --workers').setupPrimary();
 
   // Buffers cross IPC as Buffers (a connection's first bytes, the adapter's packets), not as JSON arrays.
   cluster.setupPrimary({ serialization: 'advanced' });

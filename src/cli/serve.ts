@@ -1,11 +1,13 @@
 /** `rxdb-offline-sync serve`: one HTTP port for socket.io sync, health, metrics and (optionally) a web app. */
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { createAdapter as createClusterAdapter } from '@socket.io/cluster-adapter';
-import { createAdapter } from '@socket.io/redis-adapter';
-import { setupWorker } from '@socket.io/sticky';
-import { createClient } from 'redis';
-import { createLogger, type Logger } from '../shared/logger.js';
+import type * as ClusterAdapter from '@socket.io/cluster-adapter';
+import type * as RedisAdapter from '@socket.io/redis-adapter';
+import type * as Sticky from '@socket.io/sticky';
+import type * as Redis from 'redis';
+import type { Logger } from '../shared/logger.js';
+import { createLogger } from '../server/logger.js';
+import { requireOptional } from '../server/optional.js';
 import { createHealthAndMetrics } from '../server/http.js';
 import { createSyncServer, type SyncServer } from '../server/server.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../server/storage/index.js';
@@ -74,6 +76,7 @@ export async function openStorage(storage: SyncStorage, spec: StorageSpec): Prom
 function redisClient(url: string, role: 'publisher' | 'subscriber', logger: Logger) {
   let connectedOnce = false;
   let down = false;
+  const { createClient } = requireOptional<typeof Redis>('redis', 'The --redis option');
   const client = createClient({
     url,
     socket: {
@@ -103,6 +106,7 @@ function redisClient(url: string, role: 'publisher' | 'subscriber', logger: Logg
 const REDIS_START_TIMEOUT_MS = 10_000;
 
 export async function connectRedis(url: string, logger: Logger) {
+  const { createAdapter } = requireOptional<typeof RedisAdapter>('@socket.io/redis-adapter', 'The --redis option');
   const pub = redisClient(url, 'publisher', logger);
   const sub = redisClient(url, 'subscriber', logger);
   let timer: NodeJS.Timeout | undefined;
@@ -168,7 +172,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       httpServer,
       storage,
       logging,
-      ...(redis ? { adapter: redis.adapter } : options.clusterWorker ? { adapter: createClusterAdapter() } : {}),
+      ...(redis ? { adapter: redis.adapter } : options.clusterWorker ? { adapter: requireOptional<typeof ClusterAdapter>('@socket.io/cluster-adapter', 'serve --workers').createAdapter() } : {}),
       ...(options.corsOrigin ? { socketOptions: { cors: { origin: options.corsOrigin } } } : {}),
       ...(options.authToken ? { authenticate: (_socket, token) => (token === options.authToken ? { token: 'shared' } : null) } : {}),
     });
@@ -198,6 +202,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     let port = options.port;
     if (options.clusterWorker) {
       // The primary listens; connections arrive over IPC.
+      const { setupWorker } = requireOptional<typeof Sticky>('@socket.io/sticky', 'serve --workers');
       setupWorker(syncServer.getIo() as Parameters<typeof setupWorker>[0]);
       reportToPrimary({ type: 'rxos:ready' });
     } else {

@@ -3,7 +3,9 @@
  * prom-client's global one, so that two servers in one process do not clash
  * and an app's own metrics stay its own). Fed from `syncServer.events`.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type * as PromClient from 'prom-client';
+import type { Registry } from 'prom-client';
+import { requireOptional } from './optional.js';
 import type { DropReason, SyncServer } from './server.js';
 
 export interface SyncMetricsOptions {
@@ -30,6 +32,8 @@ const PUSH_RESULTS = ['accepted', 'duplicate', 'conflict', 'rejected'] as const;
 const DROP_REASONS: readonly DropReason[] = ['TOO_MANY_REQUESTS', 'SLOW_CONSUMER', 'REPLACED'];
 
 export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsOptions = {}): SyncMetrics {
+  // prom-client is an optional peer dependency: only a server that serves metrics needs it.
+  const { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } = requireOptional<typeof PromClient>('prom-client', 'createSyncMetrics');
   const prefix = options.prefix ?? 'rxdb_offline_sync_';
   const registry = new Registry();
   if (options.labels) registry.setDefaultLabels(options.labels);
@@ -41,6 +45,18 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
     registers: [registry],
     collect() {
       this.set(server.getClientsCount());
+    },
+  });
+  new Counter({
+    name: `${prefix}admission_total`,
+    help: 'WebSocket upgrades and socket.io handshakes under load, by stage and outcome: deferred (waited for a later turn of the event loop), refused (waited too long and was told to come back: a 503, or SERVER_BUSY).',
+    labelNames: ['stage', 'outcome'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      for (const [stage, counts] of Object.entries(server.getAdmissionStats())) {
+        for (const [outcome, value] of Object.entries(counts)) this.inc({ stage, outcome }, value);
+      }
     },
   });
   const connections = new Counter({

@@ -3,7 +3,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { Server } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
-import { createLogger, type Logger } from '../shared/logger.js';
+import { createLogger, type Logger } from './logger.js';
 import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol.js';
 import { TurnQueue, UpgradeGate } from './admission.js';
 import { admit, authenticateToken, runAt } from './auth.js';
@@ -177,6 +177,16 @@ export class SyncServer<User = unknown> {
   async compact(before?: number): Promise<number> {
     await this.ready;
     return this.storage.clearEventsBefore(before ?? (await this.storage.getLatestSequence()) + 1);
+  }
+
+  /**
+   * Admission under load: WebSocket upgrades and socket.io handshakes that
+   * waited for a later turn of the event loop (deferred), and those told to
+   * come back after waiting too long (refused: a 503, or SERVER_BUSY).
+   */
+  getAdmissionStats(): Record<'upgrades' | 'handshakes', { deferred: number; refused: number }> {
+    const stats = ({ deferred, expired }: { deferred: number; expired: number }) => ({ deferred, refused: expired });
+    return { upgrades: stats(this.gate.stats), handshakes: stats(this.handshakeQueue.stats) };
   }
 
   getClientsCount(): number {

@@ -1,4 +1,4 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
@@ -8,6 +8,7 @@ import { assertClaimable } from './claims.js';
 import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';
 import { changesPage, jsonTextBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
+import { requireOptional } from '../optional.js';
 
 /** How long a new pool connection may take before the call that needed it fails. */
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -282,7 +283,8 @@ export class PostgresSyncStorage implements SyncStorage {
   constructor(options: PostgresSyncStorageOptions) {
     const parsed = parseOptions(optionsSchema, options, 'PostgresSyncStorage');
     this.ownsPool = !parsed.pool;
-    this.pool = parsed.pool ?? new pg.Pool({
+    // pg is an optional peer dependency, needed only when this storage creates its own pool.
+    this.pool = parsed.pool ?? new (requireOptional<typeof pg>('pg', 'PostgresSyncStorage').Pool)({
       connectionString: parsed.connectionString,
       max: parsed.poolSize,
       application_name: 'rxdb-offline-sync',

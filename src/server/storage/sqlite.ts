@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
@@ -10,6 +10,7 @@ import { assertClaimable } from './claims.js';
 import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';
 import { changesPage, jsonTextBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
+import { requireOptional } from '../optional.js';
 
 const optionsSchema = z.strictObject({
   /** The database file; its directory is created when missing. `:memory:` for a throwaway database. */
@@ -222,6 +223,8 @@ const SHARED_PAGE_EVENTS = 5000;
  */
 export class SqliteSyncStorage implements SyncStorage {
   private readonly path: string;
+  /** better-sqlite3, an optional peer dependency: loaded when this storage is created. */
+  private readonly driver: typeof Database;
   private db: Database.Database | undefined;
   private statements: Statements | undefined;
   private writeBatch: Database.Transaction<(pending: PendingSave[]) => SaveResult[][]> | undefined;
@@ -235,6 +238,7 @@ export class SqliteSyncStorage implements SyncStorage {
 
   constructor(options: SqliteSyncStorageOptions) {
     this.path = parseOptions(optionsSchema, options, 'SqliteSyncStorage').path;
+    this.driver = requireOptional<typeof Database>('better-sqlite3', 'SqliteSyncStorage');
   }
 
   async init(): Promise<void> {
@@ -447,7 +451,7 @@ export class SqliteSyncStorage implements SyncStorage {
     if (this.statements) return this.statements;
     try {
       if (this.path !== ':memory:') mkdirSync(dirname(this.path), { recursive: true });
-      const db = new Database(this.path);
+      const db = new this.driver(this.path);
       // First: the workers of `serve --workers` open the file at once, and each waits its turn for the lock.
       db.pragma('busy_timeout = 5000');
       db.pragma('journal_mode = WAL');

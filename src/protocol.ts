@@ -1,0 +1,8 @@
+/**
+ * `rxdb-offline-sync/protocol`: the wire protocol between the client plugin
+ * and the sync server (message names, validation schemas, the codecs of
+ * pushed rows and pulled pages), for code that speaks it directly.
+ */
+export * from './shared/protocol.js';
+export { ERROR_CODES, SyncError, type SyncErrorCode, type WireError } from './shared/errors.js';
+export { HybridLogicalClock, compareHlc, formatHlc, parseHlc, type HlcParts } from './shared/hlc.js';
