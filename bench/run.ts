@@ -24,13 +24,14 @@ import { liveLatency } from './scenarios/live-latency.js';
 import { outage } from './scenarios/outage.js';
 import { push } from './scenarios/push.js';
 import { scale } from './scenarios/scale.js';
+import { scopes } from './scenarios/scopes.js';
 import { slowLink } from './scenarios/slow-link.js';
 import { throughput } from './scenarios/throughput.js';
 import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage, scale];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage, scale, scopes];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {
