@@ -50,6 +50,32 @@ describe('TurnQueue', () => {
     expect(short.stats).toEqual({ deferred: 2, expired: 2 });
   });
 
+  it('tells what waited too long when to come back: after what waits now, at the rate served, spread', async () => {
+    let now = 0;
+    // A budget that lets `allow` more items start, whatever the turn.
+    const turn = { allow: 0, mayStart: () => turn.allow-- > 0 };
+    const served: number[] = [];
+    const refused: [number, number][] = [];
+    const queue = new TurnQueue<number>(turn, 3000, 100, (n) => served.push(n), (n, comeBackMs) => refused.push([n, comeBackMs]), () => false, () => now);
+    for (let n = 0; n < 10; n++) queue.offer(n);
+    // Five served at 0 ms, five a second later: 5 a second.
+    turn.allow = 5;
+    await waitFor(() => served.length === 5);
+    now = 1000;
+    turn.allow = 5;
+    await waitFor(() => served.length === 10);
+    // Twenty wait from 1 s; at 4 s, still unserved, they are refused: the last one (none left waiting) comes back
+    // within the time the refused take at 5 a second, the first after the 19 behind it would have been served.
+    for (let n = 10; n < 30; n++) queue.offer(n);
+    now = 4000;
+    await waitFor(() => refused.length === 20);
+    expect(refused.map(([n]) => n)).toEqual(Array.from({ length: 20 }, (_, i) => 10 + i));
+    const [first, last] = [refused[0]![1], refused[19]![1]];
+    expect(first).toBeGreaterThanOrEqual((19 / 5) * 1000);
+    expect(last).toBeLessThanOrEqual((20 / 5) * 1000 + 500);
+    expect(new Set(refused.map(([, ms]) => ms)).size).toBeGreaterThan(1);
+  });
+
   it('serves at most perTurn items in one turn, the rest in the turns after', async () => {
     const served: number[] = [];
     const queue = new TurnQueue<number>(budget(true), 60_000, 2, (n) => served.push(n), () => {});

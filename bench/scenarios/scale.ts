@@ -63,7 +63,8 @@ const REDIS = { host: '127.0.0.1', port: 6379, url: 'redis://127.0.0.1:6379' };
 const BROADCAST_WARMUP = 3;
 /** A broadcast not at every subscriber after this long counts as lost; three in a row end the part. */
 const BROADCAST_TIMEOUT_MS = 10_000;
-const SUSTAINED_WRITERS = 4;
+/** Devices writing at once, each waiting for its acknowledgement before its next push (BENCH_SCALE_WRITERS). */
+const SUSTAINED_WRITERS = Number(process.env.BENCH_SCALE_WRITERS ?? 16);
 const SUSTAINED_WARMUP_MS = 1000;
 /** After the writers stop, how long deliveries may go on before what is missing counts as undelivered. */
 const DRAIN_MS = 15_000;

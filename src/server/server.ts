@@ -69,7 +69,7 @@ const CONNECTION_WAIT_MS = 3000;
  * (authentication and the client-id claim), where the turn budget cannot
  * see it; a busy loop turns less often, so fewer start.
  */
-const CONNECTIONS_PER_TURN = 16;
+const CONNECTIONS_PER_TURN = 32;
 
 export class SyncServer<User = unknown> {
   /** Reports pushes, pulls, storage errors and client connections (for metrics and hooks). */
@@ -224,9 +224,8 @@ export class SyncServer<User = unknown> {
         (error: unknown) => this.refuseHandshake(next, SyncError.from(error, 'UNAUTHENTICATED'), error),
       );
     },
-    ({ next }) => {
-      const retryAfterMs = 1000 + Math.floor(Math.random() * CONNECTION_WAIT_MS);
-      this.refuseHandshake(next, new SyncError('SERVER_BUSY', 'the server had no time for this handshake: try again later', { reason: 'handshakes', retryAfterMs }));
+    ({ next }, retryAfterMs) => {
+      this.refuseHandshake(next, new SyncError('SERVER_BUSY', 'the server has more handshakes waiting than it can start in time: try again later', { reason: 'handshakes', retryAfterMs }));
     },
     ({ socket }) => socket.conn.readyState === 'closed',
   );
