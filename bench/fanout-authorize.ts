@@ -30,7 +30,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { io, type Socket } from 'socket.io-client';
 import { createSyncServer, type SyncServerOptions } from '../src/server/index.js';
-import { MESSAGE, PROTOCOL_VERSION, toPushRows, type SyncEvent } from '../src/shared/protocol.js';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type SyncEvent } from '../src/shared/protocol/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
 
 interface User {

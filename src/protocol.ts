@@ -3,6 +3,6 @@
  * and the sync server (message names, validation schemas, the codecs of
  * pushed rows and pulled pages), for code that speaks it directly.
  */
-export * from './shared/protocol.js';
+export * from './shared/protocol/index.js';
 export { ERROR_CODES, SyncError, type SyncErrorCode, type WireError } from './shared/errors.js';
 export { HybridLogicalClock, compareHlc, formatHlc, parseHlc, type HlcParts } from './shared/hlc.js';

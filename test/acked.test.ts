@@ -15,7 +15,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { MetaStore } from '../src/client/meta-store.js';
 import { Replicator, SHADOWS_AT_ONCE } from '../src/client/replicator.js';
 import { createLogger } from '../src/shared/logger.js';
-import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../src/shared/protocol.js';
+import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../src/shared/protocol/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
 import { merge, strategyFor, type Conflict } from '../src/client/strategies/index.js';
 import { openDatabase, uniqueName } from './helpers.js';

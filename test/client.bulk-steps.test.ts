@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { Replicator } from '../src/client/replicator.js';
 import { MemorySyncStorage } from '../src/server/storage/memory.js';
-import type { StoredEvent } from '../src/shared/protocol.js';
+import type { StoredEvent } from '../src/shared/protocol/index.js';
 import { contents, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 const BULK = 1600;

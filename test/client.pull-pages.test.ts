@@ -14,8 +14,8 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { Transport } from '../src/client/transport.js';
-import { bareSyncIo, closeAfterEach, contents, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
-import { MESSAGE, toPullPage, type StoredEvent } from '../src/shared/protocol.js';
+import { bareSyncIo, closeAfterEach, contents, push, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { MESSAGE, toPullPage, type StoredEvent } from '../src/shared/protocol/index.js';
 
 /** Events in the form a fake server of the current protocol pulls them in. */
 const pullPage = (events: readonly object[]) => toPullPage(events as StoredEvent[]);
@@ -252,8 +252,8 @@ describe('the pull that follows live messages', () => {
     });
     // Sequence 1 is another collection's, never sent to the reader: the live events after it leave a
     // gap, so a pull must follow them.
-    const other = await rawSocket(server.url, { protocolVersion: 2 });
-    await request(other, MESSAGE.push, { events: [rawEvent({ collection: 'products', documentId: 'p' })] });
+    const other = await rawSocket(server.url);
+    await push(other, [rawEvent({ collection: 'products', documentId: 'p' })]);
     other.close();
     let resent = 0;
     server.server.events.on('pull', ({ events }) => (resent += events));
@@ -281,14 +281,14 @@ describe('the pull that follows live messages', () => {
     const reader = await startClient(server.url);
     clients.push(reader);
     expect(await reader.sync.syncNow()).toMatchObject({ success: true });
-    const writer = await rawSocket(server.url, { protocolVersion: 2 });
+    const writer = await rawSocket(server.url);
     try {
-      const push = (collection: string, documentId: string) => request(writer, MESSAGE.push, { events: [rawEvent({ collection, documentId })] });
+      const write = (collection: string, documentId: string) => push(writer, [rawEvent({ collection, documentId })]);
       const before = pulls.length;
 
       // Sequences 1 and 2, both sent live: nothing is missing, so no pull follows.
-      await push('todos', 'a');
-      await push('todos', 'b');
+      await write('todos', 'a');
+      await write('todos', 'b');
       await waitFor(async () => (await reader.todos.count().exec()) === 2, 'both live events applied');
       await sleep(400);
       expect(pulls.length).toBe(before);
@@ -298,8 +298,8 @@ describe('the pull that follows live messages', () => {
 
       // Sequence 3 is another collection's, never sent to this reader; 4 comes live. The gap takes a pull.
       const afterSync = pulls.length;
-      await push('products', 'p');
-      await push('todos', 'c');
+      await write('products', 'p');
+      await write('todos', 'c');
       await waitFor(() => pulls.length > afterSync, 'the pull that closes the gap');
       await waitFor(() => !reader.sync.getStatus().syncing, 'that pull to end');
       expect(pulls[afterSync]).toMatchObject({ checkpoint: 2, have: [4] });

@@ -5,9 +5,9 @@ import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
 import { filter, firstValueFrom } from 'rxjs';
 import { describe, expect, it, vi } from 'vitest';
 import { SyncError, type SyncApi, type SyncPluginOptions, type SyncStatus } from '../src/client/index.js';
-import { MetaStore, META_SCHEMA, META_SCHEMA_V0, openInstance } from '../src/client/meta-store.js';
+import { MetaStore } from '../src/client/meta-store.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { closeAfterEach, metaRecords, openDatabase, sleep, startClient, startServer, toEarlierLayout, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
 disableWarnings();
@@ -105,47 +105,6 @@ describe('several tabs of one database', () => {
     await waitFor(async () => (await server!.server.getStorage().getHeads('todos', ['y']))[0]?.data.title === 'v2', 'v2 to reach the server');
     await waitFor(() => tab2.sync.getStatus().pendingEvents === 0, 'tab2 to have nothing pending');
     expect(await server.server.getStorage().countEvents()).toBe(2);
-  });
-
-  it('a store of an earlier release is copied by the tab that leads, once a tab of that release no longer does', async () => {
-    server = await startServer();
-    const name = uniqueName('upgrade');
-    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
-    const before = await startClient(server.url, { name, multiInstance: true, storage });
-    await waitFor(() => before.sync.getStatus().leader && before.sync.getStatus().lastSyncTime !== null, 'the first tab to lead and sync');
-    await before.todos.insert({ id: 'synced', title: 'synced', done: false });
-    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the first write to reach the server');
-    before.sync.disable();
-    await before.todos.insert({ id: 'offline', title: 'written offline', done: false });
-    await waitFor(() => before.sync.getStatus().pendingEvents === 1, 'the offline write to be logged');
-    await before.close();
-    await toEarlierLayout(name, storage);
-
-    // A tab of the earlier release leads (it writes the old store); a tab of this release opens beside it.
-    const earlier = (await openDatabase(name, true, storage)) as unknown as RxDatabase;
-    await earlier.waitForLeadership();
-    const tab = await startClient(server.url, { name, multiInstance: true, storage });
-    clients.push(tab);
-    await sleep(300);
-    expect(tab.sync.getStatus().leader).toBe(false);
-    const rawCount = async (schema: typeof META_SCHEMA) => {
-      const instance = await openInstance(tab.db as unknown as RxDatabase, schema);
-      const count = (await metaRecords(instance, schema)).length;
-      await instance.close();
-      return count;
-    };
-    // Left alone while the earlier tab leads.
-    expect(await rawCount(META_SCHEMA_V0)).toBeGreaterThan(0);
-    expect(await rawCount(META_SCHEMA)).toBe(0);
-
-    await earlier.close();
-    await waitFor(() => tab.sync.getStatus().leader, 'the tab of this release to lead', 15_000);
-    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 2, 'the offline write to reach the server');
-    await waitFor(() => tab.sync.getStatus().pendingEvents === 0, 'nothing pending');
-    await sleep(200);
-    expect(await server.server.getStorage().countEvents()).toBe(2);
-    expect(await rawCount(META_SCHEMA_V0)).toBe(0);
-    expect(new Set((await server.server.getStorage().getEventsAfter(0)).map((event) => event.clientId)).size).toBe(1);
   });
 
   it('a tab elected later whose storage fails to prepare reports it and tries again, then syncs', async () => {

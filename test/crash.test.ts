@@ -19,7 +19,7 @@ import { fileURLToPath } from 'node:url';
 import { Socket } from 'socket.io-client';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../src/server/storage/index.js';
-import { MESSAGE, type PushReply, type StoredEvent } from '../src/shared/protocol.js';
+import { MESSAGE, type PushReply, type StoredEvent } from '../src/shared/protocol/index.js';
 import { contents, eventsOnWire, sleep, startClient, waitFor, type TestClient, type Todo } from './helpers.js';
 import { createTestDatabase, serviceReady } from './services.js';
 

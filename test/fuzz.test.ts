@@ -11,7 +11,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ERROR_CODES } from '../src/shared/errors.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MESSAGE } from '../src/shared/protocol.js';
+import { MESSAGE, PROTOCOL_VERSION } from '../src/shared/protocol/index.js';
 import { connectError, rawSocket, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 const MAX_PAYLOAD = 64 * 1024;
@@ -46,6 +46,10 @@ const validEvent = fc.record({ n: fc.nat(1_000_000), doc: fc.string({ minLength:
   hlc: formatHlc({ millis: Date.now(), counter: n % 1000, node: 'fuzz' }),
 }));
 
+/** An event as a push carries it: a row, its collection named in the push's list (see toPushRows). */
+const rowOf = (event: { id: string; documentId: string; op: string; data: unknown; hlc: string }): unknown[] => [event.id, 0, event.documentId, event.op, event.data, event.hlc];
+const pushOf = (rows: unknown[][], collections: unknown[] = ['todos']) => ({ collections, events: rows });
+
 /** Per field, values that are never valid there (or refused per event), so that no mutated event can be stored. */
 const notANumberOrString = fc.oneof(fc.boolean(), fc.constant(null), fc.array(fc.integer(), { minLength: 1 }));
 const wrongField: Record<string, fc.Arbitrary<unknown>> = {
@@ -59,6 +63,15 @@ const wrongField: Record<string, fc.Arbitrary<unknown>> = {
   hlc: fc.oneof(fc.constantFrom('yesterday', '', '2024-01-01'), fc.integer(), notANumberOrString),
   seq: fc.integer(),
 };
+/** Where each field sits in a row; `collection` is the push's list of names, `seq` a field too many. */
+const ROW_INDEX: Record<string, number> = { id: 0, documentId: 2, op: 3, data: 4, hlc: 5, baseEventId: 6, patch: 7, seq: 8 };
+/** A row with one field wrong (a patch after a null base, a field too many after both). */
+function wrongRow(row: unknown[], field: string, value: unknown): unknown[] {
+  const at = ROW_INDEX[field]!;
+  const wrong = [...row, ...[null, [], null].slice(0, Math.max(0, at - row.length))];
+  wrong[at] = value;
+  return wrong;
+}
 /** Every event of the push gets the same wrong field: some mutations are refused per event, and a valid sibling would be stored. */
 const mutatedPush = fc
   .record({
@@ -66,14 +79,20 @@ const mutatedPush = fc
     field: fc.constantFrom(...Object.keys(wrongField)),
   })
   .chain(({ events, field }) =>
-    wrongField[field]!.map((value) => ({ events: events.map((event) => ({ ...event, [field]: value })) })),
+    wrongField[field]!.map((value) =>
+      field === 'collection' ? pushOf(events.map(rowOf), [value]) : pushOf(events.map((event) => wrongRow(rowOf(event), field, value))),
+    ),
   );
 const wrongPushShape = fc.oneof(
-  fc.constant({ events: [] }),
-  fc.anything().map((events) => ({ events })).filter(({ events }) => !Array.isArray(events)),
-  validEvent.map((event) => ({ events: Array.from({ length: MAX_EVENTS + 1 }, () => event) })),
-  validEvent.map((event) => ({ events: [event], sneaky: true })),
-  validEvent.map((event) => [event]),
+  fc.constant(pushOf([])),
+  fc.anything().map((events) => ({ collections: ['todos'], events })).filter(({ events }) => !Array.isArray(events)),
+  validEvent.map((event) => pushOf(Array.from({ length: MAX_EVENTS + 1 }, () => rowOf(event)))),
+  validEvent.map((event) => ({ ...pushOf([rowOf(event)]), sneaky: true })),
+  validEvent.map((event) => pushOf([rowOf(event)], [])),
+  validEvent.map((event) => pushOf([[event.id, 1, ...rowOf(event).slice(2)]])),
+  // Events as objects, not rows.
+  validEvent.map((event) => ({ collections: ['todos'], events: [event] })),
+  validEvent.map((event) => [rowOf(event)]),
 );
 const mutatedPull = fc.record(
   {
@@ -171,9 +190,9 @@ const overTransportLimit = (item: Message) => {
  * Sends one batch: messages on a socket that must survive them and get an
  * answer; raw frames and messages over the transport limit on one that may be dropped.
  */
-async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2 | 3 | 4): Promise<void> {
-  const socket = await rawSocket(server.url, { protocolVersion });
-  const frameSocket = await rawSocket(server.url, { protocolVersion });
+async function attack(messages: (Message | Frame)[]): Promise<void> {
+  const socket = await rawSocket(server.url);
+  const frameSocket = await rawSocket(server.url);
   try {
     const serverErrors: unknown[] = [];
     socket.on(MESSAGE.error, (error) => serverErrors.push(error));
@@ -201,7 +220,7 @@ async function attack(messages: (Message | Frame)[], protocolVersion: 1 | 2 | 3 
           // A clear refusal, never an internal failure.
           if (!reply.ok) expect(CLEAR_ERRORS, what).toContain(reply.error.code);
           // Nothing hostile may be stored: a push that got through validation has every event refused.
-          // (In protocols 2 and 3 a stored event is answered with a bare sequence number.)
+          // (A stored event is answered with a bare sequence number.)
           if (reply.ok && item.type === MESSAGE.push) {
             expect(reply.results.every((r: unknown) => typeof r === 'object' && (r as { status?: unknown }).status === 'rejected'), what).toBe(true);
           }
@@ -239,10 +258,9 @@ describe('fuzz: hostile messages at a live server', () => {
       let runs = 0;
       try {
         await fc.assert(
-          // In every protocol version: they differ in how pushes are shaped and answered, and pulls are shaped.
-          fc.asyncProperty(batch, fc.constantFrom(1 as const, 2 as const, 3 as const, 4 as const), async (messages, protocolVersion) => {
+          fc.asyncProperty(batch, async (messages) => {
             runs++;
-            await attack(messages, protocolVersion);
+            await attack(messages);
           }),
           { seed, numRuns: 400, interruptAfterTimeLimit: TIME_LIMIT_MS, markInterruptAsFailure: false },
         );
@@ -268,7 +286,7 @@ describe('fuzz: hostile messages at a live server', () => {
     const handshake = fc.oneof(
       fc.anything({ maxDepth: 3 }),
       fc.record({ protocolVersion: fc.oneof(fc.integer(), fc.string(), fc.constant(null)), clientId: fc.anything({ maxDepth: 1 }), token: fc.anything({ maxDepth: 1 }) }),
-      fc.record({ protocolVersion: fc.constant(1), clientId: fc.string({ minLength: 129, maxLength: 300 }) }),
+      fc.record({ protocolVersion: fc.constant(PROTOCOL_VERSION), clientId: fc.string({ minLength: 129, maxLength: 300 }) }),
     );
     try {
       await fc.assert(

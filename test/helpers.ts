@@ -1,16 +1,15 @@
 import { createServer, type Server as HttpServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { addRxPlugin, createRevision, createRxDatabase, normalizeMangoQuery, now, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxJsonSchema, type RxStorage, type RxStorageInstance } from 'rxdb';
+import { addRxPlugin, createRxDatabase, normalizeMangoQuery, prepareQuery, type RxCollection, type RxDatabase, type RxDocumentData, type RxJsonSchema, type RxStorage, type RxStorageInstance } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { Server as SocketIoServer } from 'socket.io';
 import { io, type Socket } from 'socket.io-client';
 import { afterEach } from 'vitest';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
-import { META_SCHEMA, META_SCHEMA_V0, MIGRATED_ID, openInstance, type MetaKind } from '../src/client/meta-store.js';
+import { META_SCHEMA, type MetaKind } from '../src/client/meta-store.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
-import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MESSAGE, type StoredEvent, type SyncEvent } from '../src/shared/protocol.js';
+import { MESSAGE, PROTOCOL_VERSION, fromPullPage, toPushRows, type PullPage, type RemoteEvent, type StoredEvent, type SyncEvent } from '../src/shared/protocol/index.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
 
@@ -145,18 +144,10 @@ export async function contents(collection: RxCollection<Todo>): Promise<Todo[]> 
   return docs.map((doc) => doc.toJSON() as Todo).sort((a, b) => a.id.localeCompare(b.id));
 }
 
-/**
- * The protocol raw connections speak unless told otherwise: 1, whose push
- * answers name each event, as a client of an earlier release speaks it (the
- * server keeps serving those). Protocol 2 has tests of its own
- * (server.protocol-versions.test.ts), and the plugin speaks it everywhere else.
- */
-export const RAW_PROTOCOL = 1;
-
-/** The events of a push as they went over the wire: objects in protocols 1 to 3, rows in 4 (id first, document id third). */
+/** The events of a push as they went over the wire: rows, id first, document id third (see toPushRows). */
 export function eventsOnWire(message: unknown): { id: string; documentId: string }[] {
-  const events = ((message ?? {}) as { events?: unknown[] }).events ?? [];
-  return events.map((event) => (Array.isArray(event) ? { id: event[0] as string, documentId: event[2] as string } : (event as { id: string; documentId: string })));
+  const rows = ((message ?? {}) as { events?: unknown[][] }).events ?? [];
+  return rows.map((row) => ({ id: row[0] as string, documentId: row[2] as string }));
 }
 
 /** A raw protocol connection, as a hostile or hand-written client would open it. */
@@ -164,7 +155,7 @@ export async function rawSocket(url: string, auth: Record<string, unknown> = {})
   const socket = io(url, {
     transports: ['websocket'],
     reconnection: false,
-    auth: { protocolVersion: RAW_PROTOCOL, clientId: `raw-${uniqueName()}`, ...auth },
+    auth: { protocolVersion: PROTOCOL_VERSION, clientId: `raw-${uniqueName()}`, ...auth },
   });
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', () => resolve());
@@ -210,6 +201,29 @@ export function rawEvent(overrides: Partial<SyncEvent> & { documentId: string })
 /** Sends one message and resolves with the server's acknowledgement (rejects after `timeout` ms). */
 export function request<T = any>(socket: Socket, type: string, message: unknown, timeout = 5000): Promise<T> {
   return socket.timeout(timeout).emitWithAck(type, message) as Promise<T>;
+}
+
+/** The client id a raw socket gave in its handshake. */
+export function clientIdOf(socket: Socket): string {
+  return (socket.auth as { clientId?: string }).clientId ?? '';
+}
+
+/** Pushes events as a client does, in rows (see toPushRows), and resolves with the server's acknowledgement. */
+export function push<T = any>(socket: Socket, events: readonly SyncEvent[], timeout?: number): Promise<T> {
+  return request<T>(socket, MESSAGE.push, toPushRows(events, clientIdOf(socket)), timeout);
+}
+
+/** Each outcome of an answer to a push in a word: `stored` for a sequence, otherwise its status. */
+export function statuses(results: readonly unknown[]): string[] {
+  return results.map((result) => (typeof result === 'number' ? 'stored' : (result as { status: string }).status));
+}
+
+/** Pulls, and resolves with the acknowledgement, its page read back as whole events (see fromPullPage). */
+export async function pull(socket: Socket, message: Record<string, unknown>, timeout?: number): Promise<any> {
+  const reply = await request(socket, MESSAGE.pull, message, timeout);
+  if (!reply?.ok) return reply;
+  const events: RemoteEvent[] = fromPullPage(reply as PullPage);
+  return { ...reply, events };
 }
 
 /** Resolves with the next `sync:error` the server sends on this socket. */
@@ -261,32 +275,6 @@ export interface MetaRecord {
 export async function metaRecords(instance: RxStorageInstance<any, unknown, unknown>, schema = META_SCHEMA): Promise<RxDocumentData<MetaRecord>[]> {
   const query = prepareQuery(schema, normalizeMangoQuery(schema, { selector: { _deleted: false } as never, sort: [{ id: 'asc' }] }));
   return (await instance.query(query)).documents as RxDocumentData<MetaRecord>[];
-}
-
-/** Inserts records into one of the plugin's storage instances, as a release would have written them. */
-export async function seedMeta(db: RxDatabase, instance: RxStorageInstance<any, unknown, unknown>, records: readonly MetaRecord[]): Promise<void> {
-  const rows = records.map((record) => ({ document: { ...record, _deleted: false, _attachments: {}, _meta: { lwt: now() }, _rev: createRevision(db.token) } }));
-  const { error } = await instance.bulkWrite(rows, 'test');
-  if (error.length > 0) throw new Error(`could not seed the plugin's storage: ${JSON.stringify(error[0])}`);
-}
-
-/**
- * Puts a closed database's sync store back as releases before bounded ids
- * left it (schema version 0, see meta-store.ts); the kinds of what it moved.
- */
-export async function toEarlierLayout(name: string, storage?: RxStorage<any, any>): Promise<string[]> {
-  const db = (await openDatabase(name, false, storage)) as unknown as RxDatabase;
-  try {
-    const current = await openInstance(db, META_SCHEMA);
-    const records = (await metaRecords(current)).filter((record) => record.id !== MIGRATED_ID);
-    const old = await openInstance(db, META_SCHEMA_V0);
-    await seedMeta(db, old, records.map(({ id, kind, value }) => ({ id, kind, value })));
-    await old.close();
-    await current.remove();
-    return records.map((record) => record.kind);
-  } finally {
-    await db.close();
-  }
 }
 
 /**

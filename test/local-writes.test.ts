@@ -11,7 +11,7 @@ import { MetaStore } from '../src/client/meta-store.js';
 import { Replicator, type LocalWrites } from '../src/client/replicator.js';
 import { strategyFor } from '../src/client/strategies/index.js';
 import { createLogger } from '../src/shared/logger.js';
-import type { RemoteEvent } from '../src/shared/protocol.js';
+import type { RemoteEvent } from '../src/shared/protocol/index.js';
 import { openDatabase, uniqueName } from './helpers.js';
 
 type Db = Awaited<ReturnType<typeof openDatabase>>;

@@ -13,8 +13,8 @@ import { createClient } from 'redis';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createSyncPlugin } from '../src/client/index.js';
 import { PostgresSyncStorage } from '../src/server/storage/index.js';
-import { MESSAGE } from '../src/shared/protocol.js';
-import { collectLive, contents, openDatabase, rawEvent, rawSocket, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { MESSAGE } from '../src/shared/protocol/index.js';
+import { collectLive, contents, openDatabase, push, rawEvent, rawSocket, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 import { REDIS, createTestDatabase, serviceReady, type TestDatabase } from './services.js';
 
 interface Instance extends TestServer {
@@ -121,7 +121,7 @@ describe.skipIf(!((await serviceReady('postgres')) && (await serviceReady('redis
         await request(writer, MESSAGE.subscribe, { collections: ['todos'] });
         await request(reader, MESSAGE.subscribe, { collections: ['todos'] });
         const event = rawEvent({ documentId: `doc-${sockets.length}` });
-        expect(await request(writer, MESSAGE.push, { events: [event] })).toMatchObject({ ok: true });
+        expect(await push(writer, [event])).toMatchObject({ ok: true });
         await waitFor(() => live.some((received) => received.id === event.id), 'the reader on the other instance to get the event live', 5000);
       }
     } finally {

@@ -9,6 +9,9 @@ const entry = (key: string, documentId: string): PendingEntry => ({
   event: { id: `event-${documentId}-0000`, collection: 'todos', documentId, op: 'insert', data: { id: documentId }, baseEventId: null, hlc: '000000000000001-000000-c' },
 });
 
+/** Entries as one stored page holds them. */
+const pageOf = (entries: readonly PendingEntry[]): StoredPage => ({ key: entries[0]!.key, entries: entries.map(({ key, event }) => ({ key, event })) });
+
 afterEach(() => vi.restoreAllMocks());
 
 describe('pending log keys', () => {
@@ -16,7 +19,7 @@ describe('pending log keys', () => {
     vi.spyOn(Date, 'now').mockReturnValue(1_700_000_000_000);
     const first = new PendingLog();
     const keys = [first.nextKey(), first.nextKey(), first.nextKey()];
-    const restarted = new PendingLog(keys.map((key, i) => entry(key, `d${i}`)));
+    const restarted = new PendingLog([pageOf(keys.map((key, i) => entry(key, `d${i}`)))]);
     const next = restarted.nextKey();
     expect(keys).not.toContain(next);
     expect(next > keys[2]!).toBe(true);
@@ -25,7 +28,7 @@ describe('pending log keys', () => {
   });
 
   it('count entries up to the persisted sent watermark as sent', () => {
-    const log = new PendingLog([entry('000000000000001-000000000', 'a'), entry('000000000000002-000000000', 'b')], '000000000000001-000000000');
+    const log = new PendingLog([pageOf([entry('000000000000001-000000000', 'a'), entry('000000000000002-000000000', 'b')])], '000000000000001-000000000');
     expect(log.all().map((e) => e.sent)).toEqual([true, false]);
     expect(log.nextKey() > '000000000000002-000000000').toBe(true);
   });
@@ -134,16 +137,14 @@ describe('pending log pages', () => {
     }
   });
 
-  it('read back what they stored, and entries stored one per document before pages', () => {
+  it('read back what they stored, the entries up to the watermark as sent', () => {
     const log = new PendingLog();
     const pages = stored([1, 2, 3].map((i) => log.add(entry(keyOf(i), `d${i}`))));
-    const legacy = { ...entry(keyOf(4), 'old'), sent: true };
-    const reloaded = new PendingLog([...(pages.values() as Iterable<StoredPage>), legacy], keyOf(1));
+    const reloaded = new PendingLog(pages.values() as Iterable<StoredPage>, keyOf(1));
     expect(reloaded.all().map((e) => [e.event.documentId, e.sent])).toEqual([
       ['d1', true],
       ['d2', false],
       ['d3', false],
-      ['old', true],
     ]);
     // An entry of a loaded page is removed from that page.
     const rewritten = stored([reloaded.remove(reloaded.forDocument('todos', 'd2')[0]!)]);

@@ -14,7 +14,7 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { describe, expect, it } from 'vitest';
 import { createSyncPlugin } from '../src/client/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MAX_DOCUMENT_ID_BYTES, MESSAGE, isClientId, toPushRows, type SyncEvent } from '../src/shared/protocol.js';
+import { MAX_DOCUMENT_ID_BYTES, MESSAGE, PROTOCOL_VERSION, isClientId, toPushRows, type SyncEvent } from '../src/shared/protocol/index.js';
 import { connectError, rawSocket, request, startServer, uniqueName } from './helpers.js';
 
 const FC_SEED = Number(process.env.FC_SEED ?? 20_260_311);
@@ -141,7 +141,7 @@ function expectedState(stored: readonly SyncEvent[]): Map<string, Record<string,
 }
 
 const pusher = fc.oneof({ weight: 5, arbitrary: goodNode }, { weight: 1, arbitrary: badClientId }).chain((clientId) =>
-  fc.record({ clientId: fc.constant(clientId), protocolVersion: fc.constantFrom(1, 4), pushes: fc.array(pushOf(clientId), { minLength: 1, maxLength: 2 }) }),
+  fc.record({ clientId: fc.constant(clientId), pushes: fc.array(pushOf(clientId), { minLength: 1, maxLength: 2 }) }),
 );
 const RUNS = 30;
 
@@ -151,17 +151,17 @@ describe('whatever the server accepts, a fresh client pulls and applies', () => 
     let refusedEvents = 0;
     let storedEvents = 0;
     await fc.assert(
-      fc.asyncProperty(pusher, fc.context(), async ({ clientId, protocolVersion, pushes }, ctx) => {
+      fc.asyncProperty(pusher, fc.context(), async ({ clientId, pushes }, ctx) => {
         // A server per run: documents of one run never meet those of another.
         const server = await startServer();
         try {
           if (!isClientId(clientId)) {
-            const refused = await connectError(server.url, { protocolVersion, clientId });
+            const refused = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId });
             expect(refused.data).toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('clientId: a client id ') });
             refusedHandshakes++;
             return;
           }
-          const socket = await rawSocket(server.url, { protocolVersion, clientId });
+          const socket = await rawSocket(server.url, { clientId });
           const stored: SyncEvent[] = [];
           let refused = 0;
           const taken = new Set<string>();
@@ -170,11 +170,11 @@ describe('whatever the server accepts, a fresh client pulls and applies', () => 
               const planned = plan(push, taken);
               if (planned.length === 0) continue;
               const events = planned.map((p) => p.event);
-              const reply = await request(socket, MESSAGE.push, protocolVersion >= 4 ? toPushRows(events, clientId) : { events });
+              const reply = await request(socket, MESSAGE.push, toPushRows(events, clientId));
               expect(reply.ok, JSON.stringify(reply.error)).toBe(true);
               planned.forEach(({ event, good }, i) => {
                 const result = reply.results[i];
-                const accepted = typeof result === 'number' || result.status === 'accepted';
+                const accepted = typeof result === 'number';
                 ctx.log(`${JSON.stringify(event.documentId).slice(0, 60)} ${good ? 'good' : 'bad'}: ${JSON.stringify(result).slice(0, 200)}`);
                 expect(accepted, `${good ? 'good' : 'bad'} event on ${JSON.stringify(event.documentId).slice(0, 80)}: ${JSON.stringify(result).slice(0, 300)}`).toBe(good);
                 if (accepted) stored.push(event);

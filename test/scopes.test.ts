@@ -11,7 +11,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createSyncPlugin, SyncError, type ScopeSelector } from '../src/client/index.js';
 import { MemorySyncStorage, matchesScope, parseScope, type SyncStorage } from '../src/server/index.js';
 import { contents, rawSocket, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
-import { PROTOCOL_VERSION } from '../src/shared/protocol.js';
+import { PROTOCOL_VERSION } from '../src/shared/protocol/index.js';
 
 const servers: TestServer[] = [];
 const clients: TestClient[] = [];

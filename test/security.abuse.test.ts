@@ -10,7 +10,7 @@ import { Manager, io, type Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseHlc } from '../src/shared/hlc.js';
 import { createSyncMetrics } from '../src/server/index.js';
-import { MESSAGE, PROTOCOL_VERSION, toPushRows, type WelcomeMessage } from '../src/shared/protocol.js';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type WelcomeMessage } from '../src/shared/protocol/index.js';
 import { rawEvent, request, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;

@@ -4,11 +4,13 @@
  */
 import type { Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MESSAGE, type StoredEvent } from '../src/shared/protocol.js';
+import { MESSAGE, type StoredEvent } from '../src/shared/protocol/index.js';
 import type { Authorize } from '../src/server/index.js';
 import {
   collectLive,
   contents,
+  pull,
+  push,
   rawEvent,
   rawSocket,
   request,
@@ -59,9 +61,9 @@ describe('tenants', () => {
     const eve = await as('eve');
     const forged = doc('a1', 'acme');
     const own = doc('g1', 'globex');
-    const reply = await request(eve, MESSAGE.push, { events: [forged, own] });
-    expect(reply.results[0]).toMatchObject({ id: forged.id, status: 'rejected', error: { code: 'UNAUTHORIZED', details: { documentId: 'a1' } } });
-    expect(reply.results[1]).toMatchObject({ id: own.id, status: 'accepted' });
+    const reply = await push(eve, [forged, own]);
+    expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED', details: { documentId: 'a1' } } });
+    expect(reply.results[1]).toBeTypeOf('number');
     expect((await allStored()).map((e) => e.documentId)).toEqual(['g1']);
   });
 
@@ -69,11 +71,11 @@ describe('tenants', () => {
     server = await startServer({ authenticate, authorize: sameTenant });
     const alice = await as('alice');
     const eve = await as('eve');
-    await request(alice, MESSAGE.push, { events: [doc('a1', 'acme'), doc('a2', 'acme')] });
-    await request(eve, MESSAGE.push, { events: [doc('g1', 'globex')] });
-    await request(alice, MESSAGE.push, { events: [doc('a3', 'acme')] });
+    await push(alice, [doc('a1', 'acme'), doc('a2', 'acme')]);
+    await push(eve, [doc('g1', 'globex')]);
+    await push(alice, [doc('a3', 'acme')]);
 
-    const evePull = await request(eve, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    const evePull = await pull(eve, { checkpoint: 0, collections: ['todos'] });
     expect(evePull.events.map((e: StoredEvent) => e.documentId)).toEqual(['g1']);
     expect(evePull.checkpoint).toBe(4);
 
@@ -81,13 +83,13 @@ describe('tenants', () => {
     const seen: string[] = [];
     let checkpoint = 0;
     for (let hasMore = true; hasMore; ) {
-      const page = await request(eve, MESSAGE.pull, { checkpoint, collections: ['todos'], limit: 1 });
+      const page = await pull(eve, { checkpoint, collections: ['todos'], limit: 1 });
       seen.push(...page.events.map((e: StoredEvent) => e.documentId));
       ({ checkpoint, hasMore } = page);
     }
     expect(seen).toEqual(['g1']);
 
-    const alicePull = await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
+    const alicePull = await pull(alice, { checkpoint: 0, collections: ['todos'] });
     expect(alicePull.events.map((e: StoredEvent) => e.documentId)).toEqual(['a1', 'a2', 'a3']);
   });
 
@@ -98,10 +100,10 @@ describe('tenants', () => {
     const eveLive = collectLive(eve!);
     for (const socket of [alice, bob, eve, gina]) await request(socket!, MESSAGE.subscribe, { collections: ['todos'] });
 
-    await request(alice!, MESSAGE.push, { events: [doc('a1', 'acme')] });
+    await push(alice!, [doc('a1', 'acme')]);
     await waitFor(() => bobLive.length === 1, 'bob to get the acme document');
     // Eve gets gina's later event; had the acme one been sent to her, it would have come first.
-    await request(gina!, MESSAGE.push, { events: [doc('g1', 'globex')] });
+    await push(gina!, [doc('g1', 'globex')]);
     await waitFor(() => eveLive.length === 1, 'eve to get the globex document');
     expect(eveLive.map((e) => e.documentId)).toEqual(['g1']);
     expect(bobLive.map((e) => e.documentId)).toEqual(['a1']);
@@ -112,10 +114,10 @@ describe('tenants', () => {
     const alice = await as('alice');
     const eve = await as('eve');
     const original = doc('shared', 'acme', { title: 'acme secret plan' });
-    await request(alice, MESSAGE.push, { events: [original] });
+    await push(alice, [original]);
 
     // Claiming the id as new: without the check this is a conflict carrying acme's document.
-    const claim = await request(eve, MESSAGE.push, { events: [doc('shared', 'globex')] });
+    const claim = await push(eve, [doc('shared', 'globex')]);
     expect(claim.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
     expect(JSON.stringify(claim)).not.toContain('secret plan');
 
@@ -126,10 +128,10 @@ describe('tenants', () => {
       baseEventId: original.id,
       data: { id: 'shared', title: 'mine now', done: false, owner: 'globex' },
     });
-    const reply = await request(eve, MESSAGE.push, { events: [takeover] });
+    const reply = await push(eve, [takeover]);
     expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
     const deletion = rawEvent({ documentId: 'shared', op: 'delete', baseEventId: original.id, data: { id: 'shared', owner: 'globex' } });
-    expect((await request(eve, MESSAGE.push, { events: [deletion] })).results[0].status).toBe('rejected');
+    expect((await push(eve, [deletion])).results[0].status).toBe('rejected');
 
     const events = await allStored();
     expect(events.map((e) => e.id)).toEqual([original.id]);
@@ -138,7 +140,7 @@ describe('tenants', () => {
 
     // The owner's own update still goes through.
     const edit = rawEvent({ documentId: 'shared', op: 'update', baseEventId: original.id, data: { ...original.data, done: true } });
-    expect((await request(alice, MESSAGE.push, { events: [edit] })).results[0].status).toBe('accepted');
+    expect((await push(alice, [edit])).results[0]).toBeTypeOf('number');
   });
 
   it('a conflict on a document the writer may not read is answered UNAUTHORIZED, without the document', async () => {
@@ -148,12 +150,12 @@ describe('tenants', () => {
     server = await startServer({ authenticate, authorize: dropBox });
     const alice = await as('alice');
     const eve = await as('eve');
-    await request(alice, MESSAGE.push, { events: [doc('box', 'alice', { title: 'private note' })] });
-    const reply = await request(eve, MESSAGE.push, { events: [doc('box', 'eve')] });
+    await push(alice, [doc('box', 'alice', { title: 'private note' })]);
+    const reply = await push(eve, [doc('box', 'eve')]);
     expect(reply.results[0]).toMatchObject({ status: 'rejected', error: { code: 'UNAUTHORIZED' } });
     expect(JSON.stringify(reply)).not.toContain('private note');
     // Alice, who may read it, gets a normal conflict with the head.
-    const own = await request(alice, MESSAGE.push, { events: [doc('box', 'alice')] });
+    const own = await push(alice, [doc('box', 'alice')]);
     expect(own.results[0]).toMatchObject({ status: 'conflict', head: { data: { title: 'private note' } } });
   });
 
@@ -165,20 +167,20 @@ describe('tenants', () => {
     };
     server = await startServer({ authenticate, authorize: flaky });
     const alice = await as('alice');
-    const failed = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' }), doc('y', 'acme')] });
+    const failed = await push(alice, [doc('x', 'acme', { title: 'boom' }), doc('y', 'acme')]);
     expect(failed).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
     expect(await server.server.getStorage().countEvents()).toBe(0);
-    const ok = await request(alice, MESSAGE.push, { events: [doc('y', 'acme')] });
-    expect(ok.results[0]).toMatchObject({ status: 'accepted' });
+    const ok = await push(alice, [doc('y', 'acme')]);
+    expect(ok.results[0]).toBeTypeOf('number');
     down = false;
-    const retried = await request(alice, MESSAGE.push, { events: [doc('x', 'acme', { title: 'boom' })] });
-    expect(retried.results[0]).toMatchObject({ status: 'accepted' });
+    const retried = await push(alice, [doc('x', 'acme', { title: 'boom' })]);
+    expect(retried.results[0]).toBeTypeOf('number');
     // A read it cannot decide fails the pull; the checkpoint does not move past the event.
     down = true;
-    expect(await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] })).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
+    expect(await pull(alice, { checkpoint: 0, collections: ['todos'] })).toMatchObject({ ok: false, error: { code: 'AUTHORIZATION_FAILED' } });
     down = false;
-    const pull = await request(alice, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });
-    expect(pull.events.map((e: StoredEvent) => e.documentId).sort()).toEqual(['x', 'y']);
+    const pulled = await pull(alice, { checkpoint: 0, collections: ['todos'] });
+    expect(pulled.events.map((e: StoredEvent) => e.documentId).sort()).toEqual(['x', 'y']);
   });
 });
 
@@ -243,7 +245,7 @@ describe('sensitive fields', () => {
     await request(reader, MESSAGE.subscribe, { collections: ['todos', 'notes'] });
 
     const created = rawEvent({ documentId: 'p1', data: { id: 'p1', title: 'Ann', ssn: '123-45-6789', salary: 100 } });
-    await request(writer, MESSAGE.push, { events: [created] });
+    await push(writer, [created]);
     const updated = rawEvent({
       documentId: 'p1',
       op: 'update',
@@ -256,12 +258,12 @@ describe('sensitive fields', () => {
         { op: 'copy', from: '/ssn', path: '/title' },
       ],
     });
-    await request(writer, MESSAGE.push, { events: [updated] });
+    await push(writer, [updated]);
     // Other collections are not affected by the per-collection list.
-    await request(writer, MESSAGE.push, { events: [rawEvent({ documentId: 'n1', collection: 'notes', data: { ssn: 'not secret here' } })] });
+    await push(writer, [rawEvent({ documentId: 'n1', collection: 'notes', data: { ssn: 'not secret here' } })]);
 
     await waitFor(() => live.length === 3, 'the live events');
-    const pulled = (await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['todos'] })).events as StoredEvent[];
+    const pulled = (await pull(reader, { checkpoint: 0, collections: ['todos'] })).events as StoredEvent[];
     for (const event of [...live.filter((e) => e.collection === 'todos'), ...pulled]) {
       expect(event.data).not.toHaveProperty('ssn');
       expect(event.data).not.toHaveProperty('salary');
@@ -278,12 +280,12 @@ describe('sensitive fields', () => {
 
     // A client that never saw the fields writes the document: the server keeps them.
     const edit = rawEvent({ documentId: 'p1', op: 'update', baseEventId: updated.id, data: { ...latest.data, title: 'Ann C' } });
-    expect((await request(reader, MESSAGE.push, { events: [edit] })).results[0].status).toBe('accepted');
+    expect((await push(reader, [edit])).results[0]).toBeTypeOf('number');
     const [head] = await server.server.getStorage().getHeads('todos', ['p1']);
     expect(head!.data).toEqual({ id: 'p1', title: 'Ann C', ssn: '987-65-4321', salary: 120 });
 
     // A conflict answer carries the head without them.
-    const stale = await request(reader, MESSAGE.push, { events: [rawEvent({ documentId: 'p1', data: { id: 'p1', title: 'x' } })] });
+    const stale = await push(reader, [rawEvent({ documentId: 'p1', data: { id: 'p1', title: 'x' } })]);
     expect(stale.results[0]).toMatchObject({ status: 'conflict', head: { eventId: edit.id, data: { id: 'p1', title: 'Ann C' } } });
     expect(stale.results[0].head.data).not.toHaveProperty('ssn');
   });
@@ -295,12 +297,10 @@ describe('sensitive fields', () => {
     sockets.push(writer, reader);
     const live = collectLive(reader);
     await request(reader, MESSAGE.subscribe, { collections: ['users'] });
-    await request(writer, MESSAGE.push, {
-      events: [rawEvent({ documentId: 'u1', collection: 'users', data: { id: 'u1', name: 'Ann', passwordHash: '$2b$hash' } })],
-    });
+    await push(writer, [rawEvent({ documentId: 'u1', collection: 'users', data: { id: 'u1', name: 'Ann', passwordHash: '$2b$hash' } })]);
     await waitFor(() => live.length === 1, 'the live event');
     expect(live[0]!.data).toEqual({ id: 'u1', name: 'Ann' });
-    const pulled = await request(reader, MESSAGE.pull, { checkpoint: 0, collections: ['users'] });
+    const pulled = await pull(reader, { checkpoint: 0, collections: ['users'] });
     expect(pulled.events[0].data).toEqual({ id: 'u1', name: 'Ann' });
     expect((await allStored())[0]!.data.passwordHash).toBe('$2b$hash');
   });

@@ -5,7 +5,7 @@
  */
 import type { Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { MESSAGE, PROTOCOL_VERSION } from '../src/shared/protocol.js';
+import { MESSAGE, PROTOCOL_VERSION } from '../src/shared/protocol/index.js';
 import { runAt, sessionOf } from '../src/server/auth.js';
 import {
   connectError,

@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/storage/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MESSAGE, toPushRows, type PullPage, type SyncEvent } from '../src/shared/protocol.js';
+import { MESSAGE, toPushRows, type PullPage, type SyncEvent } from '../src/shared/protocol/index.js';
 import { closeAfterEach, rawEvent, rawSocket, request, startClient, startServer, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;

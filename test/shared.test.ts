@@ -4,7 +4,7 @@ import { HLC_PATTERN, HybridLogicalClock, PUSHED_HLC_PATTERN, compareHlc, format
 import { randomId } from '../src/shared/ids.js';
 import { DocumentMap } from '../src/shared/document-map.js';
 import { frozenJsonCopy, jsonLengthBound, withFields } from '../src/shared/json.js';
-import { fromPullPage, fromPushRows, pullPageSchema, pushRowsMessageSchema, spanSet, toPullPage, toPushRows, toSpans, type StoredEvent, type SyncEvent } from '../src/shared/protocol.js';
+import { fromPullPage, fromPushRows, pullPageSchema, pushRowsMessageSchema, spanSet, toPullPage, toPushRows, toSpans, type StoredEvent, type SyncEvent } from '../src/shared/protocol/index.js';
 
 describe('hybrid logical clock', () => {
   it('formats and parses back, and sorts as strings in clock order', () => {
@@ -49,7 +49,7 @@ describe('hybrid logical clock', () => {
   });
 });
 
-describe('clocks pushed without their node (protocol 2)', () => {
+describe('clocks pushed without their node', () => {
   it('leave out exactly the given node, and get exactly it back', () => {
     fc.assert(
       fc.property(fc.nat({ max: 2 ** 40 }), fc.nat({ max: 36 ** 6 - 1 }), fc.string({ minLength: 1, maxLength: 40 }), fc.string({ minLength: 1, maxLength: 40 }), (millis, counter, node, other) => {
@@ -72,7 +72,7 @@ describe('clocks pushed without their node (protocol 2)', () => {
   });
 });
 
-describe('protocol 3 pull pages', () => {
+describe('pull pages', () => {
   const stored = (i: number, node: string, clientId = node, collection = 'todos'): StoredEvent => ({
     id: `event-${i}-0000`, collection, documentId: `d${i}`, op: 'insert', data: { id: `d${i}` }, baseEventId: null,
     hlc: formatHlc({ millis: 1_700_000_000_000 + i, counter: i, node }), seq: i, clientId, serverTime: 0,
@@ -99,7 +99,7 @@ describe('protocol 3 pull pages', () => {
   });
 });
 
-describe('protocol 4 push rows', () => {
+describe('push rows', () => {
   it('read back as the events they were made of, whatever the mix of collections, clocks, bases and patches', () => {
     const pusher = 'client-1';
     fc.assert(

@@ -7,7 +7,7 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { formatHlc } from '../src/shared/hlc.js';
-import type { DocumentHead } from '../src/shared/protocol.js';
+import type { DocumentHead } from '../src/shared/protocol/index.js';
 import { MemorySyncStorage, PostgresSyncStorage, type IncomingEvent, type SaveResult } from '../src/server/storage/index.js';
 import { serviceReady, useTestDatabase } from './services.js';
 

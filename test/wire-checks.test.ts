@@ -28,7 +28,7 @@ import {
   pushRowsMessageSchema,
   syncEventSchema,
   type SyncEvent,
-} from '../src/shared/protocol.js';
+} from '../src/shared/protocol/index.js';
 import { isLiveMessage, isPullPageAck, isPushRowsMessage, isStoredPushAck } from '../src/shared/wire-checks.js';
 import type { z } from 'zod';
 
@@ -155,9 +155,9 @@ function holdsToSchema(quick: (value: unknown) => boolean, schema: z.ZodType, va
 }
 
 const cases = [
-  { name: 'protocol 4 push', quick: isPushRowsMessage, schema: pushRowsMessageSchema as z.ZodType, valid: pushRows as fc.Arbitrary<unknown> },
+  { name: 'push', quick: isPushRowsMessage, schema: pushRowsMessageSchema as z.ZodType, valid: pushRows as fc.Arbitrary<unknown> },
   { name: 'answer to a push with every event stored', quick: isStoredPushAck, schema: ackSchema(pushReplySchema), valid: pushAck as fc.Arbitrary<unknown> },
-  { name: 'protocol 3 pull page', quick: isPullPageAck, schema: ackSchema(pullPageSchema), valid: pullPageAck as fc.Arbitrary<unknown> },
+  { name: 'pull page', quick: isPullPageAck, schema: ackSchema(pullPageSchema), valid: pullPageAck as fc.Arbitrary<unknown> },
   { name: 'live message', quick: isLiveMessage, schema: liveMessageSchema as z.ZodType, valid: liveMessage as fc.Arbitrary<unknown> },
 ];
 

@@ -124,7 +124,7 @@ export const offlineSync: BenchSystem = {
             }));
             const reply = (await socket.emitWithAck(MESSAGE.push, toPushRows(events, clientId))) as { ok: true } & PushReply | { ok: false; error: { message: string } };
             if (!reply.ok) throw new Error(`push refused: ${reply.error.message}`);
-            // Each stored event is answered with its sequence (protocols 2 and later), anything else names what stopped it.
+            // Each stored event is answered with its sequence, anything else names what stopped it.
             const refused = reply.results.filter((result) => typeof result !== 'number');
             if (refused.length > 0) throw new Error(`${refused.length} pushed events were not accepted (first: ${refused[0]!.status})`);
           },

@@ -1,7 +1,7 @@
 /** Pure helpers over document states: what changed, what to push, what the server holds. */
 import type { RxDocumentData } from 'rxdb';
 import { diff, jsonEqual, type JsonObject } from '../shared/json.js';
-import type { DocumentHead, Operation, RemoteEvent, SyncEvent } from '../shared/protocol.js';
+import type { DocumentHead, Operation, RemoteEvent, SyncEvent } from '../shared/protocol/index.js';
 import type { DocumentVersion } from './strategies/types.js';
 
 /** A document's content and whether it is deleted; null when it does not exist at all. */

@@ -9,7 +9,7 @@ import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
 import { intersectScopes, matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 import { createLogger, type Logger } from '../shared/logger.js';
-import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol.js';
+import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol/index.js';
 import type { PendingEntry } from './documents.js';
 import { MetaStore } from './meta-store.js';
 import type { ResolvedClientOptions } from './options.js';

@@ -5,5 +5,5 @@ export type { StoredConflict, RejectedEvent, ConflictResolutionChoice } from './
 export * from './strategies/index.js';
 export { SyncError, type SyncErrorCode } from '../shared/errors.js';
 export { HybridLogicalClock, compareHlc } from '../shared/hlc.js';
-export { PROTOCOL_VERSION } from '../shared/protocol.js';
+export { PROTOCOL_VERSION } from '../shared/protocol/index.js';
 export { matchesScope, parseScope, type Scope, type ScopeSelector } from '../shared/scope.js';

@@ -20,11 +20,7 @@ import {
 } from 'rxdb';
 import { SyncError } from '../shared/errors.js';
 
-/**
- * `setting`: what the tabs of a database share besides the log (see
- * settings.ts). No earlier release wrote one, so upgrade() neither copies
- * nor drops them (they are not in KINDS).
- */
+/** `setting`: what the tabs of a database share besides the log (see settings.ts). */
 export type MetaKind = 'state' | 'pending' | 'shadow' | 'acked' | 'conflict' | 'rejected' | 'setting';
 
 interface MetaDoc {
@@ -64,40 +60,19 @@ export function storedId(id: string): string {
   return `#${bytesToHex(sha256(units))}`;
 }
 
-function metaSchema(version: 0 | 1): RxJsonSchema<RxDocumentData<MetaDoc>> {
-  return fillWithDefaultSettings<MetaDoc>({
-    version,
-    primaryKey: 'id',
-    type: 'object',
-    properties: {
-      id: { type: 'string', maxLength: version === 0 ? 2048 : MAX_STORED_ID },
-      kind: { type: 'string', maxLength: 16 },
-      value: { type: 'object' },
-      // The store of version 0 had no fullId.
-      ...(version === 0 ? {} : { fullId: { type: 'string' } }),
-    } as RxJsonSchema<MetaDoc>['properties'],
-    required: ['id', 'kind', 'value'],
-    indexes: ['kind'],
-  });
-}
-
-export const META_SCHEMA = metaSchema(1);
-/**
- * The store of releases before ids were bounded: ids of up to 2048
- * characters, every one stored as it is. Copied into the current one once
- * (see upgrade), then removed.
- */
-export const META_SCHEMA_V0 = metaSchema(0);
-/** Written into the current store once everything of the old one is in it; `removed` once the old one is gone. */
-export const MIGRATED_ID = 'state|migrated';
-interface Mark {
-  from: 0;
-  at: number;
-  removed: boolean;
-}
-
-const MIGRATION_PAGE = 1000;
-const KINDS: readonly MetaKind[] = ['state', 'pending', 'acked', 'shadow', 'conflict', 'rejected'];
+export const META_SCHEMA: RxJsonSchema<RxDocumentData<MetaDoc>> = fillWithDefaultSettings<MetaDoc>({
+  version: 1,
+  primaryKey: 'id',
+  type: 'object',
+  properties: {
+    id: { type: 'string', maxLength: MAX_STORED_ID },
+    kind: { type: 'string', maxLength: 16 },
+    value: { type: 'object' },
+    fullId: { type: 'string' },
+  },
+  required: ['id', 'kind', 'value'],
+  indexes: ['kind'],
+});
 
 /** The plugin's storage instance of this schema (exported for tests). */
 export function openInstance(db: RxDatabase, schema: RxJsonSchema<RxDocumentData<MetaDoc>>): Promise<RxStorageInstance<MetaDoc, unknown, unknown>> {
@@ -137,95 +112,18 @@ export class MetaStore {
   private readonly revisions = new Map<string, Revision | null>();
   /** Deletions written since the last compact(): they stay in storage as tombstones until then. */
   deletedSinceCompaction = 0;
-  private closed = false;
-  /** The copy from an earlier release, while it runs. */
-  private upgrading?: Promise<void>;
 
   private constructor(
     private readonly db: RxDatabase,
     private readonly instance: RxStorageInstance<MetaDoc, unknown, unknown>,
   ) {}
 
-  /** Opens the current store; upgrade() copies an earlier release's into it. */
   static async open(db: RxDatabase): Promise<MetaStore> {
     return new MetaStore(db, await openInstance(db, META_SCHEMA));
   }
 
-  /**
-   * Copies the store of an earlier release (META_SCHEMA_V0) into this one,
-   * once: marks this one (MIGRATED_ID), then removes the old one. Only the
-   * tab that leads calls it: no tab of an earlier release leads and writes
-   * the old store meanwhile, and no other tab of this one copies beside it.
-   * Nothing else writes this store before the mark, so while the old store
-   * holds anything, what this one holds is what a copy cut short left, from
-   * a snapshot the old store may have moved on from since (a tab of the
-   * earlier release may have led in between): it is dropped, and the copy
-   * starts over. Once marked, nothing is copied again: a crash before the
-   * old store is removed leaves the mark saying so, and the next start
-   * removes it. (A tab of the earlier release that leads after the mark
-   * logs into the old store, but the writes are in the app's collections,
-   * where recover() finds them past this store's checkpoints.)
-   */
-  async upgrade(): Promise<void> {
-    const run = this.copyEarlier();
-    this.upgrading = run;
-    try {
-      await run;
-    } finally {
-      this.upgrading = undefined;
-    }
-  }
-
-  private async copyEarlier(): Promise<void> {
-    const mark = await this.mark();
-    if (mark?.removed) return;
-    const old = await openInstance(this.db, META_SCHEMA_V0);
-    try {
-      if (!mark) await this.copyFrom(old);
-      await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now(), removed: false } satisfies Mark }]);
-      await old.remove();
-    } catch (error) {
-      await old.close().catch(() => undefined);
-      throw error;
-    }
-    await this.write([{ id: MIGRATED_ID, kind: 'state', value: { from: 0, at: Date.now(), removed: true } satisfies Mark }]);
-  }
-
-  private async copyFrom(old: RxStorageInstance<MetaDoc, unknown, unknown>): Promise<void> {
-    let started = false;
-    // Kind by kind, so that each page is read through the store's [kind, id] index.
-    for (const kind of KINDS) {
-      for (let after = ''; ; ) {
-        if (this.closed) throw new SyncError('CLOSED', 'closed while copying the sync metadata of an earlier release');
-        const selector = { _deleted: false, kind, id: { $gt: after } };
-        const query = prepareQuery(META_SCHEMA_V0, normalizeMangoQuery(META_SCHEMA_V0, { selector: selector as never, sort: [{ id: 'asc' }], limit: MIGRATION_PAGE }));
-        const { documents } = await old.query(query);
-        if (documents.length === 0) break;
-        // A tab that lost the lead while frozen here does not copy over what a leader of this release did since.
-        if (await this.mark()) throw new SyncError('STORAGE_ERROR', 'another tab finished copying the sync metadata of an earlier release meanwhile');
-        if (!started) await this.dropCopyCutShort();
-        started = true;
-        await this.write(documents.map((doc) => ({ id: doc.id, kind: doc.kind, value: doc.value })));
-        after = documents[documents.length - 1]!.id;
-      }
-    }
-  }
-
-  /**
-   * Empties this store before a copy: what it holds before the mark is what
-   * an earlier copy cut short left.
-   */
-  private async dropCopyCutShort(): Promise<void> {
-    for (const kind of KINDS) {
-      const left = await this.getAll(kind);
-      if (left.size > 0) await this.write([...left.keys()].map((id) => ({ id, kind })));
-    }
-  }
-
-  private async mark(): Promise<Mark | undefined> {
-    const [doc] = await this.instance.findDocumentsById([MIGRATED_ID], false);
-    return doc?.value as Mark | undefined;
-  }
+  /** Does nothing: no earlier layout of this store was ever released. Goes once engine.ts no longer calls it. */
+  async upgrade(): Promise<void> {}
 
   /**
    * The stored values of these ids. `beforeWriting`: the caller writes these
@@ -308,10 +206,7 @@ export class MetaStore {
     for (const [id, revision] of this.revisions) if (revision?._deleted) this.revisions.set(id, null);
   }
 
-  /** Closes the store; a copy from an earlier release under way stops at its next page, to start over next time. */
   async close(): Promise<void> {
-    this.closed = true;
-    await this.upgrading?.catch(() => undefined);
     await this.instance.close();
   }
 

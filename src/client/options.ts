@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
-import { collectionNameSchema } from '../shared/protocol.js';
+import { collectionNameSchema } from '../shared/protocol/index.js';
 import { parseScope, type ScopeSelector } from '../shared/scope.js';
 import { STRATEGY_NAMES, type ConflictResolver, type StrategyName } from './strategies/types.js';
 

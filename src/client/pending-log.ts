@@ -26,8 +26,8 @@ export interface StoredPage {
   entries: { key: string; event: PendingEntry['event'] }[];
 }
 
-/** A page, or one entry stored on its own (how logs were stored before pages). */
-export type StoredPending = StoredPage | PendingEntry;
+/** The same as StoredPage. Goes once replicator.ts names StoredPage. */
+export type StoredPending = StoredPage;
 
 /** A write of nothing: an id no stored document has, deleted (MetaStore skips it). */
 const NO_WRITE: MetaWrite = { id: 'pending|', kind: 'pending' };
@@ -92,15 +92,12 @@ export class PendingLog {
    */
   private sentKey = '';
 
-  constructor(stored: Iterable<StoredPending> = [], sentThrough = '') {
+  constructor(stored: Iterable<StoredPage> = [], sentThrough = '') {
     this.sentKey = sentThrough;
     const loaded: [PendingEntry, Page][] = [];
-    for (const value of stored) {
-      const page: Page = { id: pendingId(value.key), key: value.key, entries: [], count: 0, bytes: 0, open: false };
-      const entries = 'entries' in value ? value.entries : [value];
-      for (const { key, event } of entries) {
-        loaded.push([{ key, event, sent: key <= sentThrough || ('sent' in value && value.sent) }, page]);
-      }
+    for (const { key: pageKey, entries } of stored) {
+      const page: Page = { id: pendingId(pageKey), key: pageKey, entries: [], count: 0, bytes: 0, open: false };
+      for (const { key, event } of entries) loaded.push([{ key, event, sent: key <= sentThrough }, page]);
     }
     // An entry stored twice (a move to a page of its own cut short, see update()): the copy in the
     // page with the greater key is the later one.

@@ -12,7 +12,7 @@ import { SyncError, type WireError } from '../shared/errors.js';
 import { compareHlc, HybridLogicalClock, millisOf } from '../shared/hlc.js';
 import type { Logger } from '../shared/logger.js';
 import { withFields } from '../shared/json.js';
-import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../shared/protocol.js';
+import type { DocumentHead, PushOutcome, RemoteEvent, SyncEvent } from '../shared/protocol/index.js';
 import {
   buildChange,
   changeBetween,

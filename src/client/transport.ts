@@ -3,34 +3,25 @@ import { io, type Socket } from 'socket.io-client';
 import type { z } from 'zod';
 import { SyncError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import { withoutNode } from '../shared/hlc.js';
 import {
   MESSAGE,
   PROTOCOL_VERSION,
-  PROTOCOL_VERSIONS,
   ackSchema,
   liveMessageSchema,
   parseMessage,
   fromPullPage,
   toPushRows,
   pullPageSchema,
-  pullReplySchema,
   pushReplySchema,
-  pushReplyV1Schema,
   subscribeReplySchema,
-  toPushOutcome,
   type ClientToServerEvents,
   type LiveMessage,
   type PullMessage,
   type PullPage,
   type PullReply,
-  type WirePullReply,
   completeRemoteEvent,
-  type ProtocolVersion,
-  type PushedEvent,
   type PushOutcome,
   type PushReply,
-  type PushReplyV1,
   type ServerToClientEvents,
   type SubscribeMessage,
   type SubscribeReply,
@@ -39,7 +30,7 @@ import {
   type RenewReply,
   renewReplySchema,
   welcomeMessageSchema,
-} from '../shared/protocol.js';
+} from '../shared/protocol/index.js';
 import { backoffDelay } from '../shared/backoff.js';
 import { utf8Length } from '../shared/json.js';
 import { isLiveMessage, isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
@@ -61,8 +52,6 @@ export interface TransportEvents {
 }
 
 const pushAck = ackSchema(pushReplySchema);
-const pushAckV1 = ackSchema(pushReplyV1Schema);
-const pullAck = ackSchema(pullReplySchema);
 const pullPageAck = ackSchema(pullPageSchema);
 const subscribeAck = ackSchema(subscribeReplySchema);
 const renewAck = ackSchema(renewReplySchema);
@@ -76,7 +65,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const MAX_RETRY_AFTER_MS = 60_000;
 /** The wait before connecting again after a refusal the same credentials will meet again, or after REPLACED. */
 const REFUSED_WAIT_MS = 15_000;
-const TERMINAL_REFUSALS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'CLIENT_ID_TAKEN']);
+const TERMINAL_REFUSALS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'CLIENT_ID_TAKEN', 'UNSUPPORTED_PROTOCOL']);
 /** The longest setTimeout delay. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 /** A session is renewed at most this long before it ends. */
@@ -104,8 +93,6 @@ export class Transport {
   /** The least wait before the next reconnection, set by what ended the connection (REPLACED). */
   private nextNotBefore = 0;
   private readonly detach: (() => void)[] = [];
-  /** The version spoken: this release's, until a server says it speaks only older ones. */
-  private protocol: ProtocolVersion = PROTOCOL_VERSION;
 
   constructor(
     private readonly options: ResolvedClientOptions,
@@ -134,10 +121,10 @@ export class Transport {
           if (this.socket.io.engine === engine && engine.readyState === 'open') callback(auth);
         };
         this.resolveToken().then(
-          (token) => send({ protocolVersion: this.protocol, clientId, ...(token ? { token } : {}) }),
+          (token) => send({ protocolVersion: PROTOCOL_VERSION, clientId, ...(token ? { token } : {}) }),
           (error: unknown) => {
             this.logger.warn({ err: error }, 'authToken function failed');
-            send({ protocolVersion: this.protocol, clientId });
+            send({ protocolVersion: PROTOCOL_VERSION, clientId });
           },
         );
       },
@@ -184,7 +171,6 @@ export class Transport {
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
       const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
-      if (this.fallBack(data)) return;
       const syncError =
         data && typeof data.code === 'string'
           ? SyncError.fromWire(data as never)
@@ -338,28 +324,6 @@ export class Transport {
     return this.welcome;
   }
 
-  /**
-   * A server of an earlier release refuses this protocol version, naming
-   * those it speaks (one from before versions were named only refuses):
-   * connect again at once in the newest older version both speak. Only ever
-   * down, so a refusal cannot bounce between versions; a refusal with no
-   * older version left is an error like any other, retried with backoff.
-   * The transport keeps the version it fell back to, so a server upgraded
-   * meanwhile is spoken to in the older version until the app starts again
-   * (which it serves all the same).
-   */
-  private fallBack(refusal: { code?: string; details?: unknown } | undefined): boolean {
-    if (refusal?.code !== 'UNSUPPORTED_PROTOCOL' || !this.wanted) return false;
-    const supported = (refusal.details as { supported?: unknown } | undefined)?.supported;
-    const older = PROTOCOL_VERSIONS.filter((version) => version < this.protocol && (!Array.isArray(supported) || supported.includes(version)));
-    if (older.length === 0) return false;
-    const version = Math.max(...older) as ProtocolVersion;
-    this.logger.info({ refused: this.protocol, version }, 'the server speaks an earlier protocol version; connecting in that one');
-    this.protocol = version;
-    this.socket.connect();
-    return true;
-  }
-
   /** Connects, and keeps connecting after every drop, through the backoff. */
   connect(): void {
     this.wanted = true;
@@ -447,33 +411,24 @@ export class Transport {
     return this.request(MESSAGE.subscribe, message, subscribeAck);
   }
 
-  /** Pushes events; resolves with one outcome per event, in order, whatever the protocol version. */
+  /** Pushes events; resolves with one outcome per event, in order. */
   async push(events: readonly SyncEvent[]): Promise<PushOutcome[]> {
-    if (this.protocol === 1) {
-      const { results } = await this.request<PushReplyV1>(MESSAGE.push, { events }, pushAckV1);
-      if (results.length !== events.length || results.some((result, i) => result.id !== events[i]!.id)) throw mismatch();
-      return results.map(toPushOutcome);
-    }
-    const message = this.protocol >= 4 ? toPushRows(events, this.clientId) : { events: events.map((event) => slim(event, this.clientId)) };
+    const message = toPushRows(events, this.clientId);
     this.assertFits(message);
     const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck, isStoredPushAck);
-    if (results.length !== events.length) throw mismatch();
+    if (results.length !== events.length) throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
     return results;
   }
 
   async pull(message: PullMessage): Promise<PullReply> {
-    if (this.protocol >= 3) {
-      const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck, isPullPageAck);
-      return {
-        events: fromPullPage(page),
-        checkpoint: page.checkpoint,
-        hasMore: page.hasMore,
-        ...(page.scopes ? { scopes: page.scopes } : {}),
-        ...(page.leaves ? { leaves: page.leaves } : {}),
-      };
-    }
-    const reply = await this.request<WirePullReply>(MESSAGE.pull, message, pullAck);
-    return Object.assign(reply, { events: reply.events.map(completeRemoteEvent) });
+    const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck, isPullPageAck);
+    return {
+      events: fromPullPage(page),
+      checkpoint: page.checkpoint,
+      hasMore: page.hasMore,
+      ...(page.scopes ? { scopes: page.scopes } : {}),
+      ...(page.leaves ? { leaves: page.leaves } : {}),
+    };
   }
 
   /**
@@ -534,14 +489,4 @@ export class Transport {
     if (typeof authToken === 'function') return (await authToken()) ?? undefined;
     return authToken;
   }
-}
-
-const mismatch = () => new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
-
-/** An event as protocols 2 and 3 push it (4 pushes rows, see toPushRows): without a null base, and without the node of a clock that is this client's. */
-function slim(event: SyncEvent, clientId: string): PushedEvent {
-  const pushed: PushedEvent = { id: event.id, collection: event.collection, documentId: event.documentId, op: event.op, data: event.data, hlc: withoutNode(event.hlc, clientId) };
-  if (event.patch) pushed.patch = event.patch;
-  if (event.baseEventId !== null) pushed.baseEventId = event.baseEventId;
-  return pushed;
 }

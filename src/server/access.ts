@@ -1,7 +1,7 @@
 /** Authorization of every read and write, and what of a document may leave the server. */
 import { SyncError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
-import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol.js';
+import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol/index.js';
 import type { AccessOperation, Authorize, AuthorizeRead } from './options.js';
 import type { Redactor } from './redact.js';
 

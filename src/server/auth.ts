@@ -1,7 +1,7 @@
 /** The handshake: protocol version, the app's `authenticate`, and session expiry. */
 import type { Socket } from 'socket.io';
 import { SyncError } from '../shared/errors.js';
-import { PROTOCOL_VERSIONS, handshakeSchema, parseMessage, type Handshake } from '../shared/protocol.js';
+import { PROTOCOL_VERSION, handshakeSchema, parseMessage, type Handshake } from '../shared/protocol/index.js';
 import type { Authenticate, AuthSession } from './options.js';
 
 export interface Admission<User> {
@@ -14,13 +14,11 @@ export interface Admission<User> {
 /** Checks the handshake and runs `authenticate`; throws a SyncError that the client sees in connect_error. */
 export async function admit<User>(socket: Socket, authenticate: Authenticate<User> | undefined): Promise<Admission<User>> {
   const auth = socket.handshake.auth as Record<string, unknown> | undefined;
-  if (auth && typeof auth.protocolVersion === 'number' && !(PROTOCOL_VERSIONS as readonly number[]).includes(auth.protocolVersion)) {
-    // `supported` lets a newer client fall back to a version both speak.
-    throw new SyncError(
-      'UNSUPPORTED_PROTOCOL',
-      `protocol version ${auth.protocolVersion} is not supported; this server speaks ${PROTOCOL_VERSIONS.join(', ')}`,
-      { supported: [...PROTOCOL_VERSIONS] },
-    );
+  if (auth && typeof auth.protocolVersion === 'number' && auth.protocolVersion !== PROTOCOL_VERSION) {
+    // `supported` lets a client of a later release know which version to speak.
+    throw new SyncError('UNSUPPORTED_PROTOCOL', `protocol version ${auth.protocolVersion} is not supported; this server speaks protocol version ${PROTOCOL_VERSION}`, {
+      supported: [PROTOCOL_VERSION],
+    });
   }
   const handshake = parseMessage(handshakeSchema, auth, 'handshake');
   if (!authenticate) return { handshake, user: {} as User };

@@ -9,18 +9,14 @@ import {
   parseMessage,
   pullMessageSchema,
   spanSet,
-  pushMessageSchema,
   pushRowsMessageSchema,
   subscribeMessageSchema,
   MESSAGE,
   type ClientToServerEvents,
   type PullPage,
   type PullMessage,
-  type WirePullReply,
   type PushReply,
-  type PushReplyV1,
   type ProtocolVersion,
-  completePushedEvent,
   fromPushRows,
   isStorableText,
   pushedEventProblem,
@@ -31,10 +27,9 @@ import {
   type StoredEvent,
   toRemoteEvent,
   toPullPage,
-  toSlimRemoteEvent,
   type SubscribeReply,
   type SyncEvent,
-} from '../shared/protocol.js';
+} from '../shared/protocol/index.js';
 import { isPushRowsMessage } from '../shared/wire-checks.js';
 import { jsonLengthBound } from '../shared/json.js';
 import { documentBytes } from './storage/size.js';
@@ -50,7 +45,7 @@ import { matchesScope, parseScope, sameScope, toSelector, type Scope, type Scope
 export interface SocketData<User = unknown> {
   user: User;
   clientId: string;
-  /** The protocol version the client spoke in its handshake; answers are in that version. */
+  /** The protocol version the client spoke in its handshake. */
   protocol: ProtocolVersion;
   collections: string[];
   checkpoint: number;
@@ -116,7 +111,7 @@ function assertKnownCollection(ctx: ServerContext<any>, collection: string): voi
  * Refuses what a storage could not keep, a reader could not apply, or a
  * recursive encoder could not send back out: a document id or clock that
  * syncEventSchema refuses (a push is read by its shape, see
- * pushedEventSchema), documents nested deeper than maxDocumentDepth or
+ * pushRowSchema), documents nested deeper than maxDocumentDepth or
  * larger than a pull page carries (maxPullBytes), binary values, numbers
  * JSON cannot carry, and strings (keys, values, patch paths) with a NUL
  * character or an unpaired surrogate. The same event is then refused on
@@ -230,7 +225,7 @@ async function followScope(socket: SyncSocket<any>, collection: string, scope: S
   await Promise.all(scope === null ? [socket.leave(scopedRoomOf(collection)), socket.join(roomOf(collection))] : [socket.leave(roomOf(collection)), socket.join(scopedRoomOf(collection))]);
 }
 
-export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply | PushReplyV1> {
+export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply> {
   const started = performance.now();
   // Counted before validation, so that a huge batch is refused without checking each event.
   const count = Array.isArray((raw as { events?: unknown } | null)?.events) ? (raw as { events: unknown[] }).events.length : 0;
@@ -241,9 +236,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     });
   }
   const { clientId, user } = socket.data;
-  const events = socket.data.protocol >= 4
-    ? fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message', isPushRowsMessage), clientId)
-    : parseMessage(pushMessageSchema, raw, 'push message').events.map((event) => completePushedEvent(event, clientId));
+  const events = fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message', isPushRowsMessage), clientId);
   const heads = await headsOf(ctx, events);
 
   const results: (PushResult | undefined)[] = new Array(events.length);
@@ -314,7 +307,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     ctx.fanOut({ ctx, sender: socket, events: accepted.map((event, i): StoredEvent => Object.assign({}, event, { seq: acceptedSeqs[i]!, serverTime })), before });
   }
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
-  return socket.data.protocol === 1 ? { results: results as PushResult[] } : { results: (results as PushResult[]).map(toPushOutcome) };
+  return { results: (results as PushResult[]).map(toPushOutcome) };
 }
 
 /**
@@ -354,7 +347,7 @@ async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
   }
 }
 
-export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<WirePullReply | PullPage> {
+export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PullPage> {
   const started = performance.now();
   const message = parseMessage(pullMessageSchema, raw, 'pull message');
   message.collections.forEach((collection) => assertKnownCollection(ctx, collection));
@@ -391,8 +384,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   const visible = await readable(ctx, socket.data.user, events);
   ctx.emit('pull', { durationMs: performance.now() - started, events: visible.length });
-  if (socket.data.protocol >= 3) return { ...toPullPage(visible), checkpoint, hasMore, ...scopeReply(ruled) };
-  return { events: visible.map(socket.data.protocol === 1 ? toRemoteEvent : toSlimRemoteEvent), checkpoint, hasMore };
+  return { ...toPullPage(visible), checkpoint, hasMore, ...scopeReply(ruled) };
 }
 
 /** A pull of one collection in a scope: the changes the client lacks in it, and what left it (see getScopedChanges). */
@@ -403,7 +395,6 @@ async function scopedPull<User>(
   limit: number,
   started: number,
 ): Promise<PullPage> {
-  if (socket.data.protocol < 4) throw new SyncError('INVALID_MESSAGE', 'scoped pulls need protocol 4');
   if (message.collections.length !== 1) throw new SyncError('INVALID_MESSAGE', 'a scoped pull names exactly one collection', { collections: message.collections });
   const collection = message.collections[0]!;
   const scope = await effectiveScope(ctx, socket.data.user, collection, message.scope.want);

@@ -61,7 +61,7 @@ export function createSyncMetrics(server: SyncServer<any>, options: SyncMetricsO
   });
   const connections = new Counter({
     name: `${prefix}client_connections_total`,
-    help: 'Sockets that passed authentication and connected, by the protocol version they spoke (while any client speaks 1, a server must keep speaking it).',
+    help: 'Sockets that passed authentication and connected, by the protocol version they spoke.',
     labelNames: ['protocol'],
     registers: [registry],
   });

@@ -3,7 +3,7 @@ import type { Socket, ServerOptions } from 'socket.io';
 import { z } from 'zod';
 import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
-import { collectionNameSchema } from '../shared/protocol.js';
+import { collectionNameSchema } from '../shared/protocol/index.js';
 import type { ScopeSelector } from '../shared/scope.js';
 import type { SyncStorage } from './storage/types.js';
 
@@ -211,7 +211,7 @@ export const serverOptionsSchema = z.strictObject({
   /**
    * How often the server pings each client, in ms (socket.io's pingInterval).
    * Clients take a link for dead when nothing, not even a ping, came for
-   * their heartbeatTimeout (5 s by default, never under twice this), so this
+   * their heartbeatTimeout (4.5 s by default, never under twice this), so this
    * bounds how soon they notice a link that dropped without closing.
    */
   heartbeatInterval: z.number().int().positive().default(2000),

@@ -2,7 +2,7 @@
  * Sensitive fields: stripped from every document before it leaves the server,
  * and kept on the server when a client that never saw them writes the document.
  */
-import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol.js';
+import type { DocumentHead, StoredEvent, SyncEvent } from '../shared/protocol/index.js';
 import type { SensitiveFields } from './options.js';
 
 type Data = Record<string, unknown>;

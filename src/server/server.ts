@@ -4,7 +4,7 @@ import { Server } from 'socket.io';
 import { Adapter } from 'socket.io-adapter';
 import { SyncError } from '../shared/errors.js';
 import { createLogger, type Logger } from './logger.js';
-import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol.js';
+import { CLIENT_MESSAGES, MESSAGE, parseMessage, renewMessageSchema, type Ack } from '../shared/protocol/index.js';
 import { TurnQueue, UpgradeGate } from './admission.js';
 import { admit, authenticateToken, runAt } from './auth.js';
 import {

@@ -10,7 +10,7 @@ import addFormatsModule from 'ajv-formats';
 import type { z } from 'zod';
 import { SyncError } from '../shared/errors.js';
 import { millisOf } from '../shared/hlc.js';
-import type { SyncEvent } from '../shared/protocol.js';
+import type { SyncEvent } from '../shared/protocol/index.js';
 
 /**
  * The default of `maxClockDrift`: the bound within which clients merge a

@@ -60,7 +60,7 @@ const NODE_SOURCE = `${NODE_CHAR}+`;
 
 export const HLC_PATTERN = new RegExp(`^${TIME_SOURCE}-${NODE_SOURCE}$`);
 
-/** A timestamp as a client may push it (protocol 2 and later): without its node when the node is the pushing client. */
+/** A timestamp as a client may push it: without its node when the node is the pushing client. */
 export const PUSHED_HLC_PATTERN = new RegExp(`^${TIME_SOURCE}(?:-${NODE_SOURCE})?$`);
 
 /**
@@ -70,10 +70,10 @@ export const PUSHED_HLC_PATTERN = new RegExp(`^${TIME_SOURCE}(?:-${NODE_SOURCE})
  */
 export const PUSHED_HLC_SHAPE = new RegExp(`^${TIME_SOURCE}(?:-[\\s\\S]+)?$`);
 
-/** A timestamp's time and counter alone, without its node, as protocol 3 pull pages carry it. */
+/** A timestamp's time and counter alone, without its node, as pull pages carry it. */
 export const CLOCK_TIME_PATTERN = new RegExp(`^${TIME_SOURCE}$`);
 
-/** A timestamp's node alone, as protocol 3 pull pages list it. */
+/** A timestamp's node alone, as pull pages list it. */
 export const CLOCK_NODE_PATTERN = new RegExp(`^${NODE_SOURCE}$`);
 
 /** A node of a clock: 1 to MAX_NODE_LENGTH characters of CLOCK_NODE_PATTERN. */

@@ -18,7 +18,7 @@
  * field matches nothing.
  */
 import { SyncError } from './errors.js';
-import { isStorableText } from './protocol.js';
+import { isStorableText } from './protocol/index.js';
 
 export type ScopeValue = string | number | boolean;
 export type ScopeOperator = 'eq' | 'in' | 'gt' | 'gte' | 'lt' | 'lte';

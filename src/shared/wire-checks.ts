@@ -1,8 +1,8 @@
 /**
- * Quick checks of the messages that carry events in bulk: a protocol 4
- * push, the answer to a push, a protocol 3 pull page, and a live message
- * (one reaches every reader of a collection). The schemas in
- * protocol.ts stay the one definition of each message: a check here answers
+ * Quick checks of the messages that carry events in bulk: a push, the
+ * answer to a push, a pull page, and a live message (one reaches every
+ * reader of a collection). The schemas in
+ * protocol/ stay the one definition of each message: a check here answers
  * true only for a value its schema accepts and returns unchanged, and
  * anything else (a conflict in an answer, an unknown field, a bad row) goes
  * through the schema, which names what is wrong. They exist for speed: zod
@@ -12,7 +12,7 @@
  */
 import { CLOCK_TIME_PATTERN, PUSHED_HLC_SHAPE, isClockNode } from './hlc.js';
 import { isJsonObject } from './json.js';
-import { OPERATIONS, PATCH_OPERATIONS, isClientId, isCollectionName, isDocumentId, isEventId, isHlc } from './protocol.js';
+import { OPERATIONS, PATCH_OPERATIONS, isClientId, isCollectionName, isDocumentId, isEventId, isHlc } from './protocol/index.js';
 
 const OPERATION_SET: ReadonlySet<unknown> = new Set(OPERATIONS);
 const PATCH_OPS: ReadonlySet<unknown> = new Set(PATCH_OPERATIONS);
@@ -57,7 +57,7 @@ export function isPushRowsMessage(value: unknown): boolean {
   for (const row of rows) {
     if (!Array.isArray(row) || row.length < 6 || row.length > 8) return false;
     const [id, collectionAt, documentId, op, data, hlc] = row;
-    // The document id and the clock's node only by their shape, as pushRowSchema reads them (see pushedEventSchema).
+    // The document id and the clock's node only by their shape, as pushRowSchema reads them.
     if (!isEventId(id) || !isCount(collectionAt) || typeof documentId !== 'string' || !isOperation(op) || !isJsonObject(data)) return false;
     if (typeof hlc !== 'string' || !PUSHED_HLC_SHAPE.test(hlc)) return false;
     if (row.length >= 7 && row[6] !== null && !isEventId(row[6])) return false;
@@ -66,7 +66,7 @@ export function isPushRowsMessage(value: unknown): boolean {
   return true;
 }
 
-/** A successful answer to a push, protocol 2 and later, in which every event was stored (pushReplySchema with `ok: true`). */
+/** A successful answer to a push in which every event was stored (pushReplySchema with `ok: true`). */
 export function isStoredPushAck(value: unknown): boolean {
   if (!isJsonObject(value) || value.ok !== true || !hasExactly(value, ['ok', 'results'])) return false;
   const results = value.results;
@@ -75,7 +75,7 @@ export function isStoredPushAck(value: unknown): boolean {
   return true;
 }
 
-/** A successful protocol 3 pull page that pullPageSchema (with `ok: true`) takes as it is. */
+/** A successful pull page that pullPageSchema (with `ok: true`) takes as it is. */
 export function isPullPageAck(value: unknown): boolean {
   if (!isJsonObject(value) || value.ok !== true || !hasExactly(value, ['ok', 'collections', 'nodes', 'events', 'checkpoint', 'hasMore'])) return false;
   if (!isCount(value.checkpoint) || typeof value.hasMore !== 'boolean') return false;

@@ -1,7 +1,7 @@
 /** What every part of the conformance suite shares: the storage under test, and events made to order. */
 import { expect } from 'vitest';
 import { formatHlc } from '../shared/hlc.js';
-import type { StoredEvent } from '../shared/protocol.js';
+import type { StoredEvent } from '../shared/protocol/index.js';
 import type { IncomingEvent, SaveResult, SyncStorage } from '../server/storage/types.js';
 
 /** What a storage author's setup gives the suite, once per test. */

@@ -1,5 +1,5 @@
 import { SyncError } from '../../shared/errors.js';
-import { isClientId, isStorableText } from '../../shared/protocol.js';
+import { isClientId, isStorableText } from '../../shared/protocol/index.js';
 
 /** The longest user key a claim records, in characters. */
 export const MAX_USER_KEY_LENGTH = 1024;

@@ -1,4 +1,4 @@
-import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
+import type { DocumentHead, StoredEvent } from '../../shared/protocol/index.js';
 import { frozenJsonCopy } from '../../shared/json.js';
 import { DocumentMap } from '../../shared/document-map.js';
 import { matchesScope } from '../../shared/scope.js';

@@ -2,7 +2,7 @@ import type pg from 'pg';
 import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
-import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol.js';
+import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol/index.js';
 import type { SqlDialect } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
 import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';

@@ -17,7 +17,7 @@
  */
 import { createHash } from 'node:crypto';
 import { SyncError } from '../../shared/errors.js';
-import { isCollectionName } from '../../shared/protocol.js';
+import { isCollectionName } from '../../shared/protocol/index.js';
 import { scopeToSql, type Scope, type SqlDialect } from '../../shared/scope.js';
 import type { ScopedChange, ScopedPage, ScopedQuery } from './types.js';
 

@@ -1,4 +1,4 @@
-import type { StoredEvent } from '../../shared/protocol.js';
+import type { StoredEvent } from '../../shared/protocol/index.js';
 import type { ChangesPage } from './types.js';
 
 /**

@@ -1,4 +1,4 @@
-import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol.js';
+import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol/index.js';
 import type { Scope } from '../../shared/scope.js';
 
 /**
@@ -75,7 +75,7 @@ export type ScopedChange = StoredEvent & { leave?: true };
 export type ScopedPage = ScopedChange[] & { cutByBytes?: boolean; through: number };
 
 /**
- * The contract every server storage implements; `test/storage.conformance.ts`
+ * The contract every server storage implements; `runStorageConformance` (src/testing)
  * proves it for each implementation.
  *
  * Sequences are assigned by storage, strictly increase, and are the only

@@ -1,6 +1,6 @@
 /** What a storage keeps: across init and reopen, client id claims, and text of every script exactly. */
 import { beforeEach, expect, it } from 'vitest';
-import { MAX_DOCUMENT_ID_BYTES, isClientId, isDocumentId } from '../../shared/protocol.js';
+import { MAX_DOCUMENT_ID_BYTES, isClientId, isDocumentId } from '../../shared/protocol/index.js';
 import type { SyncStorage } from '../../server/storage/types.js';
 import { makeEvent, stored, withoutTime, type Conformance } from '../harness.js';
 

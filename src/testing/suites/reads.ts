@@ -1,7 +1,7 @@
 /** Reading: events after a checkpoint, changes as heads, heads by id, compaction, and pages bounded in bytes. */
 import fc from 'fast-check';
 import { beforeEach, expect, it } from 'vitest';
-import type { DocumentHead, StoredEvent } from '../../shared/protocol.js';
+import type { DocumentHead, StoredEvent } from '../../shared/protocol/index.js';
 import { MemorySyncStorage } from '../../server/storage/memory.js';
 import { documentBytes } from '../../server/storage/size.js';
 import type { IncomingEvent, SyncStorage } from '../../server/storage/types.js';

@@ -1,6 +1,6 @@
 /** Saving: sequences, idempotent retries, conflicts on stale bases, deletes, and concurrent pushes. */
 import { beforeEach, expect, it } from 'vitest';
-import type { DocumentHead } from '../../shared/protocol.js';
+import type { DocumentHead } from '../../shared/protocol/index.js';
 import type { SyncStorage } from '../../server/storage/types.js';
 import { acceptedSeq, ids, makeEvent, stored, withoutTime, type Conformance } from '../harness.js';
 
