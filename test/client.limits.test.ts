@@ -72,7 +72,7 @@ describe('a client meeting server limits', () => {
     refuseAll = true;
     await client.todos.insert({ id: 'later', title: 'kept', done: false });
     await waitFor(() => client.sync.getStatus().pendingEvents === 1, 'the write to be logged');
-    expect(await client.sync.syncNow()).toMatchObject({ success: false, error: { code: 'INVALID_MESSAGE' } });
+    await expect(client.sync.syncNow()).rejects.toMatchObject({ code: 'INVALID_MESSAGE' });
     expect(client.sync.getRejectedEvents()).toHaveLength(1);
     expect(client.sync.getStatus().pendingEvents).toBe(1);
     expect(await client.todos.findOne('later').exec()).not.toBeNull();

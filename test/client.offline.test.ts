@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/index.js';
 import type { SyncStatus } from '../src/client/index.js';
-import { closeAfterEach, contents, freePort, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, contents, freePort, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, outcome } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -59,7 +59,7 @@ describe('offline work', () => {
     const port = await freePort();
     const a = await client(`http://127.0.0.1:${port}`);
     await a.todos.insert({ id: 'early', title: 'before the server', done: false });
-    const failed = await a.sync.syncNow().catch((error) => error);
+    const failed = await outcome(a.sync.syncNow());
     expect(failed).toMatchObject({ success: false });
     expect(a.sync.getStatus().connected).toBe(false);
     server = await startServer({}, port);
@@ -240,7 +240,7 @@ describe('control and status', () => {
     await sleep(150);
     expect(server.server.getClientsCount()).toBe(0);
     expect(await server.server.getStorage().countEvents()).toBe(0);
-    expect(await a.sync.syncNow()).toMatchObject({ success: false, error: { code: 'DISABLED' } });
+    await expect(a.sync.syncNow()).rejects.toMatchObject({ code: 'DISABLED' });
 
     a.sync.enable();
     await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'push after enable');

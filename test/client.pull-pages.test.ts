@@ -14,7 +14,7 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { createSyncPlugin } from '../src/client/index.js';
 import { REMOTE_CONTEXT } from '../src/client/replicator.js';
 import { Transport } from '../src/client/transport.js';
-import { bareSyncIo, closeAfterEach, contents, push, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
+import { bareSyncIo, closeAfterEach, contents, push, rawEvent, rawSocket, request, sleep, startClient, startServer, todoSchema, uniqueName, waitFor, type TestClient, type TestServer, type Todo, outcome } from './helpers.js';
 import { MESSAGE, toPullPage, type StoredEvent } from '../src/shared/protocol/index.js';
 
 /** Events in the form a fake server of the current protocol pulls them in. */
@@ -80,7 +80,7 @@ describe('a pull of several pages', () => {
         }
         return write();
       });
-      const result = await reader.sync.syncNow();
+      const result = await outcome(reader.sync.syncNow());
       expect(result.success).toBe(false);
       expect(['DISABLED', 'NOT_CONNECTED']).toContain(result.error?.code);
       await sleep(100);
@@ -109,7 +109,7 @@ describe('a pull of several pages', () => {
       return write();
     });
 
-    const failed = await reader.sync.syncNow();
+    const failed = await outcome(reader.sync.syncNow());
     expect(failed.success).toBe(false);
     // The first page is written and kept; nothing of the page that failed, nor of the one asked for early.
     expect(await reader.todos.count().exec()).toBe(50);
@@ -231,7 +231,7 @@ describe('the first sync run on a connection', () => {
     const { url, seen } = await fakeServer(100, refusal, oneEvent);
     const client = await startClient(url, { autoSync: false, retry: { maxRetries: 0, retryDelay: 50, useExponentialBackoff: false } });
     clients.push(client);
-    const result = await client.sync.syncNow();
+    const result = await outcome(client.sync.syncNow());
     expect(result).toMatchObject({ success: false, error: { code: 'UNKNOWN_COLLECTION' } });
     expect(seen.map((step) => step.what)).toEqual(['subscribe', 'pull', 'subscribe answered']);
     expect(await client.todos.count().exec()).toBe(0);

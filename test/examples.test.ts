@@ -31,7 +31,7 @@ describe('examples', () => {
 
   it('examples/node syncs a write to the server', async () => {
     const { code, output } = await run('examples/node/index.ts', { PORT: '0' });
-    expect(output).toContain('synced: true | pending: 0 | stored on the server: 1');
+    expect(output).toContain('synced: 1 events | pending: 0 | stored on the server: 1');
     expect(code).toBe(0);
   }, 45_000);
 });

@@ -5,10 +5,11 @@ import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { Server as SocketIoServer } from 'socket.io';
 import { io, type Socket } from 'socket.io-client';
 import { afterEach } from 'vitest';
-import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
+import { RxDBOfflineSyncPlugin, createSyncPlugin, type SyncApi, type SyncPluginOptions, type SyncResult } from '../src/client/index.js';
 import { META_SCHEMA, type MetaKind } from '../src/client/meta-store.js';
 import { createSyncServer, type SyncServer, type SyncServerOptions } from '../src/server/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
+import { SyncError } from '../src/shared/errors.js';
 import { MESSAGE, PROTOCOL_VERSION, fromPullPage, toPushRows, type PullPage, type RemoteEvent, type StoredEvent, type SyncEvent } from '../src/shared/protocol/index.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
@@ -288,4 +289,12 @@ export function bareSyncIo(http: HttpServer): SocketIoServer {
     socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000, maxClockDrift: null }, heartbeatInterval: 25_000, expiresAt: null });
   });
   return server;
+}
+
+/** A syncNow() that failed as the result it used to resolve with: `{ success: false, error }` (it rejects with the SyncError). */
+export function outcome(run: Promise<SyncResult>): Promise<SyncResult> {
+  return run.then(
+    (result) => result,
+    (error: unknown) => ({ success: false, error: SyncError.from(error), syncedEvents: 0 }),
+  );
 }

@@ -34,7 +34,7 @@ const sync = await db.addPlugin(createSyncPlugin({ serverUrl, collections: ['tod
 
 await todos.insert({ id: 'first', title: 'Written in Node', done: false });
 const result = await sync.syncNow();
-console.log('synced:', result.success, '| pending:', sync.getStatus().pendingEvents, '| stored on the server:', await server.getStorage().countEvents());
+console.log('synced:', result.syncedEvents, 'events | pending:', sync.getStatus().pendingEvents, '| stored on the server:', await server.getStorage().countEvents());
 
 await db.close();
 await server.stop();

@@ -441,6 +441,11 @@ export class SyncEngine {
     return this.wantScopes[collection] ?? null;
   }
 
+  /** Resolves once the app's writes seen so far are in the pending log (and counted in the status). */
+  whenLogged(): Promise<void> {
+    return this.queue.idle();
+  }
+
   /** Stops everything and closes the plugin's storage; called when the database closes. */
   async close(): Promise<void> {
     if (this.closed) return;

@@ -1,20 +1,26 @@
 import { addRxPlugin, type RxDatabase, type RxPlugin } from 'rxdb';
 import { RxDBLeaderElectionPlugin } from 'rxdb/plugins/leader-election';
-import type { Observable } from 'rxjs';
+import { Observable } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import type { ScopeSelector } from '../shared/scope.js';
 import { SyncEngine, type SyncResult, type SyncStatus } from './engine.js';
+import { createHandle, type SyncHandle } from './handle.js';
 import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
 import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
 
 export const SYNC_PLUGIN_NAME = 'sync';
 
 /** What `db.addPlugin(createSyncPlugin(...))` returns, and `db.plugin('sync')` later. */
-export interface SyncApi {
+export interface SyncApi extends SyncHandle {
   /** In a tab that does not lead, the leading tab's status (see SyncStatus). */
   getStatus(): SyncStatus;
   readonly status$: Observable<SyncStatus>;
-  /** In a tab that does not lead, asks the leading tab and resolves with its result. */
+  /**
+   * Pushes what is pending and pulls what the server has, now. Resolves with
+   * how many events moved; rejects with a SyncError (DISABLED, CLOSED,
+   * NOT_CONNECTED, TIMEOUT, or what the server answered). In a tab that does
+   * not lead, asks the leading tab and settles with its result.
+   */
   syncNow(): Promise<SyncResult>;
   /** In a multi-instance database, for every tab, and kept across reloads. */
   enable(): void;
@@ -68,10 +74,16 @@ export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefiniti
 }
 
 function apiOf(engine: SyncEngine): SyncApi {
+  const status$ = engine.shown$.asObservable();
   return {
+    ...createHandle(status$, engine),
     getStatus: () => engine.shown$.value,
-    status$: engine.shown$.asObservable(),
-    syncNow: () => engine.syncNow(),
+    status$,
+    async syncNow() {
+      const result = await engine.syncNow();
+      if (!result.success) throw result.error ?? new SyncError('INTERNAL', 'sync failed');
+      return result;
+    },
     enable: () => engine.enable(),
     disable: () => engine.disable(),
     clearPendingEvents: () => engine.clearPendingEvents(),
@@ -81,13 +93,16 @@ function apiOf(engine: SyncEngine): SyncApi {
     setScope: (collection, selector) => engine.setScope(collection, selector),
     getScope: (collection) => engine.getScope(collection),
     getConflicts: () => engine.getConflicts(),
-    conflicts$: engine.conflicts$,
+    conflicts$: readOnly(engine.conflicts$),
     resolveConflict: (id, resolution) => engine.resolveConflict(id, resolution),
     getRejectedEvents: () => engine.getRejectedEvents(),
     clearRejectedEvents: () => engine.clearRejectedEvents(),
-    rejected$: engine.rejected$,
+    rejected$: readOnly(engine.rejected$),
   };
 }
+
+/** An observable a subscriber cannot push into (the engine's Subjects stay the engine's). */
+const readOnly = <T>(source: Observable<T>): Observable<T> => new Observable<T>((subscriber) => source.subscribe(subscriber));
 
 const ATTACHED = new WeakMap<RxDatabase, Map<string, SyncApi>>();
 

@@ -193,8 +193,12 @@ async function start(): Promise<void> {
     }
   });
   ui.syncNow.addEventListener('click', async () => {
-    const result = await sync.syncNow();
-    log(result.success ? `Synced ${result.syncedEvents} event(s).` : `Sync failed: ${result.error?.message}`);
+    try {
+      const result = await sync.syncNow();
+      log(`Synced ${result.syncedEvents} event(s).`);
+    } catch (error) {
+      log(`Sync failed: ${error instanceof Error ? error.message : String(error)}`);
+    }
   });
   ui.form.addEventListener('submit', async (event) => {
     event.preventDefault();

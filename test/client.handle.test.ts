@@ -1,0 +1,87 @@
+import { firstValueFrom, lastValueFrom, take, toArray } from 'rxjs';
+import { describe, expect, it } from 'vitest';
+import { SyncError } from '../src/client/index.js';
+import { closeAfterEach, freePort, startClient, startServer, type TestClient, type TestServer } from './helpers.js';
+
+let server: TestServer | undefined;
+const clients: TestClient[] = [];
+
+async function client(url: string, options: Parameters<typeof startClient>[1] = {}) {
+  const c = await startClient(url, options);
+  clients.push(c);
+  return c;
+}
+
+/** Whether `promise` has settled by the time the promises already due have run. */
+async function settled(promise: Promise<unknown>): Promise<boolean> {
+  let done = false;
+  promise.then(
+    () => (done = true),
+    () => (done = true),
+  );
+  await new Promise((resolve) => setImmediate(resolve));
+  return done;
+}
+
+closeAfterEach(clients, () => server);
+
+describe('the replication handle', () => {
+  it('awaitInitialSync() waits for the server, however long it is away, then resolves', async () => {
+    const port = await freePort();
+    const a = await client(`http://127.0.0.1:${port}`);
+    await a.todos.insert({ id: 'early', title: 'before the server', done: false });
+    const initial = a.sync.awaitInitialSync();
+    const inSync = a.sync.awaitInSync();
+    // The first attempt failed: still waiting.
+    const error = await firstValueFrom(a.sync.error$);
+    expect(error).toBeInstanceOf(SyncError);
+    expect(error.code).toBe('NOT_CONNECTED');
+    expect(await settled(initial)).toBe(false);
+    server = await startServer({}, port);
+    await initial;
+    await inSync;
+    expect(a.sync.getStatus()).toMatchObject({ connected: true, pendingEvents: 0 });
+    expect(await server.server.getStorage().countEvents()).toBe(1);
+  });
+
+  it('awaitInSync() resolves once a local write is acknowledged', async () => {
+    server = await startServer();
+    const a = await client(server.url);
+    await a.sync.awaitInitialSync();
+    await a.todos.insert({ id: 'n', title: 'new', done: false });
+    await a.sync.awaitInSync();
+    expect(a.sync.getStatus().pendingEvents).toBe(0);
+    expect((await server.server.getStorage().getEventsAfter(0)).map((event) => event.documentId)).toEqual(['n']);
+  });
+
+  it('syncNow() rejects with a SyncError; active$ shows the run', async () => {
+    server = await startServer();
+    const a = await client(server.url, { autoSync: false });
+    const activity = lastValueFrom(a.sync.active$.pipe(take(3), toArray()));
+    await a.todos.insert({ id: 'x', title: 'x', done: false });
+    expect(await a.sync.syncNow()).toMatchObject({ syncedEvents: 1 });
+    expect(await activity).toEqual([false, true, false]);
+    a.sync.disable();
+    const refused = await a.sync.syncNow().catch((error: unknown) => error);
+    expect(refused).toBeInstanceOf(SyncError);
+    expect(refused).toMatchObject({ code: 'DISABLED' });
+  });
+
+  it('cancel() stops the client for good and rejects what waits', async () => {
+    const port = await freePort();
+    const a = await client(`http://127.0.0.1:${port}`);
+    const initial = a.sync.awaitInitialSync();
+    await a.sync.cancel();
+    await expect(initial).rejects.toMatchObject({ code: 'CLOSED' });
+    await expect(a.sync.awaitInSync()).rejects.toMatchObject({ code: 'CLOSED' });
+    await expect(a.sync.syncNow()).rejects.toMatchObject({ code: 'CLOSED' });
+  });
+
+  it('exposes its observables read-only', async () => {
+    server = await startServer();
+    const a = await client(server.url, { autoSync: false });
+    for (const observable of [a.sync.status$, a.sync.conflicts$, a.sync.rejected$, a.sync.error$, a.sync.active$]) {
+      expect('next' in observable).toBe(false);
+    }
+  });
+});
