@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { SyncError } from '../../shared/errors.js';
 import { isCollectionName } from '../../shared/protocol/index.js';
-import { scopeToSql, type Scope, type SqlDialect } from '../../shared/scope.js';
+import { scopeToSql, type Scope, type ScopeAtom, type SqlDialect } from '../../shared/scope.js';
 import type { ScopedChange, ScopedPage, ScopedQuery } from './types.js';
 
 /** The fields a scope may name (as parseScope checks them): they are written into SQL as JSON paths. */
@@ -108,20 +108,65 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   const { heads, events } = sql;
 
   // Each arm reads one table (the size is looked up, not joined): SQLite then merges the arms in sequence order.
-  let sends = `SELECT h.seq AS seq, FALSE AS leave, (SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq) AS bytes FROM ${heads} h
-    WHERE h.collection = ${collection} AND h.seq > ${k()} AND ${matches(query.scope, 'h.data')}`;
-  if (checkpoint < held) sends += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
+  // A scope with $in is read as one arm per value: each an equality the scope's index answers in sequence order
+  // (an OR of equalities made SQLite read the collection's every head, about 1 s for 1,000,000 documents).
+  // An arm whose documents were all held at C starts after C, by the index: reading the held ones only to leave
+  // them out would cost in proportion to what is held, not to what moves in.
+  const sendArm = (scope: Scope) => {
+    const allHeld = checkpoint < held && implies(scope, query.held.scope);
+    let arm = `SELECT h.seq AS seq, FALSE AS leave, (SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq) AS bytes FROM ${heads} h
+    WHERE h.collection = ${collection} AND h.seq > ${allHeld ? l() : k()} AND ${matches(scope, 'h.data')}`;
+    if (checkpoint < held && !allHeld) arm += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
+    return arm;
+  };
+  const sends = byInValue(query.scope).map(sendArm).join(' UNION ALL ');
   // Everything in scope, or nothing held yet and nothing sent: no document can leave.
   if (query.scope === null || last === 0) return sends;
 
   const sameDocument = (alias: string) => `${alias}.collection = ${collection} AND ${alias}.document_id = h.document_id`;
+  // A page ends at or before the limit-th send: leaves after it cannot be on it. Without this bound, each page of
+  // a first sync judged every out-of-scope head after the checkpoint (950,000 for a 5 % scope of 1,000,000) to
+  // find the page's first leave or know there was none.
+  const limit = scopedLimit(query.limit);
+  const nth = bound(limit === undefined ? 0 : Math.max(0, limit - 1));
+  const lastSend = limit === undefined ? '' : ` AND h.seq <= COALESCE((SELECT s.seq FROM (${sends}) s ORDER BY s.seq LIMIT 1 OFFSET ${nth()}), ${Number.MAX_SAFE_INTEGER})`;
   const leaves = `SELECT h.seq AS seq, TRUE AS leave, 0 AS bytes FROM ${heads} h
-    WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${l()} AND NOT ${surely(query.scope, 'h.data')}
+    WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${l()}${lastSend} AND NOT ${surely(query.scope, 'h.data')}
       AND (EXISTS (SELECT 1 FROM ${events} x WHERE ${sameDocument('x')} AND x.seq < h.seq
             AND x.seq >= COALESCE((SELECT w.seq FROM ${events} w WHERE ${sameDocument('w')} AND w.seq <= ${c()} ORDER BY w.seq DESC LIMIT 1), 0)
             AND x.op <> 'delete' AND ${matches(query.scope, 'x.data')})
         OR (SELECT f.base_event_id IS NOT NULL AND f.seq > ${c()} FROM ${events} f WHERE ${sameDocument('f')} ORDER BY f.seq LIMIT 1))`;
   return `${sends} UNION ALL ${leaves}`;
+}
+
+/** Arms of an $in at most: a longer list is read as the OR it is. */
+const MAX_IN_ARMS = 64;
+
+/**
+ * The scope as scopes that together match what it matches, each document
+ * once: one per value of its first $in (with MAX_IN_ARMS values at most),
+ * else the scope itself.
+ */
+function byInValue(scope: Scope): Scope[] {
+  const at = scope?.findIndex((atom) => atom.op === 'in') ?? -1;
+  if (scope === null || at < 0) return [scope];
+  const atom = scope[at] as Extract<ScopeAtom, { op: 'in' }>;
+  const values = [...new Map(atom.value.map((value) => [`${typeof value}:${String(value)}`, value])).values()];
+  if (values.length === 0 || values.length > MAX_IN_ARMS) return [scope];
+  return values.map((value) => scope.map((other, i) => (i === at ? { field: atom.field, op: 'eq' as const, value } : other)));
+}
+
+/**
+ * True when every document `scope` matches also matches `held`, judged
+ * atom by atom on equalities: each atom of `held` is an equality or an $in
+ * that an equality of `scope` on its field satisfies. (False is always safe.)
+ */
+function implies(scope: Scope, held: Scope): boolean {
+  if (held === null) return true;
+  if (scope === null) return false;
+  return held.every((want) =>
+    scope.some((atom) => atom.field === want.field && atom.op === 'eq' && (want.op === 'eq' ? want.value === atom.value : want.op === 'in' && want.value.includes(atom.value))),
+  );
 }
 
 /** A scope's fields are written into SQL: each must be a plain identifier (parseScope makes sure; this is for hand-made scopes). */
