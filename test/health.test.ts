@@ -192,7 +192,7 @@ describe('metrics', () => {
     const pushReply = await socket.timeout(5000).emitWithAck(MESSAGE.push, toPushRows([event('e1')], 'raw-writer'));
     expect(pushReply).toMatchObject({ ok: false, error: { code: 'STORAGE_ERROR' } });
     // Every way of reading fails from here on, whichever one a pull uses.
-    for (const method of ['getEventsAfter', 'getChangesAfter', 'getEventsForClient', 'getHeads'] as const) {
+    for (const method of ['getEventsAfter', 'getChangesAfter', 'getHeads'] as const) {
       if (method in storage) Object.assign(storage, { [method]: () => Promise.reject(new Error('disk gone')) });
     }
     const pullReply = await socket.timeout(5000).emitWithAck(MESSAGE.pull, { checkpoint: 0, collections: ['todos'] });

@@ -273,7 +273,6 @@ class ReopenableMemoryStorage implements SyncStorage {
   getChangesAfter: SyncStorage['getChangesAfter'] = (checkpoint, options) => this.open().getChangesAfter(checkpoint, options);
   getScopedChanges: SyncStorage['getScopedChanges'] = (checkpoint, query) => this.open().getScopedChanges(checkpoint, query);
   indexScopeFields: SyncStorage['indexScopeFields'] = (fields) => this.open().indexScopeFields(fields);
-  getEventsForClient: SyncStorage['getEventsForClient'] = (clientId, collections, checkpoint) => this.open().getEventsForClient(clientId, collections, checkpoint);
   clearEventsBefore: SyncStorage['clearEventsBefore'] = (checkpoint) => this.open().clearEventsBefore(checkpoint);
   getHeads: SyncStorage['getHeads'] = (collection, documentIds) => this.open().getHeads(collection, documentIds);
   getLatestSequence = () => this.open().getLatestSequence();

@@ -47,7 +47,7 @@ describe('server options', () => {
     ['authorize', { authorize: true }, 'authorize', 'must be a function'],
     ['userKey', { userKey: 'id' }, 'userKey', 'must be a function'],
     ['storage', { storage: {} }, 'storage', 'SyncStorage'],
-    ['storage missing reads', { storage: { init() {}, saveEvents() {}, getEventsAfter() {}, clearEventsBefore() {}, close() {} } }, 'storage', 'getChangesAfter, getEventsForClient, getHeads, getLatestSequence, countEvents, claimClient'],
+    ['storage missing reads', { storage: { init() {}, saveEvents() {}, getEventsAfter() {}, clearEventsBefore() {}, close() {} } }, 'storage', 'getChangesAfter, getHeads, getLatestSequence, countEvents, claimClient'],
     ['collections', { collections: ['ok', 'not ok!'] }, 'collections.1', 'not ok!'],
     ['logging.level', { logging: { level: 'loud' } }, 'logging.level', 'loud'],
     ['rateLimit.windowMs', { rateLimit: { windowMs: 0, max: 10 } }, 'rateLimit.windowMs', '0'],

@@ -13,7 +13,6 @@ const STORAGE_METHODS = [
   'saveEvents',
   'getEventsAfter',
   'getChangesAfter',
-  'getEventsForClient',
   'clearEventsBefore',
   'getHeads',
   'getLatestSequence',

@@ -4,6 +4,7 @@ import { DocumentMap } from '../../shared/document-map.js';
 import { matchesScope } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
 import { assertScopeCollection, assertScopeField, scopedLimit, scopedPage, scopedThrough } from './scoped.js';
+import { decideSave, documentHeads, headOf } from './save.js';
 import { changesPage, documentBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 
@@ -55,12 +56,9 @@ export class MemorySyncStorage implements SyncStorage {
   }
 
   private saveOne(event: IncomingEvent, serverTime: number): SaveResult {
-    const previous = this.sequenceById.get(event.id);
-    if (previous !== undefined) return { id: event.id, status: 'duplicate', seq: previous };
     const head = this.heads.get(event.collection, event.documentId);
-    if ((head?.eventId ?? null) !== event.baseEventId) {
-      return { id: event.id, status: 'conflict', head: head ?? null };
-    }
+    const refused = decideSave(event, this.sequenceById.get(event.id), head, documentHeads);
+    if (refused) return refused;
     const seq = ++this.lastSeq;
     if (head) this.superseded.add(head.seq);
     // Copied once on the way in and frozen: reads hand out these objects without copying again.
@@ -70,16 +68,7 @@ export class MemorySyncStorage implements SyncStorage {
     if (history) history.push(stored);
     else this.history.set(event.collection, event.documentId, [stored]);
     this.sequenceById.set(event.id, seq);
-    this.heads.set(event.collection, event.documentId, Object.freeze({
-      collection: event.collection,
-      documentId: event.documentId,
-      seq,
-      eventId: event.id,
-      data: stored.data,
-      deleted: event.op === 'delete',
-      hlc: event.hlc,
-      clientId: event.clientId,
-    }));
+    this.heads.set(event.collection, event.documentId, Object.freeze(headOf(event, seq, stored.data)));
     return { id: event.id, status: 'accepted', seq };
   }
 
@@ -174,11 +163,6 @@ export class MemorySyncStorage implements SyncStorage {
     let size = this.sizes.get(event);
     if (size === undefined) this.sizes.set(event, (size = documentBytes(event.data)));
     return size;
-  }
-
-  async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
-    const events = await this.getEventsAfter(checkpoint, { collections });
-    return events.filter((event) => event.clientId !== clientId);
   }
 
   async clearEventsBefore(checkpoint: number): Promise<number> {

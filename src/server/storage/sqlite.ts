@@ -4,10 +4,12 @@ import type Database from 'better-sqlite3';
 import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
-import type { DocumentHead, Operation, StoredEvent } from '../../shared/protocol/index.js';
+import type { DocumentHead, StoredEvent } from '../../shared/protocol/index.js';
 import type { SqlDialect } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
 import { assertScopeCollection, assertScopeField, indexHash, scopedLimit, scopedPage, scopedRowsSql, scopedThrough, sqlString, type ScopedSql } from './scoped.js';
+import { EVENT_COLUMNS, HEAD_COLUMNS, rowDecoders, type EventRow as EventColumns, type HeadRow as HeadColumns } from './rows.js';
+import { decideSave, type HeadReader } from './save.js';
 import { changesPage, jsonTextBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 import { requireOptional } from '../optional.js';
@@ -59,22 +61,16 @@ const SCHEMA = `
   ) WITHOUT ROWID;
 `;
 
-const EVENT_COLUMNS = 'seq, id, collection, document_id, op, data, patch, base_event_id, hlc, client_id, server_time';
-const HEAD_COLUMNS = 'collection, document_id, seq, event_id, data, deleted, hlc, client_id';
+/** Rows as better-sqlite3 gives them: JSON as text, integers as numbers, booleans as 0 or 1. */
+type EventRow = EventColumns<string, number>;
+type HeadRow = HeadColumns<string, number, number>;
+const { event: decodeEvent, head: decodeHead } = rowDecoders<string, number, number>({
+  json: (text) => JSON.parse(text),
+  int: (value) => value,
+  flag: (value) => value !== 0,
+});
+const headRows: HeadReader<HeadRow> = { eventId: (row) => row.event_id, conflictHead: decodeHead };
 
-interface EventRow {
-  seq: number;
-  id: string;
-  collection: string;
-  document_id: string;
-  op: Operation;
-  data: string;
-  patch: string | null;
-  base_event_id: string | null;
-  hlc: string;
-  client_id: string;
-  server_time: number;
-}
 interface SizeRow {
   seq: number;
   bytes: number;
@@ -83,16 +79,6 @@ interface CandidateRow {
   seq: number;
   leave: number;
   bytes: number;
-}
-interface HeadRow {
-  collection: string;
-  document_id: string;
-  seq: number;
-  event_id: string;
-  data: string;
-  deleted: number;
-  hlc: string;
-  client_id: string;
 }
 /** An incoming event with its JSON already encoded, so a bad event fails only its own call. */
 type EncodedEvent = Omit<EventRow, 'seq' | 'server_time'> & { data_bytes: number };
@@ -103,7 +89,7 @@ interface PendingSave {
 }
 
 function prepareStatements(db: Database.Database) {
-  const eventsAfter = `SELECT ${EVENT_COLUMNS} FROM events WHERE seq > @after AND client_id IS NOT @exclude`;
+  const eventsAfter = `SELECT ${EVENT_COLUMNS} FROM events WHERE seq > @after`;
   return {
     seqById: db.prepare<{ id: string }, { seq: number }>(
       'SELECT seq FROM events WHERE id = @id UNION ALL SELECT seq FROM compacted WHERE id = @id LIMIT 1',
@@ -121,10 +107,10 @@ function prepareStatements(db: Database.Database) {
        ON CONFLICT (collection, document_id) DO UPDATE SET seq = excluded.seq, event_id = excluded.event_id,
          data = excluded.data, deleted = excluded.deleted, hlc = excluded.hlc, client_id = excluded.client_id`,
     ),
-    eventsAfter: db.prepare<{ after: number; exclude: string | null; limit: number }, EventRow>(
+    eventsAfter: db.prepare<{ after: number; limit: number }, EventRow>(
       `${eventsAfter} ORDER BY seq LIMIT @limit`,
     ),
-    eventsAfterIn: db.prepare<{ after: number; exclude: string | null; limit: number; collections: string }, EventRow>(
+    eventsAfterIn: db.prepare<{ after: number; limit: number; collections: string }, EventRow>(
       `${eventsAfter} AND collection IN (SELECT value FROM json_each(@collections)) ORDER BY seq LIMIT @limit`,
     ),
     // Heads in (after, through]: `through` ends a page that maxBytes cut (see changeSizes).
@@ -264,11 +250,16 @@ export class SqliteSyncStorage implements SyncStorage {
   }
 
   async getEventsAfter(checkpoint: number, options: EventQuery = {}): Promise<StoredEvent[]> {
-    return this.readEvents(checkpoint, options.collections, options.limit, null);
-  }
-
-  async getEventsForClient(clientId: string, collections: readonly string[], checkpoint = 0): Promise<StoredEvent[]> {
-    return this.readEvents(checkpoint, collections, undefined, clientId);
+    const statements = this.ready();
+    const { collections, limit } = options;
+    if (collections?.length === 0 || (limit !== undefined && limit <= 0)) return [];
+    const params = { after: checkpoint, limit: limit === undefined ? -1 : Math.ceil(limit) };
+    const rows = this.run('read events', () =>
+      collections
+        ? statements.eventsAfterIn.all({ ...params, collections: JSON.stringify(collections) })
+        : statements.eventsAfter.all(params),
+    );
+    return rows.map(decodeEvent);
   }
 
   async getChangesAfter(checkpoint: number, options: EventQuery = {}): Promise<ChangesPage> {
@@ -494,23 +485,6 @@ export class SqliteSyncStorage implements SyncStorage {
     pending.forEach((call, i) => call.resolve(results[i]!));
   }
 
-  private readEvents(
-    checkpoint: number,
-    collections: readonly string[] | undefined,
-    limit: number | undefined,
-    exclude: string | null,
-  ): StoredEvent[] {
-    const statements = this.ready();
-    if (collections?.length === 0 || (limit !== undefined && limit <= 0)) return [];
-    const params = { after: checkpoint, exclude, limit: limit === undefined ? -1 : Math.ceil(limit) };
-    const rows = this.run('read events', () =>
-      collections
-        ? statements.eventsAfterIn.all({ ...params, collections: JSON.stringify(collections) })
-        : statements.eventsAfter.all(params),
-    );
-    return rows.map(decodeEvent);
-  }
-
   private run<T>(what: string, action: () => T): T {
     try {
       return action();
@@ -522,12 +496,11 @@ export class SqliteSyncStorage implements SyncStorage {
 
 /** The conditional append of one event; runs inside the flush transaction. */
 function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
-  const previous = statements.seqById.get({ id: event.id });
-  if (previous) return { id: event.id, status: 'duplicate', seq: previous.seq };
-  const head = statements.head.get(event.collection, event.document_id);
-  if ((head?.event_id ?? null) !== event.base_event_id) {
-    return { id: event.id, status: 'conflict', head: head ? decodeHead(head) : null };
-  }
+  const known = statements.seqById.get({ id: event.id })?.seq;
+  // The id alone decides a duplicate: its document's head is read only for a new id.
+  const head = known === undefined ? statements.head.get(event.collection, event.document_id) : undefined;
+  const refused = decideSave({ id: event.id, baseEventId: event.base_event_id }, known, head, headRows);
+  if (refused) return refused;
   const serverTime = Date.now();
   const seq = Number(statements.insertEvent.run(Object.assign({}, event, { server_time: serverTime })).lastInsertRowid);
   statements.upsertHead.run({
@@ -556,36 +529,6 @@ function encodeEvent(event: IncomingEvent): EncodedEvent {
     base_event_id: event.baseEventId,
     hlc: event.hlc,
     client_id: event.clientId,
-  };
-}
-
-function decodeEvent(row: EventRow): StoredEvent {
-  const event: StoredEvent = {
-    id: row.id,
-    collection: row.collection,
-    documentId: row.document_id,
-    op: row.op,
-    data: JSON.parse(row.data) as StoredEvent['data'],
-    baseEventId: row.base_event_id,
-    hlc: row.hlc,
-    seq: row.seq,
-    clientId: row.client_id,
-    serverTime: row.server_time,
-  };
-  if (row.patch !== null) event.patch = JSON.parse(row.patch) as StoredEvent['patch'];
-  return event;
-}
-
-function decodeHead(row: HeadRow): DocumentHead {
-  return {
-    collection: row.collection,
-    documentId: row.document_id,
-    seq: row.seq,
-    eventId: row.event_id,
-    data: JSON.parse(row.data) as DocumentHead['data'],
-    deleted: row.deleted !== 0,
-    hlc: row.hlc,
-    clientId: row.client_id,
   };
 }
 

@@ -137,8 +137,6 @@ export interface SyncStorage {
    * scope. Called by the server's start(), after init(). Idempotent.
    */
   indexScopeFields(fields: Readonly<Record<string, readonly string[]>>): Promise<void>;
-  /** Events after `checkpoint` in the given collections that `clientId` did not write. */
-  getEventsForClient(clientId: string, collections: readonly string[], checkpoint?: number): Promise<StoredEvent[]>;
   /**
    * Compaction: removes events with a sequence below `checkpoint` that a later
    * event of the same document has superseded. Each document's head event

@@ -107,24 +107,6 @@ export function readTests(t: Conformance): void {
     expect(withoutTime(await storage.getEventsAfter(0, { limit: 2 }))).toEqual(pick(0, 1));
   });
 
-  it("gives a client everyone's events but its own", async () => {
-    const events = [
-      makeEvent({ documentId: 'a', clientId: 'client-a' }),
-      makeEvent({ documentId: 'b', clientId: 'client-b' }),
-      makeEvent({ documentId: 'c', clientId: 'client-b', collection: 'notes' }),
-      makeEvent({ documentId: 'd', clientId: 'client-c' }),
-      makeEvent({ documentId: 'e', clientId: 'client-a', collection: 'notes' }),
-    ];
-    const seqs = await saveAccepted(...events);
-    expect(ids(await storage.getEventsForClient('client-a', ['todos', 'notes']))).toEqual(ids(events.slice(1, 4)));
-    expect(ids(await storage.getEventsForClient('client-a', ['todos']))).toEqual([events[1]!.id, events[3]!.id]);
-    expect(ids(await storage.getEventsForClient('client-b', ['todos', 'notes'], seqs[0]))).toEqual([
-      events[3]!.id,
-      events[4]!.id,
-    ]);
-    expect(await storage.getEventsForClient('client-a', [])).toEqual([]);
-  });
-
   it('compacts: clears superseded events below the checkpoint, keeps every head (tombstones too), never reuses a sequence', async () => {
     const a1 = makeEvent({ documentId: 'a' });
     const a2 = makeEvent({ documentId: 'a', base: a1.id });
