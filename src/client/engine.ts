@@ -7,7 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
-import { intersectScopes, matchesScope, parseScope, sameScope, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
+import { intersectScopes, matchesScope, parseScope, sameScope, scopeKey, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol/index.js';
 import type { PendingEntry } from './documents.js';
@@ -126,12 +126,14 @@ export class SyncEngine {
   private running?: Promise<SyncResult>;
   private want = { push: false, pull: false };
   private subscribed = false;
-  /** Per collection pulled in a scope as of nothing: the documents confirmed in it so far (see pullScoped). */
-  private readonly confirming = new Map<string, Set<string>>();
+  /** Per collection pulled in a scope as of nothing: the documents confirmed in it so far, with the sequence of the version that did (see confirm). */
+  private readonly confirming = new Map<string, Map<string, number>>();
   /** Collections the server scopes for this user, though this device asked for none. */
   private readonly ruledScopes = new Set<string>();
   /** The scope this device asks for per collection (options.scopes, then setScope()). */
   private readonly wantScopes: Record<string, ScopeSelector | null> = {};
+  /** The scopes the server may judge this connection's live messages in, per collection (see judgesIn); a new object per connection. */
+  private liveBasis = { scopes: new Map<string, Set<string>>(), asking: 0 };
   /** Moves whenever the subscription must be made again (a disconnect, a collection added or removed): a late answer to an earlier one then counts for nothing. */
   private subscriptionEpoch = 0;
   private retryAttempt = 0;
@@ -242,6 +244,7 @@ export class SyncEngine {
       onConnect: (welcome) => this.onConnect(welcome),
       onDisconnect: (reason) => {
         this.resubscribe();
+        this.liveBasis = { scopes: new Map(), asking: 0 };
         this.updateStatus({ connected: false });
         this.logger.info({ reason }, 'disconnected from sync server');
       },
@@ -431,7 +434,6 @@ export class SyncEngine {
     parseScope(selector, `setScope("${collection}")`);
     this.assertCollection(collection);
     this.wantScopes[collection] = selector;
-    this.replicator?.forgetLeaves(collection);
     this.resubscribe();
     if (this.status.connected) void this.requestSync({ push: true, pull: true });
   }
@@ -621,31 +623,44 @@ export class SyncEngine {
     // Events for a collection removed at run time may still be on their way: they are dropped quietly.
     const received = message.events.filter((event) => !this.removedCollections.has(event.collection));
     const leaves = (message.leaves ?? []).filter((leave) => !this.removedCollections.has(leave.collection));
-    // Never a version outside the scope held here (one sent before a scope change reached the server): it is a leave.
-    const events = received.filter((event) => {
-      const scope = this.collections.has(event.collection) ? this.heldScopeOf(event.collection) : undefined;
-      if (scope === undefined || matchesScope(scope, event.data)) return true;
-      leaves.push({ collection: event.collection, documentId: event.documentId, seq: event.seq });
-      return false;
-    });
-    const unexpected = [...events, ...leaves].find((event) => !this.collections.has(event.collection));
+    const unexpected = [...received, ...leaves].find((event) => !this.collections.has(event.collection));
     if (unexpected) {
       this.updateStatus({ error: new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which this client does not sync`) });
       return;
     }
-    if (events.length === 0 && leaves.length === 0) return;
+    if (received.length === 0 && leaves.length === 0) return;
     // Brought already by the pull that went out when its gap was found: the next gap is waited out longer.
-    if (events.some((event) => event.seq <= (replicator.state.checkpoints[event.collection] ?? 0))) this.growLivePullDelay();
-    for (const event of [...events, ...leaves]) if (event.seq > this.highestLive) this.highestLive = event.seq;
+    if (received.some((event) => event.seq <= (replicator.state.checkpoints[event.collection] ?? 0))) this.growLivePullDelay();
+    for (const event of [...received, ...leaves]) if (event.seq > this.highestLive) this.highestLive = event.seq;
+    const basis = this.liveBasis;
     void this.queue
       .run(async () => {
+        // Judged in turn with pulls and moves, in the scope held now: never a version outside it
+        // (one sent before a scope change reached the server); such a version is a leave.
+        const events: typeof received = [];
+        const outside: typeof received = [];
+        for (const event of received) {
+          if (this.caughtUpPast(event.collection, event.seq)) continue;
+          const scope = this.heldScopeOf(event.collection);
+          (scope === undefined || matchesScope(scope, event.data) ? events : outside).push(event);
+        }
         if (events.length > 0) await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
-        for (const event of events) this.confirming.get(event.collection)?.add(event.documentId);
-        // Documents a change moved out of this device's scope: gone here, without a pending event.
+        for (const event of events) this.confirm(event.collection, event.documentId, event.seq);
+        for (const event of outside) {
+          await this.holdScopeBeforeLeaving(event.collection);
+          await replicator.leaveAt(event.collection, [event], this.heldScopeOf(event.collection)!);
+          this.heldSequences.add(event.seq);
+        }
+        // Documents a change moved out of the scope the server holds this connection to.
         for (const leave of leaves) {
+          if (this.caughtUpPast(leave.collection, leave.seq)) continue;
+          const scope = this.heldScopeOf(leave.collection);
+          // Holding everything, nothing leaves: the leave was judged in a scope this device asked for before.
+          if (scope === undefined) continue;
           await this.holdScopeBeforeLeaving(leave.collection);
-          await replicator.leaveScope(leave.collection, [leave.documentId], undefined, [leave.seq]);
-          this.heldSequences.add(leave.seq);
+          await replicator.leaveAt(leave.collection, [leave], this.heldScopeOf(leave.collection)!);
+          // Its sequence counts as held only when the server judged it in the scope held here; else a pull settles it.
+          if (basis === this.liveBasis && this.judgesIn(leave.collection, scope)) this.heldSequences.add(leave.seq);
         }
         return this.moveCheckpointsThroughHeld();
       })
@@ -654,6 +669,26 @@ export class SyncEngine {
         if (moved) this.livePullDelay = Math.max(LIVE_PULL_DELAY.least, this.livePullDelay * LIVE_PULL_DELAY.shrink);
         else this.livePullTimer = setTimeout(() => void this.requestSync({ push: false, pull: true }), this.livePullDelay);
       }, (error: unknown) => this.fail(error));
+  }
+
+  /**
+   * Whether the server judges this connection's live messages in `collection`
+   * in `scope`: every subscription made on it has been answered, and each
+   * answer (and each scoped pull's) named that scope. Live delivery reads a
+   * socket's scope before it sends, so a message can be judged in the scope
+   * of an earlier subscription on the same connection, even after the
+   * answer to a later one.
+   */
+  private judgesIn(collection: string, scope: Scope): boolean {
+    const seen = this.liveBasis.scopes.get(collection);
+    return this.liveBasis.asking === 0 && seen !== undefined && seen.size === 1 && seen.has(scopeKey(scope));
+  }
+
+  /** Notes a scope the server may judge this connection's live messages in (a subscription's or a scoped pull's answer). */
+  private noteLiveScope(basis: SyncEngine['liveBasis'], collection: string, selector: unknown): void {
+    const seen = basis.scopes.get(collection) ?? new Set<string>();
+    seen.add(scopeKey(parseScope(selector)));
+    basis.scopes.set(collection, seen);
   }
 
   private growLivePullDelay(): void {
@@ -778,7 +813,12 @@ export class SyncEngine {
     if (want.pull && this.options.useWebSockets && !this.subscribed) {
       const epoch = this.subscriptionEpoch;
       const scopes = Object.fromEntries([...this.collections].filter((name) => this.getScope(name) !== null).map((name) => [name, this.getScope(name)]));
-      subscribing = transport.subscribe({ collections: [...this.collections], ...(Object.keys(scopes).length > 0 ? { scopes } : {}) }).then(() => {
+      // Unanswered, it may have been taken all the same, in a scope not known here: `asking` then stays up.
+      const basis = this.liveBasis;
+      basis.asking++;
+      subscribing = transport.subscribe({ collections: [...this.collections], ...(Object.keys(scopes).length > 0 ? { scopes } : {}) }).then((reply) => {
+        basis.asking--;
+        for (const name of reply.collections) this.noteLiveScope(basis, name, reply.scopes?.[name] ?? null);
         // Not if the connection dropped or the collections changed since it was sent: then it is made again.
         if (this.subscriptionEpoch === epoch) this.subscribed = true;
       });
@@ -794,7 +834,7 @@ export class SyncEngine {
           const outcomes = await transport.push(batch.map((entry) => entry.event));
           // This client holds what it took of the server's answer: a pull need not send that back.
           const acked = await replicator.applyPushResults(batch, outcomes);
-          for (const { collection, documentId } of acked) this.confirming.get(collection)?.add(documentId);
+          for (const { collection, documentId, seq } of acked) this.confirm(collection, documentId, seq);
           for (const { seq } of acked) this.heldSequences.add(seq);
           // A conflict settled here may have taken the server's version, which may be outside the scope too.
           const settled = batch
@@ -846,8 +886,19 @@ export class SyncEngine {
         if (reply.hasMore) next = ask(reply.checkpoint);
         // Events that came live while this page was on its way: the gap would have closed without it.
         if (reply.events.some((event) => this.heldSequences.has(event.seq))) this.growLivePullDelay();
-        synced += await this.queue.run(() => replicator.applyRemote(reply.events, 'pull', { collections, seq: reply.checkpoint }));
+        // A collection that came to hold a scope while this page was on its way (a leave arrived live)
+        // pulls in it from 0 now: the page is not its, and must not move its checkpoint.
+        const unscoped = await this.queue.run(async () => {
+          const still = collections.filter((name) => replicator.state.scopes?.[name] === undefined);
+          const events = still.length === collections.length ? reply.events : reply.events.filter((event) => still.includes(event.collection));
+          synced += await replicator.applyRemote(events, 'pull', { collections: still, seq: reply.checkpoint });
+          return still;
+        });
         checkpoint = reply.checkpoint;
+        if (unscoped.length < collections.length) {
+          this.want.pull = true;
+          break;
+        }
         // The server holds this user to a scope in these collections: they are pulled as scoped from now on.
         const ruled = Object.keys(reply.scopes ?? {}).filter((name) => collections.includes(name) && (reply.scopes![name] ?? null) !== null);
         if (ruled.length > 0) {
@@ -887,13 +938,21 @@ export class SyncEngine {
     const replicator = this.requireReplicator();
     let synced = 0;
     // A collection that held everything until now holds everything as of its checkpoint; one that
-    // holds nothing yet asks to hold its scope from the start.
+    // holds nothing yet holds its scope as of nothing, from now on (saved with its first page).
     const start = replicator.state.checkpoints[name] ?? 0;
-    const unscoped: HeldScope = { held: start === 0 ? this.getScope(name) : null, through: start };
+    const unscoped: HeldScope = { held: null, through: start };
+    if (start === 0 && replicator.state.scopes?.[name] === undefined) replicator.state.scopes = { ...replicator.state.scopes, [name]: { held: this.getScope(name), through: 0 } };
     for (;;) {
       const checkpoint = replicator.state.checkpoints[name] ?? 0;
       const heldScope: HeldScope = replicator.state.scopes?.[name] ?? unscoped;
       const first = (heldScope.through ?? checkpoint) === 0;
+      if (first && checkpoint > 0 && !this.confirming.has(name)) {
+        // Its confirmations are gone (the app restarted, or another tab led): the catch-up starts again.
+        await this.queue.run(() => replicator.restartScope(name, heldScope));
+        continue;
+      }
+      const restarts = replicator.scopeRestarts(name);
+      const basis = this.liveBasis;
       // `through` stays where the last whole catch-up ended until this one ends: a document that left
       // the scope between two pages still gets its leave (see SyncStorage.getScopedChanges).
       const reply = await this.pullPage(transport, {
@@ -909,6 +968,8 @@ export class SyncEngine {
       if (unexpected) throw new SyncError('INVALID_MESSAGE', `server sent events for collection "${unexpected.collection}", which was not asked for`);
       if (reply.checkpoint < checkpoint) throw new SyncError('INVALID_MESSAGE', `server moved the checkpoint back from ${checkpoint} to ${reply.checkpoint}`);
       const scope = parseScope(reply.scopes[name] ?? null, `the server's scope for ${name}`);
+      // The server's live delivery follows the scope a scoped pull finds.
+      this.noteLiveScope(basis, name, reply.scopes[name] ?? null);
       const aim = parseScope(heldScope.target !== undefined ? heldScope.target : heldScope.held);
       if (!sameScope(scope, aim)) {
         // Another scope: documents outside it leave, and the difference is pulled from 0. A move that
@@ -916,38 +977,51 @@ export class SyncEngine {
         // Mid-move, what is held is the old scope within the one it was moving to, as of the same sequence.
         const restart: HeldScope =
           heldScope.target === undefined
-            ? { held: heldScope.held, through: checkpoint, target: toSelector(scope) }
+            ? { held: heldScope.held, through: first ? 0 : checkpoint, target: toSelector(scope) }
             : { held: toSelector(intersectScopes(parseScope(heldScope.held), parseScope(heldScope.target))), through: heldScope.through ?? 0, target: toSelector(scope) };
-        this.confirming.delete(name);
-        this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
         await this.queue.run(async () => {
+          // Restarted meanwhile (a leave that came live): what is held is another state; look again.
+          if (replicator.scopeRestarts(name) !== restarts) return;
+          this.confirming.delete(name);
+          this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
           await replicator.leaveScope(name, undefined, scope);
           await replicator.restartScope(name, restart);
+          // A sequence held here may be of a document that just left: named in `have`, it would not come back.
+          this.heldSequences.clear();
         });
-        // A sequence held here may be of a document that just left: named in `have`, it would not come back.
-        this.heldSequences.clear();
         continue;
       }
       const done = !reply.hasMore;
       // Held as of nothing (a first scoped pull, or a move that changed course): what this device has
       // outside the scope (its own writes, or what it held before) leaves once the whole scope is here.
-      // Held as of nothing, the server names no leaves: every document this catch-up brings (or a live message,
-      // or an acknowledged push, meanwhile) is confirmed, and at its end what was not confirmed leaves.
-      if (first && !this.confirming.has(name)) this.confirming.set(name, new Set());
-      for (const event of reply.events) this.confirming.get(name)?.add(event.documentId);
-      synced += await this.queue.run(async () => {
+      // Every document this catch-up brings (or a live message, or an acknowledged push, meanwhile) is
+      // confirmed (see confirm), and at its end what was not confirmed leaves.
+      const applied = await this.queue.run(async () => {
+        // Restarted meanwhile (a leave that came live): this page answers for a state no longer held.
+        if (replicator.scopeRestarts(name) !== restarts) return undefined;
+        if (first && !this.confirming.has(name)) this.confirming.set(name, new Map());
+        for (const event of reply.events) this.confirm(name, event.documentId, event.seq);
+        // A first page from 0 names no leaves (nothing was sent yet): a version confirmed before it that
+        // it read past and did not send is no longer in the scope (sent or left later, when it moved on).
+        if (first && checkpoint === 0) {
+          const sent = new Set(reply.events.map((event) => event.documentId));
+          const confirmed = this.confirming.get(name);
+          for (const [documentId, seq] of confirmed ?? []) if (seq <= reply.checkpoint && !sent.has(documentId)) confirmed!.delete(documentId);
+        }
         // Saved with the checkpoint the page moves: a move ends with its last page.
         if (done) replicator.state.scopes = { ...replicator.state.scopes, [name]: { held: toSelector(scope), through: reply.checkpoint } };
-        const applied = await replicator.applyRemote(reply.events, 'pull', { collections: [name], seq: reply.checkpoint });
-        const leaving = (reply.leaves ?? []).map(([documentId]) => documentId);
-        let left = leaving.length > 0 ? await replicator.leaveScope(name, leaving, undefined, (reply.leaves ?? []).map(([, seq]) => seq)) : 0;
+        const written = await replicator.applyRemote(reply.events, 'pull', { collections: [name], seq: reply.checkpoint });
+        const leaving = (reply.leaves ?? []).map(([documentId, seq]) => ({ documentId, seq }));
+        let left = leaving.length > 0 ? await replicator.leaveAt(name, leaving, scope) : 0;
         if (done && first) {
-          const confirmed = this.confirming.get(name) ?? new Set<string>();
+          const confirmed = this.confirming.get(name) ?? new Map<string, number>();
           this.confirming.delete(name);
           left += await replicator.leaveScope(name, undefined, scope, undefined, confirmed);
         }
-        return applied + left;
+        return written + left;
       });
+      if (applied === undefined) continue;
+      synced += applied;
       for (const [, seq] of reply.leaves ?? []) this.heldSequences.add(seq);
       if (done) return synced;
     }
@@ -986,7 +1060,45 @@ export class SyncEngine {
     const replicator = this.requireReplicator();
     if (replicator.state.scopes?.[name] !== undefined) return;
     // As of nothing, from checkpoint 0: the server then sends the whole scope, and what is not in it leaves.
+    // (Confirmations made so far stay: the scope aimed at is the same.)
     await replicator.restartScope(name, { held: this.getScope(name), through: 0 });
+    this.heldSequences.clear();
+  }
+
+  /**
+   * Whether a scoped collection has caught up past `seq` (its checkpoint, or
+   * during a move the sequence its held scope is as of): a live message about
+   * it that arrives now is late, and the pages that passed it told what
+   * became of the document since. Applied, an in-scope version would stay
+   * where the pages found the document out of the scope.
+   */
+  private caughtUpPast(name: string, seq: number): boolean {
+    const replicator = this.requireReplicator();
+    const held = replicator.state.scopes?.[name];
+    return held !== undefined && seq <= Math.max(replicator.state.checkpoints[name] ?? 0, held.through ?? 0);
+  }
+
+  /** Whether `name` holds its scope as of nothing: its catch-up confirms each document it keeps (see pullScoped). */
+  private pullsAsOfNothing(name: string): boolean {
+    const replicator = this.requireReplicator();
+    const checkpoint = replicator.state.checkpoints[name] ?? 0;
+    const held = replicator.state.scopes?.[name];
+    return held ? (held.through ?? checkpoint) === 0 : checkpoint === 0 && this.isScoped(name);
+  }
+
+  /**
+   * A server version of `documentId` in the scope aimed at is held here now
+   * (from a page, a live message or an acknowledged push): while the
+   * collection holds its scope as of nothing, that confirms the document,
+   * which the end of the catch-up keeps.
+   */
+  private confirm(name: string, documentId: string, seq: number): void {
+    if (!this.collections.has(name) || !this.pullsAsOfNothing(name)) return;
+    // Past 0 without them, the confirmations of its pages are gone: the catch-up starts again (see pullScoped).
+    const confirmed = this.confirming.get(name) ?? ((this.requireReplicator().state.checkpoints[name] ?? 0) === 0 ? new Map<string, number>() : undefined);
+    if (!confirmed) return;
+    confirmed.set(documentId, Math.max(seq, confirmed.get(documentId) ?? 0));
+    this.confirming.set(name, confirmed);
   }
 
   /** The scope this collection's documents are held to here (during a move, the one it moves to). */

@@ -49,6 +49,13 @@ export const REMOTE_CONTEXT = 'rxdb-offline-sync-remote';
 
 /** Left documents remembered at once (see leftAt); past it the memory starts again (a stale page is rare). */
 const MAX_LEFT_REMEMBERED = 10_000;
+/**
+ * The `_meta` field that marks a tombstone the plugin wrote when the
+ * document left this client's scope: no change of the app's, so that a
+ * recovery reading the storage (a restart, another tab taking the lead)
+ * never logs it as a delete. An app write over it gets a fresh `_meta`.
+ */
+const LEFT_FIELD = 'rxofflinesyncLeft';
 
 export interface PersistedState {
   clientId: string;
@@ -121,11 +128,16 @@ export class Replicator {
    */
   private readonly captured = new DocumentMap<Shadow>();
   /**
-   * The sequence at which each document left this client's scope: a version
-   * at or below it that arrives later (a page asked for before the leave, a
-   * live message already on its way) must not bring the document back.
+   * The version at which each document was said to leave this client's
+   * scope: a version before it that arrives later (a page asked for before
+   * the leave, a live message already on its way) is stale and must not
+   * bring the document back. That version itself may, when a page or a live
+   * message shows it in the scope held then: a leave can have been judged
+   * in a scope held before.
    */
   private leftAt = new DocumentMap<number>();
+  /** Per collection, the restarts of its scope in this process (see scopeRestarts). */
+  private readonly restarts = new Map<string, number>();
   /**
    * Writes the plugin made to each collection's documents (any tab's, as
    * their change events tell). A state an app write's change event carries
@@ -197,6 +209,8 @@ export class Replicator {
       // The document no longer holds the server version the capture came from: keep that version.
       if (captured && server === captured) writes.push(...this.shadowWrite(collectionName, documentId, captured));
       const entries = this.pending.forDocument(collectionName, documentId);
+      // Removed here when it left the scope: not a delete of the app's.
+      if (entries.length === 0 && doc?._deleted && doc._meta[LEFT_FIELD] !== undefined) continue;
       const last = entries[entries.length - 1];
       const sinceLogged = changeBetween(last ? stateOfEvent(last.event) : server, current);
       if (!sinceLogged) continue;
@@ -427,12 +441,14 @@ export class Replicator {
     outside?: Scope,
     seqs?: readonly number[],
     /** Documents known to be in the scope on the server: left alone. Any other (with `outside`) leaves whatever its data. */
-    confirmed?: ReadonlySet<string>,
+    confirmed?: { has(documentId: string): boolean },
   ): Promise<number> {
     const collection = this.collection(collectionName);
     if (this.leftAt.size > MAX_LEFT_REMEMBERED) this.leftAt = new DocumentMap();
     const ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
-    const currents = await this.findLocal(collection, ids.filter((id) => this.pending.forDocument(collectionName, id).length === 0));
+    const unlogged = ids.filter((id) => this.pending.forDocument(collectionName, id).length === 0);
+    const currents = await this.findLocal(collection, unlogged);
+    const versions = await this.serverVersions(collectionName, unlogged, currents);
     const rows: LocalWrite[] = [];
     const gone = new Set<string>();
     for (const documentId of ids) {
@@ -443,9 +459,10 @@ export class Replicator {
         continue;
       }
       const state = localState(current)!;
+      if (this.changedHere(state, versions.get(documentId))) continue;
       if (confirmed ? confirmed.has(documentId) : outside !== undefined && matchesScope(outside, state.data)) continue;
       gone.add(documentId);
-      rows.push({ documentId, current, target: { data: state.data, deleted: true } });
+      rows.push({ documentId, current, target: { data: state.data, deleted: true }, left: true });
     }
     // Remembered for what left (or was not here): an older version on its way must not bring it back.
     seqs?.forEach((seq, i) => {
@@ -459,22 +476,66 @@ export class Replicator {
     return rows.length - refused.size;
   }
 
+  /**
+   * Documents said to have left this client's scope at a version (`seq`):
+   * by the server, judged in the scope it held this client to, or by the
+   * engine, from a version outside `scope`. Versions before that one are
+   * stale from now on. Each document leaves unless it has unpushed changes
+   * (it leaves once they are pushed), or this client holds a later version
+   * of it, or that very version inside `scope` (the server judged it in
+   * another scope, one this client held before). Returns how many left.
+   */
+  async leaveAt(collectionName: string, leaves: readonly { documentId: string; seq: number }[], scope: Scope): Promise<number> {
+    const collection = this.collection(collectionName);
+    if (this.leftAt.size > MAX_LEFT_REMEMBERED) this.leftAt = new DocumentMap();
+    const latest = new Map<string, number>();
+    for (const { documentId, seq } of leaves) latest.set(documentId, Math.max(seq, latest.get(documentId) ?? -1));
+    const ids = [...latest.keys()];
+    const currents = await this.findLocal(collection, ids);
+    const versions = await this.serverVersions(collectionName, ids, currents);
+    const rows: LocalWrite[] = [];
+    for (const [documentId, seq] of latest) {
+      if ((this.leftAt.get(collectionName, documentId) ?? -1) < seq) this.leftAt.set(collectionName, documentId, seq);
+      if (this.pending.forDocument(collectionName, documentId).length > 0) continue;
+      const current = currents.get(documentId);
+      if (!current || current._deleted) continue;
+      const known = versions.get(documentId);
+      const state = localState(current)!;
+      if (this.changedHere(state, known)) continue;
+      if (known!.seq > seq || (known!.seq === seq && matchesScope(scope, state.data))) continue;
+      rows.push({ documentId, current, target: { data: state.data, deleted: true }, left: true });
+    }
+    if (rows.length === 0) return 0;
+    const refused = await this.writeLocal(collection, rows);
+    const writes = rows.filter((row) => !refused.has(row.documentId)).flatMap((row) => this.shadowDelete(collectionName, row.documentId));
+    if (writes.length > 0) await this.meta.write(writes);
+    return rows.length - refused.size;
+  }
+
+  /**
+   * Whether the document holds a change of the app's that is not logged yet
+   * (or its server version is not known here): it does not leave before that
+   * change is logged and pushed (leaveIfOutside then judges it).
+   */
+  private changedHere(state: DocState, known: KnownVersion | undefined): boolean {
+    return !known || !hasData(known) || !statesEqual(state, known);
+  }
+
   /** Writes the state (checkpoints, scopes) as it stands. */
   async saveState(): Promise<void> {
     await this.meta.write([this.stateWrite()]);
   }
 
-  /** A new scope is asked for: what left the old one may be in it, at the very version that left. */
-  forgetLeaves(collectionName: string): void {
-    this.leftAt.clearCollection(collectionName);
+  /** How many times the collection's scope restarted here: a page asked for before a restart is not for what is held after it. */
+  scopeRestarts(collectionName: string): number {
+    return this.restarts.get(collectionName) ?? 0;
   }
 
   /** Starts (or restarts) a move to another scope: the collection's checkpoint goes back to 0 with it, durably. */
   async restartScope(collectionName: string, scope: HeldScope): Promise<void> {
+    this.restarts.set(collectionName, this.scopeRestarts(collectionName) + 1);
     this.state.scopes = { ...this.state.scopes, [collectionName]: scope };
     this.state.checkpoints[collectionName] = 0;
-    // What left the old scope may be in the new one, at the very version that left.
-    this.leftAt.clearCollection(collectionName);
     await this.meta.write([this.stateWrite()]);
   }
 
@@ -501,7 +562,7 @@ export class Replicator {
       const current = currents.get(documentId);
       const server = versions.get(documentId);
       const left = this.leftAt.get(collectionName, documentId);
-      if ((server && server.seq >= latest.seq) || (left !== undefined && left >= latest.seq)) {
+      if ((server && server.seq >= latest.seq) || (left !== undefined && left > latest.seq)) {
         done(documentId);
         continue;
       }
@@ -763,6 +824,8 @@ export class Replicator {
       this.state.logged = stored.logged;
       if (stored.sentThrough === undefined) delete this.state.sentThrough;
       else this.state.sentThrough = stored.sentThrough;
+      if (stored.scopes === undefined) delete this.state.scopes;
+      else this.state.scopes = stored.scopes;
     }
     this.pending = new PendingLog((await this.meta.getAll<StoredPending>('pending')).values(), this.state.sentThrough);
     this.acked = new AckedVersions(await this.meta.getAll<StoredAckedPage>('acked'));
@@ -891,10 +954,12 @@ export class Replicator {
     const time = now();
     const writeRows = rows
       .filter(({ current, target }) => !(target.deleted && (!current || current._deleted)))
-      .map(({ documentId, current, target, stamp }) => {
+      .map(({ documentId, current, target, stamp, left }) => {
         const meta: Record<string, unknown> = Object.assign({}, current?._meta, { lwt: time });
         if (stamp) meta[STAMP_FIELD] = stampValue(stamp);
         else delete meta[STAMP_FIELD];
+        if (left) meta[LEFT_FIELD] = 1;
+        else delete meta[LEFT_FIELD];
         const height = current ? getHeightOfRevision(current._rev) + 1 : 1;
         return {
           previous: current,
@@ -941,5 +1006,7 @@ interface LocalWrite {
   target: DocState;
   /** The server version `target` is, when it is one. */
   stamp?: VersionInfo;
+  /** The document leaves this client's scope: removed here only (see LEFT_FIELD). */
+  left?: true;
 }
 
