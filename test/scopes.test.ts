@@ -265,7 +265,7 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
 
     // A pull of everything is read and on its way back when the device narrows its scope,
     const gate = gateNext(s.server.getStorage(), 'getChangesAfter');
-    const syncing = crew.sync.syncNow();
+    const syncing = outcome(crew.sync.syncNow());
     await waitFor(gate.reached, 'the pull to be read');
     crew.sync.setScope('todos', { owner: 'c1' });
     // and a live change takes b out of it: b leaves, and the device holds its scope as of nothing.
@@ -315,7 +315,7 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     await crew.todos.insert(todo('a', 'c1'));
     // The device pushes a, and its first page waits before it reads,
     const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = crew.sync.syncNow();
+    const syncing = outcome(crew.sync.syncNow());
     await waitFor(first.reached, 'the first page to be asked for');
     // while the office hands a to crew c2 (the device hears nothing live) and adds b1, b2 for c1.
     const live = holdLive(s);
@@ -336,7 +336,7 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     const crew = await client(s.url, { scopes: { todos: { owner: 'c1' } }, autoSync: false, pullBatchSize: 1 });
     await crew.todos.insert(todo('a', 'c1'));
     const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = crew.sync.syncNow();
+    const syncing = outcome(crew.sync.syncNow());
     await waitFor(first.reached, 'the first page to be asked for');
     const live = holdLive(s);
     await office.todos.upsert(todo('a', 'c2'));
@@ -360,7 +360,7 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     // The device's own a (in its scope) is pushed; its first page is asked for, and waits before it reads,
     await crew.todos.insert(todo('a', 'c1'));
     const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = crew.sync.syncNow();
+    const syncing = outcome(crew.sync.syncNow());
     await waitFor(first.reached, 'the first page to be asked for');
     // while the office hands a to crew c2 (the device hears nothing live) and then adds b1, b2 for c1:
     const live = holdLive(s);

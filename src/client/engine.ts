@@ -7,7 +7,7 @@ import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
 import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
-import { intersectScopes, matchesScope, parseScope, sameScope, scopeKey, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
+import { intersectScopes, matchesScope, parseScope, sameScope, scopeImplies, scopeKey, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
 import { createLogger, type Logger } from '../shared/logger.js';
 import { MAX_PULL_HAVE, parseMessage, syncEventSchema, toSpans, type LiveMessage, type PullMessage, type PullReply } from '../shared/protocol/index.js';
 import type { PendingEntry } from './documents.js';
@@ -984,7 +984,8 @@ export class SyncEngine {
           if (replicator.scopeRestarts(name) !== restarts) return;
           this.confirming.delete(name);
           this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
-          await replicator.leaveScope(name, undefined, scope);
+          // Widened (every document held matches the new scope): nothing can leave, and nothing is read to find out.
+          if (heldScope.target !== undefined || !scopeImplies(parseScope(heldScope.held), scope)) await replicator.leaveScope(name, undefined, scope);
           await replicator.restartScope(name, restart);
           // A sequence held here may be of a document that just left: named in `have`, it would not come back.
           this.heldSequences.clear();

@@ -218,6 +218,20 @@ export interface SqlDialect {
   text(expression: string): string;
 }
 
+/**
+ * True when every document `scope` matches also matches `other`, judged
+ * atom by atom on equalities: each atom of `other` is an equality or an $in
+ * that an equality of `scope` on its field satisfies. False is always safe:
+ * it only means the caller does the general thing.
+ */
+export function scopeImplies(scope: Scope, other: Scope): boolean {
+  if (other === null) return true;
+  if (scope === null) return false;
+  return other.every((want) =>
+    scope.some((atom) => atom.field === want.field && atom.op === 'eq' && (want.op === 'eq' ? want.value === atom.value : want.op === 'in' && want.value.includes(atom.value))),
+  );
+}
+
 export function scopeToSql(scope: Scope, dialect: SqlDialect, params: unknown[]): string {
   if (scope === null) return 'TRUE';
   const push = (value: unknown) => {

@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { SyncError } from '../../shared/errors.js';
 import { isCollectionName } from '../../shared/protocol/index.js';
-import { scopeToSql, type Scope, type ScopeAtom, type SqlDialect } from '../../shared/scope.js';
+import { scopeImplies, scopeToSql, type Scope, type ScopeAtom, type SqlDialect } from '../../shared/scope.js';
 import type { ScopedChange, ScopedPage, ScopedQuery } from './types.js';
 
 /** The fields a scope may name (as parseScope checks them): they are written into SQL as JSON paths. */
@@ -113,7 +113,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   // An arm whose documents were all held at C starts after C, by the index: reading the held ones only to leave
   // them out would cost in proportion to what is held, not to what moves in.
   const sendArm = (scope: Scope) => {
-    const allHeld = checkpoint < held && implies(scope, query.held.scope);
+    const allHeld = checkpoint < held && scopeImplies(scope, query.held.scope);
     let arm = `SELECT h.seq AS seq, FALSE AS leave, (SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq) AS bytes FROM ${heads} h
     WHERE h.collection = ${collection} AND h.seq > ${allHeld ? l() : k()} AND ${matches(scope, 'h.data')}`;
     if (checkpoint < held && !allHeld) arm += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
@@ -154,19 +154,6 @@ function byInValue(scope: Scope): Scope[] {
   const values = [...new Map(atom.value.map((value) => [`${typeof value}:${String(value)}`, value])).values()];
   if (values.length === 0 || values.length > MAX_IN_ARMS) return [scope];
   return values.map((value) => scope.map((other, i) => (i === at ? { field: atom.field, op: 'eq' as const, value } : other)));
-}
-
-/**
- * True when every document `scope` matches also matches `held`, judged
- * atom by atom on equalities: each atom of `held` is an equality or an $in
- * that an equality of `scope` on its field satisfies. (False is always safe.)
- */
-function implies(scope: Scope, held: Scope): boolean {
-  if (held === null) return true;
-  if (scope === null) return false;
-  return held.every((want) =>
-    scope.some((atom) => atom.field === want.field && atom.op === 'eq' && (want.op === 'eq' ? want.value === atom.value : want.op === 'in' && want.value.includes(atom.value))),
-  );
 }
 
 /** A scope's fields are written into SQL: each must be a plain identifier (parseScope makes sure; this is for hand-made scopes). */
