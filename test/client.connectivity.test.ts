@@ -132,3 +132,29 @@ describe("the browser's network events", () => {
     }
   });
 });
+
+describe('asking to sync while connecting', () => {
+  let server: TestServer | undefined;
+  afterEach(async () => {
+    await server?.stop();
+    server = undefined;
+  });
+
+  it('sends one handshake: syncNow() during an attempt joins it, and nothing is replaced', async () => {
+    server = await startServer();
+    const dropped: string[] = [];
+    server.server.events.on('client-dropped', ({ reason }) => dropped.push(reason));
+    for (let i = 0; i < 20; i++) {
+      const client = await startClient(server.url);
+      // The plugin is connecting (its link opening, or open with the handshake in flight): ask again.
+      await new Promise((resolve) => setTimeout(resolve, i % 5));
+      try {
+        await client.sync.syncNow();
+        expect(client.sync.getStatus().connected).toBe(true);
+      } finally {
+        await client.close();
+      }
+    }
+    expect(dropped).toEqual([]);
+  });
+});

@@ -327,7 +327,18 @@ export class Transport {
   /** Connects, and keeps connecting after every drop, through the backoff. */
   connect(): void {
     this.wanted = true;
-    if (!this.socket.connected && this.reconnectTimer === undefined) this.socket.connect();
+    if (!this.socket.connected && !this.attempting() && this.reconnectTimer === undefined) this.socket.connect();
+  }
+
+  /**
+   * True while an attempt is under way (the link is opening, or open with
+   * the handshake not yet answered). socket.connect() then would send a
+   * second handshake on the same link: the server takes the newer for a
+   * new connection of this client id and drops this one as REPLACED, and
+   * the client would wait REFUSED_WAIT_MS before it came back.
+   */
+  private attempting(): boolean {
+    return this.socket.active && this.socket.io._readyState !== 'closed';
   }
 
   /**
@@ -335,7 +346,7 @@ export class Transport {
    * the app asked (syncNow), or the browser says the network is back.
    */
   connectNow(): void {
-    if (!this.wanted || this.socket.connected) return;
+    if (!this.wanted || this.socket.connected || this.attempting()) return;
     clearTimeout(this.reconnectTimer);
     this.reconnectTimer = undefined;
     this.socket.connect();
@@ -480,7 +491,7 @@ export class Transport {
     this.attempts++;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = undefined;
-      if (this.wanted && !this.socket.connected) this.socket.connect();
+      if (this.wanted && !this.socket.connected && !this.attempting()) this.socket.connect();
     }, delay);
   }
 
