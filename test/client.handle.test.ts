@@ -77,10 +77,24 @@ describe('the replication handle', () => {
     await expect(a.sync.syncNow()).rejects.toMatchObject({ code: 'CLOSED' });
   });
 
+  it('sent$ names each acknowledged change, received$ each change that came from the server', async () => {
+    server = await startServer();
+    const a = await client(server.url);
+    const b = await client(server.url);
+    await Promise.all([a.sync.awaitInitialSync(), b.sync.awaitInitialSync()]);
+    const sent = firstValueFrom(a.sync.sent$);
+    const received = firstValueFrom(b.sync.received$);
+    await a.todos.insert({ id: 'w', title: 'written by a', done: false });
+    const [stored] = await Promise.all([sent, a.sync.awaitInSync()]);
+    const [event] = await server.server.getStorage().getEventsAfter(0);
+    expect(stored).toEqual([{ collection: 'todos', documentId: 'w', seq: event!.seq }]);
+    expect(await received).toEqual([{ collection: 'todos', documentId: 'w', seq: event!.seq }]);
+  });
+
   it('exposes its observables read-only', async () => {
     server = await startServer();
     const a = await client(server.url, { autoSync: false });
-    for (const observable of [a.sync.status$, a.sync.conflicts$, a.sync.rejected$, a.sync.error$, a.sync.active$]) {
+    for (const observable of [a.sync.status$, a.sync.conflicts$, a.sync.rejected$, a.sync.error$, a.sync.active$, a.sync.received$, a.sync.sent$]) {
       expect('next' in observable).toBe(false);
     }
   });

@@ -4,7 +4,7 @@
  * with documents is the Replicator's job.
  */
 import type { RxChangeEventBulk, RxDatabase } from 'rxdb';
-import { BehaviorSubject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
+import { BehaviorSubject, Subject, combineLatest, distinctUntilChanged, map, type Observable, type Subscription } from 'rxjs';
 import { backoffDelay } from '../shared/backoff.js';
 import { SyncError } from '../shared/errors.js';
 import { intersectScopes, matchesScope, parseScope, sameScope, scopeImplies, scopeKey, toSelector, type Scope, type ScopeSelector } from '../shared/scope.js';
@@ -49,6 +49,15 @@ export interface SyncStatus {
   error: SyncError | null;
 }
 
+/** A change that crossed the link: its document and the server's sequence for it. */
+export interface SyncedChange {
+  collection: string;
+  documentId: string;
+  seq: number;
+}
+
+const changeOf = ({ collection, documentId, seq }: { collection: string; documentId: string; seq: number }): SyncedChange => ({ collection, documentId, seq });
+
 export interface SyncResult {
   success: boolean;
   error: SyncError | null;
@@ -89,6 +98,10 @@ const META_COMPACTION_THRESHOLD = 2000;
 
 export class SyncEngine {
   readonly status$: BehaviorSubject<SyncStatus>;
+  /** Server changes this tab applied (or found it already held), per live message or pull page. */
+  readonly received$ = new Subject<SyncedChange[]>();
+  /** This device's changes the server acknowledged, per push. */
+  readonly sent$ = new Subject<SyncedChange[]>();
   private readonly logger: Logger;
   private readonly queue = new SerialQueue();
   private readonly collections: Set<string>;
@@ -462,6 +475,8 @@ export class SyncEngine {
     await this.settings?.flush();
     await this.meta?.close();
     this.status$.complete();
+    this.received$.complete();
+    this.sent$.complete();
     this.shown?.complete();
   }
 
@@ -644,7 +659,10 @@ export class SyncEngine {
           const scope = this.heldScopeOf(event.collection);
           (scope === undefined || matchesScope(scope, event.data) ? events : outside).push(event);
         }
-        if (events.length > 0) await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+        if (events.length > 0) {
+          await replicator.applyRemote(events, 'live', undefined, this.heldSequences);
+          this.received$.next(events.map(changeOf));
+        }
         for (const event of events) this.confirm(event.collection, event.documentId, event.seq);
         for (const event of outside) {
           await this.holdScopeBeforeLeaving(event.collection);
@@ -834,6 +852,7 @@ export class SyncEngine {
           const outcomes = await transport.push(batch.map((entry) => entry.event));
           // This client holds what it took of the server's answer: a pull need not send that back.
           const acked = await replicator.applyPushResults(batch, outcomes);
+          if (acked.length > 0) this.sent$.next(acked.map(({ collection, documentId, seq }) => ({ collection, documentId, seq })));
           for (const { collection, documentId, seq } of acked) this.confirm(collection, documentId, seq);
           for (const { seq } of acked) this.heldSequences.add(seq);
           // A conflict settled here may have taken the server's version, which may be outside the scope too.
@@ -892,6 +911,7 @@ export class SyncEngine {
           const still = collections.filter((name) => replicator.state.scopes?.[name] === undefined);
           const events = still.length === collections.length ? reply.events : reply.events.filter((event) => still.includes(event.collection));
           synced += await replicator.applyRemote(events, 'pull', { collections: still, seq: reply.checkpoint });
+          if (events.length > 0) this.received$.next(events.map(changeOf));
           return still;
         });
         checkpoint = reply.checkpoint;
@@ -1012,6 +1032,7 @@ export class SyncEngine {
         // Saved with the checkpoint the page moves: a move ends with its last page.
         if (done) replicator.state.scopes = { ...replicator.state.scopes, [name]: { held: toSelector(scope), through: reply.checkpoint } };
         const written = await replicator.applyRemote(reply.events, 'pull', { collections: [name], seq: reply.checkpoint });
+        if (reply.events.length > 0) this.received$.next(reply.events.map(changeOf));
         const leaving = (reply.leaves ?? []).map(([documentId, seq]) => ({ documentId, seq }));
         let left = leaving.length > 0 ? await replicator.leaveAt(name, leaving, scope) : 0;
         if (done && first) {

@@ -4,9 +4,9 @@
  * to stop. Built on the status the engine publishes (in a tab that does not
  * lead, the leading tab's), so it behaves the same in every tab.
  */
-import { distinctUntilChanged, filter, firstValueFrom, map, type Observable } from 'rxjs';
+import { Observable, distinctUntilChanged, filter, firstValueFrom, map } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
-import type { SyncStatus } from './engine.js';
+import type { SyncedChange, SyncStatus } from './engine.js';
 
 export interface SyncHandle {
   /**
@@ -28,12 +28,19 @@ export interface SyncHandle {
   readonly error$: Observable<SyncError>;
   /** True while a sync run goes on. */
   readonly active$: Observable<boolean>;
+  /** Server changes applied here, per live message or pull page (in the tab that syncs). */
+  readonly received$: Observable<SyncedChange[]>;
+  /** This device's changes the server acknowledged, per push (in the tab that syncs). */
+  readonly sent$: Observable<SyncedChange[]>;
   /** Stops syncing for this database instance for good (disable() instead pauses, and is kept across reloads). */
   cancel(): Promise<void>;
 }
 
 /** `status$` must replay the current status to each subscriber (a BehaviorSubject's observable). */
-export function createHandle(status$: Observable<SyncStatus>, engine: { close(): Promise<void>; whenLogged(): Promise<void> }): SyncHandle {
+export function createHandle(
+  status$: Observable<SyncStatus>,
+  engine: { close(): Promise<void>; whenLogged(): Promise<void>; received$: Observable<SyncedChange[]>; sent$: Observable<SyncedChange[]> },
+): SyncHandle {
   const startedAt = Date.now();
   let cancelled = false;
   const until = async (done: (status: SyncStatus) => boolean): Promise<void> => {
@@ -63,11 +70,18 @@ export function createHandle(status$: Observable<SyncStatus>, engine: { close():
       map((status) => status.syncing),
       distinctUntilChanged(),
     ),
+    received$: readOnly(engine.received$),
+    sent$: readOnly(engine.sent$),
     async cancel() {
       cancelled = true;
       await engine.close();
     },
   };
+}
+
+/** An observable a subscriber cannot push into (piping a Subject would give a Subject again). */
+export function readOnly<T>(source: Observable<T>): Observable<T> {
+  return new Observable<T>((subscriber) => source.subscribe(subscriber));
 }
 
 function closedError(): SyncError {

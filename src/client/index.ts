@@ -1,6 +1,6 @@
 export { RxDBOfflineSyncPlugin, createSyncPlugin, SYNC_PLUGIN_NAME, type SyncApi, type SyncPluginDefinition } from './plugin.js';
 export type { SyncHandle } from './handle.js';
-export type { SyncStatus, SyncResult } from './engine.js';
+export type { SyncStatus, SyncResult, SyncedChange } from './engine.js';
 export type { SyncPluginOptions, AuthToken, ConflictResolution } from './options.js';
 export type { StoredConflict, RejectedEvent, ConflictResolutionChoice } from './replicator.js';
 export * from './strategies/index.js';

@@ -1,10 +1,10 @@
 import { addRxPlugin, type RxDatabase, type RxPlugin } from 'rxdb';
 import { RxDBLeaderElectionPlugin } from 'rxdb/plugins/leader-election';
-import { Observable } from 'rxjs';
+import type { Observable } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import type { ScopeSelector } from '../shared/scope.js';
 import { SyncEngine, type SyncResult, type SyncStatus } from './engine.js';
-import { createHandle, type SyncHandle } from './handle.js';
+import { createHandle, readOnly, type SyncHandle } from './handle.js';
 import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
 import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
 
@@ -100,9 +100,6 @@ function apiOf(engine: SyncEngine): SyncApi {
     rejected$: readOnly(engine.rejected$),
   };
 }
-
-/** An observable a subscriber cannot push into (the engine's Subjects stay the engine's). */
-const readOnly = <T>(source: Observable<T>): Observable<T> => new Observable<T>((subscriber) => source.subscribe(subscriber));
 
 const ATTACHED = new WeakMap<RxDatabase, Map<string, SyncApi>>();
 
