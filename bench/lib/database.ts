@@ -1,11 +1,11 @@
-/** Client and server RxDB databases for the benchmark: memory storage, one `todos` collection. */
-import { createRxDatabase, type RxCollection, type RxDatabase } from 'rxdb';
+/** Client and server RxDB databases for the benchmark: memory storage (one instance, shared by every bench database). */
+import { createRxDatabase, type CollectionsOfDatabase, type RxCollection, type RxDatabase } from 'rxdb';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { todoSchema, type Todo } from './documents.js';
 
 export type TodoDatabase = RxDatabase<{ todos: RxCollection<Todo> }>;
 
-const storage = getRxStorageMemory();
+export const storage = getRxStorageMemory();
 let counter = 0;
 
 export async function openTodoDatabase(prefix: string): Promise<TodoDatabase> {
@@ -26,7 +26,7 @@ export async function openTodoDatabase(prefix: string): Promise<TodoDatabase> {
  * that is never cleared; a long benchmark would otherwise carry every
  * earlier run's documents in its heap. So the documents are dropped too.
  */
-export async function dropTodoDatabase(db: TodoDatabase): Promise<void> {
+export async function dropDatabase<Collections extends CollectionsOfDatabase>(db: RxDatabase<Collections>): Promise<void> {
   const changeBuffers = Object.values(db.collections).map(
     (collection) => (collection as unknown as { _changeEventBuffer?: { buffer: unknown[] } })._changeEventBuffer,
   );

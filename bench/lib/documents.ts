@@ -27,7 +27,7 @@ const WORDS = ['call', 'plan', 'ship', 'fix', 'buy', 'send', 'read', 'pack', 'bo
 const TAGS = ['home', 'work', 'urgent', 'later', 'errand', 'phone', 'team', 'idea'];
 
 /** A small seeded generator (mulberry32), so every run and both systems get the same documents. */
-function random(seed: number): () => number {
+export function random(seed: number): () => number {
   let state = seed >>> 0;
   return () => {
     state = (state + 0x6d2b79f5) >>> 0;

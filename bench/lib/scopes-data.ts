@@ -5,10 +5,11 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
-import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import type { IncomingEvent, SyncStorage } from 'rxdb-offline-sync/server';
 // Only to stamp the seeded events, outside every timed span.
 import { formatHlc } from '../../src/shared/hlc.js';
+import { storage } from './database.js';
+import { random } from './documents.js';
 
 export interface Asset {
   id: string;
@@ -44,18 +45,6 @@ export interface Layout {
   /** The crew of asset i, as an index into `crews`. */
   crewOf: Uint8Array;
   crews: string[];
-}
-
-/** A small seeded generator (mulberry32), so every run gets the same documents. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /**
@@ -151,7 +140,6 @@ export async function seedAssets(layout: Layout, full: SyncStorage, alone: SyncS
 
 export type AssetDatabase = RxDatabase<{ assets: RxCollection<Asset> }>;
 
-const storage = getRxStorageMemory();
 let counter = 0;
 
 export async function openAssetDatabase(): Promise<AssetDatabase> {
@@ -163,19 +151,6 @@ export async function openAssetDatabase(): Promise<AssetDatabase> {
   });
   await db.addCollections({ assets: { schema: assetSchema } });
   return db;
-}
-
-/** Closes the database and frees its documents (RxDB's memory storage keeps closed instances' state in a process-wide map). */
-export async function dropAssetDatabase(db: AssetDatabase): Promise<void> {
-  if (!db.closed) await db.close();
-  const prefix = `${db.name}--memory--`;
-  for (const [key, internals] of [...storage.collectionStates]) {
-    if (!key.startsWith(prefix)) continue;
-    internals.documents.clear();
-    internals.byIndex = {};
-    internals.byIndexArray = [];
-    storage.collectionStates.delete(key);
-  }
 }
 
 /** A time-ordered event id of a UUID's length (as UUIDv7 orders them): the storage's index on ids grows at its end. */

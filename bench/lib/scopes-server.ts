@@ -9,7 +9,8 @@ import type { Socket } from 'node:net';
 import { addRxPlugin } from 'rxdb';
 import { RxDBOfflineSyncPlugin, createSyncPlugin, type ScopeSelector, type SyncApi } from 'rxdb-offline-sync';
 import { createSyncServer, type SyncStorage } from 'rxdb-offline-sync/server';
-import { dropAssetDatabase, type AssetDatabase } from './scopes-data.js';
+import { dropDatabase } from './database.js';
+import type { AssetDatabase } from './scopes-data.js';
 
 addRxPlugin(RxDBOfflineSyncPlugin);
 
@@ -114,7 +115,7 @@ export async function startAssetSync(database: AssetDatabase, url: string, scope
     db: database,
     sync,
     count: () => database.assets.count().exec(),
-    close: () => dropAssetDatabase(database),
+    close: () => dropDatabase(database),
   };
 }
 

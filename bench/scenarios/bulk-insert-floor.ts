@@ -3,7 +3,7 @@
  * collection on memory storage. No sync system can store N pulled documents
  * faster than this.
  */
-import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
+import { dropDatabase, openTodoDatabase } from '../lib/database.js';
 import { makeTodos } from '../lib/documents.js';
 import { profiled } from '../lib/profile.js';
 import { gc } from '../lib/runtime.js';
@@ -26,7 +26,7 @@ export const bulkInsertFloor: Scenario = {
         const count = await db.todos.count().exec();
         times.push(performance.now() - started);
         if (result.error.length > 0 || count !== n) throw new Error(`bulkInsert of ${n} stored ${count} documents, ${result.error.length} errors`);
-        await dropTodoDatabase(db);
+        await dropDatabase(db);
         log(`floor n=${n} run ${run + 1}: ${times.at(-1)!.toFixed(0)} ms`);
       }
       record({ scenario: 'floor', system: 'local-bulkInsert', n, metric: 'time', unit: 'ms', value: median(times), runs: times });

@@ -8,7 +8,7 @@ import { createSyncServer, type IncomingEvent } from 'rxdb-offline-sync/server';
 // Only to build the bare pushers' prepared events, outside every timed span.
 import { formatHlc } from '../../src/shared/hlc.js';
 import { Counter } from '../lib/counter.js';
-import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
+import { dropDatabase, openTodoDatabase } from '../lib/database.js';
 import { connectOwnSocket, listenOnLoopback } from '../lib/listen.js';
 import type { BenchClient, BenchPuller, BenchPusher, BenchServer, BenchSystem } from './types.js';
 
@@ -83,7 +83,7 @@ export const offlineSync: BenchSystem = {
             const result = await sync!.syncNow();
             if (!result.success || sync!.getStatus().pendingEvents > 0) throw result.error ?? new Error('events still pending');
           },
-          close: () => dropTodoDatabase(db),
+          close: () => dropDatabase(db),
         };
       },
       async openPuller(): Promise<BenchPuller> {

@@ -3,7 +3,7 @@ import { createServer } from 'node:http';
 import type { RxReplicationState } from 'rxdb/plugins/replication';
 import { replicateWithWebsocketServer, startWebsocketServer } from 'rxdb/plugins/replication-websocket';
 import { Counter } from '../lib/counter.js';
-import { dropTodoDatabase, openTodoDatabase } from '../lib/database.js';
+import { dropDatabase, openTodoDatabase } from '../lib/database.js';
 import { listenOnLoopback } from '../lib/listen.js';
 import type { Todo } from '../lib/documents.js';
 import { WebSocket } from 'ws';
@@ -63,7 +63,7 @@ export const rxdbWebsocket: BenchSystem = {
           },
           async close() {
             await replication?.cancel();
-            await dropTodoDatabase(db);
+            await dropDatabase(db);
           },
         };
       },
@@ -98,7 +98,7 @@ export const rxdbWebsocket: BenchSystem = {
         await wsServer.close();
         httpServer.closeAllConnections();
         await new Promise<void>((resolve) => httpServer.close(() => resolve()));
-        await dropTodoDatabase(serverDb);
+        await dropDatabase(serverDb);
       },
     };
     return bench;
