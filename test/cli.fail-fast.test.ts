@@ -4,9 +4,13 @@
  * once started, a Redis outage is survived and logged once, not per retry.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer as createHttpServer } from 'node:http';
+import { connect, createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
+import { pino } from 'pino';
+import { Server as SocketIoServer } from 'socket.io';
 import { afterEach, describe, expect, it } from 'vitest';
+import { connectRedis } from '../src/cli/serve.js';
 import { waitFor } from './helpers.js';
 import { portOpen } from './services.js';
 
@@ -130,8 +134,8 @@ const redisServerInstalled = spawnSync('redis-server', ['--version']).status ===
 
 describe.skipIf(!redisServerInstalled)('serve when Redis goes away after start', () => {
   /** A Redis server of this test's own, which it can stop and start again on the same port. */
-  async function startRedis(port: number): Promise<ChildProcess> {
-    const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  async function startRedis(port: number, ...flags: string[]): Promise<ChildProcess> {
+    const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', ...flags], { stdio: 'ignore' });
     const exited = new Promise((resolve) => redis.once('exit', resolve));
     cleanups.push(async () => {
       if (redis.exitCode === null && redis.signalCode === null) redis.kill('SIGKILL');
@@ -140,6 +144,39 @@ describe.skipIf(!redisServerInstalled)('serve when Redis goes away after start',
     await waitFor(() => portOpen('127.0.0.1', port), 'redis-server to listen', 10_000);
     return redis;
   }
+
+  it('survives Redis dying while the adapter\'s subscribes and publishes await their answer', async () => {
+    const redisPort = await freePort();
+    const redis = await startRedis(redisPort);
+    const lines: string[] = [];
+    const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(line) });
+    const connection = await connectRedis(`redis://127.0.0.1:${redisPort}`, logger);
+    cleanups.push(() => connection.close());
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    cleanups.push(() => void process.off('unhandledRejection', onUnhandled));
+
+    // Redis holds every other client's commands until it dies, so the adapter's
+    // SUBSCRIBE, PSUBSCRIBE and PUBLISH are all in flight when it does.
+    const pause = await new Promise<Socket>((resolve, reject) => {
+      const socket = connect(redisPort, '127.0.0.1', () => socket.write('CLIENT PAUSE 60000 ALL\r\n'));
+      socket.once('data', (reply) => (reply.toString() === '+OK\r\n' ? resolve(socket) : reject(new Error(reply.toString()))));
+      socket.once('error', reject);
+    });
+    pause.on('error', () => {});
+    cleanups.push(() => void pause.destroy());
+    const io = new SocketIoServer(createHttpServer(), { adapter: connection.adapter });
+    cleanups.push(() => void io.close());
+    io.emit('event', 'published while Redis is paused');
+
+    redis.kill('SIGKILL');
+    const roles = () => lines.filter((line) => line.includes('redis unreachable')).map((line) => (JSON.parse(line) as { role: string }).role);
+    await waitFor(() => roles().length === 2, 'both clients to log the outage', 30_000);
+    await new Promise((resolve) => setImmediate(resolve)); // rejections are reported once their microtasks have run
+    expect(roles().sort()).toEqual(['publisher', 'subscriber']);
+    expect(unhandled).toEqual([]);
+  }, 60_000);
 
   it('keeps serving, logs the outage once per connection and its end once, and stops cleanly', async () => {
     const redisPort = await freePort();

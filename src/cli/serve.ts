@@ -121,11 +121,37 @@ export async function connectRedis(url: string, logger: Logger) {
     throw new Error(`cannot connect to Redis at ${new URL(url).host}: ${messageOf(failure)}`, { cause: failure });
   }
   return {
-    adapter: createAdapter(pub, sub),
+    adapter: createAdapter(withoutUnhandledRejections(pub), withoutUnhandledRejections(sub)),
+    // QUIT waits for Redis to answer, which during an outage it never does.
     close: async () => {
-      await Promise.allSettled([pub.quit(), sub.quit()]);
+      await Promise.allSettled([pub, sub].map((client) => (client.isReady ? client.quit() : client.destroy())));
     },
   };
+}
+
+/**
+ * The Redis adapter publishes and subscribes without awaiting the command. A
+ * command in flight when Redis goes away then rejects with nobody listening,
+ * and an unhandled rejection ends the process: one outage would stop every
+ * device's sync. The outage is logged by the client's 'error' listener; a
+ * live event lost with it reaches other instances' devices through their
+ * gap checks and next pull. Awaiting callers still see the rejection.
+ */
+function withoutUnhandledRejections<Client extends object>(client: Client): Client {
+  const commands = ['publish', 'sPublish', 'subscribe', 'pSubscribe', 'sSubscribe', 'unsubscribe', 'pUnsubscribe', 'sUnsubscribe'];
+  for (const name of commands) {
+    const command = (client as Record<string, unknown>)[name];
+    if (typeof command !== 'function') continue;
+    Object.defineProperty(client, name, {
+      configurable: true,
+      value: (...args: unknown[]): unknown => {
+        const result: unknown = Reflect.apply(command, client, args);
+        if (result instanceof Promise) result.catch(() => undefined);
+        return result;
+      },
+    });
+  }
+  return client;
 }
 
 function messageOf(error: unknown): string {
