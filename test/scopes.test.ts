@@ -307,6 +307,37 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     await waitFor(async () => (await outcome(again.sync.syncNow())).success && (await ids(again)).join() === 'a1,a2,a3', 'the device to hold the whole scope');
   });
 
+  it('a first catch-up cut into pages names where it began: its pages judge only what moved out after', async () => {
+    const s = await server();
+    const storage = s.server.getStorage();
+    const office = await client(s.url);
+    await seed(office, [todo('a1', 'c1'), todo('a2', 'c1'), todo('a3', 'c1'), todo('x', 'c1')]);
+    await office.todos.upsert(todo('x', 'c2')); // out of the scope before the device ever syncs
+    await office.sync.syncNow();
+    const began = await storage.getLatestSequence();
+    const asked: { checkpoint: number; through: number; start?: number }[] = [];
+    const read = storage.getScopedChanges;
+    storage.getScopedChanges = function (this: SyncStorage, checkpoint, query) {
+      asked.push({ checkpoint, through: query.held.through, ...(query.start !== undefined ? { start: query.start } : {}) });
+      return read.call(this, checkpoint, query);
+    };
+    // The second page waits while a1, which the first sent, moves out with no live message to say so.
+    const gate = gateNext(storage, 'getScopedChanges', { skip: 1, before: true });
+    const crew = await client(s.url, { scopes: { todos: { owner: 'c1' } }, pullBatchSize: 1 });
+    await waitFor(gate.reached, 'the second page to be asked for');
+    const live = holdLive(s);
+    await office.todos.upsert(todo('a1', 'c2'));
+    await waitFor(() => idle(office), 'the office to push');
+    gate.open();
+    await waitFor(async () => (await outcome(crew.sync.syncNow())).success && (await ids(crew)).join() === 'a2,a3', 'the device to hold a2 and a3');
+    live.release();
+    const catchUp = asked.filter((query) => query.through === 0);
+    // The server reads where the catch-up begins for its first page; the device names it on every later one.
+    expect(catchUp[0]!.checkpoint).toBe(0);
+    expect(catchUp.length).toBeGreaterThan(2);
+    for (const page of catchUp) expect(page).toMatchObject({ start: began });
+  });
+
   it("a first catch-up drops the device's own write that it read past out of the scope", async () => {
     const s = await server();
     const storage = s.server.getStorage();

@@ -141,6 +141,8 @@ export class SyncEngine {
   private subscribed = false;
   /** Per collection pulled in a scope as of nothing: the documents confirmed in it so far, with the sequence of the version that did (see confirm). */
   private readonly confirming = new Map<string, Map<string, number>>();
+  /** Per collection in such a catch-up: the latest sequence as it began (its first page's `start`), which its other pages send back. */
+  private readonly catchUpStart = new Map<string, number>();
   /** Collections the server scopes for this user, though this device asked for none. */
   private readonly ruledScopes = new Set<string>();
   /** The scope this device asks for per collection (options.scopes, then setScope()). */
@@ -979,7 +981,7 @@ export class SyncEngine {
         checkpoint,
         collections: [name],
         limit: this.options.pullBatchSize,
-        scope: { want: this.getScope(name), held: heldScope.held, through: heldScope.through ?? checkpoint },
+        scope: { want: this.getScope(name), held: heldScope.held, through: heldScope.through ?? checkpoint, ...this.startOf(name, first && checkpoint > 0) },
         // Held as of nothing, every document is confirmed by its row: none is left out for being held already.
       }, !first);
       if (!this.status.enabled) throw new SyncError('DISABLED', 'sync was disabled during the pull');
@@ -1003,6 +1005,7 @@ export class SyncEngine {
           // Restarted meanwhile (a leave that came live): what is held is another state; look again.
           if (replicator.scopeRestarts(name) !== restarts) return;
           this.confirming.delete(name);
+          this.catchUpStart.delete(name);
           this.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
           // Widened (every document held matches the new scope): nothing can leave, and nothing is read to find out.
           if (heldScope.target !== undefined || !scopeImplies(parseScope(heldScope.held), scope)) await replicator.leaveScope(name, undefined, scope);
@@ -1021,7 +1024,13 @@ export class SyncEngine {
         // Restarted meanwhile (a leave that came live): this page answers for a state no longer held.
         if (replicator.scopeRestarts(name) !== restarts) return undefined;
         if (first && !this.confirming.has(name)) this.confirming.set(name, new Map());
-        for (const event of reply.events) this.confirm(name, event.documentId, event.seq);
+        if (first && checkpoint === 0 && reply.start !== undefined) {
+          this.catchUpStart.set(name, reply.start);
+          // Confirmed live or by a push before the catch-up began: a page sends it again if it is in the scope.
+          const confirmed = this.confirming.get(name)!;
+          for (const [documentId, seq] of confirmed) if (seq <= reply.start) confirmed.delete(documentId);
+        }
+        for (const event of reply.events) this.confirm(name, event.documentId, event.seq, true);
         // A first page from 0 names no leaves (nothing was sent yet): a version confirmed before it that
         // it read past and did not send is no longer in the scope (sent or left later, when it moved on).
         if (first && checkpoint === 0) {
@@ -1038,6 +1047,7 @@ export class SyncEngine {
         if (done && first) {
           const confirmed = this.confirming.get(name) ?? new Map<string, number>();
           this.confirming.delete(name);
+          this.catchUpStart.delete(name);
           left += await replicator.leaveScope(name, undefined, scope, undefined, confirmed);
         }
         return written + left;
@@ -1114,13 +1124,22 @@ export class SyncEngine {
    * collection holds its scope as of nothing, that confirms the document,
    * which the end of the catch-up keeps.
    */
-  private confirm(name: string, documentId: string, seq: number): void {
+  private confirm(name: string, documentId: string, seq: number, byPage = false): void {
     if (!this.collections.has(name) || !this.pullsAsOfNothing(name)) return;
+    // A version from before the catch-up began, not sent by one of its pages: a later version at or before
+    // that start (out of the scope) would be no leave, so only a page confirms it (see ScopedQuery.start).
+    if (!byPage && seq <= (this.catchUpStart.get(name) ?? 0)) return;
     // Past 0 without them, the confirmations of its pages are gone: the catch-up starts again (see pullScoped).
     const confirmed = this.confirming.get(name) ?? ((this.requireReplicator().state.checkpoints[name] ?? 0) === 0 ? new Map<string, number>() : undefined);
     if (!confirmed) return;
     confirmed.set(documentId, Math.max(seq, confirmed.get(documentId) ?? 0));
     this.confirming.set(name, confirmed);
+  }
+
+  /** `start` for a scoped pull's message: the catch-up's, on every page after its first. */
+  private startOf(name: string, later: boolean): { start?: number } {
+    const start = this.catchUpStart.get(name);
+    return later && start !== undefined && this.confirming.has(name) ? { start } : {};
   }
 
   /** The scope this collection's documents are held to here (during a move, the one it moves to). */

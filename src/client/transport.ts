@@ -439,6 +439,7 @@ export class Transport {
       hasMore: page.hasMore,
       ...(page.scopes ? { scopes: page.scopes } : {}),
       ...(page.leaves ? { leaves: page.leaves } : {}),
+      ...(page.start !== undefined ? { start: page.start } : {}),
     };
   }
 

@@ -399,12 +399,18 @@ async function scopedPull<User>(
   const collection = message.collections[0]!;
   const scope = await effectiveScope(ctx, socket.data.user, collection, message.scope.want);
   const held = parseScope(message.scope.held, 'scope.held');
+  // The first page of a catch-up from nothing: where it begins, read before the page so that every head
+  // the catch-up sends is at or after it (see ScopedQuery.start).
+  const first = message.checkpoint === 0 && message.scope.through === 0;
+  let start = message.scope.through === 0 ? message.scope.start : undefined;
   let page: Awaited<ReturnType<SyncStorage['getScopedChanges']>>;
   try {
+    if (first) start = await ctx.storage.getLatestSequence();
     page = await ctx.storage.getScopedChanges(message.checkpoint, {
       collection,
       scope,
       held: { scope: held, through: message.scope.through },
+      ...(start !== undefined ? { start } : {}),
       limit,
       maxBytes: ctx.options.maxPullBytes,
     });
@@ -437,6 +443,7 @@ async function scopedPull<User>(
     hasMore,
     scopes: { [collection]: toSelector(scope) },
     ...(leaves.length > 0 ? { leaves } : {}),
+    ...(first && start !== undefined ? { start } : {}),
   };
 }
 

@@ -56,6 +56,7 @@ export const scopedScenario = fc.record({
       checkpointPick: fc.nat(1000),
       // null: the scope is unchanged (held = scope, through the checkpoint); else a held scope and sequence of their own.
       heldPick: fc.option(fc.nat(1000), { nil: null }),
+      startPick: fc.option(fc.nat(1000), { nil: null }),
       scope: scopeSelector,
       heldScope: scopeSelector,
       limit: fc.option(fc.integer({ min: 1, max: 4 }), { nil: undefined }),

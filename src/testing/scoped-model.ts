@@ -30,7 +30,9 @@ export const summary = (page: ScopedPage): PageSummary => ({
  *   the document: some kept version x before the head, from its version at
  *   C (or its first) on, is no delete and matches E; or its versions up to
  *   C were compacted away (its oldest kept event has a base), unless L is 0
- *   (nothing held, nothing sent).
+ *   (nothing held, nothing sent);
+ * - in a catch-up from nothing (C is 0) that names its start S, a head at or
+ *   before S is no leave.
  */
 export class ScopedHistory {
   readonly written: Written[] = [];
@@ -80,6 +82,7 @@ export class ScopedHistory {
   rows(checkpoint: number, query: ScopedQuery): { seq: number; id: string; leave: boolean; bytes: number }[] {
     const heldThrough = query.held.through;
     const last = Math.max(checkpoint, heldThrough);
+    const leavesAfter = heldThrough === 0 && query.start !== undefined ? Math.max(last, query.start) : last;
     const heads = new Map<string, Written>();
     const kept = new Map<string, Written[]>();
     for (const w of this.written) {
@@ -98,7 +101,7 @@ export class ScopedHistory {
       const { data } = h.event;
       if (matchesScope(query.scope, data)) {
         if (!(h.seq <= heldThrough && matchesScope(query.held.scope, data))) rows.push({ seq: h.seq, id: h.event.id, leave: false, bytes: documentBytes(data) });
-      } else if (query.scope !== null && last > 0 && h.seq > last && mayHold(kept.get(h.event.documentId)!, h)) {
+      } else if (query.scope !== null && last > 0 && h.seq > leavesAfter && mayHold(kept.get(h.event.documentId)!, h)) {
         rows.push({ seq: h.seq, id: h.event.id, leave: true, bytes: 0 });
       }
     }
@@ -145,6 +148,8 @@ export class ScopedReader {
   readonly documents = new Map<string, Data>();
   private checkpoint = 0;
   private held: ScopedQuery['held'];
+  /** The latest sequence when a catch-up from nothing began, as the server reads it before the first page. */
+  private start?: number;
 
   constructor(
     private readonly storage: SyncStorage,
@@ -155,7 +160,9 @@ export class ScopedReader {
 
   /** Reads and applies one page; true when it ended the catch-up. */
   async page(limit?: number, maxBytes?: number): Promise<boolean> {
-    const page = await this.storage.getScopedChanges(this.checkpoint, { collection: 'todos', scope: this.scope, held: this.held, limit, maxBytes });
+    if (this.held.through === 0 && this.checkpoint === 0) this.start = await this.storage.getLatestSequence();
+    const start = this.held.through === 0 && this.start !== undefined ? { start: this.start } : {};
+    const page = await this.storage.getScopedChanges(this.checkpoint, { collection: 'todos', scope: this.scope, held: this.held, ...start, limit, maxBytes });
     for (const change of page) {
       expect(change.seq).toBeGreaterThan(this.checkpoint);
       expect(change.collection).toBe('todos');
@@ -179,5 +186,6 @@ export class ScopedReader {
     this.held = { scope: this.scope, through: this.checkpoint };
     this.scope = scope;
     this.checkpoint = 0;
+    this.start = undefined;
   }
 }

@@ -3,7 +3,7 @@ import { frozenJsonCopy } from '../../shared/json.js';
 import { DocumentMap } from '../../shared/document-map.js';
 import { matchesScope } from '../../shared/scope.js';
 import { assertClaimable } from './claims.js';
-import { assertScopeCollection, assertScopeField, scopedLimit, scopedPage, scopedThrough } from './scoped.js';
+import { assertScopeCollection, assertScopeField, leaveFloor, scopedLimit, scopedPage, scopedThrough } from './scoped.js';
 import { decideSave, documentHeads, headOf } from './save.js';
 import { changesPage, documentBytes } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
@@ -109,6 +109,7 @@ export class MemorySyncStorage implements SyncStorage {
     const { collection, scope } = query;
     const held = query.held.through;
     const last = Math.max(checkpoint, held);
+    const leavesAfter = leaveFloor(checkpoint, query);
     const result: ScopedChange[] = [];
     let bytes = 0;
     // Every head after the checkpoint, looked at once: linear in the events after it.
@@ -124,7 +125,7 @@ export class MemorySyncStorage implements SyncStorage {
           if (bytes > maxBytes && result.length > 0) return scopedPage(result, true, result.at(-1)!.seq);
         }
       } else {
-        if (scope === null || last === 0 || event.seq <= last || !this.mayHold(event, query)) continue;
+        if (scope === null || last === 0 || event.seq <= leavesAfter || !this.mayHold(event, query)) continue;
         change = Object.freeze({ ...event, leave: true as const });
       }
       result.push(change);

@@ -13,7 +13,9 @@
  * message or its own push (acknowledged after its checkpoint), and holds
  * no version outside E. When compaction removed
  * the document's versions up to C (its oldest kept event has a base and
- * comes after C), and L > 0, the leave is sent anyway.
+ * comes after C), and L > 0, the leave is sent anyway. A catch-up from
+ * nothing names S, the latest sequence when it began: no head at or before
+ * S replaced a version the reader was sent, so leaves start after max(L, S).
  */
 import { createHash } from 'node:crypto';
 import { SyncError } from '../../shared/errors.js';
@@ -102,6 +104,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
     };
   };
   const [k, c, l] = [bound(checkpoint), bound(held), bound(last)];
+  const leavesAfter = bound(leaveFloor(checkpoint, query));
   const matches = (scope: Scope, column: string) => scopeToSql(checkedScope(scope), sql.dialect(column), params);
   // Where a NOT or an OR applies, an unknown (a missing field) must count as false.
   const surely = (scope: Scope, column: string) => `COALESCE(${matches(scope, column)}, FALSE)`;
@@ -131,12 +134,18 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   const nth = bound(limit === undefined ? 0 : Math.max(0, limit - 1));
   const lastSend = limit === undefined ? '' : ` AND h.seq <= COALESCE((SELECT s.seq FROM (${sends}) s ORDER BY s.seq LIMIT 1 OFFSET ${nth()}), ${Number.MAX_SAFE_INTEGER})`;
   const leaves = `SELECT h.seq AS seq, TRUE AS leave, 0 AS bytes FROM ${heads} h
-    WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${l()}${lastSend} AND NOT ${surely(query.scope, 'h.data')}
+    WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${leavesAfter()}${lastSend} AND NOT ${surely(query.scope, 'h.data')}
       AND (EXISTS (SELECT 1 FROM ${events} x WHERE ${sameDocument('x')} AND x.seq < h.seq
             AND x.seq >= COALESCE((SELECT w.seq FROM ${events} w WHERE ${sameDocument('w')} AND w.seq <= ${c()} ORDER BY w.seq DESC LIMIT 1), 0)
             AND x.op <> 'delete' AND ${matches(query.scope, 'x.data')})
         OR (SELECT f.base_event_id IS NOT NULL AND f.seq > ${c()} FROM ${events} f WHERE ${sameDocument('f')} ORDER BY f.seq LIMIT 1))`;
   return `${sends} UNION ALL ${leaves}`;
+}
+
+/** The sequence a leave must come after: max(L, S) in the rule above. */
+export function leaveFloor(checkpoint: number, query: ScopedQuery): number {
+  const last = Math.max(checkpoint, query.held.through);
+  return query.held.through === 0 && query.start !== undefined ? Math.max(last, query.start) : last;
 }
 
 /** Arms of an $in at most: a longer list is read as the OR it is. */

@@ -59,6 +59,14 @@ export interface ScopedQuery {
   collection: string;
   scope: Scope;
   held: { scope: Scope; through: number };
+  /**
+   * For a catch-up from nothing (`held.through` 0): the latest sequence
+   * when it began. Every version the reader was sent was a head at or after
+   * that moment, so a head at or before `start` replaced none of them and
+   * is never a leave. Without it, each page of a first sync judged every
+   * out-of-scope head it read past.
+   */
+  start?: number;
   limit?: number;
   maxBytes?: number;
 }

@@ -28,9 +28,11 @@ export const pullMessageSchema = z.strictObject({
   /**
    * A scoped pull, of one collection: the scope this client asks for, and
    * what it holds, the documents of the scope `held` as of sequence
-   * `through` (0: nothing yet). See SyncStorage.getScopedChanges.
+   * `through` (0: nothing yet). A catch-up from nothing sends, from its
+   * second page on, the `start` its first page's answer named. See
+   * SyncStorage.getScopedChanges.
    */
-  scope: z.strictObject({ want: z.unknown(), held: z.unknown(), through: sequenceSchema }).optional(),
+  scope: z.strictObject({ want: z.unknown(), held: z.unknown(), through: sequenceSchema, start: sequenceSchema.optional() }).optional(),
 });
 export type PullMessage = z.infer<typeof pullMessageSchema>;
 
@@ -58,6 +60,8 @@ export const pullPageSchema = z.object({
   scopes: scopesSchema.optional(),
   /** In a scoped pull: documents that left the scope, as [document id, sequence]; the client removes them. */
   leaves: z.array(z.tuple([documentIdSchema, sequenceSchema])).optional(),
+  /** On the first page of a scoped catch-up from nothing: the latest sequence as it began, for the client to send back as `scope.start`. */
+  start: sequenceSchema.optional(),
   collections: z.array(collectionNameSchema),
   // The rest of a clock after its time, held to what a node may be in a whole clock.
   nodes: z.array(clockNodeSchema),
@@ -68,7 +72,7 @@ export const pullPageSchema = z.object({
 export type PullPage = z.infer<typeof pullPageSchema>;
 
 /** A pull page as the client works with it: whole events, every author filled in. */
-export type PullReply = Pick<PullPage, 'checkpoint' | 'hasMore' | 'scopes' | 'leaves'> & { events: RemoteEvent[] };
+export type PullReply = Pick<PullPage, 'checkpoint' | 'hasMore' | 'scopes' | 'leaves' | 'start'> & { events: RemoteEvent[] };
 
 /** Events as a pull page lists them (see pullPageSchema). */
 export function toPullPage(events: readonly StoredEvent[]): Pick<PullPage, 'collections' | 'nodes' | 'events'> {

@@ -174,6 +174,23 @@ export function scopedReadTests(t: Conformance): void {
       expect([...reader.documents.keys()].sort()).toEqual(['e2', 'f1']);
     });
 
+    it('in a catch-up from nothing, sends no leave for a head from before it began, and one for a head after', async () => {
+      const h = new ScopedHistory(storage);
+      await h.write('d1', { crewId: 'a' });
+      await h.write('d2', { crewId: 'a' });
+      await h.write('d3', { crewId: 'a' });
+      await h.write('d1', { crewId: 'b' }); // moved out before the catch-up began: no page sent the reader d1
+      const start = h.latest();
+      const first = await expectPage(h, 0, scopedQuery(0, { crewId: 'a' }, { start, limit: 1 }));
+      expect(first.map((change) => change.documentId)).toEqual(['d2']);
+      await h.write('d2', { crewId: 'b' }); // moved out after the reader was sent it
+      const second = await expectPage(h, first.through, scopedQuery(0, { crewId: 'a' }, { start, limit: 10 }));
+      expect(second.map((change) => [change.documentId, change.leave === true])).toEqual([['d3', false], ['d2', true]]);
+      // Without its start the catch-up judges d1 too, and leaves it (a leave of what is not held does no harm, at a cost).
+      const judged = await expectPage(h, first.through, scopedQuery(0, { crewId: 'a' }, { limit: 10 }));
+      expect(judged.filter((change) => change.leave).map((change) => change.documentId)).toEqual(['d1', 'd2']);
+    });
+
     it('still sends a leave when compaction removed the version the reader held', async () => {
       const h = new ScopedHistory(storage);
       await h.write('a1', { crewId: 'a' });
@@ -264,12 +281,13 @@ export function scopedReadTests(t: Conformance): void {
             const h = new ScopedHistory(under.storage);
             await playSteps(h, steps);
             const seqs = [0, ...h.written.map((w) => w.seq)];
-            for (const { checkpointPick, heldPick, scope, heldScope, limit, maxBytes } of queries) {
+            for (const { checkpointPick, heldPick, startPick, scope, heldScope, limit, maxBytes } of queries) {
               const checkpoint = seqs[checkpointPick % seqs.length]!;
               const query: ScopedQuery = {
                 collection: 'todos',
                 scope: parseScope(scope),
                 held: heldPick === null ? { scope: parseScope(scope), through: checkpoint } : { scope: parseScope(heldScope), through: seqs[heldPick % seqs.length]! },
+                ...(startPick === null ? {} : { start: seqs[startPick % seqs.length]! }),
                 limit,
                 maxBytes,
               };
