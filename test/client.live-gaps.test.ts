@@ -20,9 +20,9 @@ it('waits out gaps that live messages fill late, instead of pulling each twice',
   server = await startServer();
   let slowClientId: string | undefined;
   server.server.events.once('client-connect', (client: { clientId: string }) => (slowClientId = client.clientId));
-  const internals = server.server as unknown as { fanOut(push: LivePush): void };
-  const fanOut = internals.fanOut.bind(server.server);
-  internals.fanOut = (push) => {
+  const live = (server.server as unknown as { live: { add(push: LivePush): void } }).live;
+  const fanOut = live.add.bind(live);
+  live.add = (push) => {
     if (push.sender.data.clientId === slowClientId) setTimeout(() => fanOut(push), RELAY_LAG_MS);
     else fanOut(push);
   };

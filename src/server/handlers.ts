@@ -1,4 +1,4 @@
-/** What the server does with each client message; the socket wiring lives in server.ts. */
+/** What the server does with each client message; the socket wiring lives in connection.ts. */
 export { roomOf, type ServerContext, type ServerEvents, type ServerStats, type SocketData, type SyncIo, type SyncSocket } from './handlers/context.js';
 export { handleSubscribe } from './handlers/subscribe.js';
 export { handlePush } from './handlers/push.js';
