@@ -24,9 +24,9 @@ interface Page {
  * The server versions of pushed documents, as the server acknowledged them:
  * the base of each document's next change. An acknowledged batch is stored
  * as one page (one storage write, not one per document) and later folded
- * into per-document shadows when the client is idle (see
- * Replicator.foldAcked), so that pushing stays cheap and memory holds only
- * what was acknowledged since the last idle moment.
+ * into per-document shadows when the client is idle (see foldAcked in
+ * replication/shadows.ts), so that pushing stays cheap and memory holds
+ * only what was acknowledged since the last idle moment.
  *
  * A version leaves its page, durably, when the replicator keeps or drops the
  * document's shadow (forget): a page read back after a restart then never

@@ -26,9 +26,6 @@ export interface StoredPage {
   entries: { key: string; event: PendingEntry['event'] }[];
 }
 
-/** The same as StoredPage. Goes once replicator.ts names StoredPage. */
-export type StoredPending = StoredPage;
-
 /** A write of nothing: an id no stored document has, deleted (MetaStore skips it). */
 const NO_WRITE: MetaWrite = { id: 'pending|', kind: 'pending' };
 
