@@ -4,5 +4,5 @@
  * pushed rows and pulled pages), for code that speaks it directly.
  */
 export * from './shared/protocol/index.js';
-export { ERROR_CODES, SyncError, type SyncErrorCode, type WireError } from './shared/errors.js';
+export { ERROR_CODES, SYNC_ERROR_DETAILS, SyncError, type SyncErrorCode, type SyncErrorDetails, type WireError } from './shared/errors.js';
 export { HybridLogicalClock, compareHlc, formatHlc, parseHlc, type HlcParts } from './shared/hlc.js';

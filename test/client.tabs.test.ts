@@ -109,7 +109,8 @@ describe('several tabs of one database', () => {
 
   it('a tab elected later whose storage fails to prepare reports it and tries again, then syncs', async () => {
     server = await startServer();
-    const failing = vi.spyOn(MetaStore.prototype, 'upgrade').mockRejectedValueOnce(new Error('the disk is full'));
+    // The first write of the plugin's storage is the elected tab's, as it prepares.
+    const failing = vi.spyOn(MetaStore.prototype, 'write').mockRejectedValueOnce(new Error('the disk is full'));
     try {
       const tab = await startClient(server.url, { name: uniqueName('retry'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }), retry: { maxRetries: 5, retryDelay: 1000, useExponentialBackoff: false } });
       clients.push(tab);
@@ -120,7 +121,7 @@ describe('several tabs of one database', () => {
       await expect(tab.sync.clearPendingEvents()).rejects.toThrow(/the disk is full/);
       await waitFor(() => tab.sync.getStatus().leader && tab.sync.getStatus().connected, 'the tab to lead after all');
       expect(tab.sync.getStatus().error).toBeNull();
-      expect(failing).toHaveBeenCalledTimes(2);
+      expect(failing.mock.calls.length).toBeGreaterThanOrEqual(2);
       await tab.todos.insert({ id: 'after', title: 'written after the retry', done: false });
       await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write to reach the server');
     } finally {
@@ -128,12 +129,13 @@ describe('several tabs of one database', () => {
     }
   });
 
-  it('the elected tab, while a long first copy runs, is waited for by syncNow() and clearPendingEvents()', async () => {
+  it('the elected tab, while it prepares its storage slowly, is waited for by syncNow() and clearPendingEvents()', async () => {
     server = await startServer();
-    const upgrade = MetaStore.prototype.upgrade;
-    const slow = vi.spyOn(MetaStore.prototype, 'upgrade').mockImplementation(async function (this: MetaStore) {
+    const write = MetaStore.prototype.write;
+    // The first write of the plugin's storage is the elected tab's, as it prepares.
+    const slow = vi.spyOn(MetaStore.prototype, 'write').mockImplementationOnce(async function (this: MetaStore, writes) {
       await sleep(3500);
-      return upgrade.call(this);
+      return write.call(this, writes);
     });
     try {
       const tab = await startClient(server.url, { name: uniqueName('slow'), multiInstance: true, storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }) });
@@ -144,7 +146,7 @@ describe('several tabs of one database', () => {
       expect(tab.sync.getStatus().leader).toBe(true);
       expect(await server.server.getStorage().countEvents()).toBe(1);
       expect(await tab.sync.clearPendingEvents()).toBe(0);
-      expect(slow).toHaveBeenCalledTimes(1);
+      expect(slow).toHaveBeenCalled();
     } finally {
       slow.mockRestore();
     }

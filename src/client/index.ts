@@ -4,7 +4,7 @@ export type { SyncStatus, SyncResult, SyncedChange } from './engine.js';
 export type { SyncPluginOptions, AuthToken, ConflictResolution } from './options.js';
 export type { StoredConflict, RejectedEvent, ConflictResolutionChoice } from './replicator.js';
 export * from './strategies/index.js';
-export { SyncError, type SyncErrorCode } from '../shared/errors.js';
+export { SyncError, type SyncErrorCode, type SyncErrorDetails } from '../shared/errors.js';
 export { HybridLogicalClock, compareHlc } from '../shared/hlc.js';
 export { PROTOCOL_VERSION } from '../shared/protocol/index.js';
 export { matchesScope, parseScope, type Scope, type ScopeSelector } from '../shared/scope.js';

@@ -122,9 +122,6 @@ export class MetaStore {
     return new MetaStore(db, await openInstance(db, META_SCHEMA));
   }
 
-  /** Does nothing: no earlier layout of this store was ever released. Goes once engine.ts no longer calls it. */
-  async upgrade(): Promise<void> {}
-
   /**
    * The stored values of these ids. `beforeWriting`: the caller writes these
    * ids next, so ids found missing are remembered as such and the write does
@@ -145,7 +142,8 @@ export class MetaStore {
   }
 
   async getAll<T>(kind: MetaKind): Promise<Map<string, T>> {
-    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery(META_SCHEMA, { selector: { kind, _deleted: false } as never, sort: [{ id: 'asc' }] }));
+    // Typed over the stored documents, `_deleted` among their fields: the storage instance holds deleted ones too.
+    const query = prepareQuery(META_SCHEMA, normalizeMangoQuery<RxDocumentData<MetaDoc>>(META_SCHEMA, { selector: { kind, _deleted: false }, sort: [{ id: 'asc' }] }));
     const { documents } = await this.instance.query(query);
     const result = new Map<string, T>();
     let digests = false;

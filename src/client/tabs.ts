@@ -271,8 +271,9 @@ function toTabError(error: SyncError): TabError {
   return { code: error.code, message: error.message, ...(details === undefined ? {} : { details }), fromPeer: error.fromPeer };
 }
 
+/** Another tab may run another release of this plugin: its details are checked as a server's are. */
 function fromTabError(wire: TabError): SyncError {
-  const error = new SyncError(wire.code, wire.message, wire.details);
+  const error = SyncError.fromWire(wire);
   error.fromPeer = wire.fromPeer;
   return error;
 }

@@ -1,4 +1,11 @@
-/** The socket.io connection to the sync server: typed requests with acknowledgements, validated replies. */
+/**
+ * The socket.io connection to the sync server: typed requests with
+ * acknowledgements, validated replies, and one backoff for every way back
+ * after a drop. In `transport/`: requests (acknowledgements and their
+ * checks), refusals (what the server's errors say, and the waits they
+ * impose), heartbeat (dead-link detection), renewal (of the session) and
+ * browser (its network events).
+ */
 import { io, type Socket } from 'socket.io-client';
 import type { z } from 'zod';
 import { SyncError } from '../shared/errors.js';
@@ -6,35 +13,31 @@ import type { Logger } from '../shared/logger.js';
 import {
   MESSAGE,
   PROTOCOL_VERSION,
-  ackSchema,
   liveMessageSchema,
   parseMessage,
-  fromPullPage,
   toPushRows,
-  pullPageSchema,
-  pushReplySchema,
-  subscribeReplySchema,
+  type Ack,
   type ClientToServerEvents,
   type LiveMessage,
   type PullMessage,
-  type PullPage,
   type PullReply,
   completeRemoteEvent,
   type PushOutcome,
-  type PushReply,
   type ServerToClientEvents,
   type SubscribeMessage,
   type SubscribeReply,
   type SyncEvent,
   type WelcomeMessage,
-  type RenewReply,
-  renewReplySchema,
   welcomeMessageSchema,
 } from '../shared/protocol/index.js';
 import { backoffDelay } from '../shared/backoff.js';
-import { utf8Length } from '../shared/json.js';
 import { isLiveMessage, isPullPageAck, isStoredPushAck } from '../shared/wire-checks.js';
 import type { ResolvedClientOptions } from './options.js';
+import { watchBrowser } from './transport/browser.js';
+import { morePatience, silenceLimit, watchHeartbeat } from './transport/heartbeat.js';
+import { connectError, REFUSED_WAIT_MS, serverError, waitAfterRefusal } from './transport/refusals.js';
+import { SessionRenewal } from './transport/renewal.js';
+import { assertFits, pullPageAck, pushAck, readReply, renewAck, subscribeAck, toPullReply } from './transport/requests.js';
 
 /** What the server said when this connection began: its limits, and how far this device's clock is from its own. */
 export interface Welcome {
@@ -51,27 +54,9 @@ export interface TransportEvents {
   onServerError(error: SyncError): void;
 }
 
-const pushAck = ackSchema(pushReplySchema);
-const pullPageAck = ackSchema(pullPageSchema);
-const subscribeAck = ackSchema(subscribeReplySchema);
-const renewAck = ackSchema(renewReplySchema);
-
 /** A connection that stayed up this long was a real one: the next drop starts the backoff from its first step again. */
 export const STABLE_CONNECTION_MS = 10_000;
-/** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
-const FRAMING_BYTES = 64;
 const CONNECT_TIMEOUT_MS = 10_000;
-/** The longest wait a server's retryAfterMs may impose on reconnecting. */
-const MAX_RETRY_AFTER_MS = 60_000;
-/** The wait before connecting again after a refusal the same credentials will meet again, or after REPLACED. */
-const REFUSED_WAIT_MS = 15_000;
-const TERMINAL_REFUSALS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'CLIENT_ID_TAKEN', 'UNSUPPORTED_PROTOCOL']);
-/** The longest setTimeout delay. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-/** A session is renewed at most this long before it ends. */
-const RENEW_AHEAD_MS = 60_000;
-/** The most heartbeatTimeout grows, as a multiple, after it cut requests short. */
-const MAX_PATIENCE = 32;
 
 export class Transport {
   private readonly socket: Socket<ServerToClientEvents, ClientToServerEvents>;
@@ -84,15 +69,15 @@ export class Transport {
   /** Set once the server's welcome arrived on the current connection: only then is it ready for requests. */
   private welcome?: Welcome;
   private readonly waiters = new Set<{ resolve(): void; reject(error: SyncError): void }>();
-  /** Fires when the server has been silent for the watchdog's time; refreshed by every packet. */
-  private watchdog?: ReturnType<typeof setTimeout>;
+  /** Stops the dead-link watch of the current connection. */
+  private unwatch?: () => void;
   /** Grows heartbeatTimeout after the watchdog cut a request short (a long message on a slow link). */
   private patience = 1;
   private inFlight = 0;
-  private renewTimer?: ReturnType<typeof setTimeout>;
+  private readonly renewal: SessionRenewal;
   /** The least wait before the next reconnection, set by what ended the connection (REPLACED). */
   private nextNotBefore = 0;
-  private readonly detach: (() => void)[] = [];
+  private readonly detach: (() => void)[];
 
   constructor(
     private readonly options: ResolvedClientOptions,
@@ -129,6 +114,14 @@ export class Transport {
         );
       },
     });
+    this.renewal = new SessionRenewal({
+      logger,
+      renewable: typeof options.authToken === 'function',
+      clockOffset: () => this.welcome?.clockOffset,
+      connected: () => this.connected,
+      token: () => this.resolveToken(),
+      renew: (token) => this.request(MESSAGE.renew, { token }, renewAck),
+    });
     this.socket.on('connect', () => {
       // Not ready until the welcome: the limits it names bound the first push.
       clearTimeout(this.welcomeTimer);
@@ -149,15 +142,15 @@ export class Transport {
       this.welcome = { limits: message.limits, clockOffset: message.serverTime - Date.now() };
       this.connectedAt = Date.now();
       this.watch(message.heartbeatInterval);
-      this.scheduleRenewal(message.expiresAt);
+      this.renewal.schedule(message.expiresAt);
       for (const waiter of this.waiters) waiter.resolve();
       this.waiters.clear();
       this.events.onConnect(this.welcome);
     });
     this.socket.on('disconnect', (reason) => {
       clearTimeout(this.welcomeTimer);
-      clearTimeout(this.renewTimer);
-      this.unwatch();
+      this.renewal.stop();
+      this.stopWatching();
       const wasReady = this.welcome !== undefined;
       this.welcome = undefined;
       if (wasReady && Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) {
@@ -170,20 +163,11 @@ export class Transport {
       if (this.wanted) this.scheduleReconnect(notBefore);
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
-      const data = error.data as { code?: string; message?: string; details?: unknown } | undefined;
-      const syncError =
-        data && typeof data.code === 'string'
-          ? SyncError.fromWire(data as never)
-          : new SyncError('NOT_CONNECTED', `cannot reach sync server ${options.serverUrl}: ${error.message}`);
+      const syncError = connectError(error, options.serverUrl);
       for (const waiter of this.waiters) waiter.reject(syncError);
       this.waiters.clear();
       this.events.onConnectError(syncError);
-      // A busy server says when to come back (spread over its backlog): not sooner.
-      const retryAfterMs = (syncError.details as { retryAfterMs?: unknown } | undefined)?.retryAfterMs;
-      // A refusal the same token will get again is not worth a retry every second, and each one counts
-      // against the address's failed logins, shared by every device behind the same NAT.
-      const notBefore = typeof retryAfterMs === 'number' && retryAfterMs > 0 ? Math.min(retryAfterMs, MAX_RETRY_AFTER_MS) : TERMINAL_REFUSALS.has(syncError.code) ? REFUSED_WAIT_MS : 0;
-      if (this.wanted) this.scheduleReconnect(notBefore);
+      if (this.wanted) this.scheduleReconnect(waitAfterRefusal(syncError));
     });
     this.socket.on(MESSAGE.live, (raw: unknown) => {
       try {
@@ -194,124 +178,37 @@ export class Transport {
       }
     });
     this.socket.on(MESSAGE.error, (raw: unknown) => {
-      const wire = raw as { code?: unknown; message?: unknown };
-      const error = typeof wire?.message === 'string' && typeof wire.code === 'string'
-        ? SyncError.fromWire(wire as never)
-        : new SyncError('INVALID_MESSAGE', 'malformed error message from server');
+      const error = serverError(raw);
       // Another connection with this client id took over (a copy of this device's storage, say, or a
       // forged one where users have no key): connecting again at once would take it back, and the two
       // would replace each other in a loop. The next attempt waits REFUSED_WAIT_MS; syncNow() goes at once.
       if (error.code === 'REPLACED') this.nextNotBefore = REFUSED_WAIT_MS;
       this.events.onServerError(error);
     });
-    this.watchBrowser();
+    this.detach = watchBrowser({
+      offline: () => this.drop(new SyncError('NOT_CONNECTED', 'the browser reports no network')),
+      back: () => this.connectNow(),
+    });
   }
 
   /**
    * Takes the link for dead when nothing came from the server for the
-   * heartbeat timeout: a link that drops without closing (a van in a
-   * tunnel, Wi-Fi gone) sends no close, and socket.io alone would notice
-   * only after its ping interval and timeout together (45 s by default).
-   * The server pings every `interval` ms, and every packet counts.
+   * heartbeat timeout (see heartbeat.ts). The server pings every
+   * `interval` ms, and every packet counts.
    */
   private watch(interval: number): void {
-    this.unwatch();
-    const engine = this.socket.io.engine;
-    const timeout = Math.max(this.options.heartbeatTimeout, 2 * interval + 500) * this.patience;
-    let heard = Date.now();
-    // Not a timer reset per packet (a browser's timers cannot be refreshed): one check per timeout.
-    const check = () => {
-      const silent = Date.now() - heard;
-      if (silent < timeout) {
-        this.watchdog = setTimeout(check, timeout - silent);
-        return;
-      }
+    this.stopWatching();
+    const timeout = silenceLimit(this.options.heartbeatTimeout, interval, this.patience);
+    this.unwatch = watchHeartbeat(this.socket.io.engine, timeout, (silent) => {
       // A request was under way: perhaps a message that takes longer than this to cross a slow link.
-      if (this.inFlight > 0) this.patience = Math.min(this.patience * 2, MAX_PATIENCE);
+      if (this.inFlight > 0) this.patience = morePatience(this.patience);
       this.drop(new SyncError('NOT_CONNECTED', `nothing from the sync server for ${silent} ms: the link is taken for dead`, { timeoutMs: timeout }));
-    };
-    const onHeartbeat = () => {
-      heard = Date.now();
-    };
-    engine.on('heartbeat', onHeartbeat);
-    this.watchdog = setTimeout(check, timeout);
-    this.unwatchEngine = () => engine.off('heartbeat', onHeartbeat);
-  }
-
-  /**
-   * Renews the session over the open connection before it ends (a quarter
-   * of what is left, at most a minute, before `expiresAt`), so that an
-   * expiring token costs no disconnect. Only with an authToken function: a
-   * fixed token cannot be fresher. A refused renewal leaves the session to
-   * end as it would have (TOKEN_EXPIRED), and the reconnection asks for a
-   * token again.
-   */
-  private scheduleRenewal(expiresAt: number | null): void {
-    clearTimeout(this.renewTimer);
-    if (expiresAt === null || typeof this.options.authToken !== 'function' || !this.welcome) return;
-    // The server's time, on this device's clock.
-    const left = expiresAt - this.welcome.clockOffset - Date.now();
-    const wait = Math.max(0, left - Math.min(left / 4, RENEW_AHEAD_MS));
-    // A session of weeks: looked at again within a timer's reach (setTimeout fires at once past 2^31 ms).
-    if (wait > MAX_TIMER_MS) {
-      this.renewTimer = setTimeout(() => this.scheduleRenewal(expiresAt), MAX_TIMER_MS);
-      return;
-    }
-    this.renewTimer = setTimeout(() => void this.renew(expiresAt), wait);
-  }
-
-  private async renew(ending: number): Promise<void> {
-    try {
-      const token = await this.resolveToken();
-      if (!token || !this.connected) return;
-      const { expiresAt } = await this.request<RenewReply>(MESSAGE.renew, { token }, renewAck);
-      this.logger.debug({ expiresAt }, 'session renewed');
-      // A renewal that did not move the end (the token source handed out the same token) is not asked again at once.
-      if (expiresAt !== null && expiresAt <= ending) {
-        this.logger.warn({ expiresAt }, 'the renewed session ends no later than before; it ends when it expires');
-        return;
-      }
-      this.scheduleRenewal(expiresAt);
-    } catch (error) {
-      const syncError = SyncError.from(error);
-      this.logger.warn({ code: syncError.code, reason: syncError.message }, 'the session could not be renewed; it ends when it expires');
-    }
-  }
-
-  private unwatchEngine?: () => void;
-
-  private unwatch(): void {
-    clearTimeout(this.watchdog);
-    this.watchdog = undefined;
-    this.unwatchEngine?.();
-    this.unwatchEngine = undefined;
-  }
-
-  /**
-   * The browser knows sooner than any heartbeat: `offline` closes the
-   * connection at once (the status says so, and requests fail instead of
-   * waiting out their timeout), and `online` or the page becoming visible
-   * again (a phone unlocked, a laptop woken) connects at once, skipping
-   * whatever wait the backoff had left.
-   */
-  private watchBrowser(): void {
-    const target = globalThis as unknown as Partial<Pick<Window, 'addEventListener' | 'removeEventListener'>> & { document?: Document };
-    if (typeof target.addEventListener !== 'function' || typeof target.removeEventListener !== 'function') return;
-    const listen = (on: { addEventListener: Window['addEventListener']; removeEventListener: Window['removeEventListener'] }, type: string, listener: () => void) => {
-      const remove = on.removeEventListener.bind(on);
-      on.addEventListener(type, listener);
-      this.detach.push(() => remove(type, listener));
-    };
-    listen(target as Window, 'offline', () => {
-      this.drop(new SyncError('NOT_CONNECTED', 'the browser reports no network'));
     });
-    listen(target as Window, 'online', () => this.connectNow());
-    const document = target.document;
-    if (document && typeof document.addEventListener === 'function') {
-      listen(document as unknown as Window, 'visibilitychange', () => {
-        if (document.visibilityState === 'visible') this.connectNow();
-      });
-    }
+  }
+
+  private stopWatching(): void {
+    this.unwatch?.();
+    this.unwatch = undefined;
   }
 
   /** Connected, and welcomed: ready for requests. */
@@ -356,8 +253,8 @@ export class Transport {
     this.wanted = false;
     clearTimeout(this.reconnectTimer);
     clearTimeout(this.welcomeTimer);
-    clearTimeout(this.renewTimer);
-    this.unwatch();
+    this.renewal.stop();
+    this.stopWatching();
     this.reconnectTimer = undefined;
     this.socket.disconnect();
     // A connection still being made (or waiting for its welcome) is closed too.
@@ -425,43 +322,17 @@ export class Transport {
   /** Pushes events; resolves with one outcome per event, in order. */
   async push(events: readonly SyncEvent[]): Promise<PushOutcome[]> {
     const message = toPushRows(events, this.clientId);
-    this.assertFits(message);
-    const { results } = await this.request<PushReply>(MESSAGE.push, message, pushAck, isStoredPushAck);
+    assertFits(message, this.welcome?.limits.maxPayloadBytes);
+    const { results } = await this.request(MESSAGE.push, message, pushAck, isStoredPushAck);
     if (results.length !== events.length) throw new SyncError('INVALID_MESSAGE', 'the server answered a push with results that do not match its events');
     return results;
   }
 
   async pull(message: PullMessage): Promise<PullReply> {
-    const page = await this.request<PullPage>(MESSAGE.pull, message, pullPageAck, isPullPageAck);
-    return {
-      events: fromPullPage(page),
-      checkpoint: page.checkpoint,
-      hasMore: page.hasMore,
-      ...(page.scopes ? { scopes: page.scopes } : {}),
-      ...(page.leaves ? { leaves: page.leaves } : {}),
-      ...(page.start !== undefined ? { start: page.start } : {}),
-    };
+    return toPullReply(await this.request(MESSAGE.pull, message, pullPageAck, isPullPageAck));
   }
 
-  /**
-   * Refuses, before sending, a push the server would not read: its size in
-   * UTF-8 bytes, as the server measures it, against the limit its welcome
-   * named. Over it, socket.io on the server may drop the whole connection,
-   * and the push would go out again on every reconnection. Measured exactly
-   * only when a cheap bound (3 bytes per UTF-16 unit) does not settle it.
-   */
-  private assertFits(message: unknown): void {
-    const limit = this.welcome?.limits.maxPayloadBytes;
-    if (limit === undefined) return;
-    const json = JSON.stringify([message]);
-    if (json.length * 3 + FRAMING_BYTES <= limit) return;
-    const bytes = utf8Length(json);
-    if (bytes + FRAMING_BYTES > limit) {
-      throw new SyncError('PAYLOAD_TOO_LARGE', `a push of ${bytes} bytes exceeds the server's maxPayloadBytes (${limit})`, { bytes, limit });
-    }
-  }
-
-  private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType, quick?: (value: unknown) => boolean): Promise<R> {
+  private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType<Ack<R>>, quick?: (value: unknown) => boolean): Promise<R> {
     if (!this.connected) throw new SyncError('NOT_CONNECTED', 'not connected to the sync server');
     let raw: unknown;
     this.inFlight++;
@@ -473,15 +344,13 @@ export class Transport {
       // A link that dropped without closing looks like this: it is torn down, and connecting again starts now.
       const timeout = new SyncError('TIMEOUT', `no answer to ${type} within ${this.options.requestTimeout * this.patience} ms: ${SyncError.from(error).message}`);
       // Perhaps a link too slow for the answer in that time, not a dead one: the next connection waits longer.
-      this.patience = Math.min(this.patience * 2, MAX_PATIENCE);
+      this.patience = morePatience(this.patience);
       this.drop(timeout);
       throw timeout;
     } finally {
       this.inFlight--;
     }
-    const reply = parseMessage(schema, raw, `reply to ${type}`, quick) as { ok: true } | { ok: false; error: never };
-    if (!reply.ok) throw SyncError.fromWire(reply.error);
-    return reply as R;
+    return readReply(schema, raw, type, quick);
   }
 
   /** The one way back after a drop or a refusal: jittered, growing with each attempt, capped at retry.maxDelay. */

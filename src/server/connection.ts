@@ -108,7 +108,7 @@ export class Connections<User = unknown> {
       const limited = limiter?.check(socket.id, socket.data.userKey);
       if (limited) {
         if (limited.flooding) {
-          guard.fail(new SyncError('TOO_MANY_REQUESTS', 'went on sending while rate limited: the connection is closed', (limited.error.details ?? {}) as Record<string, unknown>));
+          guard.fail(new SyncError('TOO_MANY_REQUESTS', 'went on sending while rate limited: the connection is closed', limited.error.is('RATE_LIMITED') ? limited.error.details : undefined));
         } else {
           reply(limited.error);
         }

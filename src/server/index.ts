@@ -6,6 +6,6 @@ export * from './storage/index.js';
 // What a SyncStorage takes and gives back; the rest of the wire protocol is in rxdb-offline-sync/protocol.
 export type { ScopedQuery, ScopedPage, ScopedChange } from './storage/types.js';
 export type { SyncEvent, StoredEvent, DocumentHead, Operation } from '../shared/protocol/index.js';
-export { SyncError, type SyncErrorCode } from '../shared/errors.js';
+export { SyncError, type SyncErrorCode, type SyncErrorDetails } from '../shared/errors.js';
 export * from './http.js';
 export { matchesScope, parseScope, type Scope, type ScopeAtom, type ScopeSelector } from '../shared/scope.js';
