@@ -32,7 +32,10 @@ export async function leaveScope(
 ): Promise<number> {
   const collection = collectionOf(state, collectionName);
   if (state.leftAt.size > MAX_LEFT_REMEMBERED) state.leftAt = new DocumentMap();
-  const ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
+  let ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
+  // What is confirmed stays whatever else holds: at the end of a first sync, that is nearly every document,
+  // and neither its local version nor its server version needs reading.
+  if (confirmed && !seqs) ids = ids.filter((id) => !confirmed.has(id));
   const unlogged = ids.filter((id) => state.pending.forDocument(collectionName, id).length === 0);
   const currents = await findLocal(collection, unlogged);
   const versions = await serverVersions(state, collectionName, unlogged, currents);
