@@ -47,7 +47,32 @@ export function encodeEvent(event: IncomingEvent): EncodedEvent {
 }
 
 /** The statements that read and write the sync tables, compiled once per database. */
-export function prepareStatements(db: Database.Database) {
+/**
+ * The statements of prepareStatements, named: an inferred type would name
+ * better-sqlite3's inner namespace, which a declaration file cannot.
+ */
+export interface Statements {
+  seqById: Database.Statement<{ id: string }, { seq: number }>;
+  head: Database.Statement<[string, string], HeadRow>;
+  heads: Database.Statement<[string, string], HeadRow>;
+  insertEvent: Database.Statement<EncodedEvent & { server_time: number }, unknown>;
+  upsertHead: Database.Statement<HeadRow, unknown>;
+  eventsAfter: Database.Statement<{ after: number; limit: number }, EventRow>;
+  eventsAfterIn: Database.Statement<{ after: number; limit: number; collections: string }, EventRow>;
+  changesAfter: Database.Statement<{ after: number; through: number; limit: number }, EventRow>;
+  changesAfterIn: Database.Statement<{ after: number; through: number; limit: number; collections: string }, EventRow>;
+  changeSizes: Database.Statement<{ after: number; limit: number }, SizeRow>;
+  changeSizesIn: Database.Statement<{ after: number; limit: number; collections: string }, SizeRow>;
+  eventsBySeq: Database.Statement<[string], EventRow>;
+  claim: Database.Statement<[string, string], unknown>;
+  owner: Database.Statement<[string], { user_key: string }>;
+  rememberCleared: Database.Statement<[number], unknown>;
+  clearBefore: Database.Statement<[number], unknown>;
+  latest: Database.Statement<[], { seq: number }>;
+  count: Database.Statement<[], { n: number }>;
+}
+
+export function prepareStatements(db: Database.Database): Statements {
   const eventsAfter = `SELECT ${EVENT_COLUMNS} FROM events WHERE seq > @after`;
   return {
     seqById: db.prepare<{ id: string }, { seq: number }>(
@@ -103,7 +128,6 @@ export function prepareStatements(db: Database.Database) {
     count: db.prepare<[], { n: number }>('SELECT count(*) AS n FROM events'),
   };
 }
-export type Statements = ReturnType<typeof prepareStatements>;
 
 /**
  * Scopes over the JSON text of a column: json_extract gives strings as text
