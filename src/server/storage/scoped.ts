@@ -85,10 +85,12 @@ export interface ScopedSql {
  *   changed after L) that the reader may hold, judged from the document's
  *   kept events (its per-collection index on document and sequence).
  * A compound SELECT: the caller orders it by seq and limits it; the values go into `params`.
+ * `latest`, when the caller read it in the same snapshot, leaves the leaves arm out when no head
+ * can be one (none after where leaves start): a first sync then reads its sends once, not twice.
  * The collection is written as a literal, so that the planner can use the
  * partial indexes indexScopeFields made for it.
  */
-export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQuery, params: unknown[]): string {
+export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQuery, params: unknown[], latest?: number): string {
   const collection = sqlString(assertScopeCollection(query.collection));
   const held = query.held.through;
   const last = Math.max(checkpoint, held);
@@ -124,7 +126,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   };
   const sends = byInValue(query.scope).map(sendArm).join(' UNION ALL ');
   // Everything in scope, or nothing held yet and nothing sent: no document can leave.
-  if (query.scope === null || last === 0) return sends;
+  if (query.scope === null || last === 0 || (latest !== undefined && latest <= leaveFloor(checkpoint, query))) return sends;
 
   const sameDocument = (alias: string) => `${alias}.collection = ${collection} AND ${alias}.document_id = h.document_id`;
   // A page ends at or before the limit-th send: leaves after it cannot be on it. Without this bound, each page of

@@ -92,11 +92,12 @@ export class SqliteSyncStorage implements SyncStorage {
     const limit = scopedLimit(query.limit);
     if (limit !== undefined && limit <= 0) return scopedPage([], false, checkpoint);
     const { maxBytes } = query;
-    const { sql, params: bound } = scopedReadSql(checkpoint, query);
-    const candidates = this.run('read scoped changes', () => this.scopedStatements.get(this.db!, sql));
     return this.run('read scoped changes', () =>
       // One read transaction: the page, its events and the latest sequence are of one snapshot.
       this.db!.transaction(() => {
+        const latest = statements.latest.get()?.seq ?? 0;
+        const { sql, params: bound } = scopedReadSql(checkpoint, query, latest);
+        const candidates = this.scopedStatements.get(this.db!, sql);
         // Where the page ends, from sequences and sizes alone (leaves count no bytes); then its events.
         const chosen: CandidateRow[] = [];
         let bytes = 0;
@@ -113,7 +114,6 @@ export class SqliteSyncStorage implements SyncStorage {
         }
         const events = chosen.length === 0 ? [] : statements.eventsBySeq.all(JSON.stringify(chosen.map((row) => row.seq)));
         const changes = events.map((row, i): ScopedChange => (chosen[i]!.leave ? { ...decodeEvent(row), leave: true } : decodeEvent(row)));
-        const latest = statements.latest.get()?.seq ?? 0;
         return scopedPage(changes, cut, scopedThrough(changes, cut, limit, checkpoint, latest));
       })(),
     );

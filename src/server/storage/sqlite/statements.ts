@@ -159,10 +159,11 @@ const SCOPED_SQL: ScopedSql = {
 /**
  * The statement of a scoped read's candidate rows (seq, leave, bytes) and
  * its named parameters: what getScopedChanges runs, for EXPLAIN QUERY PLAN.
+ * `latest`: the latest sequence, read in the same transaction (see scopedRowsSql).
  */
-export function scopedReadSql(checkpoint: number, query: ScopedQuery): { sql: string; params: Record<string, unknown> } {
+export function scopedReadSql(checkpoint: number, query: ScopedQuery, latest?: number): { sql: string; params: Record<string, unknown> } {
   const params: unknown[] = [];
-  const rows = scopedRowsSql(SCOPED_SQL, checkpoint, query, params);
+  const rows = scopedRowsSql(SCOPED_SQL, checkpoint, query, params, latest);
   const limit = scopedLimit(query.limit);
   params.push(limit ?? -1);
   return {
