@@ -3,7 +3,7 @@
  * it are removed here without a pending event; a move to another scope
  * pulls again from checkpoint 0.
  */
-import type { RxCollection } from 'rxdb';
+import { normalizeMangoQuery, prepareQuery, type RxCollection, type RxDocumentData } from 'rxdb';
 import { DocumentMap } from '../../shared/document-map.js';
 import { matchesScope, type Scope } from '../../shared/scope.js';
 import { hasData, localState, statesEqual, type DocState, type KnownVersion } from '../documents.js';
@@ -32,7 +32,7 @@ export async function leaveScope(
 ): Promise<number> {
   const collection = collectionOf(state, collectionName);
   if (state.leftAt.size > MAX_LEFT_REMEMBERED) state.leftAt = new DocumentMap();
-  let ids = documentIds ?? (await collection.find().exec()).map((doc) => String(doc.primary));
+  let ids = documentIds ?? (await localIds(collection));
   // What is confirmed stays whatever else holds: at the end of a first sync, that is nearly every document,
   // and neither its local version nor its server version needs reading.
   if (confirmed && !seqs) ids = ids.filter((id) => !confirmed.has(id));
@@ -105,6 +105,22 @@ export async function restartScope(state: ReplicationState, collectionName: stri
   state.persisted.scopes = { ...state.persisted.scopes, [collectionName]: scope };
   state.persisted.checkpoints[collectionName] = 0;
   await state.meta.write([stateWrite(state)]);
+}
+
+/**
+ * The ids of the documents the collection holds, read from its storage as
+ * findLocal reads them, not through an RxDB query: a query's cached result
+ * follows the database's change events, which stop as soon as the database
+ * starts to close, while this engine may still write (a live message, a
+ * page) until its own close. A move read through it left out a document
+ * written meanwhile, and that document stayed outside the scope for good.
+ */
+async function localIds(collection: RxCollection): Promise<string[]> {
+  const schema = collection.schema.jsonSchema;
+  const query = prepareQuery(schema, normalizeMangoQuery<RxDocumentData<Record<string, unknown>>>(schema, { selector: { _deleted: false } }));
+  const primary = collection.schema.primaryPath as string;
+  const { documents } = await collection.storageInstance.query(query);
+  return documents.map((doc) => String((doc as Record<string, unknown>)[primary]));
 }
 
 /** Removes the documents that leave, and their shadows; returns how many the app did not change meanwhile. */
