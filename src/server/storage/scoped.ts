@@ -74,6 +74,12 @@ export interface ScopedSql {
   dialect(column: string): SqlDialect;
   /** The expression, kept from being matched to an index (SQLite's unary +); as is where the planner needs no hint. */
   unindexed(expression: string): string;
+  /**
+   * The size of the head `h`'s document as pages count it, where the heads
+   * table tells it; by default the size kept beside its event (one more
+   * lookup per candidate).
+   */
+  headBytes?: string;
 }
 
 /**
@@ -119,7 +125,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   // them out would cost in proportion to what is held, not to what moves in.
   const sendArm = (scope: Scope) => {
     const allHeld = checkpoint < held && scopeImplies(scope, query.held.scope);
-    let arm = `SELECT h.seq AS seq, FALSE AS leave, (SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq) AS bytes FROM ${heads} h
+    let arm = `SELECT h.seq AS seq, FALSE AS leave, ${sql.headBytes ?? `(SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq)`} AS bytes FROM ${heads} h
     WHERE h.collection = ${collection} AND h.seq > ${allHeld ? l() : k()} AND ${matches(scope, 'h.data')}`;
     if (checkpoint < held && !allHeld) arm += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
     return arm;

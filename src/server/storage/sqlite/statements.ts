@@ -155,6 +155,8 @@ const SCOPED_SQL: ScopedSql = {
   dialect: sqliteDialect,
   // Leaves are found among the heads changed after L, in sequence order: the sequence index, not the primary key.
   unindexed: (expression) => `+${expression}`,
+  // A head keeps its event's JSON text: its UTF-8 length is the size kept beside the event, without reading the event.
+  headBytes: 'length(CAST(h.data AS BLOB))',
 };
 /**
  * The statement of a scoped read's candidate rows (seq, leave, bytes) and
