@@ -451,37 +451,32 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     await waitFor(async () => (await outcome(crew.sync.syncNow())).success && (await owners(crew)) === 'a:c1,d:c2', 'd to be held as it is now');
   });
 
-  it('a document that came while the database was closing leaves on a move made then', async () => {
+  it('sync stops as soon as the database starts to close, before RxDB ends its change events', async () => {
+    // Sync that went on after the change events ended wrote what no query saw: a move listed the
+    // documents through a query then, left one out, and it stayed outside the scope for good.
     const s = await server();
     const office = await client(s.url);
     await seed(office, [todo('a', 'c1', 1)]);
-    const name = uniqueName('crew');
-    const crew = await client(s.url, { name, scopes: { todos: { owner: 'c1' } } });
+    const crew = await client(s.url, { scopes: { todos: { owner: 'c1' } } });
     await crew.sync.syncNow();
-    // A query of the collection has run: RxDB keeps its result, brought up to date by the database's change events.
     expect(await ids(crew)).toEqual(['a']);
-    // The database starts to close: RxDB ends its change events, then waits for its idle queue (held here)
-    // before it closes the plugin, which syncs on meanwhile.
+    // RxDB ends its change events, then waits for its idle queue (held here) before it runs db.onClose.
     let release!: () => void;
     const locked = crew.db.lockedRun(() => new Promise<void>((resolve) => (release = resolve)));
     let stopped = false;
     crew.db.eventBulks$.subscribe({ complete: () => (stopped = true) });
     const closing = crew.close();
-    await waitFor(() => stopped, 'the change events to end');
-    // b (c1, priority 3) arrives, and the device narrows its scope to priority 2 at most: the move must take b away.
-    await office.todos.insert(todo('b', 'c1', 3));
-    await waitFor(() => idle(office), 'the office to push');
-    await crew.sync.syncNow();
-    expect((await crew.todos.storageInstance.findDocumentsById(['b'], false)).length).toBe(1);
-    const narrow: ScopeSelector = { $and: [{ owner: 'c1' }, { priority: { $lte: 2 } }] };
-    crew.sync.setScope('todos', narrow);
-    await crew.sync.syncNow();
-    release();
-    await locked;
-    await closing;
-    // The move is over: nothing will name b again, so it must be gone already.
-    const again = await client(s.url, { name, scopes: { todos: narrow } });
-    await waitFor(async () => (await outcome(again.sync.syncNow())).success && (await ids(again)).join() === 'a', 'the device to hold a only');
+    try {
+      await waitFor(() => stopped, 'the change events to end');
+      await office.todos.insert(todo('b', 'c1', 3));
+      await waitFor(() => idle(office), 'the office to push');
+      await expect(crew.sync.syncNow()).rejects.toMatchObject({ code: 'CLOSED' });
+      expect(await crew.todos.storageInstance.findDocumentsById(['b'], false)).toEqual([]);
+    } finally {
+      release();
+      await locked;
+      await closing;
+    }
   });
 });
 

@@ -66,6 +66,10 @@ export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefiniti
     options: resolved,
     async attach(db) {
       const engine = new SyncEngine(db, resolved);
+      const engines = ENGINES.get(db) ?? new Set<SyncEngine>();
+      ENGINES.set(db, engines);
+      engines.add(engine);
+      // Also here: attach() may be called on a database whose RxDB has not this file's plugin added.
       db.onClose.push(() => engine.close());
       await engine.start();
       return apiOf(engine);
@@ -102,6 +106,8 @@ function apiOf(engine: SyncEngine): SyncApi {
 }
 
 const ATTACHED = new WeakMap<RxDatabase, Map<string, SyncApi>>();
+/** Each database's sync engines, stopped as soon as the database starts to close. */
+const ENGINES = new WeakMap<RxDatabase, Set<SyncEngine>>();
 
 async function addPlugin(this: RxDatabase, definition: SyncPluginDefinition): Promise<SyncApi> {
   if (!definition || typeof definition.attach !== 'function') {
@@ -133,6 +139,13 @@ export const RxDBOfflineSyncPlugin: RxPlugin = {
   prototypes: {
     RxDatabase(proto: RxDatabase) {
       Object.assign(proto, { addPlugin, plugin });
+    },
+  },
+  hooks: {
+    preCloseRxDatabase: {
+      // RxDB ends its change events first thing after this hook, and runs db.onClose only once its
+      // queue is idle: sync that went on meanwhile wrote what no query saw, and logged no app write.
+      after: (db: RxDatabase) => Promise.all([...(ENGINES.get(db) ?? [])].map((engine) => engine.close())),
     },
   },
 };
