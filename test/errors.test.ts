@@ -4,6 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { SyncError } from '../src/client/index.js';
+import { connectError } from '../src/client/transport/refusals.js';
 
 describe('SyncError details', () => {
   it('keeps a peer\'s details that match its code, extra fields included', () => {
@@ -30,5 +31,19 @@ describe('SyncError details', () => {
     expect(limited.retryAfterMs()).toBe(50);
     expect(new SyncError('TOO_MANY_EVENTS', 'fewer', { count: 9, limit: 5 }).retryAfterMs()).toBeUndefined();
     expect(SyncError.fromWire(limited.toWire()).details).toEqual({ scope: 'user', retryAfterMs: 50 });
+  });
+});
+
+describe('a refused connection', () => {
+  const url = 'http://sync.example';
+  it('is the server\'s refusal when it can be read, an unreadable answer when not, and unreachable only without one', () => {
+    const busy = connectError(Object.assign(new Error('refused'), { data: { code: 'SERVER_BUSY', message: 'busy', details: { reason: 'connections', retryAfterMs: 900 } } }), url);
+    expect([busy.code, busy.retryAfterMs(), busy.fromPeer]).toEqual(['SERVER_BUSY', 900, true]);
+    // A code from a later server is still that server's answer, not a network failure.
+    const later = connectError(Object.assign(new Error('refused'), { data: { code: 'QUOTA_EXCEEDED', message: 'over quota' } }), url);
+    expect([later.code, later.fromPeer]).toEqual(['INVALID_MESSAGE', true]);
+    expect(later.message).toContain('QUOTA_EXCEEDED: over quota');
+    const down = connectError(new Error('xhr poll error'), url);
+    expect([down.code, down.fromPeer]).toEqual(['NOT_CONNECTED', false]);
   });
 });

@@ -8,10 +8,23 @@ const MAX_RETRY_AFTER_MS = 60_000;
 export const REFUSED_WAIT_MS = 15_000;
 const TERMINAL_REFUSALS: ReadonlySet<string> = new Set(['UNAUTHENTICATED', 'CLIENT_ID_TAKEN', 'UNSUPPORTED_PROTOCOL']);
 
-/** Why a connection attempt failed: the server's refusal (the error's `data`), or a server not reached. */
+/**
+ * Why a connection attempt failed: the server's refusal (the error's `data`),
+ * or a server not reached. A refusal this client cannot read (a code it does
+ * not know, from a later server) is still the server's answer, not a network
+ * failure.
+ */
 export function connectError(error: Error & { data?: unknown }, serverUrl: string): SyncError {
   const refusal = wireErrorSchema.safeParse(error.data);
-  return refusal.success ? SyncError.fromWire(refusal.data) : new SyncError('NOT_CONNECTED', `cannot reach sync server ${serverUrl}: ${error.message}`);
+  if (refusal.success) return SyncError.fromWire(refusal.data);
+  if (typeof error.data === 'object' && error.data !== null) {
+    const { code, message } = error.data as { code?: unknown; message?: unknown };
+    const said = `${typeof code === 'string' ? code : 'no code'}${typeof message === 'string' ? `: ${message}` : ''}`;
+    const unread = new SyncError('INVALID_MESSAGE', `sync server ${serverUrl} refused the connection with an answer this client cannot read (${said.slice(0, 200)})`);
+    unread.fromPeer = true;
+    return unread;
+  }
+  return new SyncError('NOT_CONNECTED', `cannot reach sync server ${serverUrl}: ${error.message}`);
 }
 
 /** An error the server sent on its own, not as the answer to a request. */
