@@ -64,7 +64,6 @@ export async function pullScoped(state: EngineState, transport: Transport, name:
         // Restarted meanwhile (a leave that came live): what is held is another state; look again.
         if (replicator.scopeRestarts(name) !== restarts) return;
         state.confirming.delete(name);
-        state.catchUpStart.delete(name);
         state.logger.info({ collection: name, scope: toSelector(scope) }, 'the sync scope changed; moving to it');
         // Widened (every document held matches the new scope): nothing can leave, and nothing is read to find out.
         if (heldScope.target !== undefined || !scopeImplies(parseScope(heldScope.held), scope)) await replicator.leaveScope(name, undefined, scope);
@@ -82,19 +81,19 @@ export async function pullScoped(state: EngineState, transport: Transport, name:
     const applied = await state.queue.run(async () => {
       // Restarted meanwhile (a leave that came live): this page answers for a state no longer held.
       if (replicator.scopeRestarts(name) !== restarts) return undefined;
-      if (first && !state.confirming.has(name)) state.confirming.set(name, new Map());
+      if (first && !state.confirming.has(name)) state.confirming.set(name, { documents: new Map() });
       if (first && checkpoint === 0 && reply.start !== undefined) {
-        state.catchUpStart.set(name, reply.start);
+        const catchUp = state.confirming.get(name)!;
+        catchUp.start = reply.start;
         // Confirmed live or by a push before the catch-up began: a page sends it again if it is in the scope.
-        const confirmed = state.confirming.get(name)!;
-        for (const [documentId, seq] of confirmed) if (seq <= reply.start) confirmed.delete(documentId);
+        for (const [documentId, seq] of catchUp.documents) if (seq <= reply.start) catchUp.documents.delete(documentId);
       }
       for (const event of reply.events) confirm(state, name, event.documentId, event.seq, true);
       // A first page from 0 names no leaves (nothing was sent yet): a version confirmed before it that
       // it read past and did not send is no longer in the scope (sent or left later, when it moved on).
       if (first && checkpoint === 0) {
         const sent = new Set(reply.events.map((event) => event.documentId));
-        const confirmed = state.confirming.get(name);
+        const confirmed = state.confirming.get(name)?.documents;
         for (const [documentId, seq] of confirmed ?? []) if (seq <= reply.checkpoint && !sent.has(documentId)) confirmed!.delete(documentId);
       }
       // Saved with the checkpoint the page moves: a move ends with its last page.
@@ -104,9 +103,8 @@ export async function pullScoped(state: EngineState, transport: Transport, name:
       const leaving = (reply.leaves ?? []).map(([documentId, seq]) => ({ documentId, seq }));
       let left = leaving.length > 0 ? await replicator.leaveAt(name, leaving, scope) : 0;
       if (done && first) {
-        const confirmed = state.confirming.get(name) ?? new Map<string, number>();
+        const confirmed = state.confirming.get(name)?.documents ?? new Map<string, number>();
         state.confirming.delete(name);
-        state.catchUpStart.delete(name);
         left += await replicator.leaveScope(name, undefined, scope, undefined, confirmed);
       }
       return written + left;
@@ -149,16 +147,17 @@ export function confirm(state: EngineState, name: string, documentId: string, se
   if (!state.collections.has(name) || !pullsAsOfNothing(state, name)) return;
   // A version from before the catch-up began, not sent by one of its pages: a later version at or before
   // that start (out of the scope) would be no leave, so only a page confirms it (see ScopedQuery.start).
-  if (!byPage && seq <= (state.catchUpStart.get(name) ?? 0)) return;
+  const running = state.confirming.get(name);
+  if (!byPage && seq <= (running?.start ?? 0)) return;
   // Past 0 without them, the confirmations of its pages are gone: the catch-up starts again (see pullScoped).
-  const confirmed = state.confirming.get(name) ?? ((requireReplicator(state).state.checkpoints[name] ?? 0) === 0 ? new Map<string, number>() : undefined);
-  if (!confirmed) return;
-  confirmed.set(documentId, Math.max(seq, confirmed.get(documentId) ?? 0));
-  state.confirming.set(name, confirmed);
+  const catchUp = running ?? ((requireReplicator(state).state.checkpoints[name] ?? 0) === 0 ? { documents: new Map<string, number>() } : undefined);
+  if (!catchUp) return;
+  catchUp.documents.set(documentId, Math.max(seq, catchUp.documents.get(documentId) ?? 0));
+  state.confirming.set(name, catchUp);
 }
 
 /** `start` for a scoped pull's message: the catch-up's, on every page after its first. */
 function startOf(state: EngineState, name: string, later: boolean): { start?: number } {
-  const start = state.catchUpStart.get(name);
-  return later && start !== undefined && state.confirming.has(name) ? { start } : {};
+  const start = state.confirming.get(name)?.start;
+  return later && start !== undefined ? { start } : {};
 }

@@ -32,6 +32,14 @@ export interface LiveBasis {
   asking: number;
 }
 
+/** A scoped catch-up from nothing, while it runs (it ends, or a move or a restart drops it). */
+export interface CatchUp {
+  /** The documents confirmed in the scope so far, with the sequence of the version that did (see confirm). */
+  readonly documents: Map<string, number>;
+  /** The latest sequence as it began (its first page's `start`), which its other pages send back. */
+  start?: number;
+}
+
 export interface EngineState {
   readonly db: RxDatabase;
   readonly options: ResolvedClientOptions;
@@ -75,10 +83,8 @@ export interface EngineState {
   running?: Promise<SyncResult>;
   want: SyncWant;
   subscribed: boolean;
-  /** Per collection pulled in a scope as of nothing: the documents confirmed in it so far, with the sequence of the version that did (see confirm). */
-  readonly confirming: Map<string, Map<string, number>>;
-  /** Per collection in such a catch-up: the latest sequence as it began (its first page's `start`), which its other pages send back. */
-  readonly catchUpStart: Map<string, number>;
+  /** Per collection pulled in a scope as of nothing: its catch-up under way (see CatchUp). */
+  readonly confirming: Map<string, CatchUp>;
   /** Collections the server scopes for this user, though this device asked for none. */
   readonly ruledScopes: Set<string>;
   /** The scope this device asks for per collection (options.scopes, then setScope()). */
@@ -137,7 +143,6 @@ export function createEngineState(db: RxDatabase, options: ResolvedClientOptions
     want: { push: false, pull: false },
     subscribed: false,
     confirming: new Map(),
-    catchUpStart: new Map(),
     ruledScopes: new Set(),
     wantScopes: { ...options.scopes },
     liveBasis: newLiveBasis(),
