@@ -111,6 +111,23 @@ function hideFrom(storage: SyncStorage, seq: number): () => void {
   return () => (storage.getScopedChanges = original);
 }
 
+/**
+ * The device's own a (c1) is pushed and its first scoped page waits before
+ * it reads, while the office hands a to crew c2 (the device hears nothing
+ * live) and adds b1, b2 for c1. The caller opens the page and releases live.
+ */
+async function firstPageWhileAMovesOut(s: TestServer, office: TestClient, crew: TestClient) {
+  await crew.todos.insert(todo('a', 'c1'));
+  const first = gateNext(s.server.getStorage(), 'getScopedChanges', { before: true });
+  const syncing = outcome(crew.sync.syncNow());
+  await waitFor(first.reached, 'the first page to be asked for');
+  const live = holdLive(s);
+  await office.todos.upsert(todo('a', 'c2'));
+  await office.todos.bulkInsert([todo('b1', 'c1'), todo('b2', 'c1')]);
+  await waitFor(() => idle(office) && office.sync.getStatus().conflicts === 0, 'the office to push');
+  return { first, syncing, live };
+}
+
 const owners = async (c: TestClient) => (await contents(c.todos)).map((t) => `${t.id}:${t.owner}`).join();
 
 describe('sync scopes', () => {
@@ -340,19 +357,9 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
 
   it("a first catch-up drops the device's own write that it read past out of the scope", async () => {
     const s = await server();
-    const storage = s.server.getStorage();
     const office = await client(s.url);
     const crew = await client(s.url, { scopes: { todos: { owner: 'c1' } }, autoSync: false });
-    await crew.todos.insert(todo('a', 'c1'));
-    // The device pushes a, and its first page waits before it reads,
-    const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = outcome(crew.sync.syncNow());
-    await waitFor(first.reached, 'the first page to be asked for');
-    // while the office hands a to crew c2 (the device hears nothing live) and adds b1, b2 for c1.
-    const live = holdLive(s);
-    await office.todos.upsert(todo('a', 'c2'));
-    await office.todos.bulkInsert([todo('b1', 'c1'), todo('b2', 'c1')]);
-    await waitFor(() => idle(office) && office.sync.getStatus().conflicts === 0, 'the office to push');
+    const { first, syncing, live } = await firstPageWhileAMovesOut(s, office, crew);
     first.open();
     await syncing;
     live.release();
@@ -362,17 +369,9 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
 
   it('a scope change in the middle of a first catch-up starts the next from nothing too', async () => {
     const s = await server();
-    const storage = s.server.getStorage();
     const office = await client(s.url);
     const crew = await client(s.url, { scopes: { todos: { owner: 'c1' } }, autoSync: false, pullBatchSize: 1 });
-    await crew.todos.insert(todo('a', 'c1'));
-    const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = outcome(crew.sync.syncNow());
-    await waitFor(first.reached, 'the first page to be asked for');
-    const live = holdLive(s);
-    await office.todos.upsert(todo('a', 'c2'));
-    await office.todos.bulkInsert([todo('b1', 'c1'), todo('b2', 'c1')]);
-    await waitFor(() => idle(office) && office.sync.getStatus().conflicts === 0, 'the office to push');
+    const { first, syncing, live } = await firstPageWhileAMovesOut(s, office, crew);
     // The first page (b1) reads past a's move; before the next, the device asks for c1 and c3.
     crew.sync.setScope('todos', { owner: { $in: ['c1', 'c3'] } });
     first.open();
@@ -388,17 +387,8 @@ describe('sync scopes: messages that cross a change of what a device holds', () 
     const office = await client(s.url);
     const name = uniqueName('crew');
     const crew = await client(s.url, { name, scopes: { todos: { owner: 'c1' } }, pullBatchSize: 1, autoSync: false });
-    // The device's own a (in its scope) is pushed; its first page is asked for, and waits before it reads,
-    await crew.todos.insert(todo('a', 'c1'));
-    const first = gateNext(storage, 'getScopedChanges', { before: true });
-    const syncing = outcome(crew.sync.syncNow());
-    await waitFor(first.reached, 'the first page to be asked for');
-    // while the office hands a to crew c2 (the device hears nothing live) and then adds b1, b2 for c1:
-    const live = holdLive(s);
-    await office.todos.upsert(todo('a', 'c2'));
-    await office.todos.bulkInsert([todo('b1', 'c1'), todo('b2', 'c1')]);
-    await waitFor(() => idle(office) && office.sync.getStatus().conflicts === 0, 'the office to push');
-    // the first page (b1) reads past a's move and does not name it; the device closes before the second.
+    const { first, syncing, live } = await firstPageWhileAMovesOut(s, office, crew);
+    // The first page (b1) reads past a's move and does not name it; the device closes before the second.
     const second = gateNext(storage, 'getScopedChanges');
     first.open();
     await waitFor(second.reached, 'the second page to be read');
