@@ -188,10 +188,10 @@ const jsonBytes = (item: Message) => {
 };
 
 /** Above the transport's limit (twice maxPayloadBytes) socket.io drops the connection instead of delivering. */
-const overTransportLimit = (item: Message) => (jsonBytes(item) ?? 0) > MAX_PAYLOAD * 1.9;
+const OVER_TRANSPORT_LIMIT = MAX_PAYLOAD * 1.9;
 
 /** Over maxPayloadBytes, or near enough that the server's measure may put it over (it counts the arguments alone). */
-const mayBeOversized = (item: Message) => (jsonBytes(item) ?? 0) > MAX_PAYLOAD * 0.9;
+const MAY_BE_OVERSIZED = MAX_PAYLOAD * 0.9;
 
 /**
  * Sends one batch: messages on a socket that must survive them and get an
@@ -214,7 +214,8 @@ async function attack(messages: (Message | Frame)[]): Promise<void> {
       if (['connect', 'connect_error', 'disconnect', 'disconnecting', 'newListener', 'removeListener'].includes(item.type)) continue;
       // Past MAX_OVERSIZED messages over maxPayloadBytes the server drops a connection (a flood of full
       // parses): the ones beyond go on the socket that may be dropped.
-      if (overTransportLimit(item) || (mayBeOversized(item) && ++oversized > MAX_OVERSIZED)) {
+      const bytes = jsonBytes(item) ?? 0;
+      if (bytes > OVER_TRANSPORT_LIMIT || (bytes > MAY_BE_OVERSIZED && ++oversized > MAX_OVERSIZED)) {
         frameSocket.emit(item.type, ...item.args);
         continue;
       }
