@@ -59,7 +59,7 @@ describe('compaction', () => {
     expect(await new Retention(storage, { maxEvents: 4, intervalMs: 1000 }, logger).run()).toBe(6);
     expect(await storage.countEvents()).toBe(4);
 
-    const byAge = new Retention(storage, { maxAgeMs: 5000, intervalMs: 1000 }, logger, () => now);
+    const byAge = new Retention(storage, { maxAgeMs: 5000, intervalMs: 1000 }, logger, undefined, () => now);
     expect(await byAge.run()).toBe(0); // nothing is old enough yet
     for (let n = 11; n <= 15; n++) await write(n);
     now += 6000;

@@ -164,7 +164,7 @@ describe('metrics', () => {
     expect(type).toContain('text/plain');
     expect(sample(metrics, 'rxdb_offline_sync_connected_clients')).toBe(2);
     // Alice's plugin and the raw socket, each counted by the version it spoke.
-    expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="4"}')).toBe(2);
+    expect(sample(metrics, 'rxdb_offline_sync_client_connections_total{protocol="5"}')).toBe(2);
     // Nothing waited: two clients on an idle server start at once.
     expect(sample(metrics, 'rxdb_offline_sync_admission_total{stage="handshakes",outcome="refused"}')).toBe(0);
     expect(sample(metrics, 'rxdb_offline_sync_admission_total{stage="upgrades",outcome="refused"}')).toBe(0);

@@ -286,7 +286,7 @@ export async function metaRecords(instance: RxStorageInstance<any, unknown, unkn
 export function bareSyncIo(http: HttpServer): SocketIoServer {
   const server = new SocketIoServer(http);
   server.on('connection', (socket) => {
-    socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000, maxClockDrift: null }, heartbeatInterval: 25_000, expiresAt: null });
+    socket.emit(MESSAGE.welcome, { serverTime: Date.now(), limits: { maxPayloadBytes: 4 * 1024 * 1024, maxEventsPerPush: 5000, maxPullLimit: 5000, maxClockDrift: null, maxAttachmentBytes: null }, heartbeatInterval: 25_000, expiresAt: null });
   });
   return server;
 }

@@ -76,7 +76,7 @@ describe('the handshake', () => {
     server = await startServer({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88, maxClockDrift: 60_000 });
     const before = Date.now();
     const { welcome } = await connect();
-    expect(welcome.limits).toEqual({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88, maxClockDrift: 60_000 });
+    expect(welcome.limits).toEqual({ maxPayloadBytes: 123_456, maxEventsPerPush: 77, maxPullLimit: 88, maxClockDrift: 60_000, maxAttachmentBytes: 100 * 1024 * 1024 });
     expect(welcome.serverTime).toBeGreaterThanOrEqual(before);
     expect(welcome.serverTime).toBeLessThanOrEqual(Date.now());
   });

@@ -32,8 +32,8 @@ const storedEvents = () => server!.server.getStorage().getEventsAfter(0);
 const own = (clientId: string, counter: number, millis = Date.now()) => formatHlc({ millis, counter, node: clientId });
 
 describe('the version in the handshake', () => {
-  it('is 4', () => {
-    expect(PROTOCOL_VERSION).toBe(4);
+  it('is 5', () => {
+    expect(PROTOCOL_VERSION).toBe(5);
   });
 
   it('of any other version is refused with UNSUPPORTED_PROTOCOL naming the version the server speaks, before authenticate is asked', async () => {
@@ -44,7 +44,7 @@ describe('the version in the handshake', () => {
         return { id: 'alice' };
       },
     });
-    for (const version of [0, 1, 2, 3, 5, 4.5]) {
+    for (const version of [0, 1, 2, 3, 4, 6, 4.5]) {
       const refused = await connectError(server.url, { protocolVersion: version, clientId: 'c1', token: 'good' });
       expect(refused.data).toEqual({
         code: 'UNSUPPORTED_PROTOCOL',
@@ -56,7 +56,7 @@ describe('the version in the handshake', () => {
     expect(server.server.getClientsCount()).toBe(0);
 
     // A version that is no number, or none, is a malformed handshake.
-    for (const auth of [{ protocolVersion: '4', clientId: 'c1' }, { clientId: 'c1' }]) {
+    for (const auth of [{ protocolVersion: '5', clientId: 'c1' }, { clientId: 'c1' }]) {
       const malformed = await connectError(server.url, { ...auth, token: 'good' });
       expect(malformed.data).toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('protocolVersion') });
     }

@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { MemorySyncStorage } from '../src/server/storage/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MESSAGE, toPushRows, type PullPage, type SyncEvent } from '../src/shared/protocol/index.js';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type PullPage, type SyncEvent } from '../src/shared/protocol/index.js';
 import { closeAfterEach, rawEvent, rawSocket, request, startClient, startServer, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
@@ -31,7 +31,7 @@ function largeTodo(documentId: string, bytes: number, node = 'writer'): SyncEven
 
 /** Pushes each event alone (a large document fills a push), protocol 4; the outcomes. */
 async function pushEach(url: string, events: readonly SyncEvent[]): Promise<unknown[]> {
-  const socket = await rawSocket(url, { protocolVersion: 4, clientId: 'writer' });
+  const socket = await rawSocket(url, { protocolVersion: PROTOCOL_VERSION, clientId: 'writer' });
   try {
     const outcomes: unknown[] = [];
     for (const event of events) {
@@ -70,7 +70,7 @@ describe('pull pages bounded in bytes', () => {
   it('says a page cut by bytes has more after it, though it holds fewer events than the limit', async () => {
     server = await startServer({ maxPullBytes: 64 * 1024 });
     await pushEach(server.url, ['a', 'b', 'c', 'd', 'e'].map((id) => largeTodo(id, 30 * 1024)));
-    const reader = await rawSocket(server.url, { protocolVersion: 4, clientId: 'reader' });
+    const reader = await rawSocket(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'reader' });
     try {
       const seen: string[] = [];
       const sizes: number[] = [];
@@ -109,7 +109,7 @@ describe('pull pages bounded in bytes', () => {
 
   it('refuses a pushed document larger than a page (PAYLOAD_TOO_LARGE), alone: nothing is stored that cannot be pulled', async () => {
     server = await startServer({ maxPullBytes: 64 * 1024, maxPayloadBytes: 1 * MiB });
-    const socket = await rawSocket(server.url, { protocolVersion: 4, clientId: 'writer' });
+    const socket = await rawSocket(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'writer' });
     try {
       const events = [largeTodo('fits', 60 * 1024), largeTodo('too-large', 70 * 1024), largeTodo('also-fits', 1000)];
       const reply = await request(socket, MESSAGE.push, toPushRows(events, 'writer'));

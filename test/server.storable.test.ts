@@ -14,7 +14,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createSyncPlugin } from '../src/client/index.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../src/server/storage/index.js';
 import { formatHlc } from '../src/shared/hlc.js';
-import { MAX_DOCUMENT_ID_BYTES, MESSAGE, toPushRows, type StoredEvent, type SyncEvent } from '../src/shared/protocol/index.js';
+import { MAX_DOCUMENT_ID_BYTES, MESSAGE, PROTOCOL_VERSION, toPushRows, type StoredEvent, type SyncEvent } from '../src/shared/protocol/index.js';
 import { connectError, rawEvent, rawSocket, request, startClient, startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
 import { serviceReady, useTestDatabase } from './services.js';
 
@@ -51,18 +51,18 @@ afterEach(async () => {
 describe('the handshake holds the client id to what a clock node may be', () => {
   it('refuses a client id with a line break, naming the field and the character, and the server keeps serving', async () => {
     server = await startServer();
-    const refused = await connectError(server.url, { protocolVersion: 4, clientId: 'phone\nof-ana' });
+    const refused = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'phone\nof-ana' });
     expect(refused.data).toMatchObject({ code: 'INVALID_MESSAGE' });
     expect(refused.data!.message).toContain('invalid handshake: clientId: a client id is the node of a clock');
     expect(refused.data!.message).toContain('U+000A at index 5, a line break');
     for (const clientId of ['nul\u0000', 'lone\ud800', 'tab\t', 'line\u2028separator', '\u0085', 'x'.repeat(129), '']) {
-      const error = await connectError(server.url, { protocolVersion: 4, clientId });
+      const error = await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId });
       expect(error.data, JSON.stringify(clientId)).toMatchObject({ code: 'INVALID_MESSAGE', message: expect.stringContaining('clientId') });
     }
     expect(await server.server.getStorage().countEvents()).toBe(0);
 
     // A client id in any script is a clock node, and what its client writes reaches the others.
-    const socket = await rawSocket(server.url, { protocolVersion: 4, clientId: '日本の端末 😀 טלפון' });
+    const socket = await rawSocket(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: '日本の端末 😀 טלפון' });
     const event = rawEvent({ documentId: 'from-cjk', hlc: formatHlc({ millis: Date.now() - 1000, counter: 0, node: '日本の端末 😀 טלפון' }) });
     const reply = await request(socket, MESSAGE.push, toPushRows([event], '日本の端末 😀 טלפון'));
     expect(reply).toMatchObject({ ok: true, results: [1] });
@@ -115,7 +115,7 @@ describe.each(['memory', 'sqlite', 'postgres'] as const)('one verdict per event,
     try {
       server = await startServer({ storage });
       const clientId = `writer-${name}`;
-      const socket = await rawSocket(server.url, { protocolVersion: 4, clientId });
+      const socket = await rawSocket(server.url, { protocolVersion: PROTOCOL_VERSION, clientId });
       const { events, stored, unstorable } = mixedPush(clientId);
       const reply = await request(socket, MESSAGE.push, toPushRows(events, clientId));
       socket.close();
@@ -172,7 +172,7 @@ describe('documents every storage keeps alike', () => {
 describe('a fresh client of the server, whatever another client sent', () => {
   it('keeps syncing with everyone after a client tried a client id with a line break', async () => {
     server = await startServer();
-    await connectError(server.url, { protocolVersion: 4, clientId: 'evil\nclient' });
+    await connectError(server.url, { protocolVersion: PROTOCOL_VERSION, clientId: 'evil\nclient' });
     const a = await startClient(server.url, { autoSync: false });
     const b = await startClient(server.url, { autoSync: false });
     try {

@@ -10,6 +10,7 @@ import { createLogger } from '../server/logger.js';
 import { requireOptional } from '../server/optional.js';
 import { createHealthAndMetrics } from '../server/http.js';
 import { createSyncServer, type SyncServer } from '../server/server.js';
+import { FileBlobStore, MemoryBlobStore, PostgresBlobStore, type BlobStore } from '../server/blobs/index.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../server/storage/index.js';
 import { describeStorage, type StorageSpec } from './args.js';
 import { clusterMetrics, reportToPrimary } from './cluster.js';
@@ -56,6 +57,24 @@ export function createStorage(spec: StorageSpec): SyncStorage {
       return new SqliteSyncStorage({ path: spec.path });
     case 'postgres':
       return new PostgresSyncStorage({ connectionString: spec.connectionString });
+  }
+}
+
+/**
+ * Where attachment content goes beside each storage: files in a folder
+ * beside the SQLite database (the database stays small and its WAL free of
+ * large writes; every worker of `serve --workers` shares the folder), rows
+ * in the same PostgreSQL database (every instance reaches it, with no disk
+ * to share), memory beside memory.
+ */
+export function createBlobStore(spec: StorageSpec): BlobStore {
+  switch (spec.kind) {
+    case 'memory':
+      return new MemoryBlobStore();
+    case 'sqlite':
+      return new FileBlobStore({ directory: `${spec.path}.attachments` });
+    case 'postgres':
+      return new PostgresBlobStore({ connectionString: spec.connectionString });
   }
 }
 
@@ -183,7 +202,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
   const logger = createLogger(logging, 'rxdb-offline-sync');
   const serveStatic = options.staticDir ? createStaticHandler(options.staticDir) : undefined;
   const storage = createStorage(options.storage);
-  const cleanups: (() => Promise<unknown>)[] = [() => storage.close()];
+  const blobs = createBlobStore(options.storage);
+  const cleanups: (() => Promise<unknown>)[] = [() => storage.close(), () => blobs.close()];
   const cleanUp = async () => {
     for (const cleanup of cleanups.reverse()) await cleanup().catch((error: unknown) => logger.warn({ err: error }, 'cleanup failed'));
   };
@@ -197,6 +217,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
     const syncServer = createSyncServer({
       httpServer,
       storage,
+      blobs,
       logging,
       ...(redis ? { adapter: redis.adapter } : options.clusterWorker ? { adapter: requireOptional<typeof ClusterAdapter>('@socket.io/cluster-adapter', 'serve --workers').createAdapter() } : {}),
       ...(options.corsOrigin ? { socketOptions: { cors: { origin: options.corsOrigin } } } : {}),

@@ -1,5 +1,6 @@
 /** Pure helpers over document states: what changed, what to push, what the server holds. */
-import type { RxDocumentData } from 'rxdb';
+import type { RxAttachmentData, RxDocumentData } from 'rxdb';
+import { ATTACHMENTS_FIELD, parsePlaceholder, type Attachments } from '../shared/attachments.js';
 import { diff, jsonEqual, type JsonObject } from '../shared/json.js';
 import type { DocumentHead, Operation, RemoteEvent, SyncEvent } from '../shared/protocol/index.js';
 import type { DocumentVersion } from './strategies/types.js';
@@ -101,10 +102,26 @@ export interface PendingEntry {
   sent: boolean;
 }
 
-/** The app's document without RxDB's bookkeeping fields. */
+/**
+ * The app's document without RxDB's bookkeeping fields, and with its
+ * attachments as sync carries them (see shared/attachments.ts): by digest,
+ * length and type, a placeholder counted as the content it stands for.
+ */
 export function stripMeta(doc: RxDocumentData<unknown>): JsonObject {
   const { _meta, _rev, _attachments, _deleted, ...data } = doc as unknown as JsonObject;
+  const attachments = wireAttachments(_attachments as Record<string, RxAttachmentData> | undefined);
+  if (attachments) data[ATTACHMENTS_FIELD] = attachments as unknown as JsonObject;
   return data;
+}
+
+function wireAttachments(attachments: Record<string, RxAttachmentData> | undefined): Attachments | undefined {
+  let wire: Attachments | undefined;
+  for (const id in attachments) {
+    const { digest, length, type } = attachments[id]!;
+    const placeholder = parsePlaceholder(digest);
+    (wire ??= {})[id] = placeholder ? { digest: placeholder.digest, length: placeholder.length, type } : { digest, length, type };
+  }
+  return wire;
 }
 
 export function localState(doc: RxDocumentData<unknown> | undefined): DocState | null {

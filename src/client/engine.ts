@@ -12,8 +12,10 @@
  */
 import type { RxDatabase } from 'rxdb';
 import { distinctUntilChanged, map, type BehaviorSubject, type Observable, type Subject } from 'rxjs';
+import type { AttachmentMeta } from '../shared/attachments.js';
 import { SyncError } from '../shared/errors.js';
 import { parseScope, type ScopeSelector } from '../shared/scope.js';
+import { fetchAttachment, startDownloads, type AttachmentTransfer } from './engine/attachments.js';
 import { goOffline } from './engine/connection.js';
 import { ANOTHER_TAB, lead, openTabs, requireLeader, whenLeading } from './engine/leadership.js';
 import { afterLocalChange, afterLogging, logged, watch } from './engine/logging.js';
@@ -90,6 +92,9 @@ export class SyncEngine {
     const replicator = new Replicator(this.db, meta, (name) => this.strategyFor(name), state.logger);
     state.replicator = replicator;
     state.stateStored = await replicator.load();
+    replicator.attachments.wanted$.subscribe(() => startDownloads(state));
+    // Downloads a restart found unfinished (their placeholders are in the collections).
+    await replicator.findPlaceholders(state.collections);
     replicator.conflicts$.subscribe(() => refreshCounts(state, standingError(state) ?? undefined));
     replicator.rejected$.subscribe(() => refreshCounts(state, standingError(state) ?? undefined));
     refreshCounts(state);
@@ -223,6 +228,16 @@ export class SyncEngine {
     return scopeOf(this.state, collection);
   }
 
+  /** Attachment content on its way up or down, with bytes done and total. */
+  get transfers$(): Observable<AttachmentTransfer[]> {
+    return this.state.transfers.transfers$.asObservable();
+  }
+
+  /** Downloads an attachment this device holds as a placeholder (see the plugin's getAttachmentData). */
+  fetchAttachment(collection: string, documentId: string, attachmentId: string, meta: AttachmentMeta): Promise<Blob> {
+    return fetchAttachment(this.state, collection, documentId, attachmentId, meta);
+  }
+
   /** Resolves once the app's writes seen so far are in the pending log (and counted in the status). */
   whenLogged(): Promise<void> {
     return this.state.queue.idle();
@@ -245,6 +260,8 @@ export class SyncEngine {
     this.status$.complete();
     this.received$.complete();
     this.sent$.complete();
+    state.transfers.transfers$.complete();
+    for (const { reject } of state.transfers.demanded.values()) reject(new SyncError('CLOSED', 'the database is closed'));
     state.shown?.complete();
   }
 

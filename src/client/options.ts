@@ -36,6 +36,22 @@ export const clientOptionsSchema = z.strictObject({
       }),
     )
     .default({}),
+  /**
+   * Per collection, when attachment content is downloaded: 'eager' (the
+   * default) as soon as a version naming it arrives; 'lazy' when the app
+   * asks for it (RxAttachment.getData()), except content of at most
+   * `eagerBelowBytes`, which still comes at once. The document and its
+   * attachments' metadata always arrive at once.
+   */
+  attachments: z
+    .record(
+      collectionNameSchema,
+      z.strictObject({
+        download: z.enum(['eager', 'lazy']).default('eager'),
+        eagerBelowBytes: z.number().int().nonnegative().default(0),
+      }),
+    )
+    .default({}),
   syncInterval: z.number().int().min(100, 'syncInterval is in milliseconds and at least 100').default(30_000),
   autoSync: z.boolean().default(true),
   useWebSockets: z.boolean().default(true),

@@ -4,6 +4,8 @@ import type { Observable } from 'rxjs';
 import { SyncError } from '../shared/errors.js';
 import type { ScopeSelector } from '../shared/scope.js';
 import { SyncEngine, type SyncResult, type SyncStatus } from './engine.js';
+import { assertSyncableDigests, fetchOnRead } from './attachment-access.js';
+import type { AttachmentTransfer } from './engine/attachments.js';
 import { createHandle, readOnly, type SyncHandle } from './handle.js';
 import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
 import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
@@ -50,6 +52,8 @@ export interface SyncApi extends SyncHandle {
   /** Forgets the refused changes once the app has dealt with them; clears their status error. */
   clearRejectedEvents(): Promise<number>;
   readonly rejected$: Observable<RejectedEvent[]>;
+  /** Attachment content on its way up or down, each with bytes done and total; a finished one leaves the list. */
+  readonly transfers$: Observable<AttachmentTransfer[]>;
 }
 
 /** A plugin instance for one database, made by createSyncPlugin(). */
@@ -65,6 +69,7 @@ export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefiniti
     name: SYNC_PLUGIN_NAME,
     options: resolved,
     async attach(db) {
+      await assertSyncableDigests(db, resolved.collections);
       const engine = new SyncEngine(db, resolved);
       const engines = ENGINES.get(db) ?? new Set<SyncEngine>();
       ENGINES.set(db, engines);
@@ -72,12 +77,13 @@ export function createSyncPlugin(options: SyncPluginOptions): SyncPluginDefiniti
       // Also here: attach() may be called on a database whose RxDB has not this file's plugin added.
       db.onClose.push(() => engine.close());
       await engine.start();
-      return apiOf(engine);
+      for (const name of resolved.collections) fetchOnRead(db.collections[name]!, engine);
+      return apiOf(engine, db);
     },
   };
 }
 
-function apiOf(engine: SyncEngine): SyncApi {
+function apiOf(engine: SyncEngine, db: RxDatabase): SyncApi {
   const status$ = engine.shown$.asObservable();
   return {
     ...createHandle(status$, engine),
@@ -91,7 +97,10 @@ function apiOf(engine: SyncEngine): SyncApi {
     enable: () => engine.enable(),
     disable: () => engine.disable(),
     clearPendingEvents: () => engine.clearPendingEvents(),
-    addCollection: (name) => engine.addCollection(name),
+    addCollection: (name) => {
+      engine.addCollection(name);
+      fetchOnRead(db.collections[name]!, engine);
+    },
     removeCollection: (name) => engine.removeCollection(name),
     getCollections: () => engine.getCollections(),
     setScope: (collection, selector) => engine.setScope(collection, selector),
@@ -102,6 +111,7 @@ function apiOf(engine: SyncEngine): SyncApi {
     getRejectedEvents: () => engine.getRejectedEvents(),
     clearRejectedEvents: () => engine.clearRejectedEvents(),
     rejected$: readOnly(engine.rejected$),
+    transfers$: engine.transfers$,
   };
 }
 

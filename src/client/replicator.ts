@@ -23,6 +23,7 @@ import type { MetaStore, MetaWrite } from './meta-store.js';
 import type { PendingLog } from './pending-log.js';
 import type { Strategy } from './strategies/types.js';
 import { correctClock } from './replication/clock.js';
+import { findPlaceholders, forgetWanted, holdForUploads, neededUploads, readLocal, storeDownloaded, type AttachmentBook, type NeededUpload, type WantedAttachment } from './replication/attachments.js';
 import { collectionOf, notePluginWrite } from './replication/collections.js';
 import { isHeld, resolveConflict, resolveDocument, type ConflictResolutionChoice } from './replication/conflicts.js';
 import { applyRemote } from './replication/downstream.js';
@@ -101,6 +102,36 @@ export class Replicator implements Steps {
 
   isHeld(entry: PendingEntry): boolean {
     return isHeld(this.replication, entry);
+  }
+
+  // ---- attachments (replication/attachments.ts) ---------------------------------------
+
+  get attachments(): AttachmentBook {
+    return this.replication.attachments;
+  }
+
+  neededUploads(entries: readonly PendingEntry[]): ReturnType<typeof neededUploads> {
+    return neededUploads(this.replication, entries);
+  }
+
+  holdForUploads(entries: readonly PendingEntry[]): void {
+    holdForUploads(this.replication, entries);
+  }
+
+  readAttachment(source: Omit<NeededUpload, 'length' | 'entries'>): Promise<Blob> {
+    return readLocal(this.replication, source);
+  }
+
+  storeDownloaded(wanted: WantedAttachment, content: Blob): Promise<boolean> {
+    return storeDownloaded(this.replication, wanted, content);
+  }
+
+  forgetWanted(wanted: WantedAttachment): void {
+    forgetWanted(this.replication, wanted);
+  }
+
+  findPlaceholders(collections: Iterable<string>): Promise<number> {
+    return findPlaceholders(this.replication, collections);
   }
 
   // ---- local changes -> pending log (replication/local-changes.ts) ----------------

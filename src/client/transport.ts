@@ -13,7 +13,12 @@ import type { Logger } from '../shared/logger.js';
 import {
   MESSAGE,
   PROTOCOL_VERSION,
+  asBytes,
   liveMessageSchema,
+  type BlobDownloadMessage,
+  type BlobStateReply,
+  type BlobUploadMessage,
+  type BlobUploadReply,
   parseMessage,
   toPushRows,
   type Ack,
@@ -37,7 +42,7 @@ import { watchBrowser } from './transport/browser.js';
 import { morePatience, silenceLimit, watchHeartbeat } from './transport/heartbeat.js';
 import { connectError, REFUSED_WAIT_MS, serverError, waitAfterRefusal } from './transport/refusals.js';
 import { SessionRenewal } from './transport/renewal.js';
-import { assertFits, pullPageAck, pushAck, readReply, renewAck, subscribeAck, toPullReply } from './transport/requests.js';
+import { assertFits, blobDownloadAck, blobStateAck, blobUploadAck, pullPageAck, pushAck, readReply, renewAck, subscribeAck, toPullReply } from './transport/requests.js';
 
 /** What the server said when this connection began: its limits, and how far this device's clock is from its own. */
 export interface Welcome {
@@ -330,6 +335,20 @@ export class Transport {
 
   async pull(message: PullMessage): Promise<PullReply> {
     return toPullReply(await this.request(MESSAGE.pull, message, pullPageAck, isPullPageAck));
+  }
+
+  /** Where this user's uploads of these blobs stand on the server. */
+  async blobState(digests: string[]): Promise<BlobStateReply['states']> {
+    return (await this.request(MESSAGE.blobState, { digests }, blobStateAck)).states;
+  }
+
+  uploadChunk(message: BlobUploadMessage): Promise<BlobUploadReply> {
+    return this.request(MESSAGE.blobUpload, message, blobUploadAck);
+  }
+
+  async downloadChunk(message: BlobDownloadMessage): Promise<{ bytes: Uint8Array; total: number }> {
+    const reply = await this.request(MESSAGE.blobDownload, message, blobDownloadAck);
+    return { bytes: asBytes(reply.bytes), total: reply.total };
   }
 
   private async request<R>(type: keyof ClientToServerEvents, message: unknown, schema: z.ZodType<Ack<R>>, quick?: (value: unknown) => boolean): Promise<R> {

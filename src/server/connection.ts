@@ -11,7 +11,7 @@ import { CLIENT_MESSAGES, MESSAGE, type Ack } from '../shared/protocol/index.js'
 import type { DropReason, SyncServerEvents } from './events.js';
 import { FrameMeter, TurnClock, payloadBytes } from './frames.js';
 import { ConnectionGuard, type EngineConnection, type TurnBudget } from './guard.js';
-import { handlePull, handlePush, handleSubscribe, type ServerContext, type SyncSocket } from './handlers.js';
+import { handleBlobDownload, handleBlobState, handleBlobUpload, handlePull, handlePush, handleSubscribe, type ServerContext, type SyncSocket } from './handlers.js';
 import type { RateLimiter } from './limits.js';
 import { sessionExpiry, type SessionRenewals } from './session.js';
 
@@ -64,6 +64,7 @@ export class Connections<User = unknown> {
         maxEventsPerPush: options.maxEventsPerPush,
         maxPullLimit: options.maxPullLimit,
         maxClockDrift: options.maxClockDrift === false ? null : options.maxClockDrift,
+        maxAttachmentBytes: ctx.blobs ? options.maxAttachmentBytes : null,
       },
       heartbeatInterval: options.heartbeatInterval,
       expiresAt: socket.data.expiresAt ?? null,
@@ -76,6 +77,9 @@ export class Connections<User = unknown> {
       [MESSAGE.subscribe]: handleSubscribe,
       [MESSAGE.push]: handlePush,
       [MESSAGE.pull]: handlePull,
+      [MESSAGE.blobState]: handleBlobState,
+      [MESSAGE.blobUpload]: handleBlobUpload,
+      [MESSAGE.blobDownload]: handleBlobDownload,
       [MESSAGE.renew]: async (_ctx: ServerContext<User>, _socket: SyncSocket<User>, raw: unknown) => {
         await sessions.renew(socket, raw);
         // Not for a connection that ended while authenticate ran: its timer would outlive it.

@@ -76,11 +76,39 @@ export class FrameMeter {
   }
 }
 
-/** Byte size of a message's arguments as JSON; a value that cannot be measured counts as too large. */
+/**
+ * Byte size of a message's arguments as JSON, binary values (attachment
+ * chunks) counted as their bytes; a value that cannot be measured counts as
+ * too large.
+ */
 export function payloadBytes(args: unknown[]): number {
+  if (!args.some(holdsBinary)) {
+    try {
+      return Buffer.byteLength(JSON.stringify(args) ?? '');
+    } catch {
+      return Number.POSITIVE_INFINITY;
+    }
+  }
+  let binary = 0;
+  // Looks at the holder's own value: JSON.stringify has already turned a Buffer into { type, data } by then.
+  function measure(this: Record<string, unknown>, key: string, value: unknown): unknown {
+    const raw = this[key];
+    if (ArrayBuffer.isView(raw) || raw instanceof ArrayBuffer) {
+      binary += raw.byteLength;
+      return 0;
+    }
+    return value;
+  }
   try {
-    return Buffer.byteLength(JSON.stringify(args) ?? '');
+    return Buffer.byteLength(JSON.stringify(args, measure) ?? '') + binary;
   } catch {
     return Number.POSITIVE_INFINITY;
   }
+}
+
+/** Whether a message carries binary values at its top level, where the chunk messages carry theirs. */
+function holdsBinary(arg: unknown): boolean {
+  if (!arg || typeof arg !== 'object') return false;
+  for (const value of Object.values(arg)) if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return true;
+  return false;
 }

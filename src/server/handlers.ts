@@ -3,4 +3,5 @@ export { roomOf, type ServerContext, type ServerEvents, type ServerStats, type S
 export { handleSubscribe } from './handlers/subscribe.js';
 export { handlePush } from './handlers/push.js';
 export { handlePull } from './handlers/pull.js';
+export { handleBlobDownload, handleBlobState, handleBlobUpload } from './handlers/blobs.js';
 export { broadcast, type LivePush } from './handlers/fanout.js';

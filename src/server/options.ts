@@ -5,6 +5,7 @@ import { loggingOptionsSchema } from '../shared/logger.js';
 import { parseOptions } from '../shared/json.js';
 import { collectionNameSchema } from '../shared/protocol/index.js';
 import type { ScopeSelector } from '../shared/scope.js';
+import type { BlobStore } from './blobs/types.js';
 import type { SyncStorage } from './storage/types.js';
 
 /** Every method of SyncStorage the server calls. */
@@ -83,6 +84,12 @@ export type AuthorizeRead<User> = (user: User, collection: string, documents: Re
  */
 export type ScopeRule<User> = (user: User, collection: string) => ScopeSelector | null | undefined | Promise<ScopeSelector | null | undefined>;
 
+/** The bytes of attachments `user` may store (uploads in progress included); null or undefined: no quota. */
+export type AttachmentQuota<User> = (user: User) => number | null | undefined | Promise<number | null | undefined>;
+
+/** Every method of BlobStore the server calls. */
+const BLOB_STORE_METHODS = ['init', 'uploadState', 'append', 'stored', 'read', 'usage', 'sweep', 'close'] as const satisfies readonly (keyof BlobStore)[];
+
 /** Names a user for per-user limits; undefined leaves that user out of them. */
 export type UserKey<User> = (user: User) => string | undefined;
 
@@ -146,6 +153,22 @@ export const serverOptionsSchema = z.strictObject({
       },
     )
     .optional(),
+  /**
+   * Where attachment content is kept (see BlobStore): MemoryBlobStore,
+   * FileBlobStore or PostgresBlobStore. Default: a MemoryBlobStore when
+   * storage is the default memory storage, else none, and documents with
+   * attachments are refused: content kept in memory beside durable
+   * documents would be lost on a restart while the documents name it.
+   */
+  blobs: z
+    .custom<BlobStore>((value) => !!value && BLOB_STORE_METHODS.every((method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function'), {
+      error: () => `blobs must implement BlobStore (${BLOB_STORE_METHODS.join(', ')})`,
+    })
+    .optional(),
+  /** The largest attachment the server takes, in bytes: a larger one is refused (ATTACHMENT_TOO_LARGE) before any of it is stored. */
+  maxAttachmentBytes: z.number().int().positive().default(100 * 1024 * 1024),
+  /** The bytes of attachments each user may store (see AttachmentQuota); none by default. */
+  attachmentQuota: fn('attachmentQuota').optional(),
   /**
    * Per collection, the top-level fields sync scopes may name (storage
    * indexes them). A scope over a collection or field not declared here is
@@ -218,16 +241,18 @@ export const serverOptionsSchema = z.strictObject({
   clientTimeout: z.number().int().positive().optional(),
 });
 
-type FunctionOptions = 'authenticate' | 'authorize' | 'authorizeRead' | 'userKey' | 'socketOptions' | 'adapter' | 'scopes';
+type FunctionOptions = 'authenticate' | 'authorize' | 'authorizeRead' | 'userKey' | 'socketOptions' | 'adapter' | 'scopes' | 'attachmentQuota';
 
-export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOptionsSchema>, FunctionOptions | 'storage'> & {
+export type SyncServerOptions<User = unknown> = Omit<z.input<typeof serverOptionsSchema>, FunctionOptions | 'storage' | 'blobs'> & {
   authenticate?: Authenticate<User>;
   authorize?: Authorize<User>;
   authorizeRead?: AuthorizeRead<User>;
   scopes?: ScopeRule<User>;
   userKey?: UserKey<User>;
+  attachmentQuota?: AttachmentQuota<User>;
   socketOptions?: Partial<ServerOptions>;
   storage?: SyncStorage;
+  blobs?: BlobStore;
   adapter?: ServerOptions['adapter'];
 };
 
@@ -237,6 +262,7 @@ export type ResolvedServerOptions<User = unknown> = Omit<z.output<typeof serverO
   authorizeRead?: AuthorizeRead<User>;
   scopes?: ScopeRule<User>;
   userKey?: UserKey<User>;
+  attachmentQuota?: AttachmentQuota<User>;
   socketOptions: Partial<ServerOptions>;
   adapter?: ServerOptions['adapter'];
 };

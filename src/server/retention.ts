@@ -5,6 +5,8 @@
  */
 import { z } from 'zod';
 import type { Logger } from '../shared/logger.js';
+import { sweepBlobs } from './blobs/sweep.js';
+import type { BlobStore } from './blobs/types.js';
 import type { SyncStorage } from './storage/types.js';
 
 export const retentionOptionsSchema = z.strictObject({
@@ -26,6 +28,8 @@ export class Retention {
     private readonly storage: SyncStorage,
     private readonly options: z.output<typeof retentionOptionsSchema>,
     private readonly logger: Logger,
+    /** Attachment content, swept after each compaction of the events that named it. */
+    private readonly blobs?: BlobStore,
     private readonly now: () => number = Date.now,
   ) {}
 
@@ -57,6 +61,10 @@ export class Retention {
     if (cutoff <= 1) return 0;
     const removed = await this.storage.clearEventsBefore(cutoff);
     if (removed > 0) this.logger.info({ removed, before: cutoff }, 'compacted superseded events');
+    if (this.blobs) {
+      const swept = await sweepBlobs(this.storage, this.blobs, undefined, now);
+      if (swept.blobs + swept.uploads > 0) this.logger.info(swept, 'removed attachment content no event names');
+    }
     return removed;
   }
 }

@@ -12,6 +12,9 @@ import { LiveFanOut } from './live.js';
 import { resolveServerOptions, type ResolvedServerOptions, type SyncServerOptions } from './options.js';
 import { Redactor } from './redact.js';
 import { SessionRenewals } from './session.js';
+import { MemoryBlobStore } from './blobs/memory.js';
+import { sweepBlobs, type SweepGrace } from './blobs/sweep.js';
+import type { BlobStore } from './blobs/types.js';
 import { MemorySyncStorage } from './storage/memory.js';
 import { Retention, retentionOptionsSchema } from './retention.js';
 import type { SyncStorage } from './storage/types.js';
@@ -45,6 +48,8 @@ export class SyncServer<User = unknown> {
   private readonly options: ResolvedServerOptions<User>;
   private readonly storage: SyncStorage;
   private readonly ownsStorage: boolean;
+  private readonly blobs?: BlobStore;
+  private readonly ownsBlobs: boolean;
   private readonly logger: Logger;
   private readonly io: SyncIo<User>;
   private readonly stats: ServerStats = { accepted: 0, duplicates: 0, conflicts: 0, rejected: 0, invalidMessages: 0 };
@@ -62,6 +67,9 @@ export class SyncServer<User = unknown> {
     this.options = resolveServerOptions(options);
     this.ownsStorage = !this.options.storage;
     this.storage = this.options.storage ?? new MemorySyncStorage();
+    // Memory for content only beside memory for documents: see the `blobs` option.
+    this.ownsBlobs = !this.options.blobs && this.ownsStorage;
+    this.blobs = this.options.blobs ?? (this.ownsBlobs ? new MemoryBlobStore() : undefined);
     this.logger = createLogger(this.options.logging, 'rxdb-offline-sync:server');
     const { heartbeatInterval, clientTimeout } = this.options;
     this.io = new Server({
@@ -86,6 +94,7 @@ export class SyncServer<User = unknown> {
     const context: ServerContext<User> = {
       options: this.options,
       storage: this.storage,
+      ...(this.blobs ? { blobs: this.blobs } : {}),
       logger: this.logger,
       io: this.io,
       stats: this.stats,
@@ -116,10 +125,10 @@ export class SyncServer<User = unknown> {
     this.gate.wrap(this.options.httpServer, () => this.io.attach(this.options.httpServer));
     this.sweepTimer = setInterval(() => this.connections.checkUnsent(), UNSENT_SWEEP_MS);
     this.sweepTimer.unref?.();
-    this.ready = this.storage.init().then(async () => {
+    this.ready = Promise.all([this.storage.init(), this.blobs?.init()]).then(async () => {
       if (Object.keys(this.options.scopeFields).length > 0) await this.storage.indexScopeFields(this.options.scopeFields);
       if (this.options.retention) {
-        this.retention = new Retention(this.storage, retentionOptionsSchema.parse(this.options.retention), this.logger);
+        this.retention = new Retention(this.storage, retentionOptionsSchema.parse(this.options.retention), this.logger, this.blobs);
         this.retention.start();
       }
       this.logger.info('sync server started');
@@ -144,6 +153,7 @@ export class SyncServer<User = unknown> {
     await this.live.stop();
     await Promise.allSettled([...this.io._nsps.values()].map((nsp) => nsp.adapter.close()));
     if (this.ownsStorage) await this.storage.close();
+    if (this.ownsBlobs) await this.blobs?.close();
     this.logger.info('sync server stopped');
   }
 
@@ -155,6 +165,17 @@ export class SyncServer<User = unknown> {
   async compact(before?: number): Promise<number> {
     await this.ready;
     return this.storage.clearEventsBefore(before ?? (await this.storage.getLatestSequence()) + 1);
+  }
+
+  /**
+   * Removes attachment content that no kept event names and that is older
+   * than `grace` (see sweep.ts), and uploads abandoned for longer. Runs
+   * after each scheduled compaction; call it after compact() yourself.
+   */
+  async sweepAttachments(grace?: SweepGrace, now?: number): Promise<{ blobs: number; uploads: number }> {
+    await this.ready;
+    if (!this.blobs) return { blobs: 0, uploads: 0 };
+    return sweepBlobs(this.storage, this.blobs, grace, now);
   }
 
   /**
@@ -177,6 +198,11 @@ export class SyncServer<User = unknown> {
 
   getStorage(): SyncStorage {
     return this.storage;
+  }
+
+  /** Where attachment content is kept; undefined when this server keeps none. */
+  getBlobStore(): BlobStore | undefined {
+    return this.blobs;
   }
 
   getIo(): SyncIo<User> {

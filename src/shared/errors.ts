@@ -31,6 +31,12 @@ export const ERROR_CODES = [
   'CLIENT_ID_TAKEN',
   'TOKEN_EXPIRED',
   'STORAGE_ERROR',
+  /** A pushed document names an attachment whose content the server does not hold: upload it, then push again. */
+  'ATTACHMENT_MISSING',
+  /** An attachment is larger than the server's maxAttachmentBytes, or its upload would pass the user's quota. */
+  'ATTACHMENT_TOO_LARGE',
+  /** The attachment asked for is not one of the document's current version (or the server keeps no attachments). */
+  'ATTACHMENT_NOT_FOUND',
   'CONFLICT_RESOLVER_FAILED',
   'NOT_CONNECTED',
   'TIMEOUT',
@@ -100,6 +106,11 @@ export const SYNC_ERROR_DETAILS = {
   TOKEN_EXPIRED: z.looseObject({ expiresAt: z.number() }),
   /** What the local database said (RxDB's validation errors, say). */
   STORAGE_ERROR: z.looseObject({ error: z.unknown() }),
+  /** The digests the server lacks. */
+  ATTACHMENT_MISSING: z.looseObject({ digests: z.array(z.string()) }),
+  /** `limit` is maxAttachmentBytes, or with `quota` what the user may still store. */
+  ATTACHMENT_TOO_LARGE: z.looseObject({ bytes: z.number(), limit: z.number(), quota: z.boolean().optional() }),
+  ATTACHMENT_NOT_FOUND: z.looseObject({ collection: z.string(), documentId: z.string(), attachmentId: z.string() }),
   /** How long the link was silent before it was taken for dead. */
   NOT_CONNECTED: z.looseObject({ timeoutMs: z.number() }),
 } satisfies Partial<Record<SyncErrorCode, z.ZodType>>;

@@ -27,6 +27,7 @@ import { saveTests } from './suites/saves.js';
 import { scopedReadTests } from './suites/scoped.js';
 
 export type { StorageUnderTest };
+export { runBlobStoreConformance, type BlobStoreUnderTest } from './blobs.js';
 
 /** Without a cleanup of its own, a storage is closed after use. */
 function opened(under: StorageUnderTest): OpenedStorage {

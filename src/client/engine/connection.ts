@@ -1,6 +1,7 @@
 /** The connection to the sync server: the transport's events, going online and offline. */
 import { Transport, type Welcome } from '../transport.js';
 import { onLive } from './live.js';
+import { startDownloads } from './attachments.js';
 import { requestSync } from './schedule.js';
 import { newLiveBasis, requireReplicator, type EngineState } from './state.js';
 import { fail, standingError, updateStatus } from './status.js';
@@ -53,4 +54,5 @@ function onConnect(state: EngineState, { limits, clockOffset }: Welcome): void {
   const replicator = requireReplicator(state);
   void state.queue.run(() => replicator.correctClock(clockOffset, limits.maxClockDrift)).catch((error: unknown) => fail(state, error));
   if (state.options.autoSync) void requestSync(state, { push: true, pull: true });
+  startDownloads(state);
 }

@@ -1,6 +1,7 @@
 /** Pushing the pending log, one batch at a time, and what a refused push leads to. */
 import { SyncError, type WireError } from '../../shared/errors.js';
-import { parseMessage, syncEventSchema } from '../../shared/protocol/index.js';
+import { parseMessage, syncEventSchema, type PushOutcome } from '../../shared/protocol/index.js';
+import { anyAttachments, prepareUploads } from './attachments.js';
 import type { PendingEntry } from '../documents.js';
 import type { Transport } from '../transport.js';
 import { leaveIfOutside } from './scope.js';
@@ -13,6 +14,8 @@ const RETRY_SMALLER = -1;
 
 /** Pushes everything pending, batch after batch; returns how many events were dealt with. */
 export async function pushAll(state: EngineState, transport: Transport): Promise<number> {
+  // Changes that name content the server lacks wait for its upload; the rest go now.
+  if (anyAttachments(state)) await state.queue.run(() => prepareUploads(state, transport));
   let synced = 0;
   for (;;) {
     const pushed = await state.queue.run(() => pushBatch(state, transport));
@@ -27,10 +30,12 @@ export async function pushAll(state: EngineState, transport: Transport): Promise
 /** Pushes the next batch and applies the server's answer; returns how many events it dealt with, or RETRY_SMALLER. */
 async function pushBatch(state: EngineState, transport: Transport): Promise<number> {
   const replicator = requireReplicator(state);
-  const batch = await replicator.takeBatch(state.pushBatchSize, state.pushBatchBytes);
+  let batch = await replicator.takeBatch(state.pushBatchSize, state.pushBatchBytes);
   if (batch.length === 0) return 0;
   try {
-    const outcomes = await transport.push(batch.map((entry) => entry.event));
+    const answered = await transport.push(batch.map((entry) => entry.event));
+    const { outcomes, waiting } = setAsideMissing(state, batch, answered);
+    if (waiting.length > 0) batch = batch.filter((entry) => !waiting.includes(entry));
     // This client holds what it took of the server's answer: a pull need not send that back.
     const acked = await replicator.applyPushResults(batch, outcomes);
     if (acked.length > 0) state.sent$.next(acked.map(changeOf));
@@ -45,6 +50,31 @@ async function pushBatch(state: EngineState, transport: Transport): Promise<numb
   } catch (error) {
     return handleRefusedPush(state, SyncError.from(error), batch);
   }
+}
+
+/**
+ * Answers of ATTACHMENT_MISSING (the server lost content it had, or never
+ * had it): no refusal of the change, which stays pending, nor of its
+ * document's later changes in the batch; the content is uploaded again
+ * before the next push. The other answers, with their entries.
+ */
+export function setAsideMissing(state: EngineState, batch: readonly PendingEntry[], outcomes: readonly PushOutcome[]): { outcomes: PushOutcome[]; waiting: PendingEntry[] } {
+  const waitingDocs = new Set<string>();
+  const waiting: PendingEntry[] = [];
+  const kept: PushOutcome[] = [];
+  const book = requireReplicator(state).attachments;
+  batch.forEach((entry, i) => {
+    const outcome = outcomes[i]!;
+    const doc = `${entry.event.collection}\u0000${entry.event.documentId}`;
+    if (typeof outcome === 'object' && outcome.status === 'rejected' && outcome.error.code === 'ATTACHMENT_MISSING') {
+      for (const digest of (outcome.error.details as { digests?: string[] } | undefined)?.digests ?? []) book.onServer.delete(digest);
+      waitingDocs.add(doc);
+    }
+    if (waitingDocs.has(doc)) waiting.push(entry);
+    else kept.push(outcome);
+  });
+  if (waiting.length > 0) state.logger.info({ events: waiting.length }, 'the server lacks attachment content; uploading it before pushing those changes');
+  return { outcomes: kept, waiting };
 }
 
 /** What to do about a push the server refused whole; null: nothing here, the error is thrown on. */

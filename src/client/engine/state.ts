@@ -16,6 +16,7 @@ import type { StoredSettings, SyncSwitch } from '../settings.js';
 import type { Strategy } from '../strategies/types.js';
 import type { TabLink } from '../tabs.js';
 import type { Transport } from '../transport.js';
+import { createTransfers, type Transfers } from './attachments.js';
 import { LIVE_PULL_DELAY } from './gaps.js';
 import type { SyncedChange, SyncResult, SyncStatus } from './status.js';
 
@@ -104,6 +105,8 @@ export interface EngineState {
   /** How long a gap after the checkpoint waits for live messages before it is pulled (see LIVE_PULL_DELAY). */
   livePullDelay: number;
   closed: boolean;
+  /** Attachment content on its way up and down. */
+  readonly transfers: Transfers;
   /** lead() once started: settles when this tab leads, or when leading failed. */
   ready?: Promise<void>;
 }
@@ -151,6 +154,7 @@ export function createEngineState(db: RxDatabase, options: ResolvedClientOptions
     pushBatchSize: options.batchSize,
     pushBatchBytes: options.maxBatchBytes,
     livePullDelay: LIVE_PULL_DELAY.least,
+    transfers: createTransfers(),
     closed: false,
   };
 }

@@ -3,6 +3,7 @@ import { getHeightOfRevision, now, type BulkWriteRow, type RxCollection, type Rx
 import { SyncError } from '../../shared/errors.js';
 import { withFields } from '../../shared/json.js';
 import { STAMP_FIELD, stampValue, SYNC_REVISION_TOKEN, type DocState, type VersionInfo } from '../documents.js';
+import { localAttachments } from './attachments.js';
 import type { ReplicationState } from './state.js';
 
 /** Writes made by the plugin carry this context, so they are never logged as local changes (no echo). */
@@ -78,7 +79,7 @@ export async function writeLocal(state: ReplicationState, collection: RxCollecti
         document: withFields(target.data, {
           [primary]: documentId,
           _deleted: target.deleted,
-          _attachments: current?._attachments ?? {},
+          _attachments: localAttachments(state, collection, documentId, target.data, current, target.deleted),
           _meta: meta,
           _rev: `${height}-${stamp ? SYNC_REVISION_TOKEN : state.db.token}`,
         }) as unknown as RxDocumentData<unknown>,

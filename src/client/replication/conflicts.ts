@@ -11,6 +11,7 @@ import { buildChange, hasData, localState, restatement, statesEqual, versionOf, 
 import type { MetaWrite } from '../meta-store.js';
 import { ordersByClock } from '../strategies/index.js';
 import type { DocumentVersion, Resolution } from '../strategies/types.js';
+import { isWaitingForUpload } from './attachments.js';
 import { collectionOf, findLocal, writeLocal } from './collections.js';
 import { getShadows, serverVersions, shadowDelete, shadowWrite } from './shadows.js';
 import type { ReplicationState, Steps, StoredConflict } from './state.js';
@@ -22,7 +23,7 @@ const MAX_RESOLVE_ATTEMPTS = 5;
 
 /** True while a manual conflict holds this document back from pushing. */
 export function isHeld(state: ReplicationState, entry: PendingEntry): boolean {
-  return state.conflicts.has(conflictId(entry.event.collection, entry.event.documentId));
+  return state.conflicts.has(conflictId(entry.event.collection, entry.event.documentId)) || isWaitingForUpload(state, entry);
 }
 
 /**

@@ -14,6 +14,7 @@ import type { ScopeSelector } from '../../shared/scope.js';
 import { randomId } from '../../shared/ids.js';
 import { AckedVersions, type StoredAckedPage } from '../acked.js';
 import type { Shadow } from '../documents.js';
+import { createAttachmentBook, type AttachmentBook } from './attachments.js';
 import type { MetaStore, MetaWrite } from '../meta-store.js';
 import { PendingLog, type StoredPage } from '../pending-log.js';
 import type { DocumentVersion, Strategy } from '../strategies/types.js';
@@ -105,6 +106,8 @@ export interface ReplicationState {
   readonly pluginWrites: Map<string, number>;
   /** The server's time minus this device's, in ms, as the last welcome said (0 while within CLOCK_TOLERANCE_MS). */
   clockOffset: number;
+  /** Attachments: content the server holds, changes waiting for uploads, content to download. */
+  readonly attachments: AttachmentBook;
   /** This device's time corrected by clockOffset. */
   readonly now: () => number;
   clock: HybridLogicalClock;
@@ -143,6 +146,7 @@ export function createState(db: RxDatabase, meta: MetaStore, strategyFor: (colle
     restarts: new Map(),
     pluginWrites: new Map(),
     clockOffset: 0,
+    attachments: createAttachmentBook(),
     now,
     clock: new HybridLogicalClock(persisted.clientId, now),
   };

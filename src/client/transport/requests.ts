@@ -8,7 +8,13 @@ import { SyncError } from '../../shared/errors.js';
 import { utf8Length } from '../../shared/json.js';
 import {
   ackSchema,
+  blobDownloadReplySchema,
+  blobStateReplySchema,
   fromPullPage,
+  uploadStateSchema,
+  type BlobDownloadReply,
+  type BlobStateReply,
+  type BlobUploadReply,
   parseMessage,
   pullPageSchema,
   pushReplySchema,
@@ -28,6 +34,9 @@ export const pushAck = ackSchema(pushReplySchema) as z.ZodType<Ack<PushReply>>;
 export const pullPageAck = ackSchema(pullPageSchema) as z.ZodType<Ack<PullPage>>;
 export const subscribeAck = ackSchema(subscribeReplySchema) as z.ZodType<Ack<SubscribeReply>>;
 export const renewAck = ackSchema(renewReplySchema) as z.ZodType<Ack<RenewReply>>;
+export const blobStateAck = ackSchema(blobStateReplySchema) as z.ZodType<Ack<BlobStateReply>>;
+export const blobUploadAck = ackSchema(uploadStateSchema) as z.ZodType<Ack<BlobUploadReply>>;
+export const blobDownloadAck = ackSchema(blobDownloadReplySchema) as z.ZodType<Ack<BlobDownloadReply>>;
 
 /** Room left in a push for socket.io's framing around the message (`42["sync:push",…,id]`). */
 const FRAMING_BYTES = 64;

@@ -6,6 +6,7 @@ import type { ClientToServerEvents, ProtocolVersion, ServerToClientEvents } from
 import type { ResolvedServerOptions } from '../options.js';
 import type { Redactor } from '../redact.js';
 import type { SocketScopes } from '../scopes.js';
+import type { BlobStore } from '../blobs/types.js';
 import type { SyncStorage } from '../storage/types.js';
 import type { LivePush } from './fanout.js';
 
@@ -51,6 +52,8 @@ export interface ServerContext<User = unknown> {
   /** The same as options.authorizeRead, for the same reason. */
   authorizeRead?: ResolvedServerOptions<User>['authorizeRead'];
   storage: SyncStorage;
+  /** Where attachment content is kept; none: documents with attachments are refused. */
+  blobs?: BlobStore;
   logger: Logger;
   io: SyncIo<User>;
   stats: ServerStats;

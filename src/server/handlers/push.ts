@@ -1,4 +1,5 @@
 /** Pushes: each event checked, authorized and saved; the ack answers per event, and the accepted go to the live fan-out. */
+import { attachmentsOf, attachmentsProblem } from '../../shared/attachments.js';
 import { DocumentMap } from '../../shared/document-map.js';
 import { SyncError } from '../../shared/errors.js';
 import {
@@ -33,6 +34,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   const { clientId, user } = socket.data;
   const events = fromPushRows(parseMessage(pushRowsMessageSchema, raw, 'push message', isPushRowsMessage), clientId);
   const heads = await headsOf(ctx, events);
+  const stored = await storedBlobs(ctx, events);
 
   const results: (PushResult | undefined)[] = new Array(events.length);
   const toSave: IncomingEvent[] = [];
@@ -42,6 +44,7 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
     try {
       assertKnownCollection(ctx, event.collection);
       assertStorable(ctx, event);
+      if (event.op !== 'delete') assertAttachmentsStored(ctx, event, stored);
       if (ctx.options.maxClockDrift !== false) assertClockInRange(event, ctx.options.maxClockDrift, Date.now());
       const head = heads.get(event.collection, event.documentId);
       // Without an authorize hook there is nothing to wait for: no promise per event.
@@ -103,6 +106,53 @@ export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSoc
   }
   ctx.emit('push', { durationMs: performance.now() - started, ...counts });
   return { results: (results as PushResult[]).map(toPushOutcome) };
+}
+
+/** Which digests the pushed documents name are stored, with their lengths (none named: an empty map, no store call). */
+async function storedBlobs(ctx: ServerContext<any>, events: readonly SyncEvent[]): Promise<Map<string, number>> {
+  const digests = new Set<string>();
+  for (const event of events) {
+    const attachments = event.op === 'delete' ? undefined : attachmentsOf(event.data);
+    if (!attachments || attachmentsProblem(event.data)) continue;
+    for (const id in attachments) digests.add(attachments[id]!.digest);
+  }
+  if (digests.size === 0 || !ctx.blobs) return new Map();
+  try {
+    return await ctx.blobs.stored([...digests]);
+  } catch (error) {
+    ctx.emit('storage-error', { operation: 'read', error });
+    ctx.logger.error({ err: error }, 'the blob store failed to say which attachments it holds');
+    throw SyncError.from(error, 'STORAGE_ERROR');
+  }
+}
+
+/**
+ * A document's attachments must be well formed, within maxAttachmentBytes,
+ * and stored here with the length they claim: every version the server
+ * keeps is one every reader can download whole.
+ */
+function assertAttachmentsStored(ctx: ServerContext<any>, event: SyncEvent, stored: ReadonlyMap<string, number>): void {
+  const attachments = attachmentsOf(event.data);
+  if (!attachments && !Object.hasOwn(event.data, '_attachments')) return;
+  const where = `${event.collection}/${event.documentId}`;
+  const problem = attachmentsProblem(event.data);
+  if (problem) throw new SyncError('INVALID_MESSAGE', `event ${event.id} for ${where}: ${problem}`, { path: `data.${problem.split(':')[0]}` });
+  const entries = Object.entries(attachments!);
+  if (entries.length === 0) return;
+  if (!ctx.blobs) throw new SyncError('INVALID_MESSAGE', `${where} has attachments, and this server keeps none: createSyncServer was given no \`blobs\` store`);
+  const limit = ctx.options.maxAttachmentBytes;
+  const missing: string[] = [];
+  for (const [id, meta] of entries) {
+    if (meta.length > limit) {
+      throw new SyncError('ATTACHMENT_TOO_LARGE', `attachment "${id}" of ${where} is ${meta.length} bytes, more than maxAttachmentBytes (${limit})`, { bytes: meta.length, limit });
+    }
+    const length = stored.get(meta.digest);
+    if (length === undefined) missing.push(meta.digest);
+    else if (length !== meta.length) throw new SyncError('INVALID_MESSAGE', `attachment "${id}" of ${where} claims ${meta.length} bytes; its content has ${length}`, { path: `data._attachments` });
+  }
+  if (missing.length > 0) {
+    throw new SyncError('ATTACHMENT_MISSING', `${where} names attachment content this server does not hold: upload it first`, { digests: [...new Set(missing)] });
+  }
 }
 
 /**

@@ -10,6 +10,7 @@
  * - pull.ts: a pull, and its answer in pages of rows
  * - spans.ts: sets of sequences, as a pull's `have` names them
  * - live.ts: live messages
+ * - blobs.ts: attachment content, in chunks
  * - wire.ts: errors and acknowledgements on the wire, and the check of a received message
  */
 export {
@@ -102,3 +103,21 @@ export {
   type WireRemoteEvent,
 } from './live.js';
 export { ackSchema, parseMessage, type Ack } from './wire.js';
+export {
+  BLOB_CHUNK_BYTES,
+  MAX_BLOB_CHUNK_BYTES,
+  MAX_BLOB_STATE_DIGESTS,
+  asBytes,
+  blobDownloadMessageSchema,
+  blobDownloadReplySchema,
+  blobStateMessageSchema,
+  blobStateReplySchema,
+  blobUploadMessageSchema,
+  uploadStateSchema,
+  type BlobDownloadMessage,
+  type BlobDownloadReply,
+  type BlobStateMessage,
+  type BlobStateReply,
+  type BlobUploadMessage,
+  type BlobUploadReply,
+} from './blobs.js';

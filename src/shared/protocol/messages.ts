@@ -9,13 +9,14 @@ import { clientIdSchema, collectionNameSchema, scopesSchema } from './fields.js'
 import type { LiveMessage } from './live.js';
 import type { PullMessage, PullPage } from './pull.js';
 import type { PushReply, PushRowsMessage } from './push.js';
+import type { BlobDownloadMessage, BlobDownloadReply, BlobStateMessage, BlobStateReply, BlobUploadMessage, BlobUploadReply } from './blobs.js';
 import type { Ack } from './wire.js';
 
 /**
  * The version of the protocol, carried in the handshake: a server refuses a
  * client that speaks another one, naming the version it speaks.
  */
-export const PROTOCOL_VERSION = 4;
+export const PROTOCOL_VERSION = 5;
 export type ProtocolVersion = typeof PROTOCOL_VERSION;
 
 export const MESSAGE = {
@@ -26,9 +27,12 @@ export const MESSAGE = {
   error: 'sync:error',
   welcome: 'sync:welcome',
   renew: 'sync:renew',
+  blobState: 'sync:blob-state',
+  blobUpload: 'sync:blob-upload',
+  blobDownload: 'sync:blob-download',
 } as const;
 
-export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull, MESSAGE.renew]);
+export const CLIENT_MESSAGES: ReadonlySet<string> = new Set([MESSAGE.subscribe, MESSAGE.push, MESSAGE.pull, MESSAGE.renew, MESSAGE.blobState, MESSAGE.blobUpload, MESSAGE.blobDownload]);
 
 export const handshakeSchema = z.object({
   protocolVersion: z.literal(PROTOCOL_VERSION),
@@ -52,6 +56,8 @@ export const welcomeMessageSchema = z.object({
     maxPullLimit: z.number().int().positive(),
     /** How far ahead of serverTime, in ms, an event's clock may run (null: any). */
     maxClockDrift: z.number().int().positive().nullable(),
+    /** The largest attachment the server takes, in bytes; null: it keeps no attachments. */
+    maxAttachmentBytes: z.number().int().nonnegative().nullable(),
   }),
   /** How often the server pings, in ms: a client that hears nothing for much longer takes the link for dead. */
   heartbeatInterval: z.number().int().positive(),
@@ -83,6 +89,9 @@ export interface ClientToServerEvents {
   'sync:push': (message: PushRowsMessage, ack: (reply: Ack<PushReply>) => void) => void;
   'sync:pull': (message: PullMessage, ack: (reply: Ack<PullPage>) => void) => void;
   'sync:renew': (message: RenewMessage, ack: (reply: Ack<RenewReply>) => void) => void;
+  'sync:blob-state': (message: BlobStateMessage, ack: (reply: Ack<BlobStateReply>) => void) => void;
+  'sync:blob-upload': (message: BlobUploadMessage, ack: (reply: Ack<BlobUploadReply>) => void) => void;
+  'sync:blob-download': (message: BlobDownloadMessage, ack: (reply: Ack<BlobDownloadReply>) => void) => void;
 }
 
 export interface ServerToClientEvents {

@@ -1,0 +1,300 @@
+/**
+ * Attachment content going up and down beside the document sync, over the
+ * same connection, a chunk per request with a few in flight: enough to fill
+ * a slow link, few enough that a push or a pull is never queued behind more
+ * than a chunk or two. Uploads go on from where the server's copy stands
+ * after any drop; downloads go on from the last chunk received while the
+ * process lives. Progress is on `transfers$`.
+ */
+import { sha256 } from '@noble/hashes/sha2';
+import { bytesToHex } from '@noble/hashes/utils';
+import { BehaviorSubject } from 'rxjs';
+import type { AttachmentMeta } from '../../shared/attachments.js';
+import { SyncError } from '../../shared/errors.js';
+import { BLOB_CHUNK_BYTES, MAX_BLOB_STATE_DIGESTS } from '../../shared/protocol/index.js';
+import type { PendingEntry } from '../documents.js';
+import { keepsAttachments, type NeededUpload, type WantedAttachment } from '../replication/attachments.js';
+import type { Transport } from '../transport.js';
+import { requestSync } from './schedule.js';
+import { requireReplicator, type EngineState } from './state.js';
+
+/** Chunks of one transfer in flight at once. */
+const WINDOW = 2;
+
+/** One attachment's content on its way, as `transfers$` shows it. */
+export interface AttachmentTransfer {
+  direction: 'upload' | 'download';
+  collection: string;
+  documentId: string;
+  attachmentId: string;
+  digest: string;
+  /** Bytes the other side has. */
+  done: number;
+  total: number;
+}
+
+interface PartialDownload {
+  digest: string;
+  parts: Uint8Array[];
+  received: number;
+  hash: ReturnType<typeof sha256.create>;
+}
+
+/** The engine's transfers: uploads waiting, downloads under way, those the app waits for. */
+export interface Transfers {
+  readonly transfers$: BehaviorSubject<AttachmentTransfer[]>;
+  readonly uploads: Map<string, NeededUpload>;
+  uploading?: Promise<void>;
+  downloading?: Promise<void>;
+  readonly partials: Map<string, PartialDownload>;
+  /** Downloads the app asked for (getData() on a placeholder): they go first, whatever the collection's mode. */
+  readonly demanded: Map<string, { promise: Promise<Blob>; resolve: (blob: Blob) => void; reject: (error: unknown) => void }>;
+}
+
+export function createTransfers(): Transfers {
+  return { transfers$: new BehaviorSubject<AttachmentTransfer[]>([]), uploads: new Map(), partials: new Map(), demanded: new Map() };
+}
+
+const keyOf = (wanted: Pick<WantedAttachment, 'collection' | 'documentId' | 'attachmentId'>) => `${wanted.collection}\u0000${wanted.documentId}\u0000${wanted.attachmentId}`;
+
+/** Shows a transfer's progress; a finished one leaves the list. */
+function show(state: EngineState, transfer: AttachmentTransfer): void {
+  const list = state.transfers.transfers$.value.filter((t) => !(t.direction === transfer.direction && keyOf(t) === keyOf(transfer)));
+  if (transfer.done < transfer.total) list.push(transfer);
+  state.transfers.transfers$.next(list);
+}
+
+/** Whether a synced collection keeps attachments: without one, nothing here runs. */
+export function anyAttachments(state: EngineState): boolean {
+  for (const name of state.collections) {
+    const collection = state.db.collections[name];
+    if (collection && keepsAttachments(collection)) return true;
+  }
+  return false;
+}
+
+// ---- uploads -----------------------------------------------------------------------
+
+/**
+ * Before a push: finds the content the pending changes name that the server
+ * lacks, holds back those documents' changes, and starts uploading it.
+ * Changes whose content is gone from this device, or larger than the server
+ * takes, can never be pushed and are set aside.
+ */
+export async function prepareUploads(state: EngineState, transport: Transport): Promise<void> {
+  const replicator = requireReplicator(state);
+  const book = replicator.attachments;
+  const entries = replicator.pending.all();
+  const { uploads, lost } = await replicator.neededUploads(entries);
+  const unknown = uploads.filter((upload) => !state.transfers.uploads.has(upload.digest)).map((upload) => upload.digest);
+  for (let i = 0; i < unknown.length; i += MAX_BLOB_STATE_DIGESTS) {
+    const states = await transport.blobState(unknown.slice(i, i + MAX_BLOB_STATE_DIGESTS));
+    for (const [digest, upload] of Object.entries(states)) if (upload.complete) book.onServer.add(digest);
+  }
+  const limit = transport.serverWelcome?.limits.maxAttachmentBytes;
+  const refused = new Map<PendingEntry, SyncError>();
+  for (const entry of lost) refused.set(entry, new SyncError('ATTACHMENT_MISSING', `an attachment of ${entry.event.collection}/${entry.event.documentId} is no longer on this device and the server never got it`, { digests: [] }));
+  for (const upload of uploads) {
+    if (book.onServer.has(upload.digest)) continue;
+    if (limit === null || (limit !== undefined && upload.length > limit)) {
+      const error =
+        limit === null
+          ? new SyncError('ATTACHMENT_TOO_LARGE', 'the sync server keeps no attachments', { bytes: upload.length, limit: 0 })
+          : new SyncError('ATTACHMENT_TOO_LARGE', `attachment "${upload.attachmentId}" is ${upload.length} bytes; the server takes at most ${limit}`, { bytes: upload.length, limit: limit! });
+      for (const entry of upload.entries) refused.set(entry, error);
+      continue;
+    }
+    if (!state.transfers.uploads.has(upload.digest)) state.transfers.uploads.set(upload.digest, upload);
+  }
+  for (const [entry, error] of refused) await replicator.rejectUnpushable(entry, error.toWire());
+  replicator.holdForUploads(refused.size > 0 ? replicator.pending.all() : entries);
+  startUploads(state, transport);
+}
+
+function startUploads(state: EngineState, transport: Transport): void {
+  const transfers = state.transfers;
+  if (transfers.uploading || transfers.uploads.size === 0) return;
+  transfers.uploading = uploadAll(state, transport).finally(() => (transfers.uploading = undefined));
+}
+
+async function uploadAll(state: EngineState, transport: Transport): Promise<void> {
+  const replicator = requireReplicator(state);
+  for (const [digest, upload] of state.transfers.uploads) {
+    if (!transport.connected || state.closed) return;
+    try {
+      await uploadOne(state, transport, upload);
+      replicator.attachments.onServer.add(digest);
+      state.transfers.uploads.delete(digest);
+      // The changes it held can go now.
+      void requestSync(state, { push: true, pull: false });
+    } catch (error) {
+      const syncError = SyncError.from(error);
+      state.transfers.uploads.delete(digest);
+      if (syncError.code === 'NOT_CONNECTED' || syncError.code === 'TIMEOUT' || syncError.code === 'RATE_LIMITED' || syncError.code === 'STORAGE_ERROR' || syncError.code === 'AUTHORIZATION_FAILED') {
+        // Tried again by the next push, from where the server's copy stands.
+        state.logger.info({ digest, code: syncError.code }, 'attachment upload interrupted');
+        return;
+      }
+      state.logger.warn({ digest, code: syncError.code, reason: syncError.message }, 'server refused an attachment upload');
+      await state.queue.run(async () => {
+        for (const entry of upload.entries) if (replicator.pending.forDocument(entry.event.collection, entry.event.documentId).includes(entry)) await replicator.rejectUnpushable(entry, syncError.toWire());
+      });
+    }
+  }
+}
+
+/** Sends one blob from where the server's copy stands, WINDOW chunks in flight. */
+async function uploadOne(state: EngineState, transport: Transport, upload: NeededUpload): Promise<void> {
+  const replicator = requireReplicator(state);
+  const content = await replicator.readAttachment(upload);
+  const { digest, length } = upload;
+  const progress = (done: number) => show(state, { direction: 'upload', collection: upload.collection, documentId: upload.documentId, attachmentId: upload.attachmentId, digest, done, total: length });
+  const start = (await transport.blobState([digest]))[digest];
+  if (start?.complete) return;
+  let next = start?.received ?? 0;
+  progress(next);
+  const inFlight: { end: number; reply: Promise<{ complete: boolean; received: number }> }[] = [];
+  for (;;) {
+    // An empty blob is one empty chunk.
+    while (inFlight.length < WINDOW && (next < length || (length === 0 && inFlight.length === 0))) {
+      const bytes = new Uint8Array(await content.slice(next, Math.min(length, next + BLOB_CHUNK_BYTES)).arrayBuffer());
+      const reply = transport.uploadChunk({ digest, length, offset: next, bytes });
+      // Awaited in turn below; one that fails while an earlier one is awaited is not unhandled.
+      reply.catch(() => undefined);
+      inFlight.push({ end: next + bytes.byteLength, reply });
+      next += bytes.byteLength;
+      if (length === 0) break;
+    }
+    const sent = inFlight.shift();
+    if (!sent) throw new SyncError('INTERNAL', `upload of ${digest} ended without the server completing it`);
+    const reply = await sent.reply;
+    progress(reply.received);
+    if (reply.complete) {
+      await Promise.allSettled(inFlight.map((each) => each.reply));
+      return;
+    }
+    if (reply.received !== sent.end) {
+      // Out of step with the server's copy: what is in flight is refused too; go on from where it stands.
+      await Promise.allSettled(inFlight.map((each) => each.reply));
+      inFlight.length = 0;
+      next = reply.received;
+    }
+  }
+}
+
+// ---- downloads ---------------------------------------------------------------------
+
+/** Whether `wanted` is downloaded without the app asking: its collection's mode and threshold. */
+function eager(state: EngineState, wanted: WantedAttachment): boolean {
+  const mode = state.options.attachments[wanted.collection];
+  return !mode || mode.download === 'eager' || wanted.meta.length <= mode.eagerBelowBytes;
+}
+
+/** Starts downloading what is wanted, while connected; called when more is wanted and on each connection. */
+export function startDownloads(state: EngineState): void {
+  const transport = state.transport;
+  const transfers = state.transfers;
+  if (transfers.downloading || !transport?.connected || state.closed || !state.replicator) return;
+  transfers.downloading = downloadAll(state, transport).finally(() => {
+    transfers.downloading = undefined;
+    // Wanted while the last one finished: not missed.
+    if (transport.connected && nextWanted(state)) startDownloads(state);
+  });
+}
+
+function nextWanted(state: EngineState): WantedAttachment | undefined {
+  const wanted = requireReplicator(state).attachments.wanted;
+  for (const key of state.transfers.demanded.keys()) {
+    const demanded = wanted.get(key);
+    if (demanded) return demanded;
+  }
+  for (const each of wanted.values()) if (eager(state, each)) return each;
+  return undefined;
+}
+
+async function downloadAll(state: EngineState, transport: Transport): Promise<void> {
+  const replicator = requireReplicator(state);
+  for (let wanted = nextWanted(state); wanted; wanted = nextWanted(state)) {
+    if (!transport.connected || state.closed) return;
+    const key = keyOf(wanted);
+    try {
+      const content = await downloadOne(state, transport, wanted);
+      await state.queue.run(() => replicator.storeDownloaded(wanted!, content));
+      replicator.forgetWanted(wanted);
+      state.transfers.demanded.get(key)?.resolve(content);
+    } catch (error) {
+      const syncError = SyncError.from(error);
+      if (syncError.code === 'NOT_CONNECTED' || syncError.code === 'TIMEOUT' || syncError.code === 'RATE_LIMITED') return;
+      // Not (or no longer) the document's content here: the version that replaced it brings its own.
+      state.logger.info({ collection: wanted.collection, documentId: wanted.documentId, attachmentId: wanted.attachmentId, code: syncError.code }, 'attachment not downloaded');
+      replicator.forgetWanted(wanted);
+      state.transfers.partials.delete(key);
+      state.transfers.demanded.get(key)?.reject(syncError);
+    }
+    state.transfers.demanded.delete(key);
+  }
+}
+
+async function downloadOne(state: EngineState, transport: Transport, wanted: WantedAttachment): Promise<Blob> {
+  const { digest, length, type } = wanted.meta;
+  const key = keyOf(wanted);
+  let partial = state.transfers.partials.get(key);
+  if (!partial || partial.digest !== digest) {
+    partial = { digest, parts: [], received: 0, hash: sha256.create() };
+    state.transfers.partials.set(key, partial);
+  }
+  const at = { direction: 'download' as const, collection: wanted.collection, documentId: wanted.documentId, attachmentId: wanted.attachmentId, digest, total: length };
+  show(state, { ...at, done: partial.received });
+  const ask = (offset: number) =>
+    transport.downloadChunk({ ...pick(wanted), digest, offset, length: Math.min(BLOB_CHUNK_BYTES, length - offset) });
+  const inFlight: Promise<{ bytes: Uint8Array }>[] = [];
+  let next = partial.received;
+  while (partial.received < length) {
+    while (inFlight.length < WINDOW && next < length) {
+      const reply = ask(next);
+      reply.catch(() => undefined);
+      inFlight.push(reply);
+      next += Math.min(BLOB_CHUNK_BYTES, length - next);
+    }
+    let bytes: Uint8Array;
+    try {
+      ({ bytes } = await inFlight.shift()!);
+    } catch (error) {
+      await Promise.allSettled(inFlight);
+      throw error;
+    }
+    if (bytes.byteLength === 0) throw new SyncError('INVALID_MESSAGE', `the server sent no bytes of ${digest} at ${partial.received}`);
+    partial.parts.push(bytes);
+    partial.hash.update(bytes);
+    partial.received += bytes.byteLength;
+    show(state, { ...at, done: partial.received });
+  }
+  state.transfers.partials.delete(key);
+  if (partial.received !== length || bytesToHex(partial.hash.digest()) !== digest) {
+    throw new SyncError('INVALID_MESSAGE', `the content downloaded for ${wanted.collection}/${wanted.documentId} "${wanted.attachmentId}" does not match its digest`);
+  }
+  return new Blob(partial.parts as BlobPart[], { type });
+}
+
+const pick = ({ collection, documentId, attachmentId }: WantedAttachment) => ({ collection, documentId, attachmentId });
+
+/**
+ * The content of an attachment this device holds as a placeholder, fetched
+ * now (getData() of a lazy attachment, or of an eager one still on its way).
+ */
+export function fetchAttachment(state: EngineState, collection: string, documentId: string, attachmentId: string, meta: AttachmentMeta): Promise<Blob> {
+  if (!state.replicator || !state.transport?.connected) {
+    return Promise.reject(new SyncError('NOT_CONNECTED', `attachment "${attachmentId}" of ${collection}/${documentId} is not downloaded yet, and this tab is not connected to the sync server to fetch it`));
+  }
+  const key = keyOf({ collection, documentId, attachmentId });
+  const known = state.transfers.demanded.get(key);
+  if (known) return known.promise;
+  const book = state.replicator.attachments;
+  if (book.wanted.get(key)?.meta.digest !== meta.digest) book.wanted.set(key, { collection, documentId, attachmentId, meta });
+  let resolve!: (blob: Blob) => void;
+  let reject!: (error: unknown) => void;
+  const promise = new Promise<Blob>((res, rej) => ((resolve = res), (reject = rej)));
+  state.transfers.demanded.set(key, { promise, resolve, reject });
+  startDownloads(state);
+  return promise;
+}
