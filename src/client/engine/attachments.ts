@@ -46,6 +46,8 @@ export interface Transfers {
   readonly uploads: Map<string, NeededUpload>;
   uploading?: Promise<void>;
   downloading?: Promise<void>;
+  /** A push was answered ATTACHMENT_MISSING: the content is looked for and uploaded before the next push. */
+  missing?: boolean;
   readonly partials: Map<string, PartialDownload>;
   /** Downloads the app asked for (getData() on a placeholder): they go first, whatever the collection's mode. */
   readonly demanded: Map<string, { promise: Promise<Blob>; resolve: (blob: Blob) => void; reject: (error: unknown) => void }>;
@@ -129,18 +131,33 @@ async function uploadAll(state: EngineState, transport: Transport): Promise<void
       void requestSync(state, { push: true, pull: false });
     } catch (error) {
       const syncError = SyncError.from(error);
-      state.transfers.uploads.delete(digest);
-      if (syncError.code === 'NOT_CONNECTED' || syncError.code === 'TIMEOUT' || syncError.code === 'RATE_LIMITED' || syncError.code === 'STORAGE_ERROR' || syncError.code === 'AUTHORIZATION_FAILED') {
-        // Tried again by the next push, from where the server's copy stands.
+      if (interrupted(syncError)) {
+        // Kept: goes on from where the server's copy stands, after the wait the server asked for, or on the next connection.
         state.logger.info({ digest, code: syncError.code }, 'attachment upload interrupted');
+        retryLater(state, syncError, () => startUploads(state, transport));
         return;
       }
+      state.transfers.uploads.delete(digest);
       state.logger.warn({ digest, code: syncError.code, reason: syncError.message }, 'server refused an attachment upload');
       await state.queue.run(async () => {
         for (const entry of upload.entries) if (replicator.pending.forDocument(entry.event.collection, entry.event.documentId).includes(entry)) await replicator.rejectUnpushable(entry, syncError.toWire());
       });
     }
   }
+}
+
+/** A failure that says nothing about the content: the transfer is tried again. */
+function interrupted(error: SyncError): boolean {
+  return ['NOT_CONNECTED', 'TIMEOUT', 'RATE_LIMITED', 'TOO_MANY_REQUESTS', 'STORAGE_ERROR', 'AUTHORIZATION_FAILED', 'SERVER_BUSY', 'CLOSED'].includes(error.code);
+}
+
+/** Runs `again` after the wait the server asked for (or a second), unless the link is down: a new connection starts transfers anew. */
+function retryLater(state: EngineState, error: SyncError, again: () => void): void {
+  if (error.code === 'NOT_CONNECTED' || error.code === 'CLOSED' || state.closed) return;
+  const timer = setTimeout(() => {
+    if (!state.closed && state.transport?.connected) again();
+  }, error.retryAfterMs() ?? 1000);
+  timer.unref?.();
 }
 
 /** Sends one blob from where the server's copy stands, WINDOW chunks in flight. */
@@ -195,10 +212,10 @@ export function startDownloads(state: EngineState): void {
   const transport = state.transport;
   const transfers = state.transfers;
   if (transfers.downloading || !transport?.connected || state.closed || !state.replicator) return;
-  transfers.downloading = downloadAll(state, transport).finally(() => {
+  transfers.downloading = downloadAll(state, transport).then((finished) => {
     transfers.downloading = undefined;
-    // Wanted while the last one finished: not missed.
-    if (transport.connected && nextWanted(state)) startDownloads(state);
+    // Wanted while the last one finished: not missed. (An interrupted run is started again by its retry.)
+    if (finished && transport.connected && nextWanted(state)) startDownloads(state);
   });
 }
 
@@ -212,10 +229,11 @@ function nextWanted(state: EngineState): WantedAttachment | undefined {
   return undefined;
 }
 
-async function downloadAll(state: EngineState, transport: Transport): Promise<void> {
+/** Downloads what is wanted; false when interrupted (the link, the server's limits). */
+async function downloadAll(state: EngineState, transport: Transport): Promise<boolean> {
   const replicator = requireReplicator(state);
   for (let wanted = nextWanted(state); wanted; wanted = nextWanted(state)) {
-    if (!transport.connected || state.closed) return;
+    if (!transport.connected || state.closed) return false;
     const key = keyOf(wanted);
     try {
       const content = await downloadOne(state, transport, wanted);
@@ -224,7 +242,11 @@ async function downloadAll(state: EngineState, transport: Transport): Promise<vo
       state.transfers.demanded.get(key)?.resolve(content);
     } catch (error) {
       const syncError = SyncError.from(error);
-      if (syncError.code === 'NOT_CONNECTED' || syncError.code === 'TIMEOUT' || syncError.code === 'RATE_LIMITED') return;
+      if (interrupted(syncError)) {
+        // Kept, with what arrived of it: goes on after the wait the server asked for, or on the next connection.
+        retryLater(state, syncError, () => startDownloads(state));
+        return false;
+      }
       // Not (or no longer) the document's content here: the version that replaced it brings its own.
       state.logger.info({ collection: wanted.collection, documentId: wanted.documentId, attachmentId: wanted.attachmentId, code: syncError.code }, 'attachment not downloaded');
       replicator.forgetWanted(wanted);
@@ -233,6 +255,7 @@ async function downloadAll(state: EngineState, transport: Transport): Promise<vo
     }
     state.transfers.demanded.delete(key);
   }
+  return true;
 }
 
 async function downloadOne(state: EngineState, transport: Transport, wanted: WantedAttachment): Promise<Blob> {

@@ -24,6 +24,10 @@ export async function pushAll(state: EngineState, transport: Transport): Promise
     synced += pushed;
     refreshCounts(state);
   }
+  if (state.transfers.missing) {
+    state.transfers.missing = false;
+    await state.queue.run(() => prepareUploads(state, transport));
+  }
   return synced;
 }
 
@@ -35,6 +39,7 @@ async function pushBatch(state: EngineState, transport: Transport): Promise<numb
   try {
     const answered = await transport.push(batch.map((entry) => entry.event));
     const { outcomes, waiting } = setAsideMissing(state, batch, answered);
+    const taken = batch.length;
     if (waiting.length > 0) batch = batch.filter((entry) => !waiting.includes(entry));
     // This client holds what it took of the server's answer: a pull need not send that back.
     const acked = await replicator.applyPushResults(batch, outcomes);
@@ -46,7 +51,8 @@ async function pushBatch(state: EngineState, transport: Transport): Promise<numb
       .filter(({ event }) => !acked.some((a) => a.collection === event.collection && a.documentId === event.documentId))
       .map(({ event }) => ({ collection: event.collection, documentId: event.documentId }));
     await leaveIfOutside(state, [...acked, ...settled]);
-    return batch.length;
+    // Changes that wait for an upload count as dealt with here: the batches after them go on.
+    return taken;
   } catch (error) {
     return handleRefusedPush(state, SyncError.from(error), batch);
   }
@@ -69,6 +75,9 @@ export function setAsideMissing(state: EngineState, batch: readonly PendingEntry
     if (typeof outcome === 'object' && outcome.status === 'rejected' && outcome.error.code === 'ATTACHMENT_MISSING') {
       for (const digest of (outcome.error.details as { digests?: string[] } | undefined)?.digests ?? []) book.onServer.delete(digest);
       waitingDocs.add(doc);
+      // Held from the next batch on; the push that follows uploads the content (see pushAll).
+      book.held.add(doc);
+      state.transfers.missing = true;
     }
     if (waitingDocs.has(doc)) waiting.push(entry);
     else kept.push(outcome);
