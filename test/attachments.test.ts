@@ -131,6 +131,11 @@ describe('attachments', () => {
     await waitFor(async () => (await bytesOf(bob.photos, 'p1', 'small.txt')) !== undefined, 'the small attachment', 20_000);
     const lazy = (await bob.photos.findOne('p1').exec())!.getAttachment('large.jpg')!;
     expect(parsePlaceholder(lazy.digest)).toEqual({ digest: sha256(large), length: large.length });
+    // An edit over a placeholder names the content by its digest: pushed, though this device never had the bytes.
+    await (await bob.photos.findOne('p1').exec())!.incrementalPatch({ title: 'renamed on bob' });
+    await waitFor(async () => (await alice.photos.findOne('p1').exec())!.title === 'renamed on bob', 'the rename to reach alice', 20_000);
+    expect(bob.sync.getRejectedEvents()).toEqual([]);
+    expect(sha256((await bytesOf(alice.photos, 'p1', 'large.jpg'))!)).toBe(sha256(large));
     const data = new Uint8Array(await (await lazy.getData()).arrayBuffer());
     expect(sha256(data)).toBe(sha256(large));
     // Stored: the document now holds the content under its real digest, and nothing was pushed back.

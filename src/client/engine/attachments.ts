@@ -87,15 +87,21 @@ export async function prepareUploads(state: EngineState, transport: Transport): 
   const replicator = requireReplicator(state);
   const book = replicator.attachments;
   const entries = replicator.pending.all();
-  const { uploads, lost } = await replicator.neededUploads(entries);
-  const unknown = uploads.filter((upload) => !state.transfers.uploads.has(upload.digest)).map((upload) => upload.digest);
+  const { uploads, unsourced } = await replicator.neededUploads(entries);
+  // Asked of the server first: content it holds already (another device's, or uploaded before a restart) is not sent.
+  const unknown = [...uploads.filter((upload) => !state.transfers.uploads.has(upload.digest)), ...unsourced].map((each) => each.digest);
   for (let i = 0; i < unknown.length; i += MAX_BLOB_STATE_DIGESTS) {
     const states = await transport.blobState(unknown.slice(i, i + MAX_BLOB_STATE_DIGESTS));
     for (const [digest, upload] of Object.entries(states)) if (upload.complete) book.onServer.add(digest);
   }
   const limit = transport.serverWelcome?.limits.maxAttachmentBytes;
   const refused = new Map<PendingEntry, SyncError>();
-  for (const entry of lost) refused.set(entry, new SyncError('ATTACHMENT_MISSING', `an attachment of ${entry.event.collection}/${entry.event.documentId} is no longer on this device and the server never got it`, { digests: [] }));
+  for (const { digest, entries: naming } of unsourced) {
+    if (book.onServer.has(digest)) continue;
+    for (const entry of naming) {
+      refused.set(entry, new SyncError('ATTACHMENT_MISSING', `an attachment of ${entry.event.collection}/${entry.event.documentId} is no longer on this device, and the server does not hold it`, { digests: [digest] }));
+    }
+  }
   for (const upload of uploads) {
     if (book.onServer.has(upload.digest)) continue;
     if (limit === null || (limit !== undefined && upload.length > limit)) {

@@ -171,31 +171,34 @@ export async function storeDownloaded(state: ReplicationState, wanted: WantedAtt
 /**
  * What the pending changes need uploaded: for every document with a change
  * that names content not known to be on the server, the content to upload
- * (with a local source for it), and the documents to hold back meanwhile.
- * Content no document here holds any more is `lost`: the changes naming it
- * can never be pushed.
+ * (with a local source for it). Content no document here holds (replaced
+ * since, or never downloaded) is `unsourced`: unless the server turns out
+ * to hold it, the changes naming it can never be pushed.
  */
-export async function neededUploads(state: ReplicationState, entries: readonly PendingEntry[]): Promise<{ uploads: NeededUpload[]; lost: PendingEntry[] }> {
-  const byDigest = new Map<string, { entries: PendingEntry[]; attachmentId: string; meta: AttachmentMeta }>();
+export async function neededUploads(
+  state: ReplicationState,
+  entries: readonly PendingEntry[],
+): Promise<{ uploads: NeededUpload[]; unsourced: { digest: string; entries: PendingEntry[] }[] }> {
+  const byDigest = new Map<string, { entries: PendingEntry[]; meta: AttachmentMeta }>();
   for (const entry of entries) {
     if (entry.event.op === 'delete') continue;
     const attachments: Attachments | undefined = attachmentsOf(entry.event.data);
     if (!attachments) continue;
-    for (const [attachmentId, meta] of Object.entries(attachments)) {
+    for (const meta of Object.values(attachments)) {
       if (state.attachments.onServer.has(meta.digest)) continue;
       const known = byDigest.get(meta.digest);
       if (known) known.entries.push(entry);
-      else byDigest.set(meta.digest, { entries: [entry], attachmentId, meta });
+      else byDigest.set(meta.digest, { entries: [entry], meta });
     }
   }
   const uploads: NeededUpload[] = [];
-  const lost: PendingEntry[] = [];
+  const unsourced: { digest: string; entries: PendingEntry[] }[] = [];
   for (const [digest, { entries: naming, meta }] of byDigest) {
     const source = await localSource(state, naming, digest);
     if (source) uploads.push({ digest, length: meta.length, ...source, entries: naming });
-    else lost.push(...naming);
+    else unsourced.push({ digest, entries: naming });
   }
-  return { uploads, lost };
+  return { uploads, unsourced };
 }
 
 /** A document and attachment that hold `digest` here now, among the documents of `entries`. */
