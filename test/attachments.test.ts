@@ -4,7 +4,7 @@
  * so that the same content is sent and stored once.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
 import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -12,6 +12,7 @@ import { createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/c
 import { firstValueFrom } from 'rxjs';
 import { parsePlaceholder } from '../src/shared/attachments.js';
 import { BLOB_CHUNK_BYTES, MESSAGE } from '../src/shared/protocol/index.js';
+import { MemorySyncStorage } from '../src/server/index.js';
 import { rawSocket, request, startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
 
 addRxPlugin(RxDBAttachmentsPlugin);
@@ -47,10 +48,16 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function device(url: string, options: Partial<SyncPluginOptions> = {}): Promise<Device> {
-  const db = await createRxDatabase<{ photos: RxCollection<Photo> }>({ name: uniqueName('att'), storage: getRxStorageMemory(), multiInstance: false });
+async function device(url: string, options: Partial<SyncPluginOptions> & { tabOf?: { name: string; storage: RxStorage<any, any> } } = {}): Promise<Device> {
+  const { tabOf, ...syncOptions } = options;
+  const db = await createRxDatabase<{ photos: RxCollection<Photo> }>({
+    name: tabOf?.name ?? uniqueName('att'),
+    storage: tabOf?.storage ?? getRxStorageMemory(),
+    multiInstance: tabOf !== undefined,
+    ignoreDuplicate: tabOf !== undefined,
+  });
   await db.addCollections({ photos: { schema: photoSchema } });
-  const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['photos'], logging: quiet, retry: { maxRetries: 50, retryDelay: 50, useExponentialBackoff: true }, ...options }));
+  const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['photos'], logging: quiet, retry: { maxRetries: 50, retryDelay: 50, useExponentialBackoff: true }, ...syncOptions }));
   const made = { db, photos: db.photos, sync };
   devices.push(made);
   return made;
@@ -327,5 +334,30 @@ describe('attachments', () => {
     } finally {
       socket.close();
     }
+  }, 60_000);
+
+  it('a server that keeps no attachments: changes naming content are set aside, the rest sync', async () => {
+    server = await startServer({ storage: new MemorySyncStorage() });
+    expect(server.server.getBlobStore()).toBeUndefined();
+    const alice = await device(server.url);
+    const doc = await alice.photos.insert({ id: 'p1', title: 'with photo' });
+    await doc.putAttachment({ id: 'a.jpg', type: 'image/jpeg', data: blobOf(randomBytes(100)) });
+    await waitFor(() => alice.sync.getRejectedEvents().length === 1, 'the change to be set aside', 20_000);
+    expect(alice.sync.getRejectedEvents()[0]!.error).toMatchObject({ code: 'ATTACHMENT_TOO_LARGE', message: expect.stringContaining('keeps no attachments') });
+    await alice.photos.insert({ id: 'p2', title: 'plain' });
+    await waitFor(async () => (await server!.server.getStorage().getHeads('photos', ['p2'])).length === 1, 'the plain document stored', 20_000);
+  }, 60_000);
+
+  it('charges a user\'s devices together, per-user limits on or off', async () => {
+    server = await startServer({ authenticate: (_socket, token) => token, rateLimit: false, attachmentQuota: () => 5000 });
+    const phone = await device(server.url, { authToken: 'ana' });
+    const tablet = await device(server.url, { authToken: 'ana' });
+    const first = await phone.photos.insert({ id: 'p1', title: 'one' });
+    await first.putAttachment({ id: 'a.jpg', type: 'image/jpeg', data: blobOf(randomBytes(4000)) });
+    await waitFor(async () => (await server!.server.getStorage().getHeads('photos', ['p1']))[0]?.data._attachments !== undefined, 'the first stored', 20_000);
+    const second = await tablet.photos.insert({ id: 'p2', title: 'two' });
+    await second.putAttachment({ id: 'b.jpg', type: 'image/jpeg', data: blobOf(randomBytes(4000)) });
+    await waitFor(() => tablet.sync.getRejectedEvents().length === 1, 'the tablet\'s upload refused by the shared quota', 20_000);
+    expect(tablet.sync.getRejectedEvents()[0]!.error.details).toMatchObject({ quota: true });
   }, 60_000);
 });

@@ -93,3 +93,31 @@ describe('custom function', () => {
     expect(await customStrategy(() => 42 as never)(c)).toMatchObject({ action: 'manual' });
   });
 });
+
+describe('merge of attachments', () => {
+  const photo = (digest: string, length: number, type = 'image/jpeg') => ({ digest: digest.repeat(64), length, type });
+  const withPhotos = (attachments: Record<string, unknown> | undefined, title = 'base') => ({ id: 'd', title, ...(attachments ? { _attachments: attachments } : {}) });
+
+  it('takes an attachment whole from one side, never digest from one and length from the other', () => {
+    const start = version(withPhotos({ p: photo('a', 10) }), 100, 'server');
+    // Both replace the photo; the remote content happens to have the old length, so its patch names only the digest.
+    const local = version(withPhotos({ p: photo('b', 20) }), 200, 'a');
+    const remote = version(withPhotos({ p: photo('c', 10) }), 300, 'b');
+    const result = merge(conflict(local, remote, start));
+    expect(result).toEqual({ action: 'keep-remote' });
+  });
+
+  it('keeps both when each side adds a different attachment to a document that had none', () => {
+    const start = version(withPhotos(undefined), 100, 'server');
+    const local = version(withPhotos({ front: photo('a', 10) }), 200, 'a');
+    const remote = version(withPhotos({ back: photo('b', 20) }, 'renamed'), 300, 'b');
+    expect(merge(conflict(local, remote, start))).toEqual({ action: 'write', data: withPhotos({ back: photo('b', 20), front: photo('a', 10) }, 'renamed') });
+  });
+
+  it('keeps an attachment added on one side when the other removed all of theirs', () => {
+    const start = version(withPhotos({ old: photo('a', 10) }), 100, 'server');
+    const local = version(withPhotos({ old: photo('a', 10), added: photo('b', 20) }), 200, 'a');
+    const remote = version(withPhotos(undefined), 300, 'b');
+    expect(merge(conflict(local, remote, start))).toEqual({ action: 'write', data: withPhotos({ added: photo('b', 20) }) });
+  });
+});

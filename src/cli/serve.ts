@@ -10,11 +10,12 @@ import { createLogger } from '../server/logger.js';
 import { requireOptional } from '../server/optional.js';
 import { createHealthAndMetrics } from '../server/http.js';
 import { createSyncServer, type SyncServer } from '../server/server.js';
+import type { Authenticate, Authorize } from '../server/options.js';
 import { FileBlobStore, MemoryBlobStore, PostgresBlobStore, type BlobStore } from '../server/blobs/index.js';
 import { MemorySyncStorage, PostgresSyncStorage, SqliteSyncStorage, type SyncStorage } from '../server/storage/index.js';
 import { describeStorage, type StorageSpec } from './args.js';
 import { clusterMetrics, reportToPrimary } from './cluster.js';
-import { createStaticHandler } from './static.js';
+import { createStaticHandler, type RequestHandler } from './static.js';
 
 export type CliLogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -29,6 +30,12 @@ export interface ServeOptions {
   corsOrigin?: string | string[];
   /** When set, only clients presenting this token may connect. */
   authToken?: string;
+  /** In code only (no flag): the sync server's `authenticate`, in place of `authToken`. */
+  authenticate?: Authenticate<unknown>;
+  /** In code only (no flag): the sync server's `authorize`. */
+  authorize?: Authorize<unknown>;
+  /** In code only (no flag): answers HTTP requests before the web app does; true when it took the request. */
+  handleRequest?: RequestHandler;
   /**
    * This process is a worker of `serve --workers`: the primary owns the port
    * and hands it connections, and live events reach the other workers
@@ -72,7 +79,8 @@ export function createBlobStore(spec: StorageSpec): BlobStore {
     case 'memory':
       return new MemoryBlobStore();
     case 'sqlite':
-      return new FileBlobStore({ directory: `${spec.path}.attachments` });
+      // An in-memory database keeps its attachments in memory too.
+      return spec.path === ':memory:' ? new MemoryBlobStore() : new FileBlobStore({ directory: `${spec.path}.attachments` });
     case 'postgres':
       return new PostgresBlobStore({ connectionString: spec.connectionString });
   }
@@ -221,7 +229,12 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
       logging,
       ...(redis ? { adapter: redis.adapter } : options.clusterWorker ? { adapter: requireOptional<typeof ClusterAdapter>('@socket.io/cluster-adapter', 'serve --workers').createAdapter() } : {}),
       ...(options.corsOrigin ? { socketOptions: { cors: { origin: options.corsOrigin } } } : {}),
-      ...(options.authToken ? { authenticate: (_socket, token) => (token === options.authToken ? { token: 'shared' } : null) } : {}),
+      ...(options.authenticate
+        ? { authenticate: options.authenticate }
+        : options.authToken
+          ? { authenticate: (_socket, token) => (token === options.authToken ? { token: 'shared' } : null) }
+          : {}),
+      ...(options.authorize ? { authorize: options.authorize } : {}),
     });
     const endpoints = createHealthAndMetrics(syncServer, options.clusterWorker ? { metricsPath: false } : {});
     const metricsOfCluster = options.clusterWorker ? clusterMetrics(endpoints.metrics.registry) : undefined;
@@ -234,7 +247,7 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
         );
         return;
       }
-      if (endpoints.handle(req, res) || serveStatic?.(req, res)) return;
+      if (endpoints.handle(req, res) || options.handleRequest?.(req, res) || serveStatic?.(req, res)) return;
       res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
       res.end('Not Found\n');
     });

@@ -6,6 +6,7 @@
  * the database's digests are the SHA-256 digests sync addresses content by.
  */
 import type { RxCollection, RxDatabase } from 'rxdb';
+import { filter, first, firstValueFrom, throwError, timeout } from 'rxjs';
 import { parsePlaceholder } from '../shared/attachments.js';
 import { SyncError } from '../shared/errors.js';
 import type { SyncEngine } from './engine.js';
@@ -45,10 +46,34 @@ export function fetchOnRead(collection: RxCollection, engine: SyncEngine): void 
     if (!placeholder) return read(documentId, attachmentId, digest);
     const doc = await collection.findOne(documentId).exec();
     const type = (doc?.toJSON(true) as { _attachments?: Record<string, { type: string }> } | undefined)?._attachments?.[attachmentId]?.type ?? '';
+    const meta = { ...placeholder, type };
+    let fetched: Blob | undefined;
     try {
-      return await engine.fetchAttachment(collection.name, documentId, attachmentId, { ...placeholder, type });
+      fetched = await engine.fetchAttachment(collection.name, documentId, attachmentId, meta);
     } catch (error) {
       throw SyncError.from(error);
     }
+    if (fetched) return fetched;
+    // The leading tab downloads it: the document changes (in every tab) once the content is stored.
+    await storedElsewhere(collection, documentId, attachmentId, meta.digest);
+    return read(documentId, attachmentId, meta.digest);
   };
+}
+
+/** How long a tab that does not lead waits for the leading tab to store content it asked for. */
+const OTHER_TAB_WAIT_MS = 120_000;
+
+function storedElsewhere(collection: RxCollection, documentId: string, attachmentId: string, digest: string): Promise<void> {
+  const stored = collection.findOne(documentId).$.pipe(
+    filter((doc) => (doc?.toJSON(true) as { _attachments?: Record<string, { digest: string }> } | null)?._attachments?.[attachmentId]?.digest === digest),
+    first(),
+    timeout({
+      first: OTHER_TAB_WAIT_MS,
+      with: () =>
+        throwError(
+          () => new SyncError('TIMEOUT', `attachment "${attachmentId}" of ${collection.name}/${documentId} was not downloaded by the leading tab within ${OTHER_TAB_WAIT_MS / 1000} s (is it offline?)`),
+        ),
+    }),
+  );
+  return firstValueFrom(stored).then(() => undefined);
 }

@@ -233,8 +233,17 @@ export class SyncEngine {
     return this.state.transfers.transfers$.asObservable();
   }
 
-  /** Downloads an attachment this device holds as a placeholder (see the plugin's getAttachmentData). */
-  fetchAttachment(collection: string, documentId: string, attachmentId: string, meta: AttachmentMeta): Promise<Blob> {
+  /**
+   * Downloads an attachment this device holds as a placeholder (see
+   * attachment-access.ts). In a tab that does not lead, the leading tab is
+   * asked to, and this resolves undefined: the document changes once the
+   * content is stored.
+   */
+  async fetchAttachment(collection: string, documentId: string, attachmentId: string, meta: AttachmentMeta): Promise<Blob | undefined> {
+    if (this.state.db.multiInstance && !this.status.leader && this.state.tabs) {
+      this.state.tabs.askToFetch({ collection, documentId, attachmentId, meta });
+      return undefined;
+    }
     return fetchAttachment(this.state, collection, documentId, attachmentId, meta);
   }
 

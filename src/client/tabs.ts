@@ -38,7 +38,17 @@ type Message = { source: typeof SOURCE; from: string } & (
   | { kind: 'sync'; id: string }
   | { kind: 'taken'; to: string; id: string }
   | { kind: 'synced'; to: string; id: string; result: TabResult }
+  /** A tab asks the leader to download an attachment's content (getData() of a placeholder); the document's change tells it when. */
+  | { kind: 'fetch'; request: FetchRequest }
 );
+
+/** An attachment whose content a tab that does not lead wants. */
+export interface FetchRequest {
+  collection: string;
+  documentId: string;
+  attachmentId: string;
+  meta: { digest: string; length: number; type: string };
+}
 type Outgoing = Message extends infer M ? (M extends Message ? Omit<M, 'source' | 'from'> : never) : never;
 
 /** The part of RxDB's channel (the `broadcast-channel` package) used here. */
@@ -70,6 +80,8 @@ export interface TabHooks {
   onSwitch(value: SyncSwitch): void;
   /** Runs a sync another tab asked for. */
   sync(): Promise<SyncResult>;
+  /** Downloads an attachment another tab asked for. */
+  fetch(request: FetchRequest): void;
 }
 
 /** What asking the leader to sync ends with: its result, or this tab was elected meanwhile and syncs itself. */
@@ -147,6 +159,11 @@ export class TabLink {
     });
   }
 
+  /** Asks the leading tab to download an attachment; no answer: the document changes when its content is stored. */
+  askToFetch(request: FetchRequest): void {
+    void this.post({ kind: 'fetch', request });
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     const led = this.since !== undefined;
@@ -211,6 +228,9 @@ export class TabLink {
         return;
       case 'sync':
         if (this.hooks.leads()) this.serve(message.from, message.id);
+        return;
+      case 'fetch':
+        if (this.hooks.leads()) this.hooks.fetch(message.request);
         return;
       case 'taken': {
         const ask = message.to === this.db.token ? this.asks.get(message.id) : undefined;

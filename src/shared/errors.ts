@@ -35,7 +35,7 @@ export const ERROR_CODES = [
   'ATTACHMENT_MISSING',
   /** An attachment is larger than the server's maxAttachmentBytes, or its upload would pass the user's quota. */
   'ATTACHMENT_TOO_LARGE',
-  /** The attachment asked for is not one of the document's current version (or the server keeps no attachments). */
+  /** The attachment asked for is not one of the current version of a document the reader may read, or its content is gone. */
   'ATTACHMENT_NOT_FOUND',
   'CONFLICT_RESOLVER_FAILED',
   'NOT_CONNECTED',

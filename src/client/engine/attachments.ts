@@ -1,8 +1,8 @@
 /**
  * Attachment content going up and down beside the document sync, over the
  * same connection, a chunk per request with a few in flight: enough to fill
- * a slow link, few enough that a push or a pull is never queued behind more
- * than a chunk or two. Uploads go on from where the server's copy stands
+ * the link, few enough that a push or a pull is queued behind about a round
+ * trip's worth of chunks at most (see ChunkWindow). Uploads go on from where the server's copy stands
  * after any drop; downloads go on from the last chunk received while the
  * process lives. Progress is on `transfers$`.
  */
@@ -18,8 +18,43 @@ import type { Transport } from '../transport.js';
 import { requestSync } from './schedule.js';
 import { requireReplicator, type EngineState } from './state.js';
 
-/** Chunks of one transfer in flight at once. */
-const WINDOW = 2;
+/** Chunks of one transfer in flight at first, and at least. */
+const MIN_WINDOW = Number((globalThis as any).process?.env?.RXOS_MIN ?? 2); // TEMP
+/** Chunks of one transfer in flight at most: what a push or pull may have to wait behind. */
+const MAX_WINDOW = Number((globalThis as any).process?.env?.RXOS_MAX ?? 8); // TEMP
+
+/**
+ * How many chunks of one transfer are in flight: enough to keep the link
+ * busy for a round trip (its bandwidth-delay product, which a fixed count
+ * fits on one link only), no more. Each answer tells how long its chunk
+ * took from being sent; the quickest is a chunk that met no queue. The
+ * chunks waiting on the way are then about size × (1 − quickest ÷ took)
+ * (TCP Vegas's estimate): under one, the link has room and the window
+ * grows by a chunk; two or more, chunks wait on each other (a slow link,
+ * or a busy server) and it shrinks by one. Only a chunk sent since the
+ * last change judges it, so that each change is seen before the next.
+ */
+interface ChunkWindow {
+  size: number;
+  quickestMs: number;
+  /** Changes so far: a chunk sent before the last one tells of a window that no longer is. */
+  changes: number;
+}
+
+const newWindow = (): ChunkWindow => ({ size: MIN_WINDOW, quickestMs: Number.POSITIVE_INFINITY, changes: 0 });
+
+/** Takes the answer to a chunk sent at `sentAt` (performance.now()) under `changes` changes of the window. */
+function onAnswer(window: ChunkWindow, sent: { at: number; changes: number }): void {
+  const tookMs = performance.now() - sent.at;
+  window.quickestMs = Math.min(window.quickestMs, tookMs);
+  if (sent.changes !== window.changes || tookMs <= 0) return;
+  const queued = window.size * (1 - window.quickestMs / tookMs);
+  const size = queued < 1 ? Math.min(MAX_WINDOW, window.size + 1) : queued >= 2 ? Math.max(MIN_WINDOW, window.size - 1) : window.size;
+  if (size === window.size) return;
+  window.size = size;
+  window.changes++;
+  if ((globalThis as any).process?.env?.RXOS_WINDOW_TRACE) console.error(`window ${size} (queued ${queued.toFixed(2)}, took ${tookMs.toFixed(0)}, quickest ${window.quickestMs.toFixed(0)})`); // TEMP
+}
 
 /** One attachment's content on its way, as `transfers$` shows it. */
 export interface AttachmentTransfer {
@@ -166,7 +201,7 @@ function retryLater(state: EngineState, error: SyncError, again: () => void): vo
   timer.unref?.();
 }
 
-/** Sends one blob from where the server's copy stands, WINDOW chunks in flight. */
+/** Sends one blob from where the server's copy stands, a window of chunks in flight. */
 async function uploadOne(state: EngineState, transport: Transport, upload: NeededUpload): Promise<void> {
   const replicator = requireReplicator(state);
   const content = await replicator.readAttachment(upload);
@@ -176,21 +211,24 @@ async function uploadOne(state: EngineState, transport: Transport, upload: Neede
   if (start?.complete) return;
   let next = start?.received ?? 0;
   progress(next);
-  const inFlight: { end: number; reply: Promise<{ complete: boolean; received: number }> }[] = [];
+  const window = newWindow();
+  const inFlight: { end: number; sent: { at: number; changes: number }; reply: Promise<{ complete: boolean; received: number }> }[] = [];
   for (;;) {
     // An empty blob is one empty chunk.
-    while (inFlight.length < WINDOW && (next < length || (length === 0 && inFlight.length === 0))) {
+    while (inFlight.length < window.size && (next < length || (length === 0 && inFlight.length === 0))) {
       const bytes = new Uint8Array(await content.slice(next, Math.min(length, next + BLOB_CHUNK_BYTES)).arrayBuffer());
+      const sent = { at: performance.now(), changes: window.changes };
       const reply = transport.uploadChunk({ digest, length, offset: next, bytes });
       // Awaited in turn below; one that fails while an earlier one is awaited is not unhandled.
       reply.catch(() => undefined);
-      inFlight.push({ end: next + bytes.byteLength, reply });
+      inFlight.push({ end: next + bytes.byteLength, sent, reply });
       next += bytes.byteLength;
       if (length === 0) break;
     }
     const sent = inFlight.shift();
     if (!sent) throw new SyncError('INTERNAL', `upload of ${digest} ended without the server completing it`);
     const reply = await sent.reply;
+    onAnswer(window, sent.sent);
     progress(reply.received);
     if (reply.complete) {
       await Promise.allSettled(inFlight.map((each) => each.reply));
@@ -276,22 +314,26 @@ async function downloadOne(state: EngineState, transport: Transport, wanted: Wan
   show(state, { ...at, done: partial.received });
   const ask = (offset: number) =>
     transport.downloadChunk({ ...pick(wanted), digest, offset, length: Math.min(BLOB_CHUNK_BYTES, length - offset) });
-  const inFlight: Promise<{ bytes: Uint8Array }>[] = [];
+  const window = newWindow();
+  const inFlight: { sent: { at: number; changes: number }; reply: Promise<{ bytes: Uint8Array }> }[] = [];
   let next = partial.received;
   while (partial.received < length) {
-    while (inFlight.length < WINDOW && next < length) {
+    while (inFlight.length < window.size && next < length) {
+      const sent = { at: performance.now(), changes: window.changes };
       const reply = ask(next);
       reply.catch(() => undefined);
-      inFlight.push(reply);
+      inFlight.push({ sent, reply });
       next += Math.min(BLOB_CHUNK_BYTES, length - next);
     }
+    const asked = inFlight.shift()!;
     let bytes: Uint8Array;
     try {
-      ({ bytes } = await inFlight.shift()!);
+      ({ bytes } = await asked.reply);
     } catch (error) {
-      await Promise.allSettled(inFlight);
+      await Promise.allSettled(inFlight.map((each) => each.reply));
       throw error;
     }
+    onAnswer(window, asked.sent);
     if (bytes.byteLength === 0) throw new SyncError('INVALID_MESSAGE', `the server sent no bytes of ${digest} at ${partial.received}`);
     partial.parts.push(bytes);
     partial.hash.update(bytes);

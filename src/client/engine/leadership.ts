@@ -2,6 +2,7 @@
  * Leadership among the tabs of a database: only the elected tab logs and
  * syncs; the others show its status and ask it to sync.
  */
+import { fetchAttachment } from './attachments.js';
 import { BehaviorSubject, combineLatest } from 'rxjs';
 import { SyncError } from '../../shared/errors.js';
 import { shownStatus, TabLink } from '../tabs.js';
@@ -29,6 +30,9 @@ export function openTabs(state: EngineState, sync: () => Promise<SyncResult>): v
     leads: () => !state.closed && state.db.leaderElector().isLeader,
     onSwitch: (value) => takeSwitch(state, value),
     sync,
+    fetch: ({ collection, documentId, attachmentId, meta }) => {
+      fetchAttachment(state, collection, documentId, attachmentId, meta).catch((error: unknown) => state.logger.info({ err: error, collection, documentId, attachmentId }, 'could not fetch an attachment another tab asked for'));
+    },
   }, state.logger);
   const shown = new BehaviorSubject<SyncStatus>(state.status$.value);
   state.tabs = tabs;

@@ -22,12 +22,23 @@ import { matchesScope } from '../../shared/scope.js';
 import { readableHead } from '../access.js';
 import { BlobNotFoundError } from '../blobs/rules.js';
 import { BlobWriteError, type BlobStore } from '../blobs/types.js';
+import { defaultUserKey } from '../limits.js';
 import { effectiveScope, mayBeScoped } from '../scopes.js';
 import { assertKnownCollection, type ServerContext, type SyncSocket } from './context.js';
 
-/** Whose upload this is: the user's key, so that a user's devices resume each other's uploads and share one quota. */
-export function ownerOf(socket: SyncSocket<any>): string {
-  return socket.data.userKey !== undefined ? `user:${socket.data.userKey}` : `client:${socket.data.clientId}`;
+/**
+ * Whose upload this is: the user's key (the `userKey` option, whether or
+ * not per-user limits are on), so that a user's devices resume each other's
+ * uploads and share one quota; a user without a key is charged per device.
+ */
+export function ownerOf(ctx: ServerContext<any>, socket: SyncSocket<any>): string {
+  let key: string | undefined;
+  try {
+    key = socket.data.userKey ?? (ctx.options.userKey ?? defaultUserKey)(socket.data.user);
+  } catch (error) {
+    throw new SyncError('INTERNAL', `userKey threw: ${SyncError.from(error).message}`);
+  }
+  return key !== undefined ? `user:${key}` : `client:${socket.data.clientId}`;
 }
 
 function blobsOf(ctx: ServerContext<any>): BlobStore {
@@ -38,7 +49,7 @@ function blobsOf(ctx: ServerContext<any>): BlobStore {
 export async function handleBlobState<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<BlobStateReply> {
   const blobs = blobsOf(ctx);
   const { digests } = parseMessage(blobStateMessageSchema, raw, 'blob state message');
-  const owner = ownerOf(socket);
+  const owner = ownerOf(ctx, socket);
   const states: BlobStateReply['states'] = {};
   for (const digest of new Set(digests)) states[digest] = await storeCall(ctx, () => blobs.uploadState(digest, owner));
   return { states };
@@ -55,7 +66,7 @@ export async function handleBlobUpload<User>(ctx: ServerContext<User>, socket: S
   if (message.length > limit) {
     throw new SyncError('ATTACHMENT_TOO_LARGE', `an attachment of ${message.length} bytes exceeds maxAttachmentBytes (${limit})`, { bytes: message.length, limit });
   }
-  const owner = ownerOf(socket);
+  const owner = ownerOf(ctx, socket);
   await assertWithinQuota(ctx, socket, owner, message.length, message.offset);
   try {
     return await blobs.append(message.digest, owner, message.length, message.offset, bytes);
