@@ -12,7 +12,7 @@
  * changes wait.
  */
 import type { RxAttachmentData, RxAttachmentWriteData, RxCollection, RxDocumentData } from 'rxdb';
-import { getHeightOfRevision, now } from 'rxdb';
+import { getChangedDocumentsSince, getHeightOfRevision, now } from 'rxdb';
 import { Subject } from 'rxjs';
 import { attachmentsOf, parsePlaceholder, placeholderDigest, type AttachmentMeta, type Attachments } from '../../shared/attachments.js';
 import { SyncError } from '../../shared/errors.js';
@@ -116,25 +116,36 @@ export function forgetWanted(state: ReplicationState, wanted: WantedAttachment):
 
 /**
  * Every placeholder in the synced collections that keep attachments: the
- * downloads a restart found unfinished. Reads each such collection once.
+ * downloads a restart found unfinished. Reads each such collection's
+ * storage once, a page at a time, without making documents of it.
  */
 export async function findPlaceholders(state: ReplicationState, collections: Iterable<string>): Promise<number> {
   let found = 0;
   for (const name of collections) {
     const collection = state.db.collections[name];
     if (!collection || !keepsAttachments(collection)) continue;
-    const docs = (await collection.find().exec()) as { primary: string; _data: RxDocumentData<unknown> }[];
-    for (const doc of docs) {
-      for (const [attachmentId, attachment] of Object.entries(doc._data._attachments ?? {})) {
-        const placeholder = parsePlaceholder(attachment.digest);
-        if (!placeholder) continue;
-        want(state, { collection: name, documentId: doc.primary, attachmentId, meta: { digest: placeholder.digest, length: placeholder.length, type: attachment.type } });
-        found++;
+    const primary = collection.schema.primaryPath as string;
+    let checkpoint: unknown;
+    for (;;) {
+      const page = await getChangedDocumentsSince(collection.storageInstance, PLACEHOLDER_PAGE, checkpoint);
+      for (const doc of page.documents) {
+        if (doc._deleted) continue;
+        for (const [attachmentId, attachment] of Object.entries((doc._attachments ?? {}) as Record<string, RxAttachmentData>)) {
+          const placeholder = parsePlaceholder(attachment.digest);
+          if (!placeholder) continue;
+          const documentId = String((doc as Record<string, unknown>)[primary]);
+          want(state, { collection: name, documentId, attachmentId, meta: { digest: placeholder.digest, length: placeholder.length, type: attachment.type } });
+          found++;
+        }
       }
+      if (page.documents.length < PLACEHOLDER_PAGE) break;
+      checkpoint = page.checkpoint;
     }
   }
   return found;
 }
+
+const PLACEHOLDER_PAGE = 1000;
 
 /**
  * Puts downloaded content in place of its placeholder, if the document still
