@@ -1,8 +1,9 @@
 /**
  * `npm start`: builds the example todo app when its build is missing or older
  * than its sources, then runs `rxdb-offline-sync serve` with SQLite under
- * ./data, serving the app on the same port. Extra arguments go to the CLI:
- * `npm start -- --port 4000 --storage memory`.
+ * ./data, serving the app on the same port, with the app's demo sign-in
+ * (POST /demo/login, signed tokens, per-list access). Extra arguments go to
+ * the CLI: `npm start -- --port 4000 --storage memory`.
  *
  * A signal to this process or to tsx (which relays it) shuts the server down
  * gracefully. One sent to npm alone reaches us only if the shell npm runs the
@@ -13,7 +14,11 @@
  */
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { main } from '../src/cli/program.js';
+import { CommanderError } from 'commander';
+import { describeStorage, type StorageSpec } from '../src/cli/args.js';
+import { createProgram, stopOnSignals } from '../src/cli/program.js';
+import { serve, type CliLogLevel } from '../src/cli/serve.js';
+import { createDemoAuth } from '../examples/todo-app/server/demo-auth.js';
 
 /** A process as /proc shows it; the start time tells a process from a later one that reuses its pid. */
 interface ProcessRecord {
@@ -82,7 +87,7 @@ const root = join(import.meta.dirname, '..');
 const appRoot = join(root, 'examples', 'todo-app');
 const outDir = join(appRoot, 'dist');
 /** What the built app is made of: its own files and the plugin's sources. */
-const sources = [join(appRoot, 'src'), join(appRoot, 'index.html'), join(appRoot, 'vite.config.ts'), join(root, 'src', 'client'), join(root, 'src', 'shared'), join(root, 'package-lock.json')];
+const sources = [join(appRoot, 'src'), join(appRoot, 'public'), join(appRoot, 'index.html'), join(appRoot, 'vite.config.ts'), join(root, 'src', 'client'), join(root, 'src', 'shared'), join(root, 'package-lock.json')];
 
 function newestChange(path: string): number {
   const stats = statSync(path, { throwIfNoEntry: false });
@@ -98,5 +103,57 @@ if (builtAt < Math.max(...sources.map(newestChange))) {
   await build({ root: appRoot, configFile: join(appRoot, 'vite.config.ts'), logLevel: 'warn' });
 }
 
-const code = await main([process.argv[0]!, 'rxdb-offline-sync', 'serve', '--static', relative(process.cwd(), outDir) || '.', ...process.argv.slice(2)]);
-if (code !== undefined) process.exitCode = code;
+/** The flags of `serve` this script reads (the CLI parses and validates them, environment variables included). */
+interface ServeFlags {
+  port: number;
+  host: string;
+  storage: StorageSpec;
+  redis?: string;
+  logLevel: CliLogLevel;
+  static?: string;
+  corsOrigin?: string | string[];
+  workers: number;
+}
+
+/**
+ * The CLI's `serve`, with its flags and output, plus what only code can
+ * pass: the demo's authenticate, authorize and login endpoint.
+ */
+async function serveWithDemoAuth(flags: ServeFlags): Promise<void> {
+  if (flags.workers > 1) throw new Error('npm start runs one process (the demo sign-in keeps no shared state); use the CLI for --workers');
+  const auth = createDemoAuth({ ...(process.env.DEMO_AUTH_SECRET ? { secret: process.env.DEMO_AUTH_SECRET } : {}) });
+  const server = await serve({
+    port: flags.port,
+    host: flags.host,
+    storage: flags.storage,
+    ...(flags.redis ? { redis: flags.redis } : {}),
+    logLevel: flags.logLevel,
+    staticDir: flags.static ?? outDir,
+    ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
+    authenticate: auth.authenticate,
+    authorize: auth.authorize,
+    handleRequest: auth.handleRequest,
+  }).catch((error: unknown) => {
+    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') throw new Error(`port ${flags.port} is already in use; choose another with --port`);
+    throw error;
+  });
+  process.stdout.write(
+    [
+      `rxdb-offline-sync is listening on ${server.url}`,
+      `  storage: ${describeStorage(flags.storage)}${flags.redis ? `, Redis adapter ${new URL(flags.redis).host}` : ''}`,
+      `  web app: ${server.url}/  (demo users: ana, ben)`,
+      `  health:  ${server.url}/health   metrics: ${server.url}/metrics`,
+      '',
+    ].join('\n'),
+  );
+  stopOnSignals(server);
+}
+
+const program = createProgram();
+program.commands.find((command) => command.name() === 'serve')!.action(serveWithDemoAuth);
+try {
+  await program.parseAsync([process.argv[0]!, 'rxdb-offline-sync', 'serve', ...process.argv.slice(2)]);
+} catch (error) {
+  if (!(error instanceof CommanderError)) console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
+  process.exitCode = error instanceof CommanderError ? (error.exitCode === 0 ? 0 : 2) : 1;
+}

@@ -69,7 +69,8 @@ async function npmStart(): Promise<Started> {
   started.push(entry as Started);
 
   // The first run may build the example app first, which takes a while on a slow machine.
-  await waitFor(() => /listening on http:\/\/127\.0\.0\.1:\d+/.test(output), `npm start to print its URL; output so far:\n${output}`, 120_000);
+  // The URL line and the log line with the process id come on two streams, in either order.
+  await waitFor(() => /listening on http:\/\/127\.0\.0\.1:\d+/.test(output) && /"pid":\d+/.test(output), `npm start to print its URL and pid; output so far:\n${output}`, 120_000);
   const port = Number(/listening on http:\/\/127\.0\.0\.1:(\d+)/.exec(output)![1]);
   const scriptPid = Number(/"pid":(\d+)/.exec(output)![1]);
   Object.assign(entry, { port, scriptPid, tsxPid: parentOf(scriptPid) });

@@ -1,7 +1,9 @@
 /**
  * Serves a built web app (a Vite `dist/` folder) from the sync server's port:
  * files as they are, and index.html for any other path a browser navigates
- * to, so that client-side routes survive a reload.
+ * to, so that client-side routes survive a reload. A missing file that is
+ * not a page (a script, an image) is a 404, never index.html: a browser
+ * would otherwise run HTML as a script and fail without saying why.
  */
 import { createReadStream, statSync, type Stats } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -35,6 +37,12 @@ function fileAt(path: string): Stats | undefined {
   }
 }
 
+/** A request for a page: a path without an extension, or one the browser asks for as HTML (/notes/v1.2). */
+function isNavigation(req: IncomingMessage, pathname: string): boolean {
+  if (extname(pathname) === '') return true;
+  return req.headers['sec-fetch-dest'] === 'document' || (req.headers.accept ?? '').split(',')[0]?.trim() === 'text/html';
+}
+
 /** Throws when `dir` has no index.html, so that a wrong --static fails at startup, not on the first visit. */
 export function createStaticHandler(dir: string): RequestHandler {
   const root = resolve(dir);
@@ -54,7 +62,7 @@ export function createStaticHandler(dir: string): RequestHandler {
     if (candidate !== root && !candidate.startsWith(root + sep)) return false;
     let path = candidate;
     let stats = fileAt(path);
-    if (!stats && extname(pathname) === '') {
+    if (!stats && isNavigation(req, pathname)) {
       path = index;
       stats = fileAt(path);
     }

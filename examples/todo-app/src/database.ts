@@ -1,16 +1,26 @@
 /**
- * The app's data: an RxDB database on IndexedDB (through Dexie) with one
- * `todos` collection, synced through rxdb-offline-sync.
+ * The app's data: an RxDB database on IndexedDB (through Dexie), one per
+ * signed-in user and device, with one `todos` collection (photos as
+ * attachments) synced through rxdb-offline-sync.
  */
 import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
+import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
 import { getRxStorageDexie } from 'rxdb/plugins/storage-dexie';
-import { RxDBOfflineSyncPlugin, createSyncPlugin, lastWriteWins, type Conflict, type SyncApi } from 'rxdb-offline-sync';
+import { RxDBOfflineSyncPlugin, createSyncPlugin, type ConflictResolver, type SyncApi } from 'rxdb-offline-sync';
+import type { Notice } from './conflicts.js';
 
 export interface Todo {
   id: string;
   title: string;
   done: boolean;
   createdAt: number;
+  /** The list it is on: a user's name (private) or "shared". */
+  list: string;
+  /** Who created it; a private list holds only its owner's todos. */
+  owner: string;
+  /** The device that wrote it last, so that a conflict that drops its change can tell it. */
+  editedBy: string;
+  notice?: Notice;
 }
 
 const todoSchema: RxJsonSchema<Todo> = {
@@ -22,16 +32,20 @@ const todoSchema: RxJsonSchema<Todo> = {
     title: { type: 'string', maxLength: 200 },
     done: { type: 'boolean' },
     createdAt: { type: 'number', minimum: 0, maximum: 1e15, multipleOf: 1 },
+    list: { type: 'string', maxLength: 64 },
+    owner: { type: 'string', maxLength: 64 },
+    editedBy: { type: 'string', maxLength: 64 },
+    notice: {
+      type: 'object',
+      properties: { id: { type: 'string' }, for: { type: 'string' }, text: { type: 'string' } },
+      required: ['id', 'for', 'text'],
+    },
   },
-  required: ['id', 'title', 'done', 'createdAt'],
+  required: ['id', 'title', 'done', 'createdAt', 'list', 'owner', 'editedBy'],
+  attachments: {},
 };
 
 export type TodoDatabase = RxDatabase<{ todos: RxCollection<Todo> }>;
-
-export interface ResolvedConflict {
-  title: string;
-  winner: 'this device' | 'the server';
-}
 
 export interface OpenedApp {
   db: TodoDatabase;
@@ -39,6 +53,7 @@ export interface OpenedApp {
 }
 
 addRxPlugin(RxDBOfflineSyncPlugin);
+addRxPlugin(RxDBAttachmentsPlugin);
 
 /**
  * Opens (or creates) the database and starts syncing with `serverUrl`.
@@ -48,8 +63,9 @@ addRxPlugin(RxDBOfflineSyncPlugin);
 export async function openApp(options: {
   name: string;
   serverUrl: string;
+  authToken: () => Promise<string | undefined>;
   startOffline: boolean;
-  onConflictResolved: (conflict: ResolvedConflict) => void;
+  resolveConflict: ConflictResolver;
 }): Promise<OpenedApp> {
   const db: TodoDatabase = await createRxDatabase({
     name: options.name,
@@ -62,15 +78,9 @@ export async function openApp(options: {
   const sync = await db.addPlugin(
     createSyncPlugin({
       serverUrl: options.serverUrl,
+      authToken: options.authToken,
       collections: ['todos'],
-      // Last write wins (by hybrid logical clock), as the default does, but tell the UI about it.
-      conflictResolution: (conflict: Conflict) => {
-        const resolution = lastWriteWins(conflict);
-        const winner = resolution.action === 'keep-local' || !conflict.remote ? conflict.local : conflict.remote;
-        const title = String(winner.data.title ?? conflict.local.data.title ?? conflict.documentId);
-        options.onConflictResolved({ title, winner: winner === conflict.local ? 'this device' : 'the server' });
-        return winner.deleted ? null : winner.data;
-      },
+      conflictResolution: { todos: options.resolveConflict },
       retry: { maxRetries: 10, retryDelay: 500, useExponentialBackoff: true },
       logging: { enabled: true, level: 'warn' },
     }),
