@@ -14,10 +14,7 @@
  */
 import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { join, relative } from 'node:path';
-import { CommanderError } from 'commander';
-import { describeStorage, type StorageSpec } from '../src/cli/args.js';
-import { createProgram, stopOnSignals } from '../src/cli/program.js';
-import { serve, type CliLogLevel } from '../src/cli/serve.js';
+import { defaultIo, main } from '../src/cli/program.js';
 import { createDemoAuth } from '../examples/todo-app/server/demo-auth.js';
 
 /** A process as /proc shows it; the start time tells a process from a later one that reuses its pid. */
@@ -103,57 +100,11 @@ if (builtAt < Math.max(...sources.map(newestChange))) {
   await build({ root: appRoot, configFile: join(appRoot, 'vite.config.ts'), logLevel: 'warn' });
 }
 
-/** The flags of `serve` this script reads (the CLI parses and validates them, environment variables included). */
-interface ServeFlags {
-  port: number;
-  host: string;
-  storage: StorageSpec;
-  redis?: string;
-  logLevel: CliLogLevel;
-  static?: string;
-  corsOrigin?: string | string[];
-  workers: number;
-}
-
-/**
- * The CLI's `serve`, with its flags and output, plus what only code can
- * pass: the demo's authenticate, authorize and login endpoint.
- */
-async function serveWithDemoAuth(flags: ServeFlags): Promise<void> {
-  if (flags.workers > 1) throw new Error('npm start runs one process (the demo sign-in keeps no shared state); use the CLI for --workers');
-  const auth = createDemoAuth({ ...(process.env.DEMO_AUTH_SECRET ? { secret: process.env.DEMO_AUTH_SECRET } : {}) });
-  const server = await serve({
-    port: flags.port,
-    host: flags.host,
-    storage: flags.storage,
-    ...(flags.redis ? { redis: flags.redis } : {}),
-    logLevel: flags.logLevel,
-    staticDir: flags.static ?? outDir,
-    ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
-    authenticate: auth.authenticate,
-    authorize: auth.authorize,
-    handleRequest: auth.handleRequest,
-  }).catch((error: unknown) => {
-    if ((error as NodeJS.ErrnoException).code === 'EADDRINUSE') throw new Error(`port ${flags.port} is already in use; choose another with --port`);
-    throw error;
-  });
-  process.stdout.write(
-    [
-      `rxdb-offline-sync is listening on ${server.url}`,
-      `  storage: ${describeStorage(flags.storage)}${flags.redis ? `, Redis adapter ${new URL(flags.redis).host}` : ''}`,
-      `  web app: ${server.url}/  (demo users: ana, ben)`,
-      `  health:  ${server.url}/health   metrics: ${server.url}/metrics`,
-      '',
-    ].join('\n'),
-  );
-  stopOnSignals(server);
-}
-
-const program = createProgram();
-program.commands.find((command) => command.name() === 'serve')!.action(serveWithDemoAuth);
-try {
-  await program.parseAsync([process.argv[0]!, 'rxdb-offline-sync', 'serve', ...process.argv.slice(2)]);
-} catch (error) {
-  if (!(error instanceof CommanderError)) console.error(`error: ${error instanceof Error ? error.message : String(error)}`);
-  process.exitCode = error instanceof CommanderError ? (error.exitCode === 0 ? 0 : 2) : 1;
-}
+const auth = createDemoAuth({ ...(process.env.DEMO_AUTH_SECRET ? { secret: process.env.DEMO_AUTH_SECRET } : {}) });
+const code = await main([process.argv[0]!, 'rxdb-offline-sync', 'serve', '--static', relative(process.cwd(), outDir) || '.', ...process.argv.slice(2)], {
+  ...defaultIo,
+  // The demo's sign-in: its authenticate, its authorize and its login endpoint.
+  serveWith: { authenticate: auth.authenticate, authorize: auth.authorize, handleRequest: auth.handleRequest },
+  webAppNote: 'demo users: ana, ben',
+});
+if (code !== undefined) process.exitCode = code;

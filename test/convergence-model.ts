@@ -98,6 +98,7 @@ export function eventsByDocument(events: readonly StoredEvent[]): Map<string, St
  * Checks every step of the server's log, e(k-1) -> e(k) of one document,
  * against what the author of e(k) knew when its device first held e(k):
  * - it held e(k-1) before then (an ordinary write on top of it), or
+ * - it saw e(k-1) through its resolver (see sawThroughResolution), or
  * - e(k-1) is a deletion and the document was absent or deleted on that
  *   device then (a deletion holds no content to lose), or
  * - the strategy's rule allows the overwrite.
@@ -136,6 +137,8 @@ export function checkLog(
       const before = history.slice(0, first).filter((entry) => entry.doc === doc);
       const previousKey = eventKey(previous);
       if (before.some((entry) => entry.kind === 'held' && entry.key === previousKey)) return;
+      const own = new Set(histories.ownWrites(device, doc));
+      if (own.has(key) && sawThroughResolution(before, previousKey, own)) return;
       const lastHeld = before.findLast((entry) => entry.kind === 'held');
       if (previous.op === 'delete' && (!lastHeld || lastHeld.key.startsWith('-'))) return;
       if (rule({ previous, next, history: history.filter((entry) => entry.doc === doc) })) {
@@ -150,6 +153,41 @@ export function checkLog(
     });
   }
   return { problems, overrides };
+}
+
+/**
+ * Whether a device saw server version `previousKey` through its resolver,
+ * so that a write its app makes afterwards counts as made on top of that
+ * version. `before` is the device's history of the document up to (not
+ * including) the moment it first held the write; `own` the versions its app
+ * wrote on the document (the caller checks that the write is one of them).
+ * True when some `resolved` entry in `before` says the resolver was given
+ * `previousKey` as the server's version and answered R, and from that entry
+ * on the device held R first (R was already the last version it held before
+ * the entry, or R is the first version it came to hold after it: an answer
+ * the plugin could not write, because the app wrote first, does not count),
+ * and after R only versions its own app wrote (or R again): nothing from
+ * elsewhere came between the answer and the write.
+ *
+ * Why: the engine pushes such a write in place of the answer, based on
+ * `previousKey`, when the answer had not been sent yet (an unsent log entry
+ * is rewritten with the document's newer state: local-changes.ts,
+ * nextChange), so the server's log reads previous -> write and never stores
+ * R. Had R been pushed first, it would read previous -> R (what the resolver
+ * answered for previous: OVERWRITE_RULES.custom) -> write (an ordinary write
+ * on R). Either way the write's author had previous's content before it,
+ * through the resolver.
+ */
+function sawThroughResolution(before: readonly HistoryEntry[], previousKey: VersionKey, own: ReadonlySet<VersionKey>): boolean {
+  return before.some((entry, r) => {
+    if (entry.kind !== 'resolved' || entry.remote !== previousKey) return false;
+    const answer = entry.output;
+    const heldAfter = before.slice(r + 1).flatMap((e) => (e.kind === 'held' ? [e.key] : []));
+    const heldAtEntry = before.slice(0, r).findLast((e) => e.kind === 'held')?.key === answer;
+    // What the device held after it first held the answer (undefined: it never did so first).
+    const afterAnswer = heldAtEntry ? heldAfter : heldAfter[0] === answer ? heldAfter.slice(1) : undefined;
+    return afterAnswer !== undefined && afterAnswer.every((key) => key === answer || own.has(key));
+  });
 }
 
 function describe(entries: readonly HistoryEntry[]): string {

@@ -23,7 +23,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { createSyncPlugin, type ConflictResolution, type SyncApi } from '../src/client/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
 import type { StoredEvent } from '../src/shared/protocol/index.js';
-import { OVERWRITE_RULES, Histories, checkLog, choices, eventKey, headsOf, keyOf, laterNumberWins, type OverwriteRule } from './convergence-model.js';
+import { OVERWRITE_RULES, Histories, checkLog, choices, eventKey, headsOf, keyOf, laterNumberWins, type HistoryEntry, type OverwriteRule } from './convergence-model.js';
 import { contents, openDatabase, sleep, startServer, uniqueName, waitFor, type TestClient, type TestServer, type Todo } from './helpers.js';
 
 const CLIENTS = 3;
@@ -373,4 +373,45 @@ describe('randomized convergence, every strategy', () => {
   it('custom resolver: all converge; an unseen version is overridden only by what the resolver answered for it', async () => {
     await property('custom', DEFAULT_RUNS, (outcome) => expectAllowedLog(outcome, OVERWRITE_RULES.custom, false));
   }, 120_000);
+});
+
+/**
+ * The checker itself, on a recorded failure (seed 20260415, when pushes came
+ * a queue turn later): device 1's resolver answered its own w6 for the
+ * server's w4, its app wrote w9 over w6 before w6 was pushed, and the engine
+ * pushed w9 in w6's place, based on w4. That is a write on top of the
+ * resolver's answer for w4, not an override of an unseen w4.
+ */
+describe('the convergence checker', () => {
+  const event = (seq: number, title: string, done: boolean, client: string): StoredEvent => ({
+    id: `e${seq}`, collection: 'todos', documentId: 'd3', op: 'update', data: { id: 'd3', title, done },
+    baseEventId: null, hlc: `${String(seq).padStart(15, '0')}-000000-${client}`, seq, clientId: client, serverTime: seq,
+  });
+  const log = [event(4, 'w4-c2', true, 'c2'), event(8, 'w9-c1', false, 'c1'), event(10, 'w10-c2', false, 'c2')];
+  const held = (key: string): HistoryEntry => ({ kind: 'held', doc: 'd3', key });
+  const own = (key: string): HistoryEntry => ({ kind: 'own', doc: 'd3', key });
+  const check = (device1: HistoryEntry[]) => {
+    const histories = new Histories(3);
+    for (const entry of device1) histories.add(1, entry);
+    for (const entry of [held('w4-c2|true'), own('w4-c2|true'), held('w9-c1|false'), held('w10-c2|false'), own('w10-c2|false')]) histories.add(2, entry);
+    return checkLog(log, histories, (id) => (id === 'c1' ? 1 : 2), OVERWRITE_RULES.custom, false).problems;
+  };
+  const resolved: HistoryEntry = { kind: 'resolved', doc: 'd3', remote: 'w4-c2|true', output: 'w6-c1|true' };
+
+  it('an app write on the resolver\'s answer for a server version has seen that version', () => {
+    expect(check([held('w6-c1|true'), own('w6-c1|true'), resolved, held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toEqual([]);
+    // The answer written by the plugin after the resolution, then the app's writes over it.
+    expect(check([held('w6-c1|false'), own('w6-c1|false'), resolved, held('w6-c1|true'), held('w7-c1|true'), own('w7-c1|true'), held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toEqual([]);
+  });
+
+  it('but not when the answer never took effect, or something from elsewhere came between', () => {
+    // The app wrote before the plugin could write the answer (which it then never did).
+    expect(check([held('w6-c1|false'), own('w6-c1|false'), resolved, held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toHaveLength(1);
+    // Another device's version held after the answer, then the app's write pushed on w4.
+    expect(check([held('w6-c1|true'), own('w6-c1|true'), resolved, held('w5-c0|true'), held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toHaveLength(1);
+    // A resolution against another server version.
+    expect(check([held('w6-c1|true'), own('w6-c1|true'), { ...resolved, remote: 'w3-c0|true' }, held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toHaveLength(1);
+    // No resolution at all: the local write pushed over w4 as it was.
+    expect(check([held('w6-c1|true'), own('w6-c1|true'), held('w9-c1|false'), own('w9-c1|false'), held('w10-c2|false')])).toHaveLength(1);
+  });
 });

@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
 import { describeStorage, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, parseWorkers, type StorageSpec } from './args.js';
-import type { CliLogLevel, RunningServer } from './serve.js';
+import type { CliLogLevel, RunningServer, ServeOptions } from './serve.js';
 
 export const EXIT_USAGE = 2;
 const LOG_LEVELS: CliLogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
@@ -27,9 +27,13 @@ export interface CliIo {
   stderr: (text: string) => void;
   /** Called with the running server, e.g. to install signal handlers; the default waits for SIGINT/SIGTERM. */
   onStarted?: (server: RunningServer) => void;
+  /** What only code can give `serve` (an app's sign-in and the routes it needs), e.g. `npm start`'s demo; one process only. */
+  serveWith?: Pick<ServeOptions, 'authenticate' | 'authorize' | 'handleRequest'>;
+  /** Said on the web app's line in place of where it is served from. */
+  webAppNote?: string;
 }
 
-const defaultIo: CliIo = {
+export const defaultIo: CliIo = {
   stdout: (text) => process.stdout.write(text),
   stderr: (text) => process.stderr.write(text),
 };
@@ -67,6 +71,9 @@ export function createProgram(io: CliIo = defaultIo): Command {
       if (flags.static && !existsSync(join(flags.static, 'index.html'))) {
         throw new UsageError(`--static ${flags.static}: no index.html in ${resolve(flags.static)} (build the app first)`);
       }
+      if (flags.workers > 1 && io.serveWith) {
+        throw new UsageError('--workers runs the plain CLI server; this one adds code of its own (a sign-in) that runs in one process');
+      }
       if (flags.workers > 1 && flags.storage.kind === 'memory') {
         throw new UsageError('--workers needs storage the workers share (sqlite:PATH or postgres://...): with memory storage each worker would hold its own data');
       }
@@ -82,6 +89,7 @@ export function createProgram(io: CliIo = defaultIo): Command {
         ...(flags.static ? { staticDir: flags.static } : {}),
         ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
         ...(flags.authToken ? { authToken: flags.authToken } : {}),
+        ...io.serveWith,
       };
       if (cluster.isClusterWorker()) {
         // A worker of `--workers`: it serves what the primary hands it, and says so only to the primary.
@@ -107,7 +115,7 @@ export function createProgram(io: CliIo = defaultIo): Command {
           `rxdb-offline-sync is listening on ${server.url}`,
           `  storage: ${describeStorage(flags.storage)}${flags.redis ? `, Redis adapter ${new URL(flags.redis).host}` : ''}`,
           flags.workers > 1 ? `  workers: ${flags.workers} processes` : undefined,
-          flags.static ? `  web app: ${server.url}/  (from ${flags.static})` : undefined,
+          flags.static ? `  web app: ${server.url}/  (${io.webAppNote ?? `from ${flags.static}`})` : undefined,
           `  health:  ${server.url}/health   metrics: ${server.url}/metrics`,
           '',
         ]
