@@ -3,7 +3,7 @@
  * tab that does not lead gets a lazy attachment by asking it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxStorage } from 'rxdb';
 import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
@@ -12,25 +12,14 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
 import { parsePlaceholder } from '../src/shared/attachments.js';
 import { startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
+import { photoSchema, type Photo } from './fixtures/photos.js';
 
 // Two tabs of one database in one process need ignoreDuplicate, which only dev-mode allows.
 disableWarnings();
 addRxPlugin(RxDBDevModePlugin);
 addRxPlugin(RxDBAttachmentsPlugin);
 
-interface Photo {
-  id: string;
-  title: string;
-}
 
-const photoSchema: RxJsonSchema<Photo> = {
-  version: 0,
-  primaryKey: 'id',
-  type: 'object',
-  properties: { id: { type: 'string', maxLength: 100 }, title: { type: 'string' } },
-  required: ['id', 'title'],
-  attachments: {},
-};
 
 interface Device {
   db: RxDatabase<{ photos: RxCollection<Photo> }>;

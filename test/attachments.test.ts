@@ -4,7 +4,7 @@
  * so that the same content is sent and stored once.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema, type RxStorage } from 'rxdb';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxStorage } from 'rxdb';
 import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -14,23 +14,11 @@ import { parsePlaceholder } from '../src/shared/attachments.js';
 import { BLOB_CHUNK_BYTES, MESSAGE } from '../src/shared/protocol/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
 import { rawSocket, request, startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
+import { photoSchema, type Photo } from './fixtures/photos.js';
 
 addRxPlugin(RxDBAttachmentsPlugin);
 
-interface Photo {
-  id: string;
-  title: string;
-  owner?: string;
-}
 
-const photoSchema: RxJsonSchema<Photo> = {
-  version: 0,
-  primaryKey: 'id',
-  type: 'object',
-  properties: { id: { type: 'string', maxLength: 100 }, title: { type: 'string' }, owner: { type: 'string' } },
-  required: ['id', 'title'],
-  attachments: {},
-};
 
 interface Device {
   db: RxDatabase<{ photos: RxCollection<Photo> }>;
