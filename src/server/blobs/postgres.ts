@@ -1,42 +1,20 @@
 import type pg from 'pg';
-import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
-import { requireOptional } from '../optional.js';
 import { inTransaction, storageError } from '../storage/postgres/connection.js';
+import { openPool, postgresOptionsSchema, type PostgresOptions } from '../storage/postgres/pool.js';
 import { INIT_LOCK, lockId } from '../storage/postgres/schema.js';
 import { CHUNK_BYTES, blobSql, type BlobStatements } from './postgres/sql.js';
 import { BlobNotFoundError, assertAppend, assertDigest, assertOwner, checkAppend, digestMismatch, readWindow, sha256 } from './rules.js';
 import { BlobWriteError, DIGEST_PATTERN, type BlobStore, type SweepOptions, type UploadState } from './types.js';
 
-/** How long a new pool connection may take before the call that needed it fails. */
-const CONNECT_TIMEOUT_MS = 10_000;
 /** Chunk rows hashed per query when an upload completes: 2 MiB at a time, never the whole blob. */
 const HASH_BATCH_ROWS = 8;
 /** Digests removed per statement by sweep(). */
 const SWEEP_BATCH = 500;
 
-const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,39}$/, 'letters, digits and _, starting with a letter or _');
-const optionsSchema = z
-  .strictObject({
-    connectionString: z.string().min(1).optional(),
-    /** A pool you own: it is used as is and left open by close(). */
-    pool: z
-      .custom<pg.Pool>((value) => !!value && typeof (value as pg.Pool).connect === 'function', 'pool must be a pg.Pool')
-      .optional(),
-    /** Size of the pool this store creates from connectionString. */
-    poolSize: z.number().int().positive().default(10),
-    schema: identifier.default('public'),
-    /** Prepended to the table names (<prefix>blobs, <prefix>blob_uploads, <prefix>blob_chunks), as for PostgresSyncStorage. */
-    tablePrefix: identifier.or(z.literal('')).default('sync_'),
-    /** Errors of idle pooled connections (the server restarted, the network dropped); the pool replaces them. */
-    onError: z.custom<(error: Error) => void>((value) => typeof value === 'function', 'onError must be a function').optional(),
-  })
-  .refine((o) => (o.connectionString === undefined) !== (o.pool === undefined), {
-    message: 'give exactly one of connectionString and pool',
-    path: ['connectionString'],
-  });
-export type PostgresBlobStoreOptions = z.input<typeof optionsSchema>;
+/** As PostgresSyncStorage's; the tables are <prefix>blobs, <prefix>blob_uploads and <prefix>blob_chunks. */
+export type PostgresBlobStoreOptions = PostgresOptions;
 
 interface UploadRow {
   content: string;
@@ -64,19 +42,8 @@ export class PostgresBlobStore implements BlobStore {
   private readonly running = new Set<Promise<unknown>>();
 
   constructor(options: PostgresBlobStoreOptions) {
-    const parsed = parseOptions(optionsSchema, options, 'PostgresBlobStore');
-    this.ownsPool = !parsed.pool;
-    // pg is an optional peer dependency, needed only when this store creates its own pool.
-    this.pool = parsed.pool ?? new (requireOptional<typeof pg>('pg', 'PostgresBlobStore').Pool)({
-      connectionString: parsed.connectionString,
-      max: parsed.poolSize,
-      application_name: 'rxdb-offline-sync',
-      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-    });
-    if (this.ownsPool) {
-      const onError = parsed.onError ?? ((error: Error) => console.error('rxdb-offline-sync: idle PostgreSQL connection failed:', error.message));
-      this.pool.on('error', onError);
-    }
+    const parsed = parseOptions(postgresOptionsSchema, options, 'PostgresBlobStore');
+    ({ pool: this.pool, owned: this.ownsPool } = openPool(parsed, 'PostgresBlobStore'));
     this.schema = parsed.schema;
     this.sql = blobSql(parsed.schema, parsed.tablePrefix);
     this.lockId = lockId(parsed.schema, `${parsed.tablePrefix}blobs`);

@@ -1,42 +1,18 @@
 import type pg from 'pg';
-import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
 import type { DocumentHead, StoredEvent } from '../../shared/protocol/index.js';
-import { requireOptional } from '../optional.js';
 import { assertClaimable } from './claims.js';
 import { GroupCommit } from './postgres/group-commit.js';
 import { inTransaction, storageError } from './postgres/connection.js';
+import { openPool, postgresOptionsSchema, type PostgresOptions } from './postgres/pool.js';
 import { INIT_LOCK, lockId, schemaSql } from './postgres/schema.js';
 import { decodeEvent, decodeHead, statementSql, type EventRow, type HeadRow, type ScopedRow } from './postgres/statements.js';
 import { scopedLimit, scopedPage, scopedThrough } from './scoped.js';
 import { changesPage } from './size.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 
-/** How long a new pool connection may take before the call that needed it fails. */
-const CONNECT_TIMEOUT_MS = 10_000;
-
-const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,39}$/, 'letters, digits and _, starting with a letter or _');
-const optionsSchema = z
-  .strictObject({
-    connectionString: z.string().min(1).optional(),
-    /** A pool you own: it is used as is and left open by close(). */
-    pool: z
-      .custom<pg.Pool>((value) => !!value && typeof (value as pg.Pool).connect === 'function', 'pool must be a pg.Pool')
-      .optional(),
-    /** Size of the pool this storage creates from connectionString. */
-    poolSize: z.number().int().positive().default(10),
-    schema: identifier.default('public'),
-    /** Prepended to the table names, so the sync tables never collide with an app's own. */
-    tablePrefix: identifier.or(z.literal('')).default('sync_'),
-    /** Errors of idle pooled connections (the server restarted, the network dropped); the pool replaces them. */
-    onError: z.custom<(error: Error) => void>((value) => typeof value === 'function', 'onError must be a function').optional(),
-  })
-  .refine((o) => (o.connectionString === undefined) !== (o.pool === undefined), {
-    message: 'give exactly one of connectionString and pool',
-    path: ['connectionString'],
-  });
-export type PostgresSyncStorageOptions = z.input<typeof optionsSchema>;
+export type PostgresSyncStorageOptions = PostgresOptions;
 
 /**
  * Storage shared by several server instances through one PostgreSQL database.
@@ -63,20 +39,8 @@ export class PostgresSyncStorage implements SyncStorage {
   private readonly reads = new Set<Promise<unknown>>();
 
   constructor(options: PostgresSyncStorageOptions) {
-    const parsed = parseOptions(optionsSchema, options, 'PostgresSyncStorage');
-    this.ownsPool = !parsed.pool;
-    // pg is an optional peer dependency, needed only when this storage creates its own pool.
-    this.pool = parsed.pool ?? new (requireOptional<typeof pg>('pg', 'PostgresSyncStorage').Pool)({
-      connectionString: parsed.connectionString,
-      max: parsed.poolSize,
-      application_name: 'rxdb-offline-sync',
-      // A server that accepts the connection but never answers fails the call instead of hanging it (and start()).
-      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
-    });
-    if (this.ownsPool) {
-      const onError = parsed.onError ?? ((error: Error) => console.error('rxdb-offline-sync: idle PostgreSQL connection failed:', error.message));
-      this.pool.on('error', onError);
-    }
+    const parsed = parseOptions(postgresOptionsSchema, options, 'PostgresSyncStorage');
+    ({ pool: this.pool, owned: this.ownsPool } = openPool(parsed, 'PostgresSyncStorage'));
     this.schema = parsed.schema;
     this.ddl = schemaSql(parsed.schema, parsed.tablePrefix);
     this.sql = statementSql(parsed.schema, parsed.tablePrefix);
