@@ -17,6 +17,7 @@ import { gc } from './lib/runtime.js';
 import type { BenchConfig, Measurement, Scenario, ScenarioContext } from './lib/scenario.js';
 import { summarize, summaryTable } from './lib/summary.js';
 import { abuse } from './scenarios/abuse.js';
+import { attachments } from './scenarios/attachments.js';
 import { bulkInsertFloor } from './scenarios/bulk-insert-floor.js';
 import { fanOut } from './scenarios/fan-out.js';
 import { initialSync } from './scenarios/initial-sync.js';
@@ -31,7 +32,7 @@ import { wire } from './scenarios/wire.js';
 import { offlineSync, offlineSyncOptions } from './systems/offline-sync.js';
 import { rxdbOptions, rxdbWebsocket } from './systems/rxdb-websocket.js';
 
-const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage, scale, scopes];
+const SCENARIOS: readonly Scenario[] = [bulkInsertFloor, initialSync, wire, slowLink, push, liveLatency, fanOut, throughput, abuse, outage, scale, scopes, attachments];
 const SYSTEMS = [offlineSync, rxdbWebsocket];
 
 const FULL: BenchConfig = {
@@ -44,6 +45,7 @@ const FULL: BenchConfig = {
   throughputClients: 10,
   throughputDocs: 2000,
   slowLink: { n: 10_000, rttMs: 100, mbitPerSecond: 20 },
+  attachments: { bytes: 10 * 1024 * 1024, rssBytes: 200 * 1024 * 1024 },
   scale: {
     broadcastSizes: [1000, 3000, 10_000],
     broadcasts: 30,
@@ -69,6 +71,7 @@ const QUICK: BenchConfig = {
   fanoutBurst: 200,
   throughputDocs: 200,
   slowLink: { n: 2000, rttMs: 100, mbitPerSecond: 20 },
+  attachments: { bytes: 2 * 1024 * 1024, rssBytes: 40 * 1024 * 1024 },
   scale: { ...FULL.scale, broadcastSizes: [1000, 3000], stormSizes: [2000], sustainedMs: 3000, instanceSubscribers: 200, instanceMs: 3000 },
   runs: 1,
   shortRuns: 1,

@@ -202,13 +202,13 @@ describe('attachments', () => {
     const bob = await device(server.url);
     const video = await alice.photos.insert({ id: 'video', title: 'walkthrough' });
     await video.putAttachment({ id: 'clip.mp4', type: 'video/mp4', data: blobOf(randomBytes(BLOB_CHUNK_BYTES * 40), 'video/mp4') });
-    await waitFor(() => alice.sync.getStatus().connected, 'alice connected');
+    const uploading = async () => (await firstValueFrom(alice.sync.transfers$)).some((transfer) => transfer.direction === 'upload' && transfer.done < transfer.total);
+    await waitFor(uploading, 'the video upload to start', 20_000);
     await alice.photos.insert({ id: 'todo', title: 'check valve' });
     await waitFor(async () => (await bob.photos.findOne('todo').exec()) !== null, 'the todo to reach bob', 20_000);
     // The video is still on its way up (its document, logged before the attachment was put, may be there).
     expect((await bob.photos.findOne('video').exec())?.getAttachment('clip.mp4') ?? null).toBeNull();
-    const transfers = await firstValueFrom(alice.sync.transfers$);
-    expect(transfers.some((transfer) => transfer.direction === 'upload' && transfer.done < transfer.total)).toBe(true);
+    expect(await uploading()).toBe(true);
     await waitFor(async () => (await bytesOf(bob.photos, 'video', 'clip.mp4')) !== undefined, 'the video to arrive after all', 60_000);
   }, 90_000);
 

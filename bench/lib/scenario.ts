@@ -18,6 +18,12 @@ export interface BenchConfig {
   /** The initial sync over a slow link: documents, added round-trip time, bandwidth of each direction. */
   slowLink: { n: number; rttMs: number; mbitPerSecond: number };
   /**
+   * The attachments scenario (scenarios/attachments.ts): the bytes of the
+   * attachment sent over the slow link (slowLink's round trip and
+   * bandwidth), and of the one the server's memory is watched through.
+   */
+  attachments: { bytes: number; rssBytes: number };
+  /**
    * The scale scenario (scenarios/scale.ts): subscriber counts of each part,
    * broadcasts per size, how long writers write, events written before the
    * storm, and the processes the devices are spread over.

@@ -89,18 +89,21 @@ export function payloadBytes(args: unknown[]): number {
       return Number.POSITIVE_INFINITY;
     }
   }
+  // Binary values, at the top level of a chunk message, counted as their bytes: JSON.stringify would call
+  // a Buffer's toJSON first (an array of every byte, 15 ms and megabytes for one chunk) before any replacer sees it.
   let binary = 0;
-  // Looks at the holder's own value: JSON.stringify has already turned a Buffer into { type, data } by then.
-  function measure(this: Record<string, unknown>, key: string, value: unknown): unknown {
-    const raw = this[key];
-    if (ArrayBuffer.isView(raw) || raw instanceof ArrayBuffer) {
-      binary += raw.byteLength;
-      return 0;
+  const measured = args.map((arg) => {
+    if (!holdsBinary(arg)) return arg;
+    const copy: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(arg as Record<string, unknown>)) {
+      const bytes = ArrayBuffer.isView(value) || value instanceof ArrayBuffer ? value.byteLength : undefined;
+      if (bytes !== undefined) binary += bytes;
+      copy[key] = bytes === undefined ? value : 0;
     }
-    return value;
-  }
+    return copy;
+  });
   try {
-    return Buffer.byteLength(JSON.stringify(args, measure) ?? '') + binary;
+    return Buffer.byteLength(JSON.stringify(measured) ?? '') + binary;
   } catch {
     return Number.POSITIVE_INFINITY;
   }

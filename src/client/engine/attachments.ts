@@ -1,10 +1,10 @@
 /**
  * Attachment content going up and down beside the document sync, over the
  * same connection, a chunk per request with a few in flight: enough to fill
- * the link, few enough that a push or a pull is queued behind about a round
- * trip's worth of chunks at most (see ChunkWindow). Uploads go on from where the server's copy stands
- * after any drop; downloads go on from the last chunk received while the
- * process lives. Progress is on `transfers$`.
+ * the link, few enough that a push or a pull waits behind little more than
+ * a round trip's worth of chunks (see ChunkWindow). Uploads go on from
+ * where the server's copy stands after any drop; downloads go on from the
+ * last chunk received while the process lives. Progress is on `transfers$`.
  */
 import { sha256 } from '@noble/hashes/sha2';
 import { bytesToHex } from '@noble/hashes/utils';
@@ -19,9 +19,9 @@ import { requestSync } from './schedule.js';
 import { requireReplicator, type EngineState } from './state.js';
 
 /** Chunks of one transfer in flight at first, and at least. */
-const MIN_WINDOW = Number((globalThis as any).process?.env?.RXOS_MIN ?? 2); // TEMP
+const MIN_WINDOW = 2;
 /** Chunks of one transfer in flight at most: what a push or pull may have to wait behind. */
-const MAX_WINDOW = Number((globalThis as any).process?.env?.RXOS_MAX ?? 8); // TEMP
+const MAX_WINDOW = 8;
 
 /**
  * How many chunks of one transfer are in flight: enough to keep the link
@@ -43,7 +43,7 @@ interface ChunkWindow {
 
 const newWindow = (): ChunkWindow => ({ size: MIN_WINDOW, quickestMs: Number.POSITIVE_INFINITY, changes: 0 });
 
-/** Takes the answer to a chunk sent at `sentAt` (performance.now()) under `changes` changes of the window. */
+/** Takes the answer to a chunk sent at `sent.at` (performance.now()), when the window had changed `sent.changes` times. */
 function onAnswer(window: ChunkWindow, sent: { at: number; changes: number }): void {
   const tookMs = performance.now() - sent.at;
   window.quickestMs = Math.min(window.quickestMs, tookMs);
@@ -53,7 +53,6 @@ function onAnswer(window: ChunkWindow, sent: { at: number; changes: number }): v
   if (size === window.size) return;
   window.size = size;
   window.changes++;
-  if ((globalThis as any).process?.env?.RXOS_WINDOW_TRACE) console.error(`window ${size} (queued ${queued.toFixed(2)}, took ${tookMs.toFixed(0)}, quickest ${window.quickestMs.toFixed(0)})`); // TEMP
 }
 
 /** One attachment's content on its way, as `transfers$` shows it. */
@@ -123,13 +122,24 @@ export async function prepareUploads(state: EngineState, transport: Transport): 
   const book = replicator.attachments;
   const entries = replicator.pending.all();
   const { uploads, unsourced } = await replicator.neededUploads(entries);
+  const limit = transport.serverWelcome?.limits.maxAttachmentBytes;
+  if (limit === null) {
+    // The server keeps no attachments (its welcome says so): the changes that name content are set aside, the rest go.
+    const error = new SyncError('ATTACHMENT_TOO_LARGE', 'the sync server keeps no attachments (it was given no blob store)', { bytes: 0, limit: 0 });
+    for (const entry of new Set([...uploads, ...unsourced].flatMap((each) => each.entries))) await replicator.rejectUnpushable(entry, error.toWire());
+    replicator.holdForUploads(replicator.pending.all());
+    return;
+  }
   // Asked of the server first: content it holds already (another device's, or uploaded before a restart) is not sent.
+  const asked = new Map<string, { complete: boolean; received: number }>();
   const unknown = [...uploads.filter((upload) => !state.transfers.uploads.has(upload.digest)), ...unsourced].map((each) => each.digest);
   for (let i = 0; i < unknown.length; i += MAX_BLOB_STATE_DIGESTS) {
     const states = await transport.blobState(unknown.slice(i, i + MAX_BLOB_STATE_DIGESTS));
-    for (const [digest, upload] of Object.entries(states)) if (upload.complete) book.onServer.add(digest);
+    for (const [digest, upload] of Object.entries(states)) {
+      asked.set(digest, upload);
+      if (upload.complete) book.onServer.add(digest);
+    }
   }
-  const limit = transport.serverWelcome?.limits.maxAttachmentBytes;
   const refused = new Map<PendingEntry, SyncError>();
   for (const { digest, entries: naming } of unsourced) {
     if (book.onServer.has(digest)) continue;
@@ -139,15 +149,14 @@ export async function prepareUploads(state: EngineState, transport: Transport): 
   }
   for (const upload of uploads) {
     if (book.onServer.has(upload.digest)) continue;
-    if (limit === null || (limit !== undefined && upload.length > limit)) {
-      const error =
-        limit === null
-          ? new SyncError('ATTACHMENT_TOO_LARGE', 'the sync server keeps no attachments', { bytes: upload.length, limit: 0 })
-          : new SyncError('ATTACHMENT_TOO_LARGE', `attachment "${upload.attachmentId}" is ${upload.length} bytes; the server takes at most ${limit}`, { bytes: upload.length, limit: limit! });
+    if (limit !== undefined && upload.length > limit) {
+      const error = new SyncError('ATTACHMENT_TOO_LARGE', `attachment "${upload.attachmentId}" is ${upload.length} bytes; the server takes at most ${limit}`, { bytes: upload.length, limit });
       for (const entry of upload.entries) refused.set(entry, error);
       continue;
     }
-    if (!state.transfers.uploads.has(upload.digest)) state.transfers.uploads.set(upload.digest, upload);
+    // Where the server's copy stands, just asked: the upload starts there without asking again.
+    const received = asked.get(upload.digest)?.received;
+    if (!state.transfers.uploads.has(upload.digest)) state.transfers.uploads.set(upload.digest, received === undefined ? upload : { ...upload, received });
   }
   for (const [entry, error] of refused) await replicator.rejectUnpushable(entry, error.toWire());
   replicator.holdForUploads(refused.size > 0 ? replicator.pending.all() : entries);
@@ -207,7 +216,12 @@ async function uploadOne(state: EngineState, transport: Transport, upload: Neede
   const content = await replicator.readAttachment(upload);
   const { digest, length } = upload;
   const progress = (done: number) => show(state, { direction: 'upload', collection: upload.collection, documentId: upload.documentId, attachmentId: upload.attachmentId, digest, done, total: length });
-  const start = (await transport.blobState([digest]))[digest];
+  // Under the server's message limit, with room for the message around the bytes.
+  const chunkBytes = Math.max(1024, Math.min(BLOB_CHUNK_BYTES, (transport.serverWelcome?.limits.maxPayloadBytes ?? Infinity) - 1024));
+  // Known from the check before the push, once; a retry asks again.
+  const known = upload.received;
+  delete upload.received;
+  const start = known === undefined ? (await transport.blobState([digest]))[digest] : { complete: false, received: known };
   if (start?.complete) return;
   let next = start?.received ?? 0;
   progress(next);
@@ -216,7 +230,7 @@ async function uploadOne(state: EngineState, transport: Transport, upload: Neede
   for (;;) {
     // An empty blob is one empty chunk.
     while (inFlight.length < window.size && (next < length || (length === 0 && inFlight.length === 0))) {
-      const bytes = new Uint8Array(await content.slice(next, Math.min(length, next + BLOB_CHUNK_BYTES)).arrayBuffer());
+      const bytes = new Uint8Array(await content.slice(next, Math.min(length, next + chunkBytes)).arrayBuffer());
       const sent = { at: performance.now(), changes: window.changes };
       const reply = transport.uploadChunk({ digest, length, offset: next, bytes });
       // Awaited in turn below; one that fails while an earlier one is awaited is not unhandled.

@@ -38,6 +38,8 @@ export interface NeededUpload {
   attachmentId: string;
   /** The pending changes that name it. */
   entries: PendingEntry[];
+  /** Bytes of it the server holds, when just asked (see prepareUploads). */
+  received?: number;
 }
 
 export interface AttachmentBook {
