@@ -12,7 +12,25 @@ const CONNECT_TIMEOUT_MS = 10_000;
 
 const identifier = z.string().regex(/^[A-Za-z_][A-Za-z0-9_]{0,39}$/, 'letters, digits and _, starting with a letter or _');
 
-export const postgresOptionsSchema = z
+/** How a PostgreSQL part of the server is given its database. */
+export interface PostgresOptions {
+  connectionString?: string;
+  /** A pool you own: it is used as is and left open by close(). */
+  pool?: pg.Pool;
+  /** Size of the pool created from connectionString (default 10). */
+  poolSize?: number;
+  /** Default public. */
+  schema?: string;
+  /** Prepended to the table names, so the sync tables never collide with an app's own (default sync_). */
+  tablePrefix?: string;
+  /** Errors of idle pooled connections (the server restarted, the network dropped); the pool replaces them. */
+  onError?: (error: Error) => void;
+}
+
+type ParsedPostgresOptions = PostgresOptions & { poolSize: number; schema: string; tablePrefix: string };
+
+// Typed by hand: a declaration inferred from the schema names zod's and pg's internals, which the type build cannot bundle.
+export const postgresOptionsSchema: z.ZodType<ParsedPostgresOptions, PostgresOptions> = z
   .strictObject({
     connectionString: z.string().min(1).optional(),
     /** A pool you own: it is used as is and left open by close(). */
@@ -31,10 +49,9 @@ export const postgresOptionsSchema = z
     message: 'give exactly one of connectionString and pool',
     path: ['connectionString'],
   });
-export type PostgresOptions = z.input<typeof postgresOptionsSchema>;
 
 /** The app's pool, or a new one from the connection string (then `owned`: closed by its user). */
-export function openPool(parsed: z.output<typeof postgresOptionsSchema>, neededBy: string): { pool: pg.Pool; owned: boolean } {
+export function openPool(parsed: ParsedPostgresOptions, neededBy: string): { pool: pg.Pool; owned: boolean } {
   if (parsed.pool) return { pool: parsed.pool, owned: false };
   // pg is an optional peer dependency, needed only when a pool is created here.
   const pool = new (requireOptional<typeof pg>('pg', neededBy).Pool)({
