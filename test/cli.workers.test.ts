@@ -110,6 +110,32 @@ describe('serve --workers', () => {
     expect(workersOf(cluster.child.pid!)).toEqual([]);
   }, 240_000);
 
+  it('serves a client that connects while a replacement worker starts, on its first attempt', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'workers-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const cluster = await startCluster(['--workers', '2', '--storage', `sqlite:${join(dir, 'sync.db')}`]);
+    const workers = workersOf(cluster.child.pid!);
+    // One client on each worker, so that the worker left after the kill has one at least.
+    for (const name of ['alice', 'bob']) {
+      const each = await client(cluster.url, { syncInterval: 600_000 });
+      await waitFor(() => each.sync.getStatus().connected, `${name} to connect`, 20_000);
+    }
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitFor(() => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
+    // The replacement has no clients yet and is still loading: sticky's least-connection would pick it, and the
+    // connection would be lost until the client's connect timeout (10 s). And the primary, busy forking it, was
+    // slow to let go of the sockets it handed over: reading on, it dropped the client's first frame (socket.io's
+    // CONNECT), and the client never connected. The worker that serves takes the connection, all of it, at once.
+    const dave = await client(cluster.url, { syncInterval: 600_000 });
+    const errors: string[] = [];
+    const watch = dave.sync.status$.subscribe(({ connected, error }) => {
+      if (!connected && error) errors.push(error.message);
+    });
+    cleanups.push(() => watch.unsubscribe());
+    await waitFor(() => dave.sync.getStatus().connected, 'a client to connect while the replacement starts', 20_000);
+    expect(errors).toEqual([]);
+  }, 120_000);
+
   it('refuses memory storage, which workers cannot share', async () => {
     const run = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli.ts', 'serve', '--workers', '2', '--storage', 'memory'], { cwd: root, encoding: 'utf8', timeout: 30_000 });
     expect(run.stderr).toContain('--workers needs storage the workers share');

@@ -64,14 +64,18 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
     socket.once('close', () => connections.delete(socket));
   });
   setupMaster(httpServer, { loadBalancingMethod: 'least-connection' });
+  // After sticky's own listener, which reads each connection's first chunk: see handOverUnread.
+  httpServer.on('connection', handOverUnread);
   const aggregator = new AggregatorRegistry();
   let stopping = false;
   let failure: ((error: Error) => void) | undefined;
   const everReady = new Set<number>();
 
   const onMessage = (worker: Worker, message: WorkerMessage) => {
-    if (message?.type === 'rxos:ready') everReady.add(worker.id);
-    else if (message?.type === 'rxos:failed') failure?.(new Error(message.message));
+    if (message?.type === 'rxos:ready') {
+      everReady.add(worker.id);
+      takeConnections(worker);
+    } else if (message?.type === 'rxos:failed') failure?.(new Error(message.message));
     else if (message?.type === 'rxos:metrics') {
       const reply = (answer: PrimaryMessage) => {
         if (worker.isConnected()) worker.send(answer);
@@ -84,6 +88,7 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
   };
   const spawn = () => {
     const worker = cluster.fork();
+    holdConnections(worker);
     worker.on('message', (message: WorkerMessage) => onMessage(worker, message));
     worker.on('exit', (code, signal) => {
       if (stopping) return;
@@ -151,6 +156,55 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
     logger,
     close: () => (closing ??= stop()),
   };
+}
+
+/**
+ * @socket.io/sticky gives each new connection (and each request whose
+ * session is gone) to the worker with the fewest clients, by the
+ * `clientsCount` it keeps on each worker: a worker just forked, with none,
+ * got them all. But a worker can take a connection only once its server is
+ * set up (setupWorker, after its modules load and its storage opens: a
+ * second or more), and one handed to it before is lost without a word: a
+ * WebSocket client waits out its connect timeout (10 s), a polling client's
+ * request hangs, and each retry while the worker starts is lost again. So
+ * after a worker was killed, its clients came back only 10–20 s later.
+ * Until it says it is ready, a worker counts as full; were every worker
+ * starting, sticky would still pick one.
+ */
+type StickyWorker = Worker & { clientsCount?: number };
+
+function holdConnections(worker: StickyWorker): void {
+  worker.clientsCount = Number.POSITIVE_INFINITY;
+}
+
+/** Ready: counted from none, as no connection reached it before (sticky counts those the worker reports). */
+function takeConnections(worker: StickyWorker): void {
+  if (worker.clientsCount === Number.POSITIVE_INFINITY) worker.clientsCount = 0;
+}
+
+/**
+ * Sticky reads a connection's first chunk, to pick its worker, and hands
+ * the socket itself to the worker (unless the request may come in several
+ * chunks, a body, which the primary relays). But the primary's copy of the
+ * socket goes on reading until the worker acknowledges the handle, and what
+ * it reads meanwhile is dropped (nodejs/node#8353). A WebSocket client sends
+ * its first frame, socket.io's CONNECT, as soon as the worker answers the
+ * upgrade; a primary slow to take the acknowledgement (busy forking a
+ * replacement, say) read and dropped it, and the client, its connection
+ * open and pinged, waited for an answer for good: socket.io-client has no
+ * timeout for it. So the primary stops reading a socket it hands over once
+ * it has its first chunk: the rest is the worker's.
+ */
+function handOverUnread(socket: Socket): void {
+  socket.prependOnceListener('data', (chunk: Buffer) => {
+    // Sticky's own test: a request that may come in several chunks stays with the primary, which relays them.
+    const header = chunk.subarray(0, chunk.indexOf('\r\n\r\n')).toString().toLowerCase();
+    if (header.includes('content-length:') || header.includes('transfer-encoding:')) return;
+    const handle = (socket as Socket & { _handle?: { reading?: boolean; readStop(): number } | null })._handle;
+    if (!handle?.reading) return;
+    handle.reading = false;
+    handle.readStop();
+  });
 }
 
 /** In a worker: tells the primary it serves, or why it could not start. */
