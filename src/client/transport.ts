@@ -127,14 +127,12 @@ export class Transport {
       token: () => this.resolveToken(),
       renew: (token) => this.request(MESSAGE.renew, { token }, renewAck),
     });
-    this.socket.on('connect', () => {
-      // Not ready until the welcome: the limits it names bound the first push.
-      clearTimeout(this.welcomeTimer);
-      this.welcomeTimer = setTimeout(() => {
-        this.logger.warn({ timeoutMs: options.requestTimeout }, 'the sync server sent no welcome; connecting again');
-        this.drop(new SyncError('TIMEOUT', `the sync server sent no welcome within ${options.requestTimeout} ms`));
-      }, options.requestTimeout);
-    });
+    // From the link's opening: socket.io-client waits for the answer to its CONNECT with no timeout of
+    // its own, and a CONNECT lost on the way (a proxy or a cluster primary that dropped the first frame)
+    // left the client on an open, pinged link, unanswered, for good.
+    this.socket.io.on('open', () => this.awaitWelcome('answer the connection'));
+    // Not ready until the welcome: the limits it names bound the first push.
+    this.socket.on('connect', () => this.awaitWelcome('send its welcome'));
     this.socket.on(MESSAGE.welcome, (raw: unknown) => {
       clearTimeout(this.welcomeTimer);
       let message: WelcomeMessage;
@@ -168,6 +166,7 @@ export class Transport {
       if (this.wanted) this.scheduleReconnect(notBefore);
     });
     this.socket.on('connect_error', (error: Error & { data?: unknown }) => {
+      clearTimeout(this.welcomeTimer);
       const syncError = connectError(error, options.serverUrl);
       for (const waiter of this.waiters) waiter.reject(syncError);
       this.waiters.clear();
@@ -224,6 +223,16 @@ export class Transport {
   /** The current connection's welcome (undefined while not connected). */
   get serverWelcome(): Welcome | undefined {
     return this.welcome;
+  }
+
+  /** Drops the link unless the welcome comes within requestTimeout; `what` the server has yet to do. */
+  private awaitWelcome(what: string): void {
+    const timeoutMs = this.options.requestTimeout;
+    clearTimeout(this.welcomeTimer);
+    this.welcomeTimer = setTimeout(() => {
+      this.logger.warn({ timeoutMs }, `the sync server did not ${what}; connecting again`);
+      this.drop(new SyncError('TIMEOUT', `the sync server did not ${what} within ${timeoutMs} ms`));
+    }, timeoutMs);
   }
 
   /** Connects, and keeps connecting after every drop, through the backoff. */
