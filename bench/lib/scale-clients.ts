@@ -19,7 +19,7 @@
  *   with `have` naming what is held; every sequence received twice, live or
  *   pulled, is counted, and every live event that arrives after a higher one.
  */
-import { toSpans } from 'rxdb-offline-sync/protocol';
+import { PROTOCOL_VERSION, toSpans } from 'rxdb-offline-sync/protocol';
 import { COLLECTION, CONNECT_TIMEOUT_MS, ConnectFailure, HISTOGRAM_BINS, LiteSocket, clock, histogramBin, pullTail, scanLive, sparseBins } from './scale-socket.js';
 
 /** The plugin's LIVE_PULL_DELAY: how long a gap waits for live messages, growing when a pull brought what then came live. */
@@ -157,7 +157,7 @@ async function connect(device: Device): Promise<void> {
     stats.attempts++;
     let socket: LiteSocket;
     try {
-      socket = await LiteSocket.connect(device.url, { protocolVersion: 4, clientId: device.clientId, token: device.clientId }, CONNECT_TIMEOUT_MS);
+      socket = await LiteSocket.connect(device.url, { protocolVersion: PROTOCOL_VERSION, clientId: device.clientId, token: device.clientId }, CONNECT_TIMEOUT_MS);
     } catch (error) {
       const failure = error instanceof ConnectFailure ? error : new ConnectFailure('closed', String(error));
       if (failure.kind === 'refused') stats.refused++;

@@ -48,7 +48,7 @@ import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { toPushRows, type SyncEvent } from 'rxdb-offline-sync/protocol';
+import { PROTOCOL_VERSION, toPushRows, type SyncEvent } from 'rxdb-offline-sync/protocol';
 // Only to stamp the writers' events.
 import { formatHlc } from '../../src/shared/hlc.js';
 // Types only: importing a child's entry would run it here.
@@ -396,7 +396,7 @@ class Writer {
 
   static async open(url: string, label: string): Promise<Writer> {
     const clientId = `writer-${label}-${randomUUID().slice(0, 8)}`;
-    return new Writer(await LiteSocket.connect(url, { protocolVersion: 4, clientId, token: clientId }, CONNECT_TIMEOUT_MS), clientId);
+    return new Writer(await LiteSocket.connect(url, { protocolVersion: PROTOCOL_VERSION, clientId, token: clientId }, CONNECT_TIMEOUT_MS), clientId);
   }
 
   /** Pushes `count` new documents; resolves with their sequences (none when refused) and the time to the answer. */
