@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxJsonSchema } from 'rxdb';
+import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase } from 'rxdb';
 import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -21,6 +21,7 @@ import { watchRss } from '../bench/lib/attachments-rss.js';
 import { startSlowLink, type SlowLink } from '../bench/lib/slow-link.js';
 import { createSyncPlugin } from '../src/client/index.js';
 import { parsePlaceholder } from '../src/shared/attachments.js';
+import { photoSchema, type Photo } from './fixtures/photos.js';
 import { uniqueName, waitFor } from './helpers.js';
 
 addRxPlugin(RxDBAttachmentsPlugin);
@@ -30,19 +31,6 @@ const MAX_RSS_GROWTH_MB = 64;
 const LINK = { rttMs: 10, mbitPerSecond: 400 };
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
-interface Photo {
-  id: string;
-  title: string;
-}
-
-const photoSchema: RxJsonSchema<Photo> = {
-  version: 0,
-  primaryKey: 'id',
-  type: 'object',
-  properties: { id: { type: 'string', maxLength: 100 }, title: { type: 'string' } },
-  required: ['id', 'title'],
-  attachments: {},
-};
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
