@@ -6,7 +6,7 @@
  * is killed is replaced while its clients move to the others and lose nothing.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -134,6 +134,29 @@ describe('serve --workers', () => {
     cleanups.push(() => watch.unsubscribe());
     await waitFor(() => dave.sync.getStatus().connected, 'a client to connect while the replacement starts', 20_000);
     expect(errors).toEqual([]);
+  }, 120_000);
+
+  it('tries again a replacement worker that cannot start yet, until it can', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'workers-'));
+    cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
+    const data = join(dir, 'data');
+    mkdirSync(data);
+    const cluster = await startCluster(['--workers', '2', '--storage', `sqlite:${join(data, 'sync.db')}`]);
+    const workers = workersOf(cluster.child.pid!);
+    // The database's folder is away (a volume being remounted, say), a file in its place: a new worker cannot
+    // open it (nor make the folder). The running one holds its files open.
+    renameSync(data, join(dir, 'away'));
+    writeFileSync(data, 'not a folder');
+    process.kill(workers[0]!, 'SIGKILL');
+    await waitFor(() => cluster.output().includes('a replacement worker exited while starting'), 'a replacement to fail to start', 30_000);
+    rmSync(data);
+    renameSync(join(dir, 'away'), data);
+    // Tried again: the cluster is two workers again, and serves.
+    await waitFor(() => workersOf(cluster.child.pid!).length === 2 && /worker \d+ ready|listening/.test(cluster.output()), 'two workers again', 30_000);
+    const erin = await client(cluster.url, { syncInterval: 600_000 });
+    await erin.todos.insert({ id: 'e1', title: 'after the remount', done: false });
+    await waitFor(() => erin.sync.getStatus().connected && erin.sync.getStatus().pendingEvents === 0, 'a write to be stored', 30_000);
+    expect(cluster.child.exitCode).toBeNull();
   }, 120_000);
 
   it('refuses memory storage, which workers cannot share', async () => {

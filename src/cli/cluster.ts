@@ -28,6 +28,8 @@ type PrimaryMessage = { type: 'rxos:metrics'; id: number; body?: string; error?:
 
 /** A replaced worker's successor waits this long, so a worker that dies at once cannot spin the CPU. */
 const RESPAWN_DELAY_MS = 1000;
+/** The longest wait before trying again a replacement that keeps failing to start. */
+const MAX_RESPAWN_DELAY_MS = 30_000;
 /** How long workers get to close their connections on shutdown before they are killed. */
 const STOP_TIMEOUT_MS = 10_000;
 const METRICS_TIMEOUT_MS = 5000;
@@ -70,12 +72,21 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
   let stopping = false;
   let failure: ((error: Error) => void) | undefined;
   const everReady = new Set<number>();
+  /** Every first worker was ready once: from then on, a worker that exits is replaced. */
+  let started = false;
+  /** Replacements in a row that exited before they were ready. */
+  let failedStarts = 0;
 
   const onMessage = (worker: Worker, message: WorkerMessage) => {
     if (message?.type === 'rxos:ready') {
       everReady.add(worker.id);
+      failedStarts = 0;
       takeConnections(worker);
-    } else if (message?.type === 'rxos:failed') failure?.(new Error(message.message));
+    } else if (message?.type === 'rxos:failed') {
+      failure?.(new Error(message.message));
+      // Its IPC channel would keep it alive, neither serving nor replaced: it ends, and is replaced (see spawn).
+      if (started) worker.kill();
+    }
     else if (message?.type === 'rxos:metrics') {
       const reply = (answer: PrimaryMessage) => {
         if (worker.isConnected()) worker.send(answer);
@@ -92,14 +103,20 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
     worker.on('message', (message: WorkerMessage) => onMessage(worker, message));
     worker.on('exit', (code, signal) => {
       if (stopping) return;
-      if (!everReady.has(worker.id)) {
+      const whileStarting = !everReady.has(worker.id);
+      // At start, a worker that cannot start is the server failing to start (a bad path, a database down).
+      if (whileStarting && !started) {
         failure?.(new Error(`a worker exited while starting (${signal ?? `code ${code}`})`));
         return;
       }
-      logger.error({ worker: worker.id, code, signal }, 'worker exited; starting another');
+      // Later, a replacement that cannot start yet (its database away for a while) is tried again, ever
+      // more slowly: the cluster does not shrink for good, nor fork without pause.
+      failedStarts = whileStarting ? failedStarts + 1 : 0;
+      const delay = Math.min(MAX_RESPAWN_DELAY_MS, RESPAWN_DELAY_MS * 2 ** failedStarts);
+      logger.error({ worker: worker.id, code, signal, retryInMs: delay }, whileStarting ? 'a replacement worker exited while starting; starting another' : 'worker exited; starting another');
       setTimeout(() => {
         if (!stopping) spawn();
-      }, RESPAWN_DELAY_MS).unref();
+      }, delay).unref();
     });
     return worker;
   };
@@ -145,6 +162,7 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
     await stop();
     throw error;
   }
+  started = true;
   failure = (error) => logger.error({ err: error }, 'worker failed');
 
   const port = (httpServer.address() as AddressInfo).port;
