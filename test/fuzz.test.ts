@@ -288,7 +288,8 @@ describe('fuzz: hostile messages at a live server', () => {
       await waitFor(async () => (await reader.todos.count().exec()) === written.length, 'the reader to get every good write', 10_000);
       const stored = await server.server.getStorage().getEventsAfter(0);
       expect(stored.map((event) => event.documentId).sort()).toEqual([...written].sort());
-      expect(server.server.getClientsCount()).toBe(2);
+      // The hostile sockets closed on their side; the server hears of it a moment later on a loaded machine.
+      await waitFor(() => server.server.getClientsCount() === 2, 'the server to see the hostile sockets gone', 10_000);
     },
     60_000,
   );
