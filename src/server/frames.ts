@@ -82,13 +82,6 @@ export class FrameMeter {
  * too large.
  */
 export function payloadBytes(args: unknown[]): number {
-  if (!args.some(holdsBinary)) {
-    try {
-      return Buffer.byteLength(JSON.stringify(args) ?? '');
-    } catch {
-      return Number.POSITIVE_INFINITY;
-    }
-  }
   // Binary values, at the top level of a chunk message, counted as their bytes: JSON.stringify would call
   // a Buffer's toJSON first (an array of every byte, 15 ms and megabytes for one chunk) before any replacer sees it.
   let binary = 0;

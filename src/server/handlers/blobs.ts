@@ -24,7 +24,7 @@ import { BlobNotFoundError } from '../blobs/rules.js';
 import { BlobWriteError, type BlobStore } from '../blobs/types.js';
 import { defaultUserKey } from '../limits.js';
 import { effectiveScope, mayBeScoped } from '../scopes.js';
-import { assertKnownCollection, type ServerContext, type SyncSocket } from './context.js';
+import { assertKnownCollection, storageFailure, type ServerContext, type SyncSocket } from './context.js';
 
 /**
  * Whose upload this is: the user's key (the `userKey` option, whether or
@@ -135,6 +135,7 @@ export async function handleBlobDownload<User>(ctx: ServerContext<User>, socket:
   return { bytes, total: meta.length };
 }
 
+/** A blob store or storage call, its failure reported as storage's are (see storageFailure). */
 async function storeCall<T>(ctx: ServerContext<any>, call: () => Promise<T>): Promise<T> {
   try {
     return await call();
@@ -143,9 +144,4 @@ async function storeCall<T>(ctx: ServerContext<any>, call: () => Promise<T>): Pr
   }
 }
 
-function storeError(ctx: ServerContext<any>, error: unknown): SyncError {
-  if (error instanceof SyncError) return error;
-  ctx.emit('storage-error', { operation: 'read', error });
-  ctx.logger.error({ err: error }, 'the blob store failed');
-  return SyncError.from(error, 'STORAGE_ERROR');
-}
+const storeError = (ctx: ServerContext<any>, error: unknown) => storageFailure(ctx, 'read', 'the blob store failed', error);

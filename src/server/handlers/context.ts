@@ -76,3 +76,14 @@ export function assertKnownCollection(ctx: ServerContext<any>, collection: strin
     });
   }
 }
+
+/**
+ * What a failed storage or blob store call becomes: reported (the
+ * storage-error event, which metrics count, and a log line saying `what`)
+ * and thrown on as STORAGE_ERROR, which clients retry.
+ */
+export function storageFailure(ctx: ServerContext<any>, operation: 'save' | 'read', what: string, error: unknown): SyncError {
+  ctx.emit('storage-error', { operation, error });
+  ctx.logger.error({ err: error }, what);
+  return SyncError.from(error, 'STORAGE_ERROR');
+}

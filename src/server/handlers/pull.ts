@@ -5,7 +5,7 @@ import { matchesScope, parseScope, sameScope, toSelector } from '../../shared/sc
 import { readable } from '../access.js';
 import { effectiveScope, mayBeScoped, type SocketScopes } from '../scopes.js';
 import type { SyncStorage } from '../storage/types.js';
-import { assertKnownCollection, type ServerContext, type SyncSocket } from './context.js';
+import { assertKnownCollection, storageFailure, type ServerContext, type SyncSocket } from './context.js';
 import { followScope, scopeReply } from './subscribe.js';
 
 export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PullPage> {
@@ -30,9 +30,7 @@ export async function handlePull<User>(ctx: ServerContext<User>, socket: SyncSoc
     hasMore = page.length >= limit || page.cutByBytes === true;
     events = page;
   } catch (error) {
-    ctx.emit('storage-error', { operation: 'read', error });
-    ctx.logger.error({ err: error }, 'storage failed to read events');
-    throw SyncError.from(error, 'STORAGE_ERROR');
+    throw storageFailure(ctx, 'read', 'storage failed to read events', error);
   }
   const checkpoint = events.length > 0 ? events[events.length - 1]!.seq : message.checkpoint;
   socket.data.checkpoint = checkpoint;
@@ -76,9 +74,7 @@ async function scopedPull<User>(
       maxBytes: ctx.options.maxPullBytes,
     });
   } catch (error) {
-    ctx.emit('storage-error', { operation: 'read', error });
-    ctx.logger.error({ err: error }, 'storage failed to read scoped changes');
-    throw SyncError.from(error, 'STORAGE_ERROR');
+    throw storageFailure(ctx, 'read', 'storage failed to read scoped changes', error);
   }
   const hasMore = page.length >= limit || page.cutByBytes === true;
   if (page.through < message.checkpoint) throw new SyncError('STORAGE_ERROR', `storage moved a scoped reader back from ${message.checkpoint} to ${page.through}`);

@@ -18,7 +18,7 @@ import { assertMayWrite, readableHead, unauthorized } from '../access.js';
 import { mayBeScoped } from '../scopes.js';
 import type { IncomingEvent } from '../storage/types.js';
 import { assertClockInRange, assertMatchesSchema } from '../validation.js';
-import { assertKnownCollection, type ServerContext, type SyncSocket } from './context.js';
+import { assertKnownCollection, storageFailure, type ServerContext, type SyncSocket } from './context.js';
 import { assertStorable } from './storable.js';
 
 export async function handlePush<User>(ctx: ServerContext<User>, socket: SyncSocket<User>, raw: unknown): Promise<PushReply> {
@@ -120,9 +120,7 @@ async function storedBlobs(ctx: ServerContext<any>, events: readonly SyncEvent[]
   try {
     return await ctx.blobs.stored([...digests]);
   } catch (error) {
-    ctx.emit('storage-error', { operation: 'read', error });
-    ctx.logger.error({ err: error }, 'the blob store failed to say which attachments it holds');
-    throw SyncError.from(error, 'STORAGE_ERROR');
+    throw storageFailure(ctx, 'read', 'the blob store failed to say which attachments it holds', error);
   }
 }
 
@@ -175,9 +173,7 @@ async function headsOf(ctx: ServerContext<any>, events: readonly SyncEvent[]): P
       for (const head of await ctx.storage.getHeads(collection, [...ids])) heads.set(head.collection, head.documentId, head);
     }
   } catch (error) {
-    ctx.emit('storage-error', { operation: 'read', error });
-    ctx.logger.error({ err: error }, 'storage failed to read document heads');
-    throw SyncError.from(error, 'STORAGE_ERROR');
+    throw storageFailure(ctx, 'read', 'storage failed to read document heads', error);
   }
   return heads;
 }
@@ -186,8 +182,6 @@ async function saveEvents(ctx: ServerContext<any>, events: IncomingEvent[]) {
   try {
     return await ctx.storage.saveEvents(events);
   } catch (error) {
-    ctx.emit('storage-error', { operation: 'save', error });
-    ctx.logger.error({ err: error }, 'storage failed to save events');
-    throw SyncError.from(error, 'STORAGE_ERROR');
+    throw storageFailure(ctx, 'save', 'storage failed to save events', error);
   }
 }
