@@ -13,7 +13,7 @@ import type { AttachmentMeta } from '../../shared/attachments.js';
 import { SyncError } from '../../shared/errors.js';
 import { BLOB_CHUNK_BYTES, MAX_BLOB_STATE_DIGESTS } from '../../shared/protocol/index.js';
 import type { PendingEntry } from '../documents.js';
-import { keepsAttachments, type NeededUpload, type WantedAttachment } from '../replication/attachments.js';
+import { attachmentKey, keepsAttachments, type NeededUpload, type WantedAttachment } from '../replication/attachments.js';
 import type { Transport } from '../transport.js';
 import { requestSync } from './schedule.js';
 import { requireReplicator, type EngineState } from './state.js';
@@ -91,11 +91,9 @@ export function createTransfers(): Transfers {
   return { transfers$: new BehaviorSubject<AttachmentTransfer[]>([]), uploads: new Map(), partials: new Map(), demanded: new Map() };
 }
 
-const keyOf = (wanted: Pick<WantedAttachment, 'collection' | 'documentId' | 'attachmentId'>) => `${wanted.collection}\u0000${wanted.documentId}\u0000${wanted.attachmentId}`;
-
 /** Shows a transfer's progress; a finished one leaves the list. */
 function show(state: EngineState, transfer: AttachmentTransfer): void {
-  const list = state.transfers.transfers$.value.filter((t) => !(t.direction === transfer.direction && keyOf(t) === keyOf(transfer)));
+  const list = state.transfers.transfers$.value.filter((t) => !(t.direction === transfer.direction && attachmentKey(t) === attachmentKey(transfer)));
   if (transfer.done < transfer.total) list.push(transfer);
   state.transfers.transfers$.next(list);
 }
@@ -292,7 +290,7 @@ async function downloadAll(state: EngineState, transport: Transport): Promise<bo
   const replicator = requireReplicator(state);
   for (let wanted = nextWanted(state); wanted; wanted = nextWanted(state)) {
     if (!transport.connected || state.closed) return false;
-    const key = keyOf(wanted);
+    const key = attachmentKey(wanted);
     try {
       const content = await downloadOne(state, transport, wanted);
       await state.queue.run(() => replicator.storeDownloaded(wanted!, content));
@@ -318,7 +316,7 @@ async function downloadAll(state: EngineState, transport: Transport): Promise<bo
 
 async function downloadOne(state: EngineState, transport: Transport, wanted: WantedAttachment): Promise<Blob> {
   const { digest, length, type } = wanted.meta;
-  const key = keyOf(wanted);
+  const key = attachmentKey(wanted);
   let partial = state.transfers.partials.get(key);
   if (!partial || partial.digest !== digest) {
     partial = { digest, parts: [], received: 0, hash: sha256.create() };
@@ -371,7 +369,7 @@ export function fetchAttachment(state: EngineState, collection: string, document
   if (!state.replicator || !state.transport?.connected) {
     return Promise.reject(new SyncError('NOT_CONNECTED', `attachment "${attachmentId}" of ${collection}/${documentId} is not downloaded yet, and this tab is not connected to the sync server to fetch it`));
   }
-  const key = keyOf({ collection, documentId, attachmentId });
+  const key = attachmentKey({ collection, documentId, attachmentId });
   const known = state.transfers.demanded.get(key);
   if (known) return known.promise;
   const book = state.replicator.attachments;

@@ -1,6 +1,7 @@
 /** Pushing the pending log, one batch at a time, and what a refused push leads to. */
 import { SyncError, type WireError } from '../../shared/errors.js';
 import { parseMessage, syncEventSchema, type PushOutcome } from '../../shared/protocol/index.js';
+import { documentKey } from '../replication/attachments.js';
 import { anyAttachments, prepareUploads } from './attachments.js';
 import type { PendingEntry } from '../documents.js';
 import type { Transport } from '../transport.js';
@@ -71,7 +72,7 @@ export function setAsideMissing(state: EngineState, batch: readonly PendingEntry
   const book = requireReplicator(state).attachments;
   batch.forEach((entry, i) => {
     const outcome = outcomes[i]!;
-    const doc = `${entry.event.collection}\u0000${entry.event.documentId}`;
+    const doc = documentKey(entry.event.collection, entry.event.documentId);
     if (typeof outcome === 'object' && outcome.status === 'rejected' && outcome.error.code === 'ATTACHMENT_MISSING') {
       for (const digest of (outcome.error.details as { digests?: string[] } | undefined)?.digests ?? []) book.onServer.delete(digest);
       waitingDocs.add(doc);

@@ -57,8 +57,10 @@ export function createAttachmentBook(): AttachmentBook {
   return { onServer: new Set(), held: new Set(), wanted: new Map(), wanted$: new Subject() };
 }
 
-const documentKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
-const wantedKey = (wanted: Omit<WantedAttachment, 'meta'>) => `${wanted.collection}\u0000${wanted.documentId}\u0000${wanted.attachmentId}`;
+/** A document's key in `held`. */
+export const documentKey = (collection: string, documentId: string) => `${collection}\u0000${documentId}`;
+/** An attachment's key in `wanted` (and in the engine's transfers). */
+export const attachmentKey = (at: Pick<WantedAttachment, 'collection' | 'documentId' | 'attachmentId'>) => `${documentKey(at.collection, at.documentId)}\u0000${at.attachmentId}`;
 
 export function isWaitingForUpload(state: ReplicationState, entry: PendingEntry): boolean {
   return state.attachments.held.size > 0 && state.attachments.held.has(documentKey(entry.event.collection, entry.event.documentId));
@@ -104,7 +106,7 @@ export function localAttachments(
 }
 
 function want(state: ReplicationState, wanted: WantedAttachment): void {
-  const key = wantedKey(wanted);
+  const key = attachmentKey(wanted);
   const known = state.attachments.wanted.get(key);
   if (known && known.meta.digest === wanted.meta.digest) return;
   state.attachments.wanted.set(key, wanted);
@@ -112,7 +114,7 @@ function want(state: ReplicationState, wanted: WantedAttachment): void {
 }
 
 export function forgetWanted(state: ReplicationState, wanted: WantedAttachment): void {
-  const key = wantedKey(wanted);
+  const key = attachmentKey(wanted);
   if (state.attachments.wanted.get(key)?.meta.digest === wanted.meta.digest) state.attachments.wanted.delete(key);
 }
 
