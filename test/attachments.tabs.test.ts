@@ -3,31 +3,20 @@
  * tab that does not lead gets a lazy attachment by asking it.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxStorage } from 'rxdb';
-import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
+import { addRxPlugin } from 'rxdb';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
 import { parsePlaceholder } from '../src/shared/attachments.js';
+import { openPhotoDevice, type PhotoDevice, type PhotoDeviceOptions } from './fixtures/photo-devices.js';
 import { startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
-import { photoSchema, type Photo } from './fixtures/photos.js';
 
 // Two tabs of one database in one process need ignoreDuplicate, which only dev-mode allows.
 disableWarnings();
 addRxPlugin(RxDBDevModePlugin);
-addRxPlugin(RxDBAttachmentsPlugin);
 
-
-
-interface Device {
-  db: RxDatabase<{ photos: RxCollection<Photo> }>;
-  photos: RxCollection<Photo>;
-  sync: SyncApi;
-}
-
-const devices: Device[] = [];
+const devices: PhotoDevice[] = [];
 let server: TestServer | undefined;
 
 afterEach(async () => {
@@ -36,11 +25,8 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function device(url: string, name: string, storage: RxStorage<any, any>, multiInstance: boolean, options: Partial<SyncPluginOptions> = {}): Promise<Device> {
-  const db = await createRxDatabase<{ photos: RxCollection<Photo> }>({ name, storage, multiInstance, ignoreDuplicate: multiInstance });
-  await db.addCollections({ photos: { schema: photoSchema } });
-  const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['photos'], logging: { enabled: false }, retry: { maxRetries: 50, retryDelay: 50, useExponentialBackoff: true }, ...options }));
-  const made = { db, photos: db.photos, sync };
+async function device(url: string, options: PhotoDeviceOptions): Promise<PhotoDevice> {
+  const made = await openPhotoDevice(url, options);
   devices.push(made);
   return made;
 }
@@ -50,11 +36,11 @@ const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest(
 describe('attachments across tabs', () => {
   it('a tab that does not lead gets a lazy attachment through the tab that does', async () => {
     server = await startServer();
-    const alice = await device(server.url, uniqueName('alice'), wrappedValidateAjvStorage({ storage: getRxStorageMemory() }), false);
+    const alice = await device(server.url, { storage: wrappedValidateAjvStorage({ storage: getRxStorageMemory() }) });
     const name = uniqueName('tabs');
     const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
-    const lazy = { attachments: { photos: { download: 'lazy' as const, eagerBelowBytes: 0 } } };
-    const tabs = [await device(server.url, name, storage, true, lazy), await device(server.url, name, storage, true, lazy)];
+    const tab = { storage, tabOf: name, attachments: { photos: { download: 'lazy' as const, eagerBelowBytes: 0 } } };
+    const tabs = [await device(server.url, tab), await device(server.url, tab)];
     await waitFor(() => tabs.some((tab) => tab.sync.getStatus().leader), 'a tab to lead', 20_000);
     const follower = tabs.find((tab) => !tab.sync.getStatus().leader)!;
     const content = randomBytes(40_000);

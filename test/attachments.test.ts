@@ -4,30 +4,17 @@
  * so that the same content is sent and stored once.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { addRxPlugin, createRxDatabase, type RxCollection, type RxDatabase, type RxStorage } from 'rxdb';
-import { RxDBAttachmentsPlugin } from 'rxdb/plugins/attachments';
-import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
-import { afterEach, describe, expect, it } from 'vitest';
-import { createSyncPlugin, type SyncApi, type SyncPluginOptions } from '../src/client/index.js';
+import type { RxCollection } from 'rxdb';
 import { firstValueFrom } from 'rxjs';
+import { afterEach, describe, expect, it } from 'vitest';
 import { parsePlaceholder } from '../src/shared/attachments.js';
 import { BLOB_CHUNK_BYTES, MESSAGE } from '../src/shared/protocol/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { rawSocket, request, startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
-import { photoSchema, type Photo } from './fixtures/photos.js';
+import { openPhotoDevice, type PhotoDevice, type PhotoDeviceOptions } from './fixtures/photo-devices.js';
+import type { Photo } from './fixtures/photos.js';
+import { rawSocket, request, startServer, waitFor, type TestServer } from './helpers.js';
 
-addRxPlugin(RxDBAttachmentsPlugin);
-
-
-
-interface Device {
-  db: RxDatabase<{ photos: RxCollection<Photo> }>;
-  photos: RxCollection<Photo>;
-  sync: SyncApi;
-}
-
-const quiet = { enabled: false } as const;
-const devices: Device[] = [];
+const devices: PhotoDevice[] = [];
 let server: TestServer | undefined;
 
 afterEach(async () => {
@@ -36,17 +23,8 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function device(url: string, options: Partial<SyncPluginOptions> & { tabOf?: { name: string; storage: RxStorage<any, any> } } = {}): Promise<Device> {
-  const { tabOf, ...syncOptions } = options;
-  const db = await createRxDatabase<{ photos: RxCollection<Photo> }>({
-    name: tabOf?.name ?? uniqueName('att'),
-    storage: tabOf?.storage ?? getRxStorageMemory(),
-    multiInstance: tabOf !== undefined,
-    ignoreDuplicate: tabOf !== undefined,
-  });
-  await db.addCollections({ photos: { schema: photoSchema } });
-  const sync = await db.addPlugin(createSyncPlugin({ serverUrl: url, collections: ['photos'], logging: quiet, retry: { maxRetries: 50, retryDelay: 50, useExponentialBackoff: true }, ...syncOptions }));
-  const made = { db, photos: db.photos, sync };
+async function device(url: string, options: PhotoDeviceOptions = {}): Promise<PhotoDevice> {
+  const made = await openPhotoDevice(url, options);
   devices.push(made);
   return made;
 }
