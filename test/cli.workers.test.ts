@@ -6,10 +6,12 @@
  * is killed is replaced while its clients move to the others and lose nothing.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import cluster from 'node:cluster';
 import { mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { keepPrimaryUp } from '../src/cli/cluster.js';
 import { contents, startClient, waitFor, type TestClient } from './helpers.js';
 
 const root = join(import.meta.dirname, '..');
@@ -61,6 +63,16 @@ function metric(text: string, name: string): number | undefined {
   return line === undefined ? undefined : Number(line.split(' ')[1]);
 }
 
+/** waitFor, failing with what the cluster printed: a primary's crash or a worker's error is the cause to see. */
+async function waitOn(cluster: Cluster, condition: () => boolean | Promise<boolean>, message: string, timeout: number): Promise<void> {
+  try {
+    await waitFor(condition, message, timeout);
+  } catch (error) {
+    const state = `primary ${cluster.child.exitCode ?? cluster.child.signalCode ?? 'running'}, workers ${JSON.stringify(workersOf(cluster.child.pid!))}`;
+    throw new Error(`${(error as Error).message} (${state}); the cluster printed:\n${cluster.output()}`);
+  }
+}
+
 async function client(url: string, options: Parameters<typeof startClient>[1] = {}): Promise<TestClient> {
   const started = await startClient(url, options);
   cleanups.push(() => started.close());
@@ -68,6 +80,29 @@ async function client(url: string, options: Parameters<typeof startClient>[1] = 
 }
 
 describe('serve --workers', () => {
+  it('keeps the primary up when a message goes to a worker that died and is not yet reported gone', async () => {
+    cluster.setupPrimary({ exec: join(import.meta.dirname, 'fixtures', 'idle-worker.cjs') });
+    const worker = cluster.fork();
+    cleanups.push(() => void worker.process.kill('SIGKILL'));
+    const warnings: unknown[] = [];
+    keepPrimaryUp(worker, { warn: (fields) => void warnings.push(fields) });
+    await new Promise((resolve) => worker.once('online', resolve));
+    const exited = new Promise((resolve) => worker.once('exit', resolve));
+    // Between the channel's close and the exit, the worker is still listed: sticky sends it a relayed
+    // request's abort then, with no callback. Unhandled, that failure is an 'error' that ends the process.
+    const sent = new Promise<boolean>((resolve) =>
+      worker.process.once('disconnect', () => {
+        const listed = cluster.workers?.[worker.id];
+        listed?.send({ type: 'sticky:abort', connectionId: 'x' });
+        resolve(listed !== undefined);
+      }),
+    );
+    worker.process.kill('SIGKILL');
+    expect(await sent).toBe(true);
+    await exited;
+    await waitFor(() => warnings.length === 1, 'the undelivered message to be logged', 10_000);
+  });
+
   it('runs the workers behind one port: live across workers, long polling, summed metrics, a killed worker replaced', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'workers-'));
     cleanups.push(() => rmSync(dir, { recursive: true, force: true }));
@@ -96,7 +131,7 @@ describe('serve --workers', () => {
 
     // A worker killed outright: its clients reconnect to the other, the primary starts a replacement, nothing is lost.
     process.kill(workers[0]!, 'SIGKILL');
-    await waitFor(() => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
+    await waitOn(cluster, () => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
     await alice.todos.insert({ id: 'a2', title: 'after the kill', done: false });
     await bob.todos.insert({ id: 'b2', title: 'after the kill', done: false });
     for (const each of [alice, bob, carol]) {
@@ -121,7 +156,7 @@ describe('serve --workers', () => {
       await waitFor(() => each.sync.getStatus().connected, `${name} to connect`, 20_000);
     }
     process.kill(workers[0]!, 'SIGKILL');
-    await waitFor(() => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
+    await waitOn(cluster, () => workersOf(cluster.child.pid!).filter((pid) => !workers.includes(pid)).length === 1, 'a replacement worker', 20_000);
     // The replacement has no clients yet and is still loading: sticky's least-connection would pick it, and the
     // connection would be lost until the client's connect timeout (10 s). And the primary, busy forking it, was
     // slow to let go of the sockets it handed over: reading on, it dropped the client's first frame (socket.io's

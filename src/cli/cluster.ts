@@ -100,6 +100,7 @@ export async function servePrimary(options: ServeOptions, workers: number): Prom
   const spawn = () => {
     const worker = cluster.fork();
     holdConnections(worker);
+    keepPrimaryUp(worker, logger);
     worker.on('message', (message: WorkerMessage) => onMessage(worker, message));
     worker.on('exit', (code, signal) => {
       if (stopping) return;
@@ -198,6 +199,19 @@ function holdConnections(worker: StickyWorker): void {
 /** Ready: counted from none, as no connection reached it before (sticky counts those the worker reports). */
 function takeConnections(worker: StickyWorker): void {
   if (worker.clientsCount === Number.POSITIVE_INFINITY) worker.clientsCount = 0;
+}
+
+/**
+ * A worker that dies closes its IPC channel a moment before node reports
+ * its exit, and stays in `cluster.workers` meanwhile. A message sent to it
+ * then fails; sent without a callback, as @socket.io/sticky sends the abort
+ * of a relayed request whose client went away, the failure is an 'error'
+ * event on the worker, and with no listener it crashed the primary: every
+ * worker and every connection gone because one worker died. The message
+ * was for a process that is gone; it is only logged.
+ */
+export function keepPrimaryUp(worker: Worker, logger: { warn(fields: object, message: string): void }): void {
+  worker.on('error', (error: Error) => logger.warn({ worker: worker.id, err: error }, 'a message to a worker was not delivered'));
 }
 
 /**
