@@ -92,7 +92,11 @@ const pullPageAck = fc
       ),
       checkpoint: fc.nat({ max: 2 ** 40 }),
       hasMore: fc.boolean(),
-    }),
+      // A scoped pull's page: its scopes, the documents that left, where its catch-up began.
+      scopes: fc.dictionary(collection, fc.jsonValue({ maxDepth: 2 }), { maxKeys: 2 }),
+      leaves: fc.array(fc.tuple(documentId, fc.nat({ max: 2 ** 40 })), { maxLength: 3 }),
+      start: fc.nat({ max: 2 ** 40 }),
+    }, { requiredKeys: ['ok', 'collections', 'nodes', 'events', 'checkpoint', 'hasMore'] }),
   );
 
 const liveMessage = fc.record({
