@@ -88,7 +88,7 @@ export async function pullScoped(state: EngineState, transport: Transport, name:
         // Confirmed live or by a push before the catch-up began: a page sends it again if it is in the scope.
         for (const [documentId, seq] of catchUp.documents) if (seq <= reply.start) catchUp.documents.delete(documentId);
       }
-      for (const event of reply.events) confirm(state, name, event.documentId, event.seq, true);
+      confirmPage(state, name, reply.events);
       // A first page from 0 names no leaves (nothing was sent yet): a version confirmed before it that
       // it read past and did not send is no longer in the scope (sent or left later, when it moved on).
       if (first && checkpoint === 0) {
@@ -154,6 +154,17 @@ export function confirm(state: EngineState, name: string, documentId: string, se
   if (!catchUp) return;
   catchUp.documents.set(documentId, Math.max(seq, catchUp.documents.get(documentId) ?? 0));
   state.confirming.set(name, catchUp);
+}
+
+/** confirm() for every event of a page, judged once for the page (a page of a first sync holds thousands). */
+function confirmPage(state: EngineState, name: string, events: readonly { documentId: string; seq: number }[]): void {
+  const first = events[0];
+  if (!first || !state.collections.has(name) || !pullsAsOfNothing(state, name)) return;
+  // The first as confirm() takes any: it starts the catch-up's record when there is none.
+  confirm(state, name, first.documentId, first.seq, true);
+  const documents = state.confirming.get(name)?.documents;
+  if (!documents) return;
+  for (const { documentId, seq } of events) documents.set(documentId, Math.max(seq, documents.get(documentId) ?? 0));
 }
 
 /** `start` for a scoped pull's message: the catch-up's, on every page after its first. */
