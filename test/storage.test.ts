@@ -100,6 +100,25 @@ describe('sqlite: group commit', () => {
   });
 });
 
+describe('sqlite: memory map', () => {
+  it('reads the file through a map of mmapBytes (256 MiB by default; 0 turns it off) and refuses a size below 0', async () => {
+    const { dir, path } = tempSqlitePath();
+    try {
+      for (const [options, expected] of [[{}, 256 * 1024 * 1024], [{ mmapBytes: 0 }, 0]] as const) {
+        const storage = new SqliteSyncStorage({ path, ...options });
+        await storage.init();
+        // The pragma is per connection: read through the storage's own.
+        const db = (storage as unknown as { db: InstanceType<typeof Database> }).db;
+        expect(db.pragma('mmap_size', { simple: true })).toBe(expected);
+        await storage.close();
+      }
+      expect(() => new SqliteSyncStorage({ path, mmapBytes: -1 })).toThrow(/mmapBytes/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('sqlite: scoped reads', () => {
   it('use the scope index for an equality scope, the sequence index for leaves, and the document index for what the reader held', async () => {
     const { dir, path } = tempSqlitePath();

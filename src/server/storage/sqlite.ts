@@ -18,6 +18,12 @@ export { scopedReadSql };
 const optionsSchema = z.strictObject({
   /** The database file; its directory is created when missing. `:memory:` for a throwaway database. */
   path: z.string().min(1),
+  /**
+   * How much of the file SQLite reads through a memory map (PRAGMA
+   * mmap_size) instead of a read call per page: 0 turns it off, as on a
+   * network filesystem. A scoped catch-up reads rows strewn over the file.
+   */
+  mmapBytes: z.number().int().nonnegative().default(256 * 1024 * 1024),
 });
 export type SqliteSyncStorageOptions = z.input<typeof optionsSchema>;
 
@@ -28,6 +34,7 @@ export type SqliteSyncStorageOptions = z.input<typeof optionsSchema>;
  */
 export class SqliteSyncStorage implements SyncStorage {
   private readonly path: string;
+  private readonly mmapBytes: number;
   /** better-sqlite3, an optional peer dependency: loaded when this storage is created. */
   private readonly driver: typeof Database;
   private db: Database.Database | undefined;
@@ -38,7 +45,7 @@ export class SqliteSyncStorage implements SyncStorage {
   private readonly sharedPages = new SharedPages();
 
   constructor(options: SqliteSyncStorageOptions) {
-    this.path = parseOptions(optionsSchema, options, 'SqliteSyncStorage').path;
+    ({ path: this.path, mmapBytes: this.mmapBytes } = parseOptions(optionsSchema, options, 'SqliteSyncStorage'));
     this.driver = requireOptional<typeof Database>('better-sqlite3', 'SqliteSyncStorage');
   }
 
@@ -192,7 +199,7 @@ export class SqliteSyncStorage implements SyncStorage {
     if (this.closed) throw new SyncError('STORAGE_ERROR', `SQLite storage ${this.path} is closed`);
     if (this.statements) return this.statements;
     try {
-      const db = openDatabase(this.driver, this.path);
+      const db = openDatabase(this.driver, this.path, this.mmapBytes);
       const statements = prepareStatements(db);
       this.writer = new GroupCommit(db, statements);
       this.statements = statements;

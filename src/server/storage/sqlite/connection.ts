@@ -5,13 +5,16 @@ import { SyncError } from '../../../shared/errors.js';
 import { SCHEMA } from './schema.js';
 
 /** Opens the database file (its directory made when missing) and creates the tables; throws what the driver threw. */
-export function openDatabase(driver: typeof Database, path: string): Database.Database {
+export function openDatabase(driver: typeof Database, path: string, mmapBytes: number): Database.Database {
   if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
   const db = new driver(path);
   // First: the workers of `serve --workers` open the file at once, and each waits its turn for the lock.
   db.pragma('busy_timeout = 5000');
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = FULL'); // an acknowledged push survives a power cut, not just a crash
+  // Pages read through a map, not a read call each: the 50,000 heads of a 5 % scope lie on as many pages of a
+  // 1,000,000-document file, and its first sync's reads took 500 ms that way against 360 ms mapped.
+  db.pragma(`mmap_size = ${mmapBytes}`);
   db.exec(SCHEMA);
   return db;
 }
