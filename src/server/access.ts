@@ -77,7 +77,7 @@ async function allowedBatch<User>(ctx: AccessContext<User>, authorizeRead: Autho
 }
 
 /** Whether `user` may read each event, in order: one `authorizeRead` call per collection, else `authorize` per event. */
-async function readVerdicts<User>(ctx: AccessContext<User>, user: User, events: readonly StoredEvent[]): Promise<boolean[]> {
+async function readVerdicts<User>(ctx: AccessContext<User>, user: User, events: readonly Pick<StoredEvent, 'collection' | 'data'>[]): Promise<boolean[]> {
   const verdicts = new Array<boolean>(events.length);
   const authorizeRead = ctx.authorizeRead;
   if (!authorizeRead) {
@@ -99,7 +99,7 @@ async function readVerdicts<User>(ctx: AccessContext<User>, user: User, events: 
 }
 
 /** The events `user` may read, stripped of sensitive fields; the others are left out. */
-export async function readable<User, E extends StoredEvent>(ctx: AccessContext<User>, user: User, events: E[]): Promise<E[]> {
+export async function readable<User, E extends Pick<StoredEvent, 'collection' | 'data'>>(ctx: AccessContext<User>, user: User, events: E[]): Promise<E[]> {
   // Nothing to check or strip: the common case of a pull, without a promise per event.
   if (!ctx.authorize && !ctx.authorizeRead && !ctx.redactor.active) return events;
   if (!ctx.authorize && !ctx.authorizeRead) return ctx.redactor.events(events);

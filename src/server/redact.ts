@@ -39,12 +39,12 @@ export class Redactor {
    * An event as a client may see it: no sensitive field in its data. (Patches
    * never leave the server: other clients get events as toRemoteEvent makes them.)
    */
-  event<E extends StoredEvent>(event: E): E {
+  event<E extends Pick<StoredEvent, 'collection' | 'data'>>(event: E): E {
     const data = this.document(event.collection, event.data);
     return data === event.data ? event : { ...event, data };
   }
 
-  events<E extends StoredEvent>(events: E[]): E[] {
+  events<E extends Pick<StoredEvent, 'collection' | 'data'>>(events: E[]): E[] {
     return events.map((event) => this.event(event));
   }
 

@@ -2,7 +2,7 @@
 import { expect } from 'vitest';
 import { formatHlc } from '../shared/hlc.js';
 import type { StoredEvent } from '../shared/protocol/index.js';
-import type { IncomingEvent, SaveResult, SyncStorage } from '../server/storage/types.js';
+import type { IncomingEvent, SaveResult, ScopedChange, SyncStorage } from '../server/storage/types.js';
 
 /** What a storage author's setup gives the suite, once per test. */
 export interface StorageUnderTest {
@@ -69,6 +69,19 @@ export function makeEvent(fields: EventFields): IncomingEvent {
 /** What storage must give back for an accepted event, apart from its server time. */
 export const stored = (event: IncomingEvent, seq: number) => ({ ...event, seq });
 export const withoutTime = (events: StoredEvent[]) => events.map(({ serverTime, ...rest }) => rest);
+/** What a scoped page holds of an event (see ScopedChange): a storage may give more, and the rest is not compared. */
+export const asChange = (event: Omit<IncomingEvent, 'baseEventId'>, seq: number, leave?: true) => ({
+  id: event.id,
+  collection: event.collection,
+  documentId: event.documentId,
+  op: event.op,
+  data: event.data,
+  hlc: event.hlc,
+  seq,
+  clientId: event.clientId,
+  ...(leave ? { leave } : {}),
+});
+export const changesOf = (changes: readonly ScopedChange[]) => changes.map((change) => asChange(change, change.seq, change.leave));
 export const ids = (events: { id: string }[]) => events.map((event) => event.id);
 
 /** A small deterministic generator (mulberry32), so randomized cases repeat exactly. */

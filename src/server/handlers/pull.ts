@@ -1,6 +1,6 @@
 /** Pulls: a page of the changes after a checkpoint, plain or in a scope, holding only what the user may read. */
 import { SyncError } from '../../shared/errors.js';
-import { parseMessage, pullMessageSchema, spanSet, toPullPage, type PullMessage, type PullPage, type StoredEvent } from '../../shared/protocol/index.js';
+import { parseMessage, pullMessageSchema, spanSet, toPullPage, type PullMessage, type PullPage, type RemoteEvent, type StoredEvent } from '../../shared/protocol/index.js';
 import { matchesScope, parseScope, sameScope, toSelector } from '../../shared/scope.js';
 import { readable } from '../access.js';
 import { effectiveScope, mayBeScoped, type SocketScopes } from '../scopes.js';
@@ -79,7 +79,7 @@ async function scopedPull<User>(
   const hasMore = page.length >= limit || page.cutByBytes === true;
   if (page.through < message.checkpoint) throw new SyncError('STORAGE_ERROR', `storage moved a scoped reader back from ${message.checkpoint} to ${page.through}`);
   socket.data.checkpoint = page.through;
-  let rows: StoredEvent[] = [];
+  let rows: RemoteEvent[] = [];
   const leaves: [string, number][] = [];
   for (const change of page) {
     if (change.leave) leaves.push([change.documentId, change.seq]);

@@ -80,11 +80,17 @@ export interface ScopedSql {
    * lookup per candidate).
    */
   headBytes?: string;
+  /**
+   * The head's columns that make its change (`id, collection, document_id,
+   * op, data, hlc, client_id`), where the heads table holds them all: each
+   * row is then the change itself, and no event is looked up for it.
+   */
+  change?: string;
 }
 
 /**
  * The candidate rows of a scoped read, as `seq, leave, bytes` (bytes 0 for a
- * leave), in two arms:
+ * leave) and, where the storage names them, the columns of the change, in two arms:
  * - sends: heads after K in the scope (the scope's index and the sequence
  *   bound it), less those the reader held at C;
  * - leaves: heads after L out of the scope (the sequence index: heads
@@ -117,6 +123,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   // Where a NOT or an OR applies, an unknown (a missing field) must count as false.
   const surely = (scope: Scope, column: string) => `COALESCE(${matches(scope, column)}, FALSE)`;
   const { heads, events } = sql;
+  const change = sql.change ? `, ${sql.change}` : '';
 
   // Each arm reads one table (the size is looked up, not joined): SQLite then merges the arms in sequence order.
   // A scope with $in is read as one arm per value: each an equality the scope's index answers in sequence order
@@ -125,7 +132,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   // them out would cost in proportion to what is held, not to what moves in.
   const sendArm = (scope: Scope) => {
     const allHeld = checkpoint < held && scopeImplies(scope, query.held.scope);
-    let arm = `SELECT h.seq AS seq, FALSE AS leave, ${sql.headBytes ?? `(SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq)`} AS bytes FROM ${heads} h
+    let arm = `SELECT h.seq AS seq, FALSE AS leave, ${sql.headBytes ?? `(SELECT e.data_bytes FROM ${events} e WHERE e.seq = h.seq)`} AS bytes${change} FROM ${heads} h
     WHERE h.collection = ${collection} AND h.seq > ${allHeld ? l() : k()} AND ${matches(scope, 'h.data')}`;
     if (checkpoint < held && !allHeld) arm += ` AND NOT (h.seq <= ${c()} AND ${surely(query.held.scope, 'h.data')})`;
     return arm;
@@ -141,7 +148,7 @@ export function scopedRowsSql(sql: ScopedSql, checkpoint: number, query: ScopedQ
   const limit = scopedLimit(query.limit);
   const nth = bound(limit === undefined ? 0 : Math.max(0, limit - 1));
   const lastSend = limit === undefined ? '' : ` AND h.seq <= COALESCE((SELECT s.seq FROM (${sends}) s ORDER BY s.seq LIMIT 1 OFFSET ${nth()}), ${Number.MAX_SAFE_INTEGER})`;
-  const leaves = `SELECT h.seq AS seq, TRUE AS leave, 0 AS bytes FROM ${heads} h
+  const leaves = `SELECT h.seq AS seq, TRUE AS leave, 0 AS bytes${change} FROM ${heads} h
     WHERE ${sql.unindexed('h.collection')} = ${collection} AND h.seq > ${leavesAfter()}${lastSend} AND NOT ${surely(query.scope, 'h.data')}
       AND (EXISTS (SELECT 1 FROM ${events} x WHERE ${sameDocument('x')} AND x.seq < h.seq
             AND x.seq >= COALESCE((SELECT w.seq FROM ${events} w WHERE ${sameDocument('w')} AND w.seq <= ${c()} ORDER BY w.seq DESC LIMIT 1), 0)

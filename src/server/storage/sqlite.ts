@@ -9,7 +9,7 @@ import { openDatabase, storageError } from './sqlite/connection.js';
 import { GroupCommit } from './sqlite/group-commit.js';
 import { SharedPages, readChangesPage } from './sqlite/pages.js';
 import { scopeIndexes } from './sqlite/schema.js';
-import { ScopedStatements, decodeEvent, decodeHead, encodeEvent, prepareStatements, scopedReadSql, type CandidateRow, type EncodedEvent, type Statements } from './sqlite/statements.js';
+import { ScopedStatements, decodeChange, decodeEvent, decodeHead, encodeEvent, prepareStatements, scopedReadSql, type CandidateRow, type EncodedEvent, type Statements } from './sqlite/statements.js';
 import type { ChangesPage, EventQuery, IncomingEvent, SaveResult, ScopedChange, ScopedPage, ScopedQuery, SyncStorage } from './types.js';
 import { requireOptional } from '../optional.js';
 
@@ -105,7 +105,7 @@ export class SqliteSyncStorage implements SyncStorage {
         const latest = statements.latest.get()?.seq ?? 0;
         const { sql, params: bound } = scopedReadSql(checkpoint, query, latest);
         const candidates = this.scopedStatements.get(this.db!, sql);
-        // Where the page ends, from sequences and sizes alone (leaves count no bytes); then its events.
+        // Each row is a head's change; the page ends where the sizes say (leaves count no bytes).
         const chosen: CandidateRow[] = [];
         let bytes = 0;
         let cut = false;
@@ -119,8 +119,7 @@ export class SqliteSyncStorage implements SyncStorage {
           }
           chosen.push(row);
         }
-        const events = chosen.length === 0 ? [] : statements.eventsBySeq.all(JSON.stringify(chosen.map((row) => row.seq)));
-        const changes = events.map((row, i): ScopedChange => (chosen[i]!.leave ? { ...decodeEvent(row), leave: true } : decodeEvent(row)));
+        const changes = chosen.map(decodeChange);
         return scopedPage(changes, cut, scopedThrough(changes, cut, limit, checkpoint, latest));
       })(),
     );

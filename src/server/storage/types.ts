@@ -1,4 +1,4 @@
-import type { DocumentHead, StoredEvent, SyncEvent } from '../../shared/protocol/index.js';
+import type { DocumentHead, RemoteEvent, StoredEvent, SyncEvent } from '../../shared/protocol/index.js';
 import type { Scope } from '../../shared/scope.js';
 
 /**
@@ -71,8 +71,14 @@ export interface ScopedQuery {
   maxBytes?: number;
 }
 
-/** A head that left the reader's scope: the reader removes the document (its data is not sent). */
-export type ScopedChange = StoredEvent & { leave?: true };
+/**
+ * A head of a scoped page, as a catch-up sends it: its event without the
+ * patch, base and server time, which a reader catching up has no use for (a
+ * patch is relative to a base it may never have held), so that a storage
+ * may read a page from its heads alone. Marked `leave` when it left the
+ * reader's scope: the reader removes the document (its data is not sent).
+ */
+export type ScopedChange = RemoteEvent & { leave?: true };
 
 /**
  * What getScopedChanges answers: changes and leaves in sequence order, and

@@ -75,7 +75,7 @@ export type PullPage = z.infer<typeof pullPageSchema>;
 export type PullReply = Pick<PullPage, 'checkpoint' | 'hasMore' | 'scopes' | 'leaves' | 'start'> & { events: RemoteEvent[] };
 
 /** Events as a pull page lists them (see pullPageSchema). */
-export function toPullPage(events: readonly StoredEvent[]): Pick<PullPage, 'collections' | 'nodes' | 'events'> {
+export function toPullPage(events: readonly RemoteEvent[]): Pick<PullPage, 'collections' | 'nodes' | 'events'> {
   const collections: string[] = [];
   const nodes: string[] = [];
   const collectionIndex = new Map<string, number>();

@@ -5,7 +5,7 @@ import { matchesScope, parseScope, type ScopeSelector } from '../../shared/scope
 import { documentBytes } from '../../server/storage/size.js';
 import type { ScopedPage, ScopedQuery, SyncStorage } from '../../server/storage/types.js';
 import { readerScenario, scopedScenario, SCOPE_FIELDS, playSteps } from '../arbitraries.js';
-import { FC_SEED, ids, stored, withoutTime, type Conformance, type Data } from '../harness.js';
+import { FC_SEED, asChange, changesOf, ids, type Conformance, type Data } from '../harness.js';
 import { ScopedHistory, ScopedReader, scopedQuery, summary } from '../scoped-model.js';
 
 export function scopedReadTests(t: Conformance): void {
@@ -35,7 +35,7 @@ export function scopedReadTests(t: Conformance): void {
       const inScope = ['a1', 'a2', 'a3'].map((id) => h.head(id)!);
 
       const all = await expectPage(h, 0, scopedQuery(0, { crewId: 'a' }));
-      expect(withoutTime(all)).toEqual(inScope.map((w) => stored(w.event, w.seq)));
+      expect(changesOf(all)).toEqual(inScope.map((w) => asChange(w.event, w.seq)));
       expect(all.some((change) => 'leave' in change)).toBe(false);
       expect(all.through).toBe(h.latest());
       expect(all.cutByBytes ?? false).toBe(false);
@@ -100,7 +100,7 @@ export function scopedReadTests(t: Conformance): void {
         ['gone', 'delete', false],
       ]);
       // A leave is the head event itself, marked.
-      expect(withoutTime([page[0]!])).toEqual([{ ...stored(h.head('a1')!.event, h.head('a1')!.seq), leave: true }]);
+      expect(changesOf([page[0]!])).toEqual([asChange(h.head('a1')!.event, h.head('a1')!.seq, true)]);
       expect(page.through).toBe(h.latest());
       // Caught up: nothing more, and the checkpoint stays.
       const after = await expectPage(h, page.through, scopedQuery(page.through, { crewId: 'a' }));

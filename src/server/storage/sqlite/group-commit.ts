@@ -74,6 +74,7 @@ function saveOne(statements: Statements, event: EncodedEvent): SaveResult {
     deleted: event.op === 'delete' ? 1 : 0,
     hlc: event.hlc,
     client_id: event.client_id,
+    op: event.op,
   });
   return { id: event.id, status: 'accepted', seq };
 }

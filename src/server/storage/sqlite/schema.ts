@@ -32,6 +32,8 @@ export const SCHEMA = `
     deleted INTEGER NOT NULL,
     hlc TEXT NOT NULL,
     client_id TEXT NOT NULL,
+    -- The head event's operation: with it, a scoped page is read from heads alone (see ScopedSql.change).
+    op TEXT NOT NULL,
     PRIMARY KEY (collection, document_id)
   ) WITHOUT ROWID;
   CREATE INDEX IF NOT EXISTS heads_seq ON heads (seq);

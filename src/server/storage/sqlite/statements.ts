@@ -1,10 +1,11 @@
 import type Database from 'better-sqlite3';
+import type { Operation } from '../../../shared/protocol/index.js';
 import type { SqlDialect } from '../../../shared/scope.js';
 import { EVENT_COLUMNS, HEAD_COLUMNS, rowDecoders, type EventRow as EventColumns, type HeadRow as HeadColumns } from '../rows.js';
 import type { HeadReader } from '../save.js';
 import { assertScopeField, scopedLimit, scopedRowsSql, sqlString, type ScopedSql } from '../scoped.js';
 import { jsonTextBytes } from '../size.js';
-import type { IncomingEvent, ScopedQuery } from '../types.js';
+import type { IncomingEvent, ScopedChange, ScopedQuery } from '../types.js';
 
 /** Rows as better-sqlite3 gives them: JSON as text, integers as numbers, booleans as 0 or 1. */
 export type EventRow = EventColumns<string, number>;
@@ -21,11 +22,25 @@ export interface SizeRow {
   seq: number;
   bytes: number;
 }
-/** A candidate row of a scoped read (see scopedReadSql). */
+/** A row of a scoped read (see scopedReadSql): the head's change, whether it is a leave, and its size. */
 export interface CandidateRow {
   seq: number;
   leave: number;
   bytes: number;
+  id: string;
+  collection: string;
+  document_id: string;
+  op: Operation;
+  data: string;
+  hlc: string;
+  client_id: string;
+}
+
+/** The change of a scoped read's row. */
+export function decodeChange(row: CandidateRow): ScopedChange {
+  const change: ScopedChange = { id: row.id, collection: row.collection, documentId: row.document_id, op: row.op, data: JSON.parse(row.data) as ScopedChange['data'], hlc: row.hlc, seq: row.seq, clientId: row.client_id };
+  if (row.leave) change.leave = true;
+  return change;
 }
 /** An incoming event with its JSON already encoded, so a bad event fails only its own call. */
 export type EncodedEvent = Omit<EventRow, 'seq' | 'server_time'> & { data_bytes: number };
@@ -56,14 +71,13 @@ export interface Statements {
   head: Database.Statement<[string, string], HeadRow>;
   heads: Database.Statement<[string, string], HeadRow>;
   insertEvent: Database.Statement<EncodedEvent & { server_time: number }, unknown>;
-  upsertHead: Database.Statement<HeadRow, unknown>;
+  upsertHead: Database.Statement<HeadRow & { op: Operation }, unknown>;
   eventsAfter: Database.Statement<{ after: number; limit: number }, EventRow>;
   eventsAfterIn: Database.Statement<{ after: number; limit: number; collections: string }, EventRow>;
   changesAfter: Database.Statement<{ after: number; through: number; limit: number }, EventRow>;
   changesAfterIn: Database.Statement<{ after: number; through: number; limit: number; collections: string }, EventRow>;
   changeSizes: Database.Statement<{ after: number; limit: number }, SizeRow>;
   changeSizesIn: Database.Statement<{ after: number; limit: number; collections: string }, SizeRow>;
-  eventsBySeq: Database.Statement<[string], EventRow>;
   claim: Database.Statement<[string, string], unknown>;
   owner: Database.Statement<[string], { user_key: string }>;
   rememberCleared: Database.Statement<[number], unknown>;
@@ -86,10 +100,10 @@ export function prepareStatements(db: Database.Database): Statements {
       `INSERT INTO events (id, collection, document_id, op, data_bytes, data, patch, base_event_id, hlc, client_id, server_time)
        VALUES (@id, @collection, @document_id, @op, @data_bytes, @data, @patch, @base_event_id, @hlc, @client_id, @server_time)`,
     ),
-    upsertHead: db.prepare<HeadRow>(
-      `INSERT INTO heads (${HEAD_COLUMNS}) VALUES (@collection, @document_id, @seq, @event_id, @data, @deleted, @hlc, @client_id)
+    upsertHead: db.prepare<HeadRow & { op: Operation }>(
+      `INSERT INTO heads (${HEAD_COLUMNS}, op) VALUES (@collection, @document_id, @seq, @event_id, @data, @deleted, @hlc, @client_id, @op)
        ON CONFLICT (collection, document_id) DO UPDATE SET seq = excluded.seq, event_id = excluded.event_id,
-         data = excluded.data, deleted = excluded.deleted, hlc = excluded.hlc, client_id = excluded.client_id`,
+         data = excluded.data, deleted = excluded.deleted, hlc = excluded.hlc, client_id = excluded.client_id, op = excluded.op`,
     ),
     eventsAfter: db.prepare<{ after: number; limit: number }, EventRow>(
       `${eventsAfter} ORDER BY seq LIMIT @limit`,
@@ -114,8 +128,6 @@ export function prepareStatements(db: Database.Database): Statements {
       `SELECT h.seq AS seq, e.data_bytes AS bytes FROM heads h JOIN events e ON e.seq = h.seq
        WHERE h.seq > @after AND +h.collection IN (SELECT value FROM json_each(@collections)) ORDER BY h.seq LIMIT @limit`,
     ),
-    // The events of a scoped page, once its rows are chosen.
-    eventsBySeq: db.prepare<[string], EventRow>(`SELECT ${EVENT_COLUMNS} FROM events WHERE seq IN (SELECT value FROM json_each(?)) ORDER BY seq`),
     claim: db.prepare<[string, string]>('INSERT INTO clients (client_id, user_key) VALUES (?, ?) ON CONFLICT (client_id) DO NOTHING'),
     owner: db.prepare<[string], { user_key: string }>('SELECT user_key FROM clients WHERE client_id = ?'),
     // Superseded events only: a head event is the document's current version (or its tombstone).
@@ -157,6 +169,9 @@ const SCOPED_SQL: ScopedSql = {
   unindexed: (expression) => `+${expression}`,
   // A head keeps its event's JSON text: its UTF-8 length is the size kept beside the event, without reading the event.
   headBytes: 'length(CAST(h.data AS BLOB))',
+  // A page of a 5 % scope of 1,000,000 documents read its heads, then their events, each on a page of the file
+  // of its own: reading the heads alone took 370 ms for the 50,000, against 580.
+  change: 'h.event_id AS id, h.collection AS collection, h.document_id AS document_id, h.op AS op, h.data AS data, h.hlc AS hlc, h.client_id AS client_id',
 };
 /**
  * The statement of a scoped read's candidate rows (seq, leave, bytes) and
