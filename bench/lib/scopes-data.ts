@@ -100,6 +100,14 @@ export function makeAsset(layout: Layout, i: number): Asset {
   };
 }
 
+/** The assets of `crew`, in id order (only they are made). */
+export function crewAssets(layout: Layout, crew: string): Asset[] {
+  const index = layout.crews.indexOf(crew);
+  const assets: Asset[] = [];
+  for (let i = 0; i < layout.total; i++) if (layout.crewOf[i] === index) assets.push(makeAsset(layout, i));
+  return assets;
+}
+
 const SEED_WRITERS = 8;
 
 /**
