@@ -165,6 +165,17 @@ const cases = [
   { name: 'live message', quick: isLiveMessage, schema: liveMessageSchema as z.ZodType, valid: liveMessage as fc.Arbitrary<unknown> },
 ];
 
+describe('quick check of a scoped pull page', () => {
+  it('leaves to the schema a page whose scopes are binary or a date, which have no keys to refuse', () => {
+    const page = { ok: true, collections: [], nodes: [], events: [], checkpoint: 0, hasMore: false };
+    expect(isPullPageAck({ ...page, scopes: { todos: { crewId: 'c7' } } })).toBe(true);
+    for (const scopes of [Buffer.alloc(0), new ArrayBuffer(0), new Uint8Array(0), new Date(0)]) {
+      expect(isPullPageAck({ ...page, scopes })).toBe(false);
+      expect(ackSchema(pullPageSchema).safeParse({ ...page, scopes }).success).toBe(false);
+    }
+  });
+});
+
 describe('quick checks of the bulk messages', () => {
   for (const { name, quick, schema, valid } of cases) {
     describe(name, () => {

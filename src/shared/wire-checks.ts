@@ -75,6 +75,13 @@ export function isStoredPushAck(value: unknown): boolean {
   return true;
 }
 
+/** An object as zod's record takes it: no Buffer, ArrayBuffer or Date (socket.io may decode binary as one), which has no keys to refuse. */
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (!isJsonObject(value)) return false;
+  const prototype = Object.getPrototypeOf(value) as unknown;
+  return prototype === Object.prototype || prototype === null;
+}
+
 const PAGE_KEYS = ['ok', 'collections', 'nodes', 'events', 'checkpoint', 'hasMore'];
 /** What a scoped pull's page adds (see pullPageSchema). */
 const SCOPED_PAGE_KEYS = new Set(['scopes', 'leaves', 'start']);
@@ -89,7 +96,7 @@ export function isPullPageAck(value: unknown): boolean {
   const extra = Object.keys(value).filter((key) => !PAGE_KEYS.includes(key));
   if (Object.keys(value).length - extra.length !== PAGE_KEYS.length || !extra.every((key) => SCOPED_PAGE_KEYS.has(key))) return false;
   if (Object.hasOwn(value, 'start') && !isCount(value.start)) return false;
-  if (Object.hasOwn(value, 'scopes') && !(isJsonObject(value.scopes) && Object.keys(value.scopes).every(isCollectionName))) return false;
+  if (Object.hasOwn(value, 'scopes') && !(isPlainObject(value.scopes) && Object.keys(value.scopes).every(isCollectionName))) return false;
   if (Object.hasOwn(value, 'leaves')) {
     const leaves = value.leaves;
     if (!Array.isArray(leaves)) return false;
