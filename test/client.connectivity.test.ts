@@ -96,6 +96,31 @@ describe('a link that drops without closing', () => {
   });
 });
 
+describe('a long-polling link that drops without closing', () => {
+  it('gives up its unsent writes with the connection: the client is back once the link returns', async () => {
+    server = await startServer({ heartbeatInterval: 200 });
+    proxy = await linkProxy(server.port);
+    const client = await startClient(proxy.url, {
+      useWebSockets: false,
+      syncInterval: 100,
+      heartbeatTimeout: 1000,
+      requestTimeout: 1000,
+      retry: { maxRetries: 5, retryDelay: 100, maxDelay: 300, useExponentialBackoff: true },
+    });
+    clients.push(client);
+    await waitFor(() => client.sync.getStatus().connected, 'the client to connect');
+
+    proxy.cut();
+    // A push that cannot be sent: engine.io's close waited for it to drain, until its own ping timeout.
+    await client.todos.insert({ id: 'in-the-tunnel', title: 'written while the link is dead', done: false });
+    await waitFor(() => !client.sync.getStatus().connected, 'the client to take the link for dead', 8000);
+
+    proxy.restore();
+    await waitFor(() => client.sync.getStatus().connected, 'the client to be back', 8000);
+    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write made in the tunnel to arrive', 8000);
+  });
+});
+
 describe("the browser's network events", () => {
   /** Stands in for `window` in Node: the client listens on globalThis when it can. */
   function fakeWindow() {

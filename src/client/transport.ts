@@ -297,8 +297,12 @@ export class Transport {
     this.waiters.clear();
     const state = this.socket.io._readyState;
     if (state === 'open') {
-      // Closing the engine ends in 'disconnect', which schedules the next attempt.
-      this.socket.io.engine.close();
+      // Closing the engine ends in 'disconnect', which schedules the next attempt. engine.io waits for
+      // what it has not written yet to drain first, which on a long-polling link that went silent comes
+      // only with its own ping timeout (about 17 s): dropped, as the requests it carried were just failed.
+      const engine = this.socket.io.engine;
+      engine.writeBuffer.length = 0;
+      engine.close();
     } else {
       // Still opening (socket.io's manager would wait out its own 20 s connect timeout) or closed:
       // given up here, and the backoff takes over.
