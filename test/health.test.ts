@@ -3,16 +3,17 @@
  * traffic, and the command line's answers to bad arguments.
  */
 import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { register as globalRegistry } from 'prom-client';
-import type { Socket } from 'socket.io-client';
+import { io, type Socket } from 'socket.io-client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HybridLogicalClock } from '../src/shared/hlc.js';
-import { MESSAGE, toPushRows, type PushReply, type SyncEvent } from '../src/shared/protocol/index.js';
+import { MESSAGE, PROTOCOL_VERSION, toPushRows, type PushReply, type SyncEvent, type WelcomeMessage } from '../src/shared/protocol/index.js';
 import { MemorySyncStorage, attachHealthAndMetrics, createSyncServer, type HealthReport } from '../src/server/index.js';
 import { main } from '../src/cli/program.js';
 import { serve } from '../src/cli/serve.js';
@@ -265,6 +266,8 @@ describe('command line', () => {
     [['serve', '--log-level', 'loud'], /Allowed choices are fatal, error, warn, info, debug, trace, silent/],
     [['serve', '--static', 'no/such/dir'], /--static no\/such\/dir: no index\.html/],
     [['serve', '--bogus'], /unknown option '--bogus'/],
+    [['serve', '--max-attachment-bytes', '0'], /expected a size of at least 1 byte, such as 50MiB, 200MB or 1048576, got "0"/],
+    [['serve', '--attachment-quota', '5 parsecs'], /got "5 parsecs"/],
     [['launch'], /unknown command 'launch'/],
     [[], /Usage: rxdb-offline-sync/],
   ])('refuses %j with a clear message and exit code 2', async (args, message) => {
@@ -278,6 +281,34 @@ describe('command line', () => {
     const { code, stdout } = await runCliInProcess(['serve', '--help']);
     expect(code).toBe(0);
     for (const flag of ['--port', '--storage', '--redis', '--log-level', '--static']) expect(stdout).toContain(flag);
+  });
+
+  it('holds attachments to --max-attachment-bytes and each user to --attachment-quota', async () => {
+    let running: Awaited<ReturnType<typeof serve>> | undefined;
+    const code = await main(
+      ['node', 'rxdb-offline-sync', 'serve', '--port', '0', '--host', '127.0.0.1', '--storage', 'memory', '--log-level', 'silent', '--max-attachment-bytes', '4KiB', '--attachment-quota', '3KiB'],
+      { stdout: () => undefined, stderr: () => undefined, onStarted: (server) => (running = server) },
+    );
+    expect(code).toBeUndefined();
+    const socket = io(running!.url, { transports: ['websocket'], reconnection: false, autoConnect: false, auth: { protocolVersion: PROTOCOL_VERSION, clientId: 'cli-attachments' } });
+    try {
+      const welcome = new Promise<WelcomeMessage>((resolve, reject) => {
+        socket.once(MESSAGE.welcome, resolve);
+        socket.once('connect_error', reject);
+      });
+      socket.connect();
+      expect((await welcome).limits.maxAttachmentBytes).toBe(4096);
+      // Within the size limit, over the quota: refused before anything is stored.
+      const bytes = randomBytes(3500);
+      const digest = createHash('sha256').update(bytes).digest('hex');
+      const reply = (await socket.emitWithAck(MESSAGE.blobUpload, { digest, length: bytes.length, offset: 0, bytes })) as { ok: boolean; error?: { code: string; details?: unknown } };
+      expect(reply.ok).toBe(false);
+      expect(reply.error).toMatchObject({ code: 'ATTACHMENT_TOO_LARGE', details: { quota: true, limit: 3072 } });
+      expect(await running!.syncServer!.getBlobStore()!.stored([digest])).toEqual(new Map());
+    } finally {
+      socket.close();
+      await running?.close();
+    }
   });
 
   it('serves, prints its URL, answers health and stops cleanly on SIGTERM', async () => {

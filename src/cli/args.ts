@@ -15,6 +15,19 @@ export function parsePort(value: string): number {
   return port;
 }
 
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, KB: 1e3, MB: 1e6, GB: 1e9, KIB: 2 ** 10, MIB: 2 ** 20, GIB: 2 ** 30 };
+
+/** A size in bytes: a whole number, optionally with a unit (KB, MB, GB; KiB, MiB, GiB), e.g. `50MiB`. */
+export function parseBytes(value: string): number {
+  const match = /^(\d+)\s*([a-z]*)$/i.exec(value.trim());
+  const unit = match ? SIZE_UNITS[match[2]!.toUpperCase()] : undefined;
+  const bytes = match && unit !== undefined ? Number(match[1]) * unit : Number.NaN;
+  if (!Number.isSafeInteger(bytes) || bytes < 1) {
+    throw new InvalidArgumentError(`expected a size of at least 1 byte, such as 50MiB, 200MB or 1048576, got "${value}".`);
+  }
+  return bytes;
+}
+
 /** A count of server processes, or `auto` for one per core. */
 export function parseWorkers(value: string): number {
   if (value === 'auto') return availableParallelism();

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Command, CommanderError, Option } from 'commander';
-import { describeStorage, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, parseWorkers, type StorageSpec } from './args.js';
+import { describeStorage, parseBytes, parseCorsOrigin, parsePort, parseRedisUrl, parseStorage, parseWorkers, type StorageSpec } from './args.js';
 import type { CliLogLevel, RunningServer, ServeOptions } from './serve.js';
 
 export const EXIT_USAGE = 2;
@@ -18,6 +18,8 @@ interface ServeFlags {
   corsOrigin?: string | string[];
   authToken?: string;
   workers: number;
+  maxAttachmentBytes: number;
+  attachmentQuota?: number;
 }
 
 class UsageError extends Error {}
@@ -62,6 +64,17 @@ export function createProgram(io: CliIo = defaultIo): Command {
     .addOption(new Option('--cors-origin <origins>', 'allow socket.io connections from these origins ("*" or a comma-separated list)').argParser(parseCorsOrigin))
     .addOption(new Option('--auth-token <token>', 'accept only clients that present this token (authToken on the client)').env('SYNC_AUTH_TOKEN'))
     .addOption(
+      new Option('--max-attachment-bytes <size>', 'the largest attachment taken, e.g. 20MiB; larger ones are refused')
+        .default(100 * 2 ** 20, '100MiB')
+        .env('SYNC_MAX_ATTACHMENT_BYTES')
+        .argParser(parseBytes),
+    )
+    .addOption(
+      new Option('--attachment-quota <size>', 'the attachments each user may store, e.g. 1GiB (with --auth-token, all clients are one user); default: no quota')
+        .env('SYNC_ATTACHMENT_QUOTA')
+        .argParser(parseBytes),
+    )
+    .addOption(
       new Option('-w, --workers <n>', 'server processes sharing the port, e.g. one per core ("auto"); needs sqlite or postgres storage')
         .default(1)
         .env('SYNC_WORKERS')
@@ -89,6 +102,8 @@ export function createProgram(io: CliIo = defaultIo): Command {
         ...(flags.static ? { staticDir: flags.static } : {}),
         ...(flags.corsOrigin ? { corsOrigin: flags.corsOrigin } : {}),
         ...(flags.authToken ? { authToken: flags.authToken } : {}),
+        maxAttachmentBytes: flags.maxAttachmentBytes,
+        ...(flags.attachmentQuota !== undefined ? { attachmentQuota: flags.attachmentQuota } : {}),
         ...io.serveWith,
       };
       if (cluster.isClusterWorker()) {

@@ -30,6 +30,10 @@ export interface ServeOptions {
   corsOrigin?: string | string[];
   /** When set, only clients presenting this token may connect. */
   authToken?: string;
+  /** The largest attachment taken, in bytes (the sync server's default when absent). */
+  maxAttachmentBytes?: number;
+  /** The bytes of attachments each user may store; no quota when absent. */
+  attachmentQuota?: number;
   /** In code only (no flag): the sync server's `authenticate`, in place of `authToken`. */
   authenticate?: Authenticate<unknown>;
   /** In code only (no flag): the sync server's `authorize`. */
@@ -235,6 +239,8 @@ export async function serve(options: ServeOptions): Promise<RunningServer> {
           ? { authenticate: (_socket, token) => (token === options.authToken ? { token: 'shared' } : null) }
           : {}),
       ...(options.authorize ? { authorize: options.authorize } : {}),
+      ...(options.maxAttachmentBytes !== undefined ? { maxAttachmentBytes: options.maxAttachmentBytes } : {}),
+      ...(options.attachmentQuota !== undefined ? { attachmentQuota: () => options.attachmentQuota } : {}),
     });
     const endpoints = createHealthAndMetrics(syncServer, options.clusterWorker ? { metricsPath: false } : {});
     const metricsOfCluster = options.clusterWorker ? clusterMetrics(endpoints.metrics.registry) : undefined;
