@@ -266,6 +266,29 @@ describe('manual and custom', () => {
   });
 });
 
+describe('a custom function that leaves a conflict to the user', () => {
+  it("'manual' keeps the conflict as the manual strategy does, with no error; other conflicts it settles", async () => {
+    // Titles edited on both sides go to the user; anything else merges as the function says.
+    const { a, b } = await pair(({ local, remote, base: agreed }) =>
+      local.data.title !== agreed?.data.title && remote!.data.title !== agreed?.data.title ? 'manual' : { ...remote!.data, done: local.data.done },
+    );
+    await keepConflict(a, b);
+    const [conflict] = b.sync.getConflicts();
+    expect(conflict).toMatchObject({ documentId: 'd', local: { data: { title: 'from b' } }, remote: { data: { title: 'from a' } } });
+    expect(conflict!.reason).toBeUndefined();
+    expect(b.sync.getStatus().error).toBeNull();
+    expect((await b.todos.findOne('d').exec())!.title).toBe('from b');
+
+    await b.sync.resolveConflict(conflict!.id, 'keep-remote');
+    await b.sync.syncNow();
+    expect(b.sync.getConflicts()).toEqual([]);
+    // A tick on one side and a rename on the other: settled by the function, no conflict kept.
+    const { docs } = await concurrently(a, b, patch({ title: 'renamed' }), patch({ done: true }));
+    expect(docs).toEqual([{ ...base, title: 'renamed', done: true }]);
+    expect(b.sync.getConflicts()).toEqual([]);
+  });
+});
+
 describe('no silent overwrite (invariant 6)', () => {
   it('a remote change never overwrites a local change the server has not taken, live or pulled', async () => {
     // a's push is held inside the server, so a's change stays unacknowledged while b's arrives.

@@ -86,6 +86,7 @@ describe('custom function', () => {
     const c = conflict(version({ id: 'd', n: 1 }, 1, 'a'), version({ id: 'd', n: 2 }, 2, 'b'));
     expect(await customStrategy(({ local, remote }) => ({ id: 'd', n: (local.data.n as number) + (remote!.data.n as number) }))(c)).toEqual({ action: 'write', data: { id: 'd', n: 3 } });
     expect(await customStrategy(() => null)(c)).toEqual({ action: 'delete' });
+    expect(await customStrategy(() => 'manual')(c)).toEqual({ action: 'manual' });
   });
   it('a throw turns the conflict manual and says why', async () => {
     const c = conflict(version({ id: 'd' }, 1, 'a'), version({ id: 'd' }, 2, 'b'));

@@ -17,14 +17,16 @@ const BUILT_IN: Record<StrategyName, Strategy> = {
   manual,
 };
 
-/** Wraps an app's resolver: its answer becomes a write or a delete, a throw a manual conflict. */
+/** Wraps an app's resolver: its answer becomes a write, a delete or a manual conflict; a throw a manual conflict that reports the failure. */
 export function customStrategy(resolver: ConflictResolver): Strategy {
   return async (conflict: Conflict): Promise<Resolution> => {
     try {
       const result = await resolver(conflict);
       if (result === null) return { action: 'delete' };
+      // Left to the user, by choice: no failure to report.
+      if (result === 'manual') return { action: 'manual' };
       if (typeof result !== 'object' || Array.isArray(result)) {
-        throw new SyncError('INVALID_OPTION', 'a conflict resolver must return a document object or null');
+        throw new SyncError('INVALID_OPTION', "a conflict resolver must return a document object, null or 'manual'");
       }
       return { action: 'write', data: result };
     } catch (error) {

@@ -31,10 +31,12 @@ export type Resolution =
 export type Strategy = (conflict: Conflict) => Resolution | Promise<Resolution>;
 
 /**
- * An application's own strategy: returns the document to keep, or null to
- * delete it. A throw turns the conflict into a manual one.
+ * An application's own strategy: returns the document to keep, null to
+ * delete it, or `'manual'` to leave this conflict to the app's user (kept,
+ * listed and settled as under the `manual` strategy). A throw makes the
+ * conflict manual too, with CONFLICT_RESOLVER_FAILED in the status.
  */
-export type ConflictResolver = (conflict: Conflict) => JsonObject | null | Promise<JsonObject | null>;
+export type ConflictResolver = (conflict: Conflict) => JsonObject | null | 'manual' | Promise<JsonObject | null | 'manual'>;
 
 export const STRATEGY_NAMES = ['last-write-wins', 'server-wins', 'client-wins', 'merge', 'manual'] as const;
 export type StrategyName = (typeof STRATEGY_NAMES)[number];
