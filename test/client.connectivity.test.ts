@@ -77,47 +77,36 @@ async function linkProxy(target: number): Promise<LinkProxy> {
   };
 }
 
+/**
+ * A client behind the proxy with `options`: connected, its link cut, a
+ * write made; it must take the link for dead, be back once it returns, and
+ * the write must arrive.
+ */
+async function cutAndRestore(options: Parameters<typeof startClient>[1]): Promise<void> {
+  server = await startServer({ heartbeatInterval: 200 });
+  proxy = await linkProxy(server.port);
+  const client = await startClient(proxy.url, { heartbeatTimeout: 1000, retry: { maxRetries: 5, retryDelay: 100, maxDelay: 300, useExponentialBackoff: true }, ...options });
+  clients.push(client);
+  await waitFor(() => client.sync.getStatus().connected, 'the client to connect');
+
+  proxy.cut();
+  await client.todos.insert({ id: 'in-the-tunnel', title: 'written while the link is dead', done: false });
+  await waitFor(() => !client.sync.getStatus().connected, 'the client to take the link for dead', 8000);
+
+  proxy.restore();
+  await waitFor(() => client.sync.getStatus().connected, 'the client to be back', 8000);
+  await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write made in the tunnel to arrive', 8000);
+}
+
 describe('a link that drops without closing', () => {
   it('is noticed within the heartbeat timeout, and the client is back once the link returns', async () => {
     // socket.io alone would notice after pingInterval + pingTimeout: 200 ms + 20 s here.
-    server = await startServer({ heartbeatInterval: 200 });
-    proxy = await linkProxy(server.port);
-    const client = await startClient(proxy.url, { heartbeatTimeout: 1000, retry: { maxRetries: 5, retryDelay: 100, maxDelay: 300, useExponentialBackoff: true } });
-    clients.push(client);
-    await waitFor(() => client.sync.getStatus().connected, 'the client to connect');
-
-    proxy.cut();
-    await client.todos.insert({ id: 'in-the-tunnel', title: 'written while the link is dead', done: false });
-    await waitFor(() => !client.sync.getStatus().connected, 'the client to take the link for dead', 8000);
-
-    proxy.restore();
-    await waitFor(() => client.sync.getStatus().connected, 'the client to be back', 8000);
-    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write made in the tunnel to arrive');
+    await cutAndRestore({});
   });
-});
 
-describe('a long-polling link that drops without closing', () => {
-  it('gives up its unsent writes with the connection: the client is back once the link returns', async () => {
-    server = await startServer({ heartbeatInterval: 200 });
-    proxy = await linkProxy(server.port);
-    const client = await startClient(proxy.url, {
-      useWebSockets: false,
-      syncInterval: 100,
-      heartbeatTimeout: 1000,
-      requestTimeout: 1000,
-      retry: { maxRetries: 5, retryDelay: 100, maxDelay: 300, useExponentialBackoff: true },
-    });
-    clients.push(client);
-    await waitFor(() => client.sync.getStatus().connected, 'the client to connect');
-
-    proxy.cut();
-    // A push that cannot be sent: engine.io's close waited for it to drain, until its own ping timeout.
-    await client.todos.insert({ id: 'in-the-tunnel', title: 'written while the link is dead', done: false });
-    await waitFor(() => !client.sync.getStatus().connected, 'the client to take the link for dead', 8000);
-
-    proxy.restore();
-    await waitFor(() => client.sync.getStatus().connected, 'the client to be back', 8000);
-    await waitFor(async () => (await server!.server.getStorage().countEvents()) === 1, 'the write made in the tunnel to arrive', 8000);
+  it('over long polling, gives up its unsent writes with the connection, and is back once the link returns', async () => {
+    // The write is a push that cannot be sent: engine.io's close waited for it to drain, until its own ping timeout.
+    await cutAndRestore({ useWebSockets: false, syncInterval: 100, requestTimeout: 1000 });
   });
 });
 
