@@ -37,6 +37,9 @@ const ownerKey = (owner: string) => createHash('sha256').update(owner).digest('h
  * renamed into blobs/: a blob file is never seen half written, and renaming
  * onto a blob another server just stored replaces it with the same bytes.
  */
+/** In the name of a blob a sweep set aside (see removeBlobIfBefore). */
+const SWEEPING = '.sweeping-';
+
 export class FileBlobStore implements BlobStore {
   private readonly directory: string;
   private initialized: Promise<void> | undefined;
@@ -99,10 +102,19 @@ export class FileBlobStore implements BlobStore {
   async stored(digests: readonly string[]): Promise<Map<string, number>> {
     await this.ready();
     const lengths = new Map<string, number>();
+    const now = new Date();
     for (const digest of new Set(digests)) {
       if (!DIGEST_PATTERN.test(digest)) continue;
       const length = await this.storedLength(digest);
-      if (length !== undefined) lengths.set(digest, length);
+      if (length === undefined) continue;
+      // Stored anew (see SweepOptions); gone this instant, it is not stored (see removeBlobIfBefore).
+      try {
+        await utimes(this.blobPath(digest), now, now);
+      } catch (error) {
+        if (isMissing(error)) continue;
+        throw error;
+      }
+      lengths.set(digest, length);
     }
     return lengths;
   }
@@ -154,6 +166,11 @@ export class FileBlobStore implements BlobStore {
           if (!referenced.has(name) && (await this.removeBlobIfBefore(name, options.blobsBefore))) blobs++;
         } else if (name.endsWith('.owner')) {
           await this.removeStrayMark(name.slice(0, -'.owner'.length), options.blobsBefore);
+        } else if (name.includes(SWEEPING)) {
+          // Set aside by a sweep that stopped (a crash) before it removed or restored it.
+          const path = join(this.directory, 'blobs', shard, name);
+          const stats = await statIfExists(path);
+          if (stats && timeOf(stats) < options.blobsBefore) await rm(path, { force: true });
         }
       }
     }
@@ -249,14 +266,35 @@ export class FileBlobStore implements BlobStore {
   }
 
   /** Removes a blob, its charge first and its mark next, so that a crash in between leaves at worst a blob charged to nobody. */
+  /**
+   * Removes the blob when it was stored before `before`. Set aside by a
+   * rename first, then judged again: a push that found it stored (see
+   * stored()) made it young before the rename, and it is put back; one that
+   * looks after the rename does not find it, and its client uploads it again.
+   * Judged by a stat alone, a blob found by a push between the stat and the
+   * removal was lost under the document the push had just stored.
+   */
   private async removeBlobIfBefore(digest: string, before: number): Promise<boolean> {
     const path = this.blobPath(digest);
     const stats = await statIfExists(path);
     if (!stats || timeOf(stats) >= before) return false;
+    const aside = `${path}${SWEEPING}${randomUUID()}`;
+    try {
+      await rename(path, aside);
+    } catch (error) {
+      if (isMissing(error)) return false;
+      throw error;
+    }
+    const judged = await statIfExists(aside);
+    if (judged && timeOf(judged) >= before) {
+      // The same content, whoever stored it again meanwhile: the rename back replaces it with itself.
+      await rename(aside, path);
+      return false;
+    }
     const key = await readFile(`${path}.owner`, 'utf8').catch(() => undefined);
     if (key && DIGEST_PATTERN.test(key)) await rm(join(this.ownedDir(key), `${digest}.${stats.size}`), { force: true });
     await rm(`${path}.owner`, { force: true });
-    await rm(path, { force: true });
+    await rm(aside, { force: true });
     return true;
   }
 

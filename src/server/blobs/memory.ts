@@ -99,9 +99,12 @@ export class MemoryBlobStore implements BlobStore {
 
   async stored(digests: readonly string[]): Promise<Map<string, number>> {
     const lengths = new Map<string, number>();
+    const now = Date.now();
     for (const digest of digests) {
       const blob = this.blobs.get(digest);
-      if (blob) lengths.set(digest, blob.chunks.length);
+      if (!blob) continue;
+      blob.storedAt = Math.max(blob.storedAt, now);
+      lengths.set(digest, blob.chunks.length);
     }
     return lengths;
   }

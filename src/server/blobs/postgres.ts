@@ -74,7 +74,7 @@ export class PostgresBlobStore implements BlobStore {
   async stored(digests: readonly string[]): Promise<Map<string, number>> {
     const valid = [...new Set(digests)].filter((digest) => DIGEST_PATTERN.test(digest));
     if (valid.length === 0) return new Map();
-    const result = await this.query<{ digest: string; length: string }>('read stored blobs', this.sql.storedLengths, [valid]);
+    const result = await this.query<{ digest: string; length: string }>('read stored blobs', this.sql.storedLengths, [valid, Date.now()]);
     return new Map(result.rows.map((row) => [row.digest, Number(row.length)]));
   }
 

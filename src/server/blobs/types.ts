@@ -41,7 +41,9 @@ export interface SweepOptions {
    * Complete blobs stored before this time (ms since the epoch) and not
    * referenced are removed. A blob counts as stored anew whenever
    * `uploadState` or `append` answers complete for it, so that an uploader
-   * told it is there has the same grace to push the document that names it.
+   * told it is there has the same grace to push the document that names it,
+   * and whenever `stored` finds it, so that a push accepted because its
+   * blob is there does not lose it to a sweep under way.
    */
   blobsBefore: number;
   /** Uploads last appended to before this time are removed. */
@@ -65,7 +67,7 @@ export interface BlobStore {
    * one after another; appends to different uploads may run at once.
    */
   append(digest: string, owner: string, length: number, offset: number, bytes: Uint8Array): Promise<UploadState>;
-  /** Which of `digests` are stored, with their lengths. */
+  /** Which of `digests` are stored, with their lengths; each found counts as stored anew (see SweepOptions). */
   stored(digests: readonly string[]): Promise<Map<string, number>>;
   /**
    * Up to `length` bytes of the stored blob `digest` from `offset` (fewer at

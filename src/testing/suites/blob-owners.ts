@@ -138,6 +138,20 @@ export function blobOwnerTests(t: BlobConformance): void {
     expect(await store.usage('alice')).toBe(bytes.length);
   });
 
+  it('counts a blob that stored() found as stored anew: a push that found it does not lose it to a sweep', async () => {
+    const bytes = contentOf(3 * KiB);
+    await upload(store, 'alice', bytes);
+    const cutoff = await nextMillisecond();
+    // A push names the blob: the server asks whether it is stored, and stores the document.
+    expect(await store.stored([digestOf(bytes)])).toEqual(new Map([[digestOf(bytes), bytes.length]]));
+    // A sweep that read the kept events before that document was stored does not hold its digest.
+    expect(await store.sweep(new Set(), { blobsBefore: cutoff, uploadsBefore: cutoff })).toEqual({ blobs: 0, uploads: 0 });
+    expect(await store.stored([digestOf(bytes)])).toEqual(new Map([[digestOf(bytes), bytes.length]]));
+    const later = await nextMillisecond();
+    expect(await store.sweep(new Set(), { blobsBefore: later, uploadsBefore: later })).toEqual({ blobs: 1, uploads: 0 });
+    expect(await store.stored([digestOf(bytes)])).toEqual(new Map());
+  });
+
   it('keeps blobs, charges and uploads across init and, for a durable store, a restart', async () => {
     const bytes = contentOf(300 * KiB);
     const partial = contentOf(9 * KiB);

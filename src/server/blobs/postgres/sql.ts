@@ -90,7 +90,8 @@ export function blobSql(schema: string, prefix: string) {
         DELETE FROM ${uploads} WHERE owner = $1 AND digest = $2 RETURNING content
       )
       DELETE FROM ${chunks} WHERE NOT $3::boolean AND content IN (SELECT content FROM ended)`,
-    storedLengths: `SELECT digest, length FROM ${blobs} WHERE digest = ANY($1::text[])`,
+    // Found, each is stored anew: a sweep's delete re-checks stored_at, so it cannot take one from under the push that asked.
+    storedLengths: `UPDATE ${blobs} SET stored_at = greatest(stored_at, $2) WHERE digest = ANY($1::text[]) RETURNING digest, length`,
     blobContent: `SELECT content, length FROM ${blobs} WHERE digest = $1`,
     /** The bytes [$2, $3) of content $1, from rows $4 through $5: only the part of each row inside the range. */
     readRange: `
