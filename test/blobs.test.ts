@@ -1,4 +1,4 @@
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,6 +117,29 @@ describe('files', () => {
       await writeFile(join(uploadsDir, ownerDir!, 'uploads', `${digestOf(other)}.${other.length}`), contentOf(other.length));
       expect(await store.uploadState(digestOf(other), 'alice')).toEqual({ complete: false, received: 0 });
       expect(await store.stored([digestOf(other)])).toEqual(new Map());
+    } finally {
+      await store.close();
+      rmSync(directory, { recursive: true, force: true });
+    }
+  });
+
+  it('puts back a blob that a sweep set aside and did not finish with, however old, before it judges marks', async () => {
+    const directory = tempDirectory();
+    const store = new FileBlobStore({ directory });
+    try {
+      await store.init();
+      const bytes = contentOf(4 * KiB);
+      const digest = digestOf(bytes);
+      await upload(store, 'alice', bytes);
+      // What a sweep that crashed between its rename and its judgement leaves: a push may have found the
+      // blob stored and stored the document that names it just before.
+      const shard = join(directory, 'blobs', digest.slice(0, 2));
+      renameSync(join(shard, digest), join(shard, `${digest}.sweeping-crashed`));
+      const later = Date.now() + 60_000;
+      expect(await store.sweep(new Set([digest]), { blobsBefore: later, uploadsBefore: later })).toEqual({ blobs: 0, uploads: 0 });
+      expectBytes(await store.read(digest, 0, bytes.length), bytes);
+      expect(await store.usage('alice')).toBe(bytes.length);
+      expect(readdirSync(shard).filter((name) => name.includes('.sweeping-'))).toEqual([]);
     } finally {
       await store.close();
       rmSync(directory, { recursive: true, force: true });

@@ -1,7 +1,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile, type FileHandle } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { z } from 'zod';
 import { SyncError } from '../../shared/errors.js';
 import { parseOptions } from '../../shared/json.js';
@@ -22,6 +22,9 @@ const HASH_BUFFER_BYTES = 1 << 20;
 /** Owners become folder names only as the SHA-256 of the string, so no owner can name a path. */
 const ownerKey = (owner: string) => createHash('sha256').update(owner).digest('hex');
 
+/** In the name of a blob a sweep set aside (see removeBlobIfBefore). */
+const SWEEPING = '.sweeping-';
+
 /**
  * Blobs as files in one folder, which the servers of `serve --workers` may
  * share:
@@ -37,9 +40,6 @@ const ownerKey = (owner: string) => createHash('sha256').update(owner).digest('h
  * renamed into blobs/: a blob file is never seen half written, and renaming
  * onto a blob another server just stored replaces it with the same bytes.
  */
-/** In the name of a blob a sweep set aside (see removeBlobIfBefore). */
-const SWEEPING = '.sweeping-';
-
 export class FileBlobStore implements BlobStore {
   private readonly directory: string;
   private initialized: Promise<void> | undefined;
@@ -161,16 +161,14 @@ export class FileBlobStore implements BlobStore {
     await this.ready();
     let blobs = 0;
     for (const shard of await list(join(this.directory, 'blobs'))) {
-      for (const name of await list(join(this.directory, 'blobs', shard))) {
+      const names = await list(join(this.directory, 'blobs', shard));
+      // First, before any mark is judged stray: blobs a sweep that stopped (a crash) left set aside.
+      for (const name of names) if (name.includes(SWEEPING)) await this.restoreAside(join(this.directory, 'blobs', shard, name));
+      for (const name of names) {
         if (DIGEST_PATTERN.test(name)) {
           if (!referenced.has(name) && (await this.removeBlobIfBefore(name, options.blobsBefore))) blobs++;
         } else if (name.endsWith('.owner')) {
           await this.removeStrayMark(name.slice(0, -'.owner'.length), options.blobsBefore);
-        } else if (name.includes(SWEEPING)) {
-          // Set aside by a sweep that stopped (a crash) before it removed or restored it.
-          const path = join(this.directory, 'blobs', shard, name);
-          const stats = await statIfExists(path);
-          if (stats && timeOf(stats) < options.blobsBefore) await rm(path, { force: true });
         }
       }
     }
@@ -265,14 +263,15 @@ export class FileBlobStore implements BlobStore {
     return { complete: true, received: length };
   }
 
-  /** Removes a blob, its charge first and its mark next, so that a crash in between leaves at worst a blob charged to nobody. */
   /**
    * Removes the blob when it was stored before `before`. Set aside by a
    * rename first, then judged again: a push that found it stored (see
    * stored()) made it young before the rename, and it is put back; one that
    * looks after the rename does not find it, and its client uploads it again.
    * Judged by a stat alone, a blob found by a push between the stat and the
-   * removal was lost under the document the push had just stored.
+   * removal was lost under the document the push had just stored. Its charge
+   * goes first and its mark next, so that a crash in between leaves at worst
+   * a blob charged to nobody (a crash while it is aside: see restoreAside).
    */
   private async removeBlobIfBefore(digest: string, before: number): Promise<boolean> {
     const path = this.blobPath(digest);
@@ -286,16 +285,34 @@ export class FileBlobStore implements BlobStore {
       throw error;
     }
     const judged = await statIfExists(aside);
-    if (judged && timeOf(judged) >= before) {
+    // Put back by another server's sweep (see restoreAside): not this one's to judge.
+    if (!judged) return false;
+    if (timeOf(judged) >= before) {
       // The same content, whoever stored it again meanwhile: the rename back replaces it with itself.
-      await rename(aside, path);
+      await renameUnlessMissing(aside, path);
       return false;
     }
+    await rm(aside, { force: true });
+    // Completed again by an upload meanwhile: its mark and charge stand for the blob that is back.
+    if ((await this.storedLength(digest)) !== undefined) return true;
     const key = await readFile(`${path}.owner`, 'utf8').catch(() => undefined);
     if (key && DIGEST_PATTERN.test(key)) await rm(join(this.ownedDir(key), `${digest}.${stats.size}`), { force: true });
     await rm(`${path}.owner`, { force: true });
-    await rm(aside, { force: true });
     return true;
+  }
+
+  /**
+   * A blob a sweep set aside and did not finish with (it crashed, or runs on
+   * another server this instant): put back where no blob is, else dropped
+   * (the same content is there). Put back whatever its age: a push may have
+   * found it stored, and stored its document, just before the rename; a
+   * blob nobody names is judged again by the next sweep.
+   */
+  private async restoreAside(aside: string): Promise<void> {
+    const path = aside.slice(0, aside.indexOf(SWEEPING));
+    if (!DIGEST_PATTERN.test(basename(path))) return;
+    if (await statIfExists(path)) await rm(aside, { force: true });
+    else await renameUnlessMissing(aside, path);
   }
 
   /** A mark whose blob is gone (a crash while sweeping): removed with any charge it names. */
@@ -356,6 +373,15 @@ async function openExisting(path: string, flags: number): Promise<FileHandle | u
   } catch (error) {
     if (isMissing(error)) return undefined;
     throw error;
+  }
+}
+
+/** Renames `from` to `to`; nothing when `from` is gone (another process moved or removed it first). */
+async function renameUnlessMissing(from: string, to: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (error) {
+    if (!isMissing(error)) throw error;
   }
 }
 
