@@ -266,8 +266,9 @@ describe('command line', () => {
     [['serve', '--log-level', 'loud'], /Allowed choices are fatal, error, warn, info, debug, trace, silent/],
     [['serve', '--static', 'no/such/dir'], /--static no\/such\/dir: no index\.html/],
     [['serve', '--bogus'], /unknown option '--bogus'/],
-    [['serve', '--max-attachment-bytes', '0'], /expected a size of at least 1 byte, such as 50MiB, 200MB or 1048576, got "0"/],
+    [['serve', '--max-attachment-bytes', '0'], /expected a whole number of bytes, at least 1, optionally with a unit \(KB, MB, GB, KiB, MiB, GiB\), such as 50MiB, 200MB or 1048576, got "0"/],
     [['serve', '--attachment-quota', '5 parsecs'], /got "5 parsecs"/],
+    [['serve', '--attachment-quota', '1.5MiB'], /a whole number of bytes.*got "1\.5MiB"/],
     [['launch'], /unknown command 'launch'/],
     [[], /Usage: rxdb-offline-sync/],
   ])('refuses %j with a clear message and exit code 2', async (args, message) => {

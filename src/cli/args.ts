@@ -23,7 +23,7 @@ export function parseBytes(value: string): number {
   const unit = match ? SIZE_UNITS[match[2]!.toUpperCase()] : undefined;
   const bytes = match && unit !== undefined ? Number(match[1]) * unit : Number.NaN;
   if (!Number.isSafeInteger(bytes) || bytes < 1) {
-    throw new InvalidArgumentError(`expected a size of at least 1 byte, such as 50MiB, 200MB or 1048576, got "${value}".`);
+    throw new InvalidArgumentError(`expected a whole number of bytes, at least 1, optionally with a unit (KB, MB, GB, KiB, MiB, GiB), such as 50MiB, 200MB or 1048576, got "${value}".`);
   }
   return bytes;
 }

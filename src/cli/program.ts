@@ -70,7 +70,7 @@ export function createProgram(io: CliIo = defaultIo): Command {
         .argParser(parseBytes),
     )
     .addOption(
-      new Option('--attachment-quota <size>', 'the attachments each user may store, e.g. 1GiB (with --auth-token, all clients are one user); default: no quota')
+      new Option('--attachment-quota <size>', 'the attachments each user may store, e.g. 1GiB; default: no quota. With --auth-token all clients are one user; without, each client is its own')
         .env('SYNC_ATTACHMENT_QUOTA')
         .argParser(parseBytes),
     )

@@ -43,7 +43,7 @@ export interface SyncApi extends SyncHandle {
   setScope(collection: string, selector: ScopeSelector | null): void;
   /** The scope this device asks for in `collection` (null: everything the user may read). */
   getScope(collection: string): ScopeSelector | null;
-  /** Conflicts kept for the app (strategy 'manual', or a custom resolver that threw). */
+  /** Conflicts kept for the app (strategy 'manual', or a custom resolver that answered 'manual' or threw). */
   getConflicts(): StoredConflict[];
   readonly conflicts$: Observable<StoredConflict[]>;
   resolveConflict(id: string, resolution: ConflictResolutionChoice): Promise<void>;

@@ -44,7 +44,7 @@ export interface HeldScope {
   through?: number;
 }
 
-/** A conflict kept for the app to settle (strategy `manual`, or a custom resolver that threw). */
+/** A conflict kept for the app to settle (strategy `manual`, or a custom resolver that answered `'manual'` or threw). */
 export interface StoredConflict {
   id: string;
   collection: string;
