@@ -1,7 +1,7 @@
 import { firstValueFrom, lastValueFrom, take, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { SyncError } from '../src/client/index.js';
-import { closeAfterEach, freePort, startClient, startServer, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, freePort, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -91,10 +91,36 @@ describe('the replication handle', () => {
     expect(await received).toEqual([{ collection: 'todos', documentId: 'w', seq: event!.seq }]);
   });
 
+  it('lists the documents whose changes wait for the server, per collection, until they are acknowledged or dropped', async () => {
+    server = await startServer();
+    const a = await client(server.url, { autoSync: false });
+    expect(a.sync.getPendingDocuments()).toEqual({});
+    const lists: unknown[] = [];
+    const watching = a.sync.pendingDocuments$.subscribe((pending) => lists.push(pending));
+    await a.todos.bulkInsert([{ id: 'y', title: 'one', done: false }, { id: 'x', title: 'two', done: false }]);
+    // Edited again: one document, however many changes wait.
+    await (await a.todos.findOne('y').exec())!.incrementalPatch({ done: true });
+    const listed = (expected: object) => JSON.stringify(a.sync.getPendingDocuments()) === JSON.stringify(expected);
+    // Logged in the turn after the write, as pendingEvents is counted.
+    await waitFor(() => listed({ todos: ['x', 'y'] }), 'both listed');
+    await a.sync.syncNow();
+    expect(a.sync.getPendingDocuments()).toEqual({});
+    await a.todos.insert({ id: 'z', title: 'three', done: false });
+    await waitFor(() => listed({ todos: ['z'] }), 'the third listed');
+    expect(await a.sync.clearPendingEvents()).toBe(1);
+    expect(a.sync.getPendingDocuments()).toEqual({});
+    watching.unsubscribe();
+    // The list as it changed, each state once: never the same list twice in a row.
+    expect(lists).toContainEqual({ todos: ['x', 'y'] });
+    expect(lists).toContainEqual({ todos: ['z'] });
+    expect(lists.at(-1)).toEqual({});
+    expect(lists.every((list, i) => i === 0 || JSON.stringify(list) !== JSON.stringify(lists[i - 1]))).toBe(true);
+  });
+
   it('exposes its observables read-only', async () => {
     server = await startServer();
     const a = await client(server.url, { autoSync: false });
-    for (const observable of [a.sync.status$, a.sync.conflicts$, a.sync.rejected$, a.sync.error$, a.sync.active$, a.sync.received$, a.sync.sent$]) {
+    for (const observable of [a.sync.status$, a.sync.conflicts$, a.sync.rejected$, a.sync.error$, a.sync.active$, a.sync.received$, a.sync.sent$, a.sync.pendingDocuments$]) {
       expect('next' in observable).toBe(false);
     }
   });

@@ -154,6 +154,30 @@ describe('several tabs of one database', () => {
 });
 
 describe('every tab shows and steers the one sync of its database', () => {
+  it('every tab lists the documents that wait for the server, and none once the server has them', async () => {
+    server = await startServer();
+    const { leader, followers } = await openTabs(server.url, 2);
+    const follower = followers[0]!;
+    const seen: string[][] = [];
+    const watching = follower.sync.pendingDocuments$.subscribe((pending) => seen.push([...(pending.todos ?? [])]));
+    try {
+      leader.sync.disable();
+      await waitFor(() => !follower.sync.getStatus().enabled, 'the switch to reach the follower');
+      // Written in the tab that does not lead: the leader logs it, and both tabs list it.
+      await follower.todos.insert({ id: 'b', title: 'from the follower', done: false });
+      await leader.todos.insert({ id: 'a', title: 'from the leader', done: false });
+      for (const tab of [leader, follower]) {
+        await waitFor(() => JSON.stringify(tab.sync.getPendingDocuments()) === JSON.stringify({ todos: ['a', 'b'] }), `${tab.name} to list both`);
+      }
+      follower.sync.enable();
+      for (const tab of [leader, follower]) await waitFor(() => Object.keys(tab.sync.getPendingDocuments()).length === 0, `${tab.name} to list none`);
+      expect(seen.at(-1)).toEqual([]);
+      expect(seen.some((ids) => ids.length === 2)).toBe(true);
+    } finally {
+      watching.unsubscribe();
+    }
+  });
+
   it('"work offline" in a follower stops the leader at once, and the follower shows the leader\'s status within 100 ms', async () => {
     server = await startServer();
     const { leader, followers: [follower] } = await openTabs(server.url, 2);

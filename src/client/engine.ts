@@ -26,6 +26,7 @@ import { fail, refreshCounts, standingError, updateStatus, type SyncedChange, ty
 import { resubscribe } from './engine/subscription.js';
 import { setSwitch, takeSwitch } from './engine/switch.js';
 import { MetaStore } from './meta-store.js';
+import type { PendingDocuments } from './pending-log.js';
 import type { ResolvedClientOptions } from './options.js';
 import { Replicator, type ConflictResolutionChoice, type RejectedEvent, type StoredConflict } from './replicator.js';
 import { StoredSettings } from './settings.js';
@@ -64,6 +65,11 @@ export class SyncEngine {
   /** What getStatus() and status$ show: this tab's own status, or in a tab that does not lead the leader's. */
   get shown$(): BehaviorSubject<SyncStatus> {
     return this.state.shown ?? this.status$;
+  }
+
+  /** The pending documents this tab shows (see SyncApi.getPendingDocuments). */
+  get pendingDocuments$(): BehaviorSubject<PendingDocuments> {
+    return this.state.shownPending ?? this.state.pending$;
   }
 
   get conflicts$(): Observable<StoredConflict[]> {
@@ -272,6 +278,8 @@ export class SyncEngine {
     state.transfers.transfers$.complete();
     for (const { reject } of state.transfers.demanded.values()) reject(new SyncError('CLOSED', 'the database is closed'));
     state.shown?.complete();
+    state.pending$.complete();
+    state.shownPending?.complete();
   }
 
   // ---- helpers -------------------------------------------------------------------

@@ -9,4 +9,5 @@ export { HybridLogicalClock, compareHlc } from '../shared/hlc.js';
 export { PROTOCOL_VERSION } from '../shared/protocol/index.js';
 export { matchesScope, parseScope, type Scope, type ScopeSelector } from '../shared/scope.js';
 export type { AttachmentTransfer } from './engine/attachments.js';
+export type { PendingDocuments } from './pending-log.js';
 export { parsePlaceholder, type AttachmentMeta } from '../shared/attachments.js';

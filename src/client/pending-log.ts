@@ -21,6 +21,9 @@ export const PAGE_SIZE = 500;
 export const PAGE_BYTES = 1024 * 1024;
 
 /** How the log is stored: one document per page, named by its key (its first entry's key; for an entry moved to a page of its own, that entry's key and "+"). */
+/** Per collection, the ids of the documents that hold a change the server has not acknowledged, sorted. */
+export type PendingDocuments = Readonly<Record<string, readonly string[]>>;
+
 export interface StoredPage {
   key: string;
   entries: { key: string; event: PendingEntry['event'] }[];
@@ -76,6 +79,8 @@ export class PendingLog {
   private gone = 0;
   private count = 0;
   private readonly byDocument = new DocumentMap<LogEntry[]>();
+  /** See documentsVersion. */
+  private membership = 0;
   /** Pages read back holding a stale copy of an entry moved out of them (see repairs()). */
   private readonly stale = new Set<Page>();
   private openPage: Page | undefined;
@@ -149,6 +154,18 @@ export class PendingLog {
 
   get size(): number {
     return this.count;
+  }
+
+  /** Moves whenever a document joins or leaves the log (see documents()). */
+  get documentsVersion(): number {
+    return this.membership;
+  }
+
+  /** The documents that hold an entry, per collection. */
+  documents(): PendingDocuments {
+    const documents: Record<string, string[]> = {};
+    for (const [collection, ids] of this.byDocument.collections()) documents[collection] = [...ids].sort();
+    return documents;
   }
 
   forDocument(collection: string, documentId: string): readonly PendingEntry[] {
@@ -248,7 +265,7 @@ export class PendingLog {
     const list = this.byDocument.get(collection, documentId);
     // A new list, not a change in place: callers may hold the one forDocument() gave them.
     if (list && list.length > 1) this.byDocument.set(collection, documentId, list.filter((other) => other !== held));
-    else this.byDocument.delete(collection, documentId);
+    else if (this.byDocument.delete(collection, documentId)) this.membership++;
     this.compact();
     return this.pageWrite(page);
   }
@@ -308,7 +325,10 @@ export class PendingLog {
     }
     const list = this.byDocument.get(event.collection, event.documentId);
     if (list) list.push(entry);
-    else this.byDocument.set(event.collection, event.documentId, [entry]);
+    else {
+      this.byDocument.set(event.collection, event.documentId, [entry]);
+      this.membership++;
+    }
   }
 
   /** The write of a page as it will be when the write is made: deleted once it holds no entry. */

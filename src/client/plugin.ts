@@ -8,6 +8,7 @@ import { assertSyncableDigests, fetchOnRead } from './attachment-access.js';
 import type { AttachmentTransfer } from './engine/attachments.js';
 import { createHandle, readOnly, type SyncHandle } from './handle.js';
 import { resolveClientOptions, type ResolvedClientOptions, type SyncPluginOptions } from './options.js';
+import type { PendingDocuments } from './pending-log.js';
 import type { ConflictResolutionChoice, RejectedEvent, StoredConflict } from './replicator.js';
 
 export const SYNC_PLUGIN_NAME = 'sync';
@@ -27,6 +28,14 @@ export interface SyncApi extends SyncHandle {
   /** In a multi-instance database, for every tab, and kept across reloads. */
   enable(): void;
   disable(): void;
+  /**
+   * Per collection, the ids of the documents holding a change the server
+   * has not acknowledged yet (sorted), e.g. to mark them unsynced. In a tab
+   * that does not lead, the leading tab's, as with getStatus().
+   */
+  getPendingDocuments(): PendingDocuments;
+  /** getPendingDocuments() each time a document joins or leaves the list. */
+  readonly pendingDocuments$: Observable<PendingDocuments>;
   /** Drops unpushed changes; their documents return to the last server version. Returns how many were dropped. */
   clearPendingEvents(): Promise<number>;
   addCollection(name: string): void;
@@ -96,6 +105,8 @@ function apiOf(engine: SyncEngine, db: RxDatabase): SyncApi {
     },
     enable: () => engine.enable(),
     disable: () => engine.disable(),
+    getPendingDocuments: () => engine.pendingDocuments$.value,
+    pendingDocuments$: engine.pendingDocuments$.asObservable(),
     clearPendingEvents: () => engine.clearPendingEvents(),
     addCollection: (name) => {
       engine.addCollection(name);

@@ -16,6 +16,7 @@ import { randomId } from '../shared/ids.js';
 import type { Logger } from '../shared/logger.js';
 import type { SyncResult, SyncStatus } from './engine.js';
 import type { SyncSwitch } from './settings.js';
+import type { PendingDocuments } from './pending-log.js';
 
 /** Marks this plugin's messages on RxDB's channel, and their layout: a tab of another release ignores them. */
 const SOURCE = 'rxdb-offline-sync/tabs@1';
@@ -29,8 +30,8 @@ type TabResult = Omit<SyncResult, 'error'> & { error: TabError | null };
 type Message = { source: typeof SOURCE; from: string } & (
   /** A tab that opened asks the leader for its status. */
   | { kind: 'hello' }
-  /** The leader's status; `since`: when it began to lead, so that a later leader's status wins. */
-  | { kind: 'status'; since: number; status: TabStatus }
+  /** The leader's status and pending documents; `since`: when it began to lead, so that a later leader's status wins. */
+  | { kind: 'status'; since: number; status: TabStatus; pending?: PendingDocuments }
   /** The leader closes. */
   | { kind: 'gone' }
   | { kind: 'switch'; value: SyncSwitch }
@@ -64,12 +65,18 @@ export interface LeaderStatus {
   from: string;
   since: number;
   status: SyncStatus;
+  pending: PendingDocuments;
 }
 
 /** What a tab shows: its own status where it leads, or while no other tab is known to lead; else the leader's, with its own switch. */
 export function shownStatus(own: SyncStatus, leader: LeaderStatus | null): SyncStatus {
   if (own.leader || !leader) return own;
   return { ...leader.status, leader: false, enabled: own.enabled };
+}
+
+/** The pending documents a tab shows: as its status (see shownStatus), its own or the leader's. */
+export function shownPending(own: SyncStatus, ownPending: PendingDocuments, leader: LeaderStatus | null): PendingDocuments {
+  return own.leader || !leader ? ownPending : leader.pending;
 }
 
 /** What the engine of this tab does for the others. */
@@ -106,6 +113,7 @@ export class TabLink {
   /** When this tab began to publish its status as the leader. */
   private since?: number;
   private latest?: SyncStatus;
+  private latestPending: PendingDocuments = {};
   private publishing = false;
   private closed = false;
 
@@ -119,11 +127,12 @@ export class TabLink {
     this.post({ kind: 'hello' });
   }
 
-  /** This tab's own status: sent to the others (once per turn of the event loop) while it leads. */
-  publish(status: SyncStatus): void {
+  /** This tab's own status and pending documents: sent to the others (once per turn of the event loop) while it leads. */
+  publish(status: SyncStatus, pending: PendingDocuments): void {
     if (!status.leader || this.closed) return;
     this.since ??= Date.now();
     this.latest = status;
+    this.latestPending = pending;
     if (this.publishing) return;
     this.publishing = true;
     queueMicrotask(() => {
@@ -178,7 +187,7 @@ export class TabLink {
   }
 
   private postStatus(): void {
-    if (this.latest && this.since !== undefined) this.post({ kind: 'status', since: this.since, status: toTabStatus(this.latest) });
+    if (this.latest && this.since !== undefined) this.post({ kind: 'status', since: this.since, status: toTabStatus(this.latest), pending: this.latestPending });
   }
 
   private sendAsk(ask: Ask, wait = ask.wait): void {
@@ -212,7 +221,7 @@ export class TabLink {
         const current = this.leader$.value;
         // A dying leader's last words may arrive after its successor's first.
         if (current && current.from !== message.from && (message.since < current.since || (message.since === current.since && message.from < current.from))) return;
-        this.leader$.next({ from: message.from, since: message.since, status: fromTabStatus(message.status) });
+        this.leader$.next({ from: message.from, since: message.since, status: fromTabStatus(message.status), pending: fromTabPending(message.pending) });
         // A new leader has not seen what was asked of the last one.
         if (current?.from !== message.from) for (const ask of this.asks.values()) if (ask.takenBy !== message.from) this.sendAsk(ask);
         return;
@@ -296,6 +305,16 @@ function fromTabError(wire: TabError): SyncError {
   const error = SyncError.fromWire(wire);
   error.fromPeer = wire.fromPeer;
   return error;
+}
+
+/** Another tab's pending documents as this one shows them: lists of ids, anything else left out (another release may send none). */
+function fromTabPending(value: unknown): PendingDocuments {
+  const pending: Record<string, readonly string[]> = {};
+  if (typeof value !== 'object' || value === null) return pending;
+  for (const [collection, ids] of Object.entries(value)) {
+    if (Array.isArray(ids) && ids.every((id) => typeof id === 'string')) pending[collection] = ids as string[];
+  }
+  return pending;
 }
 
 function toTabStatus(status: SyncStatus): TabStatus {

@@ -51,6 +51,11 @@ export class DocumentMap<V> {
     this.byCollection.delete(collection);
   }
 
+  /** The document ids of each collection that holds any, in insertion order. */
+  *collections(): IterableIterator<[collection: string, documentIds: IterableIterator<string>]> {
+    for (const [collection, documents] of this.byCollection) yield [collection, documents.keys()];
+  }
+
   /** Every value, by collection and then in insertion order. */
   *values(): IterableIterator<V> {
     for (const documents of this.byCollection.values()) yield* documents.values();

@@ -5,12 +5,13 @@
 import { fetchAttachment } from './attachments.js';
 import { BehaviorSubject, combineLatest } from 'rxjs';
 import { SyncError } from '../../shared/errors.js';
-import { shownStatus, TabLink } from '../tabs.js';
+import type { PendingDocuments } from '../pending-log.js';
+import { shownPending, shownStatus, TabLink } from '../tabs.js';
 import { goOnline, openTransport } from './connection.js';
 import { watch } from './logging.js';
 import { backoffFor } from './schedule.js';
 import { requireReplicator, type EngineState } from './state.js';
-import { fail, standingError, updateStatus, type SyncResult, type SyncStatus } from './status.js';
+import { fail, samePendingDocuments, standingError, updateStatus, type SyncResult, type SyncStatus } from './status.js';
 import { takeSwitch } from './switch.js';
 
 /** How long syncNow() waits for this tab to win leadership before asking another tab, which may lead, to sync. */
@@ -35,12 +36,16 @@ export function openTabs(state: EngineState, sync: () => Promise<SyncResult>): v
     },
   }, state.logger);
   const shown = new BehaviorSubject<SyncStatus>(state.status$.value);
+  const pending = new BehaviorSubject<PendingDocuments>(state.pending$.value);
   state.tabs = tabs;
   state.shown = shown;
-  combineLatest([state.status$, tabs.leader$]).subscribe(([own, leader]) => {
-    tabs.publish(own);
+  state.shownPending = pending;
+  combineLatest([state.status$, state.pending$, tabs.leader$]).subscribe(([own, ownPending, leader]) => {
+    tabs.publish(own, ownPending);
     const next = shownStatus(own, leader);
     if ((Object.keys(next) as (keyof SyncStatus)[]).some((key) => next[key] !== shown.value[key])) shown.next(next);
+    const nextPending = shownPending(own, ownPending, leader);
+    if (!samePendingDocuments(nextPending, pending.value)) pending.next(nextPending);
   });
 }
 

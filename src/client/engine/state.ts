@@ -9,6 +9,7 @@ import { SyncError } from '../../shared/errors.js';
 import { createLogger, type Logger } from '../../shared/logger.js';
 import type { ScopeSelector } from '../../shared/scope.js';
 import type { MetaStore } from '../meta-store.js';
+import type { PendingDocuments } from '../pending-log.js';
 import type { ResolvedClientOptions } from '../options.js';
 import type { Replicator } from '../replicator.js';
 import { SerialQueue } from '../serial-queue.js';
@@ -47,6 +48,9 @@ export interface EngineState {
   readonly logger: Logger;
   readonly queue: SerialQueue;
   readonly status$: BehaviorSubject<SyncStatus>;
+  /** This tab's own pending documents (see PendingLog.documents), and the log's documentsVersion they were read at. */
+  readonly pending$: BehaviorSubject<PendingDocuments>;
+  pendingVersion: number;
   /** Server changes this tab applied (or found it already held), per live message or pull page. */
   readonly received$: Subject<SyncedChange[]>;
   /** This device's changes the server acknowledged, per push. */
@@ -63,6 +67,8 @@ export interface EngineState {
   tabs?: TabLink;
   /** What this tab shows (see SyncStatus); status$ is its own. */
   shown?: BehaviorSubject<SyncStatus>;
+  /** The pending documents this tab shows: its own, or the leading tab's as it published them; pending$ is its own. */
+  shownPending?: BehaviorSubject<PendingDocuments>;
   /** Whether the plugin's state document existed when this engine started. */
   stateStored: boolean;
   /**
@@ -132,6 +138,8 @@ export function createEngineState(db: RxDatabase, options: ResolvedClientOptions
       rejectedEvents: 0,
       error: null,
     }),
+    pending$: new BehaviorSubject<PendingDocuments>({}),
+    pendingVersion: -1,
     received$: new Subject<SyncedChange[]>(),
     sent$: new Subject<SyncedChange[]>(),
     collections: new Set(options.collections),

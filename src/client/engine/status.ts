@@ -1,5 +1,6 @@
 /** What the engine shows the app: its status, the changes that crossed the link, the result of a run. */
 import { SyncError } from '../../shared/errors.js';
+import type { PendingDocuments } from '../pending-log.js';
 import type { EngineState } from './state.js';
 
 /**
@@ -46,11 +47,28 @@ export function updateStatus(state: EngineState, patch: Partial<SyncStatus>): vo
 
 export function refreshCounts(state: EngineState, error?: SyncError): void {
   if (!state.replicator || state.status$.closed) return;
+  const pending = state.replicator.pending;
+  // Read again only when a document joined or left the log: the list is a walk of the whole log.
+  if (pending.documentsVersion !== state.pendingVersion && !state.pending$.closed) {
+    state.pendingVersion = pending.documentsVersion;
+    const documents = pending.documents();
+    if (!samePendingDocuments(documents, state.pending$.value)) state.pending$.next(documents);
+  }
   updateStatus(state, {
-    pendingEvents: state.replicator.pending.size,
+    pendingEvents: pending.size,
     conflicts: state.replicator.conflicts.size,
     rejectedEvents: state.replicator.rejected.length,
     ...(error ? { error } : {}),
+  });
+}
+
+export function samePendingDocuments(a: PendingDocuments, b: PendingDocuments): boolean {
+  const keys = Object.keys(a);
+  if (keys.length !== Object.keys(b).length) return false;
+  return keys.every((collection) => {
+    const x = a[collection]!;
+    const y = b[collection];
+    return y !== undefined && x.length === y.length && x.every((id, i) => id === y[i]);
   });
 }
 
