@@ -99,14 +99,6 @@ export function withNotice(conflict: Conflict, result: Outcome, deviceLabel: str
   return { ...data, notice };
 }
 
-/** Thrown by the resolver for a list set to "Ask me": the plugin then keeps the conflict for resolveConflict(). */
-export class ManualConflict extends Error {
-  static readonly reason = 'this list asks the user';
-  constructor() {
-    super(ManualConflict.reason);
-  }
-}
-
 export function createResolver(options: {
   strategyOf: (list: string) => ListStrategy;
   deviceLabel: string;
@@ -115,9 +107,10 @@ export function createResolver(options: {
   return (conflict) => {
     const list = String((conflict.remote ?? conflict.local).data.list ?? '');
     const strategy = options.strategyOf(list);
-    if (strategy === 'manual') throw new ManualConflict();
+    // A list set to "Ask me": the plugin keeps the conflict for resolveConflict().
+    if (strategy === 'manual') return 'manual';
     const resolution = strategy === 'merge' ? merge(conflict) : lastWriteWins(conflict);
-    if (resolution.action === 'manual') throw new ManualConflict();
+    if (resolution.action === 'manual') return 'manual';
     const result = outcomeOf(resolution, conflict);
     options.onSettled({
       documentId: conflict.documentId,

@@ -3,15 +3,14 @@ import type { RxDocument } from 'rxdb';
 import type { SyncApi, SyncError, SyncStatus } from 'rxdb-offline-sync';
 import { createActivityLog } from './activity.js';
 import { renderConflicts, type ConflictChoice } from './conflict-cards.js';
-import { createResolver, describeSettled, ManualConflict, type SettledConflict } from './conflicts.js';
+import { createResolver, describeSettled, type SettledConflict } from './conflicts.js';
 import { openApp, type Todo, type TodoDatabase } from './database.js';
 import { listsOf, setStrategy, STRATEGIES, strategyOf, type ListStrategy } from './lists.js';
 import { labelOf, signIn, signedInUser, signOut, tokenSource, USERS, type UserName } from './session.js';
 import { TodoList } from './todo-list.js';
-import { UnsyncedMarks } from './unsynced.js';
 import { registerUpdates } from './updates.js';
 import { Photos } from './photos.js';
-import { count, isAskedConflict, plainWords } from './words.js';
+import { count, plainWords } from './words.js';
 import './style.css';
 
 const params = new URLSearchParams(location.search);
@@ -100,7 +99,8 @@ async function start(user: UserName): Promise<void> {
   const deviceLabel = `${labelOf(user)}'s device ${deviceId.slice(0, 4)}`;
   const lists = listsOf(user);
   let list = lists.some((entry) => entry.id === currentList.get()) ? currentList.get()! : lists[0]!.id;
-  const marks = new UnsyncedMarks(`rxdb-offline-sync-demo:unsynced:${dbName}`);
+  /** The todos holding a change the server has not acknowledged: the plugin's list, the leading tab's in every tab. */
+  let unsynced: ReadonlySet<string> = new Set();
   const tokens = tokenSource(serverUrl, user);
 
   ui.app.hidden = false;
@@ -126,26 +126,19 @@ async function start(user: UserName): Promise<void> {
   let todos: RxDocument<Todo>[] = [];
   const titles = new Map<string, string>();
 
-  // ---- writes: each marks its todo as not synced yet and names this device ----------
-
-  // Marked once written: a mark set before would render the row from the todo as it was, undoing the click.
-  const write = async (id: string, change: () => Promise<unknown>) => {
-    await change();
-    marks.add(id);
-  };
+  // ---- writes: each names this device (the plugin lists the todo as unsynced until the server has it) ----------
   const photos = new Photos({
     transfers$: sync.transfers$,
     panel: ui.transfers,
     titleOf: (id) => titles.get(id) ?? 'a todo',
-    onPhotoWritten: (id) => marks.add(id),
     log: (text) => log({ kind: 'sent', text }),
   });
   photos.docs = (id) => todos.find((doc) => doc.id === id);
   const todoList = new TodoList(ui.list, ui.empty, {
     decorate: (doc, row) => photos.decorate(doc, row),
-    toggle: (doc, done) => void write(doc.id, () => doc.incrementalPatch({ done, editedBy: deviceId })),
-    rename: (doc, title) => void write(doc.id, () => doc.incrementalPatch({ title, editedBy: deviceId })),
-    remove: (doc) => void write(doc.id, () => doc.incrementalRemove()),
+    toggle: (doc, done) => void doc.incrementalPatch({ done, editedBy: deviceId }),
+    rename: (doc, title) => void doc.incrementalPatch({ title, editedBy: deviceId }),
+    remove: (doc) => void doc.incrementalRemove(),
     dismissNotice: (doc) => {
       if (doc.notice) seenNotices.set(JSON.stringify([...seen(), doc.notice.id].slice(-200)));
       render();
@@ -165,7 +158,7 @@ async function start(user: UserName): Promise<void> {
         tab.className = 'tab';
         tab.dataset.testid = `list-${entry.id === user ? 'mine' : entry.id}`;
         tab.setAttribute('aria-pressed', String(entry.id === list));
-        const waiting = todos.filter((doc) => doc.list === entry.id && marks.has(doc.id)).length;
+        const waiting = todos.filter((doc) => doc.list === entry.id && unsynced.has(doc.id)).length;
         const badge = document.createElement('span');
         badge.className = 'badge';
         badge.dataset.testid = 'list-pending';
@@ -188,7 +181,7 @@ async function start(user: UserName): Promise<void> {
     renderLists();
     todoList.render(
       todos.filter((doc) => doc.list === list),
-      (doc) => ({ unsynced: marks.has(doc.id), notice: noticeFor(doc) }),
+      (doc) => ({ unsynced: unsynced.has(doc.id), notice: noticeFor(doc) }),
     );
   }
 
@@ -209,7 +202,7 @@ async function start(user: UserName): Promise<void> {
     ui.pending.textContent = String(status.pendingEvents);
     ui.lastSync.textContent = ago(status.lastSyncTime);
     ui.openConflicts.textContent = String(status.conflicts);
-    showError(status.enabled && status.error && !isAskedConflict(status.error, ManualConflict.reason) ? status.error : null);
+    showError(status.enabled && status.error ? status.error : null);
   }
 
   function showError(error: SyncError | null): void {
@@ -226,7 +219,10 @@ async function start(user: UserName): Promise<void> {
   window.addEventListener('storage', (event) => {
     if (event.key === resolvedCount.key) renderStatus();
   });
-  marks.onChange(render);
+  sync.pendingDocuments$.subscribe((pending) => {
+    unsynced = new Set(pending.todos ?? []);
+    render();
+  });
 
   const shownNotices = new Set<string>();
   db.todos.find().$.subscribe((next) => {
@@ -251,16 +247,12 @@ async function start(user: UserName): Promise<void> {
     }
     if (status && next.leader && !status.leader) log({ kind: 'info', text: 'This tab now syncs for the browser.' });
     const errorKey = next.error && next.enabled ? `${next.error.code}: ${next.error.message}` : undefined;
-    if (errorKey && errorKey !== lastError && isAskedConflict(next.error!, ManualConflict.reason)) {
-      log({ kind: 'conflict', text: 'A todo was changed on two devices: choose which version to keep (above the list).' });
-    } else if (errorKey && errorKey !== lastError) {
+    if (errorKey && errorKey !== lastError) {
       log({ kind: 'error', text: plainWords(next.error!), detail: errorKey });
       // A server restarted with another signing key refuses the token held: the next attempt fetches one.
       if (next.error!.code === 'UNAUTHENTICATED' || next.error!.code === 'TOKEN_EXPIRED') tokens.forget();
     }
     lastError = errorKey;
-    // Everything pending went out: no todo waits any more (a conflict settled for the server's version is acknowledged by no push).
-    if (next.pendingEvents === 0 && (!status || status.pendingEvents > 0)) marks.clear();
     status = next;
     renderStatus();
   });
@@ -272,7 +264,6 @@ async function start(user: UserName): Promise<void> {
   };
   sync.sent$.subscribe((changes) => {
     const ids = [...new Set(changes.filter((change) => change.collection === 'todos').map((change) => change.documentId))];
-    marks.acknowledged(ids);
     void titlesOf(ids).then((names) => log({ kind: 'sent', text: `Saved on the server: ${quoted(names)}.` }));
   });
   sync.received$.subscribe((changes) => {
@@ -281,13 +272,18 @@ async function start(user: UserName): Promise<void> {
     void titlesOf(ids).then((names) => log({ kind: 'received', text: `From another device: ${quoted(names)}.` }));
   });
 
-  const showConflicts = (conflicts: Parameters<typeof renderConflicts>[1]) => renderConflicts(ui.conflicts, conflicts, deviceLabel, (choice) => void settleByHand(sync, choice));
+  // A conflict left to the user (its list asks): said in the panel once, shown above the list until settled.
+  const asked = new Set<string>();
+  const showConflicts = (conflicts: Parameters<typeof renderConflicts>[1]) => {
+    if (conflicts.some((conflict) => !asked.has(conflict.id))) log({ kind: 'conflict', text: 'A todo was changed on two devices: choose which version to keep (above the list).' });
+    for (const conflict of conflicts) asked.add(conflict.id);
+    renderConflicts(ui.conflicts, conflicts, deviceLabel, (choice) => void settleByHand(sync, choice));
+  };
   sync.conflicts$.subscribe(showConflicts);
   showConflicts(sync.getConflicts());
   async function settleByHand(api: SyncApi, { conflict, choice, how, lostHere, lostThere }: ConflictChoice): Promise<void> {
     try {
       await api.resolveConflict(conflict.id, choice);
-      marks.add(conflict.documentId);
       settled({ documentId: conflict.documentId, title: String(conflict.local.data.title ?? conflict.remote?.data.title ?? ''), how, lostHere, lostThere });
     } catch (error) {
       log({ kind: 'error', text: 'That todo changed again meanwhile — look at it once more and choose again.', detail: error instanceof Error ? error.message : String(error) });
@@ -326,7 +322,7 @@ async function start(user: UserName): Promise<void> {
     if (!title) return;
     ui.newTitle.value = '';
     const id = crypto.randomUUID();
-    await write(id, () => db.todos.insert({ id, title, done: false, createdAt: Date.now(), list, owner: user, editedBy: deviceId }));
+    await db.todos.insert({ id, title, done: false, createdAt: Date.now(), list, owner: user, editedBy: deviceId });
   });
 
   exposeForTests(db, sync);

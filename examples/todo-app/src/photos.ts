@@ -46,7 +46,6 @@ export class Photos {
       transfers$: Observable<Transfer[]>;
       panel: HTMLElement;
       titleOf: (documentId: string) => string;
-      onPhotoWritten: (documentId: string) => void;
       log: (text: string) => void;
     },
   ) {
@@ -125,7 +124,6 @@ export class Photos {
     if (!doc) return;
     const data = await scaledDown(file);
     await doc.putAttachment({ id: PHOTO_ID, data, type: data.type || 'image/jpeg' });
-    this.options.onPhotoWritten(documentId);
   }
 
   /** How a row finds its todo; set by the app. */

@@ -29,7 +29,6 @@ const PLAIN: Record<string, string> = {
  * plugin shows it as CONFLICT_RESOLVER_FAILED, since the app's resolver
  * declined it; the app shows the conflict card instead of an error.
  */
-export const isAskedConflict = (error: Pick<SyncError, 'code' | 'message'>, reason: string) => error.code === 'CONFLICT_RESOLVER_FAILED' && error.message.includes(reason);
 
 export function plainWords(error: Pick<SyncError, 'code'>): string {
   return PLAIN[error.code] ?? 'Sync ran into a problem — it will try again. Your changes are kept on this device.';
