@@ -107,6 +107,26 @@ describe('several tabs of one database', () => {
     expect(await server.server.getStorage().countEvents()).toBe(2);
   });
 
+  it('a tab that takes over the lead lists the pending documents of the log it reads, not of the one it read at start', async () => {
+    server = await startServer();
+    const name = uniqueName('handover');
+    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
+    const tab1 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
+    await waitFor(() => tab1.sync.getStatus().leader, 'tab1 to lead');
+    await tab1.todos.insert({ id: 'x', title: 'first', done: false });
+    await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, 'x to be logged');
+    // tab2 reads the log at start, x in it: as many documents as the log it will read on taking over.
+    const tab2 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
+    clients.push(tab2);
+    expect((await tab1.sync.syncNow()).success).toBe(true);
+    await tab1.todos.insert({ id: 'z', title: 'second', done: false });
+    await waitFor(() => JSON.stringify(tab2.sync.getPendingDocuments()) === JSON.stringify({ todos: ['z'] }), 'tab2 to show the leader\'s list');
+    await tab1.close();
+
+    await waitFor(() => tab2.sync.getStatus().leader, 'tab2 to take over', 15_000);
+    await waitFor(() => JSON.stringify(tab2.sync.getPendingDocuments()) === JSON.stringify({ todos: ['z'] }), 'tab2 to list z as it leads');
+  });
+
   it('a tab elected later whose storage fails to prepare reports it and tries again, then syncs', async () => {
     server = await startServer();
     // The first write of the plugin's storage is the elected tab's, as it prepares.

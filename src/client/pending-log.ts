@@ -20,10 +20,10 @@ export const PAGE_SIZE = 500;
  */
 export const PAGE_BYTES = 1024 * 1024;
 
-/** How the log is stored: one document per page, named by its key (its first entry's key; for an entry moved to a page of its own, that entry's key and "+"). */
 /** Per collection, the ids of the documents that hold a change the server has not acknowledged, sorted. */
 export type PendingDocuments = Readonly<Record<string, readonly string[]>>;
 
+/** How the log is stored: one document per page, named by its key (its first entry's key; for an entry moved to a page of its own, that entry's key and "+"). */
 export interface StoredPage {
   key: string;
   entries: { key: string; event: PendingEntry['event'] }[];

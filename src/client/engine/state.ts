@@ -50,7 +50,8 @@ export interface EngineState {
   readonly status$: BehaviorSubject<SyncStatus>;
   /** This tab's own pending documents (see PendingLog.documents), and the log's documentsVersion they were read at. */
   readonly pending$: BehaviorSubject<PendingDocuments>;
-  pendingVersion: number;
+  /** The log pending$ was read from, and its documentsVersion then: a log read again (a tab taking the lead) counts from 0 anew. */
+  pendingRead?: { log: object; version: number };
   /** Server changes this tab applied (or found it already held), per live message or pull page. */
   readonly received$: Subject<SyncedChange[]>;
   /** This device's changes the server acknowledged, per push. */
@@ -139,7 +140,6 @@ export function createEngineState(db: RxDatabase, options: ResolvedClientOptions
       error: null,
     }),
     pending$: new BehaviorSubject<PendingDocuments>({}),
-    pendingVersion: -1,
     received$: new Subject<SyncedChange[]>(),
     sent$: new Subject<SyncedChange[]>(),
     collections: new Set(options.collections),

@@ -48,9 +48,10 @@ export function updateStatus(state: EngineState, patch: Partial<SyncStatus>): vo
 export function refreshCounts(state: EngineState, error?: SyncError): void {
   if (!state.replicator || state.status$.closed) return;
   const pending = state.replicator.pending;
-  // Read again only when a document joined or left the log: the list is a walk of the whole log.
-  if (pending.documentsVersion !== state.pendingVersion && !state.pending$.closed) {
-    state.pendingVersion = pending.documentsVersion;
+  // Read again only when a document joined or left the log, or the log was read again: the list is a walk of it.
+  const read = state.pendingRead;
+  if ((read?.log !== pending || read.version !== pending.documentsVersion) && !state.pending$.closed) {
+    state.pendingRead = { log: pending, version: pending.documentsVersion };
     const documents = pending.documents();
     if (!samePendingDocuments(documents, state.pending$.value)) state.pending$.next(documents);
   }
