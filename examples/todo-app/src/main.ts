@@ -246,6 +246,8 @@ async function start(user: UserName): Promise<void> {
       log(next.connected ? { kind: 'link', text: 'Connected to the server.' } : { kind: 'link', text: "Lost the connection to the server — changes are kept and will sync when it's back." });
     }
     if (status && next.leader && !status.leader) log({ kind: 'info', text: 'This tab now syncs for the browser.' });
+    // A conflict left to the user (its list asks), in every tab: the count is the leading tab's.
+    if (status && next.conflicts > status.conflicts) log({ kind: 'conflict', text: 'A todo was changed on two devices: choose which version to keep (above the list).' });
     const errorKey = next.error && next.enabled ? `${next.error.code}: ${next.error.message}` : undefined;
     if (errorKey && errorKey !== lastError) {
       log({ kind: 'error', text: plainWords(next.error!), detail: errorKey });
@@ -272,13 +274,7 @@ async function start(user: UserName): Promise<void> {
     void titlesOf(ids).then((names) => log({ kind: 'received', text: `From another device: ${quoted(names)}.` }));
   });
 
-  // A conflict left to the user (its list asks): said in the panel once, shown above the list until settled.
-  const asked = new Set<string>();
-  const showConflicts = (conflicts: Parameters<typeof renderConflicts>[1]) => {
-    if (conflicts.some((conflict) => !asked.has(conflict.id))) log({ kind: 'conflict', text: 'A todo was changed on two devices: choose which version to keep (above the list).' });
-    for (const conflict of conflicts) asked.add(conflict.id);
-    renderConflicts(ui.conflicts, conflicts, deviceLabel, (choice) => void settleByHand(sync, choice));
-  };
+  const showConflicts = (conflicts: Parameters<typeof renderConflicts>[1]) => renderConflicts(ui.conflicts, conflicts, deviceLabel, (choice) => void settleByHand(sync, choice));
   sync.conflicts$.subscribe(showConflicts);
   showConflicts(sync.getConflicts());
   async function settleByHand(api: SyncApi, { conflict, choice, how, lostHere, lostThere }: ConflictChoice): Promise<void> {

@@ -24,12 +24,6 @@ const PLAIN: Record<string, string> = {
   CONFLICT_RESOLVER_FAILED: 'A todo was changed on two devices and could not be settled on its own — choose which version to keep.',
 };
 
-/**
- * A conflict kept for the user on purpose (a list set to "Ask me"): the
- * plugin shows it as CONFLICT_RESOLVER_FAILED, since the app's resolver
- * declined it; the app shows the conflict card instead of an error.
- */
-
 export function plainWords(error: Pick<SyncError, 'code'>): string {
   return PLAIN[error.code] ?? 'Sync ran into a problem — it will try again. Your changes are kept on this device.';
 }
