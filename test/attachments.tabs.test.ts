@@ -7,29 +7,21 @@ import { addRxPlugin } from 'rxdb';
 import { RxDBDevModePlugin, disableWarnings } from 'rxdb/plugins/dev-mode';
 import { getRxStorageMemory } from 'rxdb/plugins/storage-memory';
 import { wrappedValidateAjvStorage } from 'rxdb/plugins/validate-ajv';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parsePlaceholder } from '../src/shared/attachments.js';
-import { openPhotoDevice, type PhotoDevice, type PhotoDeviceOptions } from './fixtures/photo-devices.js';
+import { photoDevicesPerTest } from './fixtures/photo-devices.js';
 import { startServer, uniqueName, waitFor, type TestServer } from './helpers.js';
 
 // Two tabs of one database in one process need ignoreDuplicate, which only dev-mode allows.
 disableWarnings();
 addRxPlugin(RxDBDevModePlugin);
 
-const devices: PhotoDevice[] = [];
 let server: TestServer | undefined;
 
-afterEach(async () => {
-  for (const device of devices.splice(0)) await device.db.close();
+const device = photoDevicesPerTest(async () => {
   await server?.stop();
   server = undefined;
 });
-
-async function device(url: string, options: PhotoDeviceOptions): Promise<PhotoDevice> {
-  const made = await openPhotoDevice(url, options);
-  devices.push(made);
-  return made;
-}
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 

@@ -6,28 +6,20 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { RxCollection } from 'rxdb';
 import { firstValueFrom } from 'rxjs';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parsePlaceholder } from '../src/shared/attachments.js';
 import { BLOB_CHUNK_BYTES, MESSAGE } from '../src/shared/protocol/index.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { openPhotoDevice, type PhotoDevice, type PhotoDeviceOptions } from './fixtures/photo-devices.js';
+import { photoDevicesPerTest } from './fixtures/photo-devices.js';
 import type { Photo } from './fixtures/photos.js';
 import { rawSocket, request, startServer, waitFor, type TestServer } from './helpers.js';
 
-const devices: PhotoDevice[] = [];
 let server: TestServer | undefined;
 
-afterEach(async () => {
-  for (const device of devices.splice(0)) await device.db.close();
+const device = photoDevicesPerTest(async () => {
   await server?.stop();
   server = undefined;
 });
-
-async function device(url: string, options: PhotoDeviceOptions = {}): Promise<PhotoDevice> {
-  const made = await openPhotoDevice(url, options);
-  devices.push(made);
-  return made;
-}
 
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 const blobOf = (bytes: Uint8Array, type = 'image/jpeg') => new Blob([bytes as BlobPart], { type });
