@@ -1,7 +1,7 @@
 import { firstValueFrom, lastValueFrom, take, toArray } from 'rxjs';
 import { describe, expect, it } from 'vitest';
 import { SyncError } from '../src/client/index.js';
-import { closeAfterEach, freePort, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
+import { closeAfterEach, freePort, listsPending, startClient, startServer, waitFor, type TestClient, type TestServer } from './helpers.js';
 
 let server: TestServer | undefined;
 const clients: TestClient[] = [];
@@ -100,13 +100,12 @@ describe('the replication handle', () => {
     await a.todos.bulkInsert([{ id: 'y', title: 'one', done: false }, { id: 'x', title: 'two', done: false }]);
     // Edited again: one document, however many changes wait.
     await (await a.todos.findOne('y').exec())!.incrementalPatch({ done: true });
-    const listed = (expected: object) => JSON.stringify(a.sync.getPendingDocuments()) === JSON.stringify(expected);
     // Logged in the turn after the write, as pendingEvents is counted.
-    await waitFor(() => listed({ todos: ['x', 'y'] }), 'both listed');
+    await waitFor(() => listsPending(a.sync, { todos: ['x', 'y'] }), 'both listed');
     await a.sync.syncNow();
     expect(a.sync.getPendingDocuments()).toEqual({});
     await a.todos.insert({ id: 'z', title: 'three', done: false });
-    await waitFor(() => listed({ todos: ['z'] }), 'the third listed');
+    await waitFor(() => listsPending(a.sync, { todos: ['z'] }), 'the third listed');
     expect(await a.sync.clearPendingEvents()).toBe(1);
     expect(a.sync.getPendingDocuments()).toEqual({});
     watching.unsubscribe();

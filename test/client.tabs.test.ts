@@ -7,7 +7,7 @@ import { describe, expect, it, vi } from 'vitest';
 import { SyncError, type SyncApi, type SyncPluginOptions, type SyncStatus } from '../src/client/index.js';
 import { MetaStore } from '../src/client/meta-store.js';
 import { MemorySyncStorage } from '../src/server/index.js';
-import { closeAfterEach, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, outcome } from './helpers.js';
+import { closeAfterEach, listsPending, openDatabase, sleep, startClient, startServer, uniqueName, waitFor, type TestClient, type TestServer, outcome } from './helpers.js';
 
 // Two "tabs" of one database in one process: RxDB only allows that in dev-mode (ignoreDuplicate).
 disableWarnings();
@@ -31,6 +31,28 @@ async function openTabs(url: string, count: number, options: Partial<SyncPluginO
   await waitFor(() => tabs.some((tab) => tab.sync.getStatus().leader), 'a tab to lead');
   const leader = tabs.find((tab) => tab.sync.getStatus().leader)!;
   return { leader, followers: tabs.filter((tab) => tab !== leader), name, storage };
+}
+
+/**
+ * A server, and a first tab of a new database that leads with `todo`
+ * written and logged, not pushed (autoSync off); `openTab` opens more tabs of
+ * it (closed after the test). The first tab is the test's to close.
+ */
+async function leaderWithOneLogged(todo: { id: string; title: string; done: boolean }) {
+  server = await startServer();
+  const url = server.url;
+  const name = uniqueName('handover');
+  const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
+  const tab1 = await startClient(url, { name, multiInstance: true, storage, autoSync: false });
+  await waitFor(() => tab1.sync.getStatus().leader, 'tab1 to lead');
+  await tab1.todos.insert(todo);
+  await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, `${todo.id} to be logged`);
+  const openTab = async (options: Partial<SyncPluginOptions>) => {
+    const tab = await startClient(url, { name, multiInstance: true, storage, ...options });
+    clients.push(tab);
+    return tab;
+  };
+  return { tab1, openTab };
 }
 
 /** Resolves with the time at which `sync` first shows a status that meets `condition`. */
@@ -84,16 +106,9 @@ describe('several tabs of one database', () => {
   });
 
   it('a tab that takes over the lead goes on from what the last leader logged and sent', async () => {
-    server = await startServer();
-    const name = uniqueName('handover');
-    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
-    const tab1 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
-    await waitFor(() => tab1.sync.getStatus().leader, 'tab1 to lead');
-    await tab1.todos.insert({ id: 'y', title: 'v1', done: false });
-    await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, 'v1 to be logged');
+    const { tab1, openTab } = await leaderWithOneLogged({ id: 'y', title: 'v1', done: false });
     // tab2 starts while v1 is pending, and reads the log as it is then.
-    const tab2 = await startClient(server.url, { name, multiInstance: true, storage });
-    clients.push(tab2);
+    const tab2 = await openTab({});
     await sleep(100);
     expect(tab2.sync.getStatus().leader).toBe(false);
     expect((await tab1.sync.syncNow()).success).toBe(true);
@@ -104,27 +119,20 @@ describe('several tabs of one database', () => {
     await waitFor(() => tab2.sync.getStatus().leader, 'tab2 to take over', 15_000);
     await waitFor(async () => (await server!.server.getStorage().getHeads('todos', ['y']))[0]?.data.title === 'v2', 'v2 to reach the server');
     await waitFor(() => tab2.sync.getStatus().pendingEvents === 0, 'tab2 to have nothing pending');
-    expect(await server.server.getStorage().countEvents()).toBe(2);
+    expect(await server!.server.getStorage().countEvents()).toBe(2);
   });
 
   it('a tab that takes over the lead lists the pending documents of the log it reads, not of the one it read at start', async () => {
-    server = await startServer();
-    const name = uniqueName('handover');
-    const storage = wrappedValidateAjvStorage({ storage: getRxStorageMemory() });
-    const tab1 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
-    await waitFor(() => tab1.sync.getStatus().leader, 'tab1 to lead');
-    await tab1.todos.insert({ id: 'x', title: 'first', done: false });
-    await waitFor(() => tab1.sync.getStatus().pendingEvents === 1, 'x to be logged');
+    const { tab1, openTab } = await leaderWithOneLogged({ id: 'x', title: 'first', done: false });
     // tab2 reads the log at start, x in it: as many documents as the log it will read on taking over.
-    const tab2 = await startClient(server.url, { name, multiInstance: true, storage, autoSync: false });
-    clients.push(tab2);
+    const tab2 = await openTab({ autoSync: false });
     expect((await tab1.sync.syncNow()).success).toBe(true);
     await tab1.todos.insert({ id: 'z', title: 'second', done: false });
-    await waitFor(() => JSON.stringify(tab2.sync.getPendingDocuments()) === JSON.stringify({ todos: ['z'] }), 'tab2 to show the leader\'s list');
+    await waitFor(() => listsPending(tab2.sync, { todos: ['z'] }), 'tab2 to show the leader\'s list');
     await tab1.close();
 
     await waitFor(() => tab2.sync.getStatus().leader, 'tab2 to take over', 15_000);
-    await waitFor(() => JSON.stringify(tab2.sync.getPendingDocuments()) === JSON.stringify({ todos: ['z'] }), 'tab2 to list z as it leads');
+    await waitFor(() => listsPending(tab2.sync, { todos: ['z'] }), 'tab2 to list z as it leads');
   });
 
   it('a tab elected later whose storage fails to prepare reports it and tries again, then syncs', async () => {
@@ -187,7 +195,7 @@ describe('every tab shows and steers the one sync of its database', () => {
       await follower.todos.insert({ id: 'b', title: 'from the follower', done: false });
       await leader.todos.insert({ id: 'a', title: 'from the leader', done: false });
       for (const tab of [leader, follower]) {
-        await waitFor(() => JSON.stringify(tab.sync.getPendingDocuments()) === JSON.stringify({ todos: ['a', 'b'] }), `${tab.name} to list both`);
+        await waitFor(() => listsPending(tab.sync, { todos: ['a', 'b'] }), `${tab.name} to list both`);
       }
       follower.sync.enable();
       for (const tab of [leader, follower]) await waitFor(() => Object.keys(tab.sync.getPendingDocuments()).length === 0, `${tab.name} to list none`);

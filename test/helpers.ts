@@ -139,6 +139,11 @@ export async function waitFor(condition: () => boolean | Promise<boolean>, messa
   }
 }
 
+/** Whether `sync` lists exactly these pending documents (see SyncApi.getPendingDocuments). */
+export function listsPending(sync: Pick<SyncApi, 'getPendingDocuments'>, expected: Record<string, string[]>): boolean {
+  return JSON.stringify(sync.getPendingDocuments()) === JSON.stringify(expected);
+}
+
 /** Documents of a collection as plain sorted objects, for comparing clients. */
 export async function contents(collection: RxCollection<Todo>): Promise<Todo[]> {
   const docs = await collection.find().exec();
