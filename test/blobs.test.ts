@@ -55,6 +55,18 @@ runBlobStoreConformance('files', () => {
   );
 });
 
+/** A FileBlobStore in a new temporary folder, closed and removed after `test`. */
+async function withFileStore(test: (store: FileBlobStore, directory: string) => Promise<void>): Promise<void> {
+  const directory = tempDirectory();
+  const store = new FileBlobStore({ directory });
+  try {
+    await test(store, directory);
+  } finally {
+    await store.close();
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
 describe('files', () => {
   it('completes one blob uploaded by two owners through two servers sharing the folder, both at once', async () => {
     const directory = tempDirectory();
@@ -78,72 +90,57 @@ describe('files', () => {
   });
 
   it('names no file after an owner: owners are hashed, so no owner string reaches a path', async () => {
-    const directory = tempDirectory();
-    const store = new FileBlobStore({ directory });
-    try {
-      const owners = ['../../escape', 'user@example.com', 'ü/ñ'];
-      for (const owner of owners) {
-        await upload(store, owner, contentOf(3 * KiB));
-        await store.append(digestOf(contentOf(4 * KiB)), owner, 4 * KiB, 0, new Uint8Array(KiB));
-      }
-      const paths = filesUnder(directory);
-      expect(paths.length).toBeGreaterThan(0);
-      for (const path of paths) expect(path).toMatch(/^(blobs\/[0-9a-f]{2}\/[0-9a-f]{64}(\.owner)?|owners\/[0-9a-f]{64}\/(stored|uploads)\/[0-9a-f]{64}\.\d+)$/);
-    } finally {
-      await store.close();
-      rmSync(directory, { recursive: true, force: true });
-    }
+    await withFileStore(async (store, directory) => {
+        const owners = ['../../escape', 'user@example.com', 'ü/ñ'];
+        for (const owner of owners) {
+          await upload(store, owner, contentOf(3 * KiB));
+          await store.append(digestOf(contentOf(4 * KiB)), owner, 4 * KiB, 0, new Uint8Array(KiB));
+        }
+        const paths = filesUnder(directory);
+        expect(paths.length).toBeGreaterThan(0);
+        for (const path of paths) expect(path).toMatch(/^(blobs\/[0-9a-f]{2}\/[0-9a-f]{64}(\.owner)?|owners\/[0-9a-f]{64}\/(stored|uploads)\/[0-9a-f]{64}\.\d+)$/);
+    });
   });
 
   it('completes an upload whose every byte arrived before the server stopped, when it is next asked about', async () => {
-    const directory = tempDirectory();
-    const store = new FileBlobStore({ directory });
-    try {
-      await store.init();
-      const bytes = contentOf(5 * KiB);
-      const digest = digestOf(bytes);
-      // What a server leaves when it stops between the last write and the check.
-      expect(await store.append(digest, 'alice', bytes.length, 0, bytes.subarray(0, KiB))).toEqual({ complete: false, received: KiB });
-      const uploadsDir = join(directory, 'owners');
-      const [ownerDir] = readdirSync(uploadsDir);
-      await writeFile(join(uploadsDir, ownerDir!, 'uploads', `${digest}.${bytes.length}`), bytes);
-      expect(await store.uploadState(digest, 'alice')).toEqual({ complete: true, received: bytes.length });
-      expectBytes(await store.read(digest, 0, bytes.length), bytes);
+    await withFileStore(async (store, directory) => {
+        await store.init();
+        const bytes = contentOf(5 * KiB);
+        const digest = digestOf(bytes);
+        // What a server leaves when it stops between the last write and the check.
+        expect(await store.append(digest, 'alice', bytes.length, 0, bytes.subarray(0, KiB))).toEqual({ complete: false, received: KiB });
+        const uploadsDir = join(directory, 'owners');
+        const [ownerDir] = readdirSync(uploadsDir);
+        await writeFile(join(uploadsDir, ownerDir!, 'uploads', `${digest}.${bytes.length}`), bytes);
+        expect(await store.uploadState(digest, 'alice')).toEqual({ complete: true, received: bytes.length });
+        expectBytes(await store.read(digest, 0, bytes.length), bytes);
 
-      // And a full upload that does not match is dropped, not stored.
-      const other = contentOf(2 * KiB);
-      await store.append(digestOf(other), 'alice', other.length, 0, other.subarray(0, 10));
-      await mkdir(join(uploadsDir, ownerDir!, 'uploads'), { recursive: true });
-      await writeFile(join(uploadsDir, ownerDir!, 'uploads', `${digestOf(other)}.${other.length}`), contentOf(other.length));
-      expect(await store.uploadState(digestOf(other), 'alice')).toEqual({ complete: false, received: 0 });
-      expect(await store.stored([digestOf(other)])).toEqual(new Map());
-    } finally {
-      await store.close();
-      rmSync(directory, { recursive: true, force: true });
-    }
+        // And a full upload that does not match is dropped, not stored.
+        const other = contentOf(2 * KiB);
+        await store.append(digestOf(other), 'alice', other.length, 0, other.subarray(0, 10));
+        await mkdir(join(uploadsDir, ownerDir!, 'uploads'), { recursive: true });
+        await writeFile(join(uploadsDir, ownerDir!, 'uploads', `${digestOf(other)}.${other.length}`), contentOf(other.length));
+        expect(await store.uploadState(digestOf(other), 'alice')).toEqual({ complete: false, received: 0 });
+        expect(await store.stored([digestOf(other)])).toEqual(new Map());
+    });
   });
 
   it('puts back a blob that a sweep set aside and did not finish with, however old, before it judges marks', async () => {
-    const directory = tempDirectory();
-    const store = new FileBlobStore({ directory });
-    try {
-      await store.init();
-      const bytes = contentOf(4 * KiB);
-      const digest = digestOf(bytes);
-      await upload(store, 'alice', bytes);
-      // What a sweep that crashed between its rename and its judgement leaves: a push may have found the
-      // blob stored and stored the document that names it just before.
-      const shard = join(directory, 'blobs', digest.slice(0, 2));
-      renameSync(join(shard, digest), join(shard, `${digest}.sweeping-crashed`));
-      const later = Date.now() + 60_000;
-      expect(await store.sweep(new Set([digest]), { blobsBefore: later, uploadsBefore: later })).toEqual({ blobs: 0, uploads: 0 });
-      expectBytes(await store.read(digest, 0, bytes.length), bytes);
-      expect(await store.usage('alice')).toBe(bytes.length);
-      expect(readdirSync(shard).filter((name) => name.includes('.sweeping-'))).toEqual([]);
-    } finally {
-      await store.close();
-      rmSync(directory, { recursive: true, force: true });
-    }
+    await withFileStore(async (store, directory) => {
+        await store.init();
+        const bytes = contentOf(4 * KiB);
+        const digest = digestOf(bytes);
+        await upload(store, 'alice', bytes);
+        // What a sweep that crashed between its rename and its judgement leaves: a push may have found the
+        // blob stored and stored the document that names it just before.
+        const shard = join(directory, 'blobs', digest.slice(0, 2));
+        renameSync(join(shard, digest), join(shard, `${digest}.sweeping-crashed`));
+        const later = Date.now() + 60_000;
+        expect(await store.sweep(new Set([digest]), { blobsBefore: later, uploadsBefore: later })).toEqual({ blobs: 0, uploads: 0 });
+        expectBytes(await store.read(digest, 0, bytes.length), bytes);
+        expect(await store.usage('alice')).toBe(bytes.length);
+        expect(readdirSync(shard).filter((name) => name.includes('.sweeping-'))).toEqual([]);
+    });
   });
 
   it('refuses an unusable directory option, naming it', () => {
