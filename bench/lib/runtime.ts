@@ -1,4 +1,5 @@
 /** Process-level helpers: forcing a garbage collection, sampling memory, waiting. */
+import type { ChildProcess } from 'node:child_process';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 
@@ -52,4 +53,23 @@ export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): P
     timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The first `ready` report of a forked server (`what` names it): rejects
+ * when the child fails or exits first, or after a minute, and then kills it.
+ */
+export function readyReport<R extends { type: string }>(child: ChildProcess, what: string): Promise<Extract<R, { type: 'ready' }>> {
+  return withTimeout(
+    new Promise<Extract<R, { type: 'ready' }>>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code, signal) => reject(new Error(`${what} exited (${signal ?? `code ${code}`}) before it was ready`)));
+      child.on('message', (report: R) => report.type === 'ready' && resolve(report as Extract<R, { type: 'ready' }>));
+    }),
+    60_000,
+    `${what} to be ready`,
+  ).catch((error: unknown) => {
+    child.kill('SIGKILL');
+    throw error;
+  });
 }

@@ -24,7 +24,7 @@ import type { ServerReport, ServerRequest } from '../lib/abuse-server.js';
 import { makeTodos } from '../lib/documents.js';
 import { connectOwnSocket } from '../lib/listen.js';
 import { RawSocketIo } from '../lib/raw-socket.js';
-import { sleep, withTimeout } from '../lib/runtime.js';
+import { readyReport, sleep, withTimeout } from '../lib/runtime.js';
 import type { Measurement, Scenario } from '../lib/scenario.js';
 import { percentile } from '../lib/stats.js';
 
@@ -226,15 +226,7 @@ class ServerChild {
     const entry = fileURLToPath(new URL('../lib/abuse-server.ts', import.meta.url));
     // The same loader flags (tsx) and tsconfig as this process; the log to stdout goes nowhere.
     const child = fork(entry, [String(seed)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-    const port = await withTimeout(
-      new Promise<number>((resolve, reject) => {
-        child.once('error', reject);
-        child.once('exit', (code) => reject(new Error(`the abuse server exited with code ${code}`)));
-        child.on('message', (report: ServerReport) => report.type === 'ready' && resolve(report.port));
-      }),
-      60_000,
-      'the abuse server to start',
-    );
+    const { port } = await readyReport<ServerReport>(child, 'the abuse server');
     return new ServerChild(child, port);
   }
 

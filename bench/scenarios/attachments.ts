@@ -42,7 +42,7 @@ import { contentOf, holds, openDevice, type Device } from '../lib/attachments-de
 import { watchRss } from '../lib/attachments-rss.js';
 import { clock, type AttachmentServerConfig, type AttachmentServerReport, type AttachmentServerRequest } from '../lib/attachments-ipc.js';
 import { profiled } from '../lib/profile.js';
-import { gc, sleep, withTimeout } from '../lib/runtime.js';
+import { gc, readyReport, sleep, withTimeout } from '../lib/runtime.js';
 import type { Scenario, ScenarioContext } from '../lib/scenario.js';
 import { startSlowLink, type LinkOptions } from '../lib/slow-link.js';
 import { median } from '../lib/stats.js';
@@ -94,15 +94,7 @@ class ServerChild {
     const entry = fileURLToPath(new URL('../lib/attachments-server.ts', import.meta.url));
     // The same loader flags (tsx) and tsconfig as this process.
     const child = fork(entry, [JSON.stringify(config)], { stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
-    const port = await withTimeout(
-      new Promise<number>((resolve, reject) => {
-        child.once('error', reject);
-        child.once('exit', (code) => reject(new Error(`the attachments server exited with code ${code}`)));
-        child.on('message', (report: AttachmentServerReport) => report.type === 'ready' && resolve(report.port));
-      }),
-      60_000,
-      'the attachments server to start',
-    );
+    const { port } = await readyReport<AttachmentServerReport>(child, 'the attachments server');
     return new ServerChild(child, port);
   }
 

@@ -55,7 +55,7 @@ import { formatHlc } from '../../src/shared/hlc.js';
 import type { ClientsReport, ClientsRequest, ConnectStats, ExactStats, Mode } from '../lib/scale-clients.js';
 import type { ScaleServerConfig, ScaleServerReport, ScaleServerRequest } from '../lib/scale-server.js';
 import { COLLECTION, CONNECT_TIMEOUT_MS, HISTOGRAM_BINS, LiteSocket, SCALE_SERVER_OPTIONS, clock, histogramPercentile } from '../lib/scale-socket.js';
-import { sleep, withTimeout } from '../lib/runtime.js';
+import { readyReport, sleep, withTimeout } from '../lib/runtime.js';
 import { portOpen } from '../lib/storages.js';
 import type { BenchConfig, Measurement, Scenario } from '../lib/scenario.js';
 import { percentile } from '../lib/stats.js';
@@ -158,18 +158,7 @@ class ServerProcess {
 
   static async start(config: ScaleServerConfig): Promise<ServerProcess> {
     const child = forkChild('../lib/scale-server.ts', [JSON.stringify(config)], true);
-    const ready = await withTimeout(
-      new Promise<Extract<ScaleServerReport, { type: 'ready' }>>((resolve, reject) => {
-        child.once('error', reject);
-        child.once('exit', (code, signal) => reject(new Error(`the scale server exited (${signal ?? `code ${code}`}) before listening`)));
-        child.on('message', (report: ScaleServerReport) => report.type === 'ready' && resolve(report));
-      }),
-      60_000,
-      'the scale server to listen',
-    ).catch((error: unknown) => {
-      child.kill('SIGKILL');
-      throw error;
-    });
+    const ready = await readyReport<ScaleServerReport>(child, 'the scale server');
     return new ServerProcess(child, ready.port, ready.listeningAt, ready.startedAt);
   }
 
