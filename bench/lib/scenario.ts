@@ -79,6 +79,13 @@ export interface Scenario {
   run(ctx: ScenarioContext): Promise<void>;
 }
 
+/** For a scenario of this project only: true, and said in the log, when --systems leaves this project out. */
+export function withoutThisProject({ systems, log }: Pick<ScenarioContext, 'systems' | 'log'>, name: string): boolean {
+  if (systems.some((system) => system.id === 'offline-sync')) return false;
+  log(`${name}: only for this project, which is not among --systems; skipped`);
+  return true;
+}
+
 /**
  * The runs of every system, interleaved: run 1 of each system, then run 2 of
  * each in the reverse order, and so on (A B, B A, A B). This machine's speed

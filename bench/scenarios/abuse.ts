@@ -25,7 +25,7 @@ import { makeTodos } from '../lib/documents.js';
 import { connectOwnSocket } from '../lib/listen.js';
 import { RawSocketIo } from '../lib/raw-socket.js';
 import { readyReport, sleep, withTimeout } from '../lib/runtime.js';
-import type { Measurement, Scenario } from '../lib/scenario.js';
+import { withoutThisProject, type Measurement, type Scenario } from '../lib/scenario.js';
 import { percentile } from '../lib/stats.js';
 
 const SEEDED = 20_000;
@@ -427,10 +427,7 @@ function table(rows: readonly Row[]): string[] {
 export const abuse: Scenario = {
   name: 'abuse',
   async run({ systems, record, log }) {
-    if (!systems.some((system) => system.id === 'offline-sync')) {
-      log('abuse: only for this project, which is not among --systems; skipped');
-      return;
-    }
+    if (withoutThisProject({ systems, log }, 'abuse')) return;
     const rows: Row[] = [];
     for (const kind of [undefined, ...KINDS]) {
       const row = await measure(kind);

@@ -43,7 +43,7 @@ import { watchRss } from '../lib/attachments-rss.js';
 import { clock, type AttachmentServerConfig, type AttachmentServerReport, type AttachmentServerRequest } from '../lib/attachments-ipc.js';
 import { profiled } from '../lib/profile.js';
 import { gc, readyReport, sleep, withTimeout } from '../lib/runtime.js';
-import type { Scenario, ScenarioContext } from '../lib/scenario.js';
+import { withoutThisProject, type Scenario, type ScenarioContext } from '../lib/scenario.js';
 import { startSlowLink, type LinkOptions } from '../lib/slow-link.js';
 import { median } from '../lib/stats.js';
 
@@ -286,10 +286,7 @@ async function serverMemory({ config, record, log }: Context, server: ServerChil
 export const attachments: Scenario = {
   name: 'attachments',
   async run({ config, systems, record, log }) {
-    if (!systems.some((system) => system.id === 'offline-sync')) {
-      log('attachments: only for this project, which is not among --systems; skipped');
-      return;
-    }
+    if (withoutThisProject({ systems, log }, 'attachments')) return;
     const link: LinkOptions = { rttMs: config.slowLink.rttMs, mbitPerSecond: config.slowLink.mbitPerSecond };
     const directory = mkdtempSync(join(tmpdir(), 'bench-attachments-'));
     const { bytes, rssBytes } = config.attachments;

@@ -57,7 +57,7 @@ import type { ScaleServerConfig, ScaleServerReport, ScaleServerRequest } from '.
 import { COLLECTION, CONNECT_TIMEOUT_MS, HISTOGRAM_BINS, LiteSocket, SCALE_SERVER_OPTIONS, clock, histogramPercentile } from '../lib/scale-socket.js';
 import { readyReport, sleep, withTimeout } from '../lib/runtime.js';
 import { portOpen } from '../lib/storages.js';
-import type { BenchConfig, Measurement, Scenario } from '../lib/scenario.js';
+import { withoutThisProject, type BenchConfig, type Measurement, type Scenario } from '../lib/scenario.js';
 import { percentile } from '../lib/stats.js';
 
 const POSTGRES = { host: '127.0.0.1', port: 5432, user: 'postgres' };
@@ -726,10 +726,7 @@ function table(rows: readonly Row[]): string[] {
 export const scale: Scenario = {
   name: 'scale',
   async run({ config, systems, record, log }) {
-    if (!systems.some((system) => system.id === 'offline-sync')) {
-      log('scale: only for this project, which is not among --systems; skipped');
-      return;
-    }
+    if (withoutThisProject({ systems, log }, 'scale')) return;
     const scaleConfig = config.scale;
     const directory = mkdtempSync(join(tmpdir(), 'rxos-scale-'));
     // A process that ends another way than through the finally below takes its children and files along: an uncaught

@@ -39,7 +39,7 @@ import type { ScopeSelector } from 'rxdb-offline-sync';
 import { SqliteSyncStorage } from 'rxdb-offline-sync/server';
 import { profiled } from '../lib/profile.js';
 import { gc, withTimeout } from '../lib/runtime.js';
-import { alternating, type Measurement, type Scenario } from '../lib/scenario.js';
+import { alternating, withoutThisProject, type Measurement, type Scenario } from '../lib/scenario.js';
 import { dropDatabase } from '../lib/database.js';
 import { CREW, crewAssets, makeLayout, openAssetDatabase, seedAssets, touch, type Asset } from '../lib/scopes-data.js';
 import { changeScope, difference, startAssetSync, startScopesServer, type AssetClient, type ScopesServer, type Sent } from '../lib/scopes-server.js';
@@ -135,10 +135,7 @@ const sentNote = (s: Summary) =>
 export const scopes: Scenario = {
   name: 'scopes',
   async run({ config, systems, record, log }) {
-    if (!systems.some((system) => system.id === 'offline-sync')) {
-      log('scopes: only for this project, which is not among --systems; skipped');
-      return;
-    }
+    if (withoutThisProject({ systems, log }, 'scopes')) return;
     // --quick is told by its shorter step timeout.
     const total = Number(process.env.BENCH_SCOPES_N ?? (config.timeoutMs < 180_000 ? 100_000 : 1_000_000));
     const layout = makeLayout(total);
