@@ -11,7 +11,7 @@
  * scoped-pull (scopes, moves and catch-ups), scope and subscription.
  */
 import type { RxDatabase } from 'rxdb';
-import { distinctUntilChanged, map, type BehaviorSubject, type Observable, type Subject } from 'rxjs';
+import { defer, distinctUntilChanged, map, type BehaviorSubject, type Observable, type Subject } from 'rxjs';
 import type { AttachmentMeta } from '../shared/attachments.js';
 import { SyncError } from '../shared/errors.js';
 import { parseScope, type ScopeSelector } from '../shared/scope.js';
@@ -22,7 +22,7 @@ import { afterLocalChange, afterLogging, logged, watch } from './engine/logging.
 import { requestSync } from './engine/schedule.js';
 import { scopeOf } from './engine/scope.js';
 import { createEngineState, requireReplicator, type EngineState } from './engine/state.js';
-import { fail, refreshCounts, standingError, updateStatus, type SyncedChange, type SyncResult, type SyncStatus } from './engine/status.js';
+import { fail, readPendingDocuments, refreshCounts, standingError, updateStatus, type SyncedChange, type SyncResult, type SyncStatus } from './engine/status.js';
 import { resubscribe } from './engine/subscription.js';
 import { setSwitch, takeSwitch } from './engine/switch.js';
 import { MetaStore } from './meta-store.js';
@@ -67,9 +67,18 @@ export class SyncEngine {
     return this.state.shown ?? this.status$;
   }
 
-  /** The pending documents this tab shows (see SyncApi.getPendingDocuments). */
-  get pendingDocuments$(): BehaviorSubject<PendingDocuments> {
-    return this.state.shownPending ?? this.state.pending$;
+  /** The pending documents this tab shows (see SyncApi.getPendingDocuments), read from the log as a watcher subscribes. */
+  get pendingDocuments$(): Observable<PendingDocuments> {
+    const state = this.state;
+    return defer(() => {
+      readPendingDocuments(state);
+      return (state.shownPending ?? state.pending$).asObservable();
+    });
+  }
+
+  getPendingDocuments(): PendingDocuments {
+    readPendingDocuments(this.state);
+    return (this.state.shownPending ?? this.state.pending$).value;
   }
 
   get conflicts$(): Observable<StoredConflict[]> {

@@ -105,8 +105,8 @@ function apiOf(engine: SyncEngine, db: RxDatabase): SyncApi {
     },
     enable: () => engine.enable(),
     disable: () => engine.disable(),
-    getPendingDocuments: () => engine.pendingDocuments$.value,
-    pendingDocuments$: engine.pendingDocuments$.asObservable(),
+    getPendingDocuments: () => engine.getPendingDocuments(),
+    pendingDocuments$: engine.pendingDocuments$,
     clearPendingEvents: () => engine.clearPendingEvents(),
     addCollection: (name) => {
       engine.addCollection(name);
