@@ -18,12 +18,13 @@ const OPERATION_SET: ReadonlySet<unknown> = new Set(OPERATIONS);
 const PATCH_OPS: ReadonlySet<unknown> = new Set(PATCH_OPERATIONS);
 const PATCH_KEYS: ReadonlySet<string> = new Set(['op', 'path', 'value', 'from']);
 
-/** A plain object with exactly these keys: a schema would drop any other (or refuse it). */
-function hasExactly(value: Record<string, unknown>, keys: readonly string[]): boolean {
-  const own = Object.keys(value);
-  if (own.length !== keys.length) return false;
+const NONE: ReadonlySet<string> = new Set();
+
+/** A plain object with exactly these keys, and any of `optional`: a schema would drop any other (or refuse it). */
+function hasExactly(value: Record<string, unknown>, keys: readonly string[], optional: ReadonlySet<string> = NONE): boolean {
   for (const key of keys) if (!Object.hasOwn(value, key)) return false;
-  return true;
+  const own = Object.keys(value);
+  return own.length === keys.length || own.every((key) => keys.includes(key) || optional.has(key));
 }
 
 function isCount(value: unknown): value is number {
@@ -92,9 +93,7 @@ const SCOPED_PAGE_KEYS = new Set(['scopes', 'leaves', 'start']);
  * a 50,000-document scope's first sync, against 4 for the same unscoped.)
  */
 export function isPullPageAck(value: unknown): boolean {
-  if (!isJsonObject(value) || value.ok !== true) return false;
-  const extra = Object.keys(value).filter((key) => !PAGE_KEYS.includes(key));
-  if (Object.keys(value).length - extra.length !== PAGE_KEYS.length || !extra.every((key) => SCOPED_PAGE_KEYS.has(key))) return false;
+  if (!isJsonObject(value) || value.ok !== true || !hasExactly(value, PAGE_KEYS, SCOPED_PAGE_KEYS)) return false;
   if (Object.hasOwn(value, 'start') && !isCount(value.start)) return false;
   if (Object.hasOwn(value, 'scopes') && !(isPlainObject(value.scopes) && Object.keys(value.scopes).every(isCollectionName))) return false;
   if (Object.hasOwn(value, 'leaves')) {
