@@ -102,19 +102,11 @@ export class FileBlobStore implements BlobStore {
   async stored(digests: readonly string[]): Promise<Map<string, number>> {
     await this.ready();
     const lengths = new Map<string, number>();
-    const now = new Date();
     for (const digest of new Set(digests)) {
       if (!DIGEST_PATTERN.test(digest)) continue;
       const length = await this.storedLength(digest);
-      if (length === undefined) continue;
-      // Stored anew (see SweepOptions); gone this instant, it is not stored (see removeBlobIfBefore).
-      try {
-        await utimes(this.blobPath(digest), now, now);
-      } catch (error) {
-        if (isMissing(error)) continue;
-        throw error;
-      }
-      lengths.set(digest, length);
+      // Gone this instant (set aside by a sweep, see removeBlobIfBefore): not stored.
+      if (length !== undefined && (await this.storedAnew(digest))) lengths.set(digest, length);
     }
     return lengths;
   }
@@ -253,14 +245,24 @@ export class FileBlobStore implements BlobStore {
 
   /** The blob is stored: this owner's upload of it is moot, and the blob is young again (see SweepOptions). */
   private async confirmStored(digest: string, key: string, length: number): Promise<UploadState> {
-    const now = new Date();
-    await utimes(this.blobPath(digest), now, now).catch((error: unknown) => {
-      if (!isMissing(error)) throw error; // swept this instant: the answer below is what the caller saw first
-    });
+    // Swept this instant: the answer below is what the caller saw first.
+    await this.storedAnew(digest);
     for (const name of await list(this.uploadsDir(key))) {
       if (UPLOAD_NAME.exec(name)?.[1] === digest) await rm(join(this.uploadsDir(key), name), { force: true });
     }
     return { complete: true, received: length };
+  }
+
+  /** Makes the blob young again (see SweepOptions); false when it is not there. */
+  private async storedAnew(digest: string): Promise<boolean> {
+    const now = new Date();
+    try {
+      await utimes(this.blobPath(digest), now, now);
+      return true;
+    } catch (error) {
+      if (isMissing(error)) return false;
+      throw error;
+    }
   }
 
   /**
